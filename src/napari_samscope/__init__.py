@@ -1,0 +1,48 @@
+"""napari-samscope: Segment Anything (SAM, MobileSAM) for the microscope.
+
+The public names are imported lazily so that ``import napari_samscope`` (and
+napari's start-up, which imports the package to read its manifest) does not
+import torch until a model is actually needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_LAZY: dict[str, str] = {
+    "SAM": "napari_samscope.core.sam_api:SAM",
+    "Predictor": "napari_samscope.core.predictor:Predictor",
+    "Prediction": "napari_samscope.core.results:Prediction",
+    "MaskGenerator": "napari_samscope.core.everything:MaskGenerator",
+    "auto_annotate": "napari_samscope.core.annotate:auto_annotate",
+    "list_models": "napari_samscope.core.registry:list_models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_samscope.core.annotate import auto_annotate
+    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.registry import list_models
+    from napari_samscope.core.results import Prediction
+    from napari_samscope.core.sam_api import SAM
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'napari_samscope' has no attribute {name!r}") from None
+    module_name, attr = target.split(":")
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

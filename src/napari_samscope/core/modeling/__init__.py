@@ -1,0 +1,1 @@
+"""The SAM family's network modules (image encoders, prompt encoder, mask decoder)."""
