@@ -1,0 +1,55 @@
+"""Small building blocks shared by the SAM encoders and the mask decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPBlock(nn.Module):
+    """Two-layer perceptron ``lin2(act(lin1(x)))`` acting on the last axis.
+
+    Args:
+        embedding_dim: size of the input and output features.
+        mlp_dim: size of the hidden layer.
+        act: activation class, instantiated without arguments.
+    """
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., embedding_dim) -> (..., embedding_dim)``."""
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class LayerNorm2d(nn.Module):
+    """Layer normalisation over the channel axis of a ``(B, C, H, W)`` tensor.
+
+    The statistics are computed in float32 even when the input is float16 or
+    bfloat16 (autocast), so large activations cannot overflow; the result has
+    the input's dtype.
+
+    Args:
+        num_channels: ``C``.
+        eps: added to the variance.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``."""
+        x32 = x.float()
+        mean = x32.mean(1, keepdim=True)
+        centred = x32 - mean
+        var = centred.pow(2).mean(1, keepdim=True)
+        normed = centred / torch.sqrt(var + self.eps)
+        out = self.weight.float()[:, None, None] * normed + self.bias.float()[:, None, None]
+        return out.to(x.dtype)

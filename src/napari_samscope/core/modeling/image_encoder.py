@@ -1,0 +1,273 @@
+"""The SAM ViT image encoder (ViT-B/L/H and smaller configurations of it).
+
+A plain ViT with windowed attention, a few global-attention blocks, decomposed
+relative-position biases and a convolutional neck. Module and parameter names
+match Meta's ``segment_anything`` so that official checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d, MLPBlock
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT backbone: ``(B, 3, S, S)`` normalised image -> ``(B, out_chans, S/p, S/p)``.
+
+    Args:
+        img_size: input side ``S`` (square input).
+        patch_size: patch side ``p``; ``S`` must be divisible by it.
+        in_chans: input channels.
+        embed_dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: hidden width of the block MLP relative to ``embed_dim``.
+        out_chans: channels of the neck output (the prompt embedding width).
+        qkv_bias: learnable bias on the query/key/value projection.
+        use_abs_pos: learnable absolute position embedding ``pos_embed``.
+        use_rel_pos: decomposed relative-position biases in attention.
+        window_size: side of the attention windows (0 = global everywhere).
+        global_attn_indexes: blocks that use global attention.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size}.")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        grid = img_size // patch_size
+
+        self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            block_window = 0 if i in global_attn_indexes else window_size
+            self.blocks.append(
+                Block(
+                    dim=embed_dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    use_rel_pos=use_rel_pos,
+                    window_size=block_window,
+                    input_size=(grid, grid),
+                )
+            )
+
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` float -> ``(B, out_chans, S/p, S/p)``."""
+        x = self.patch_embed(x)  # B, H, W, C
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))  # B,H,W,C -> B,C,H,W
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: ``(B, C, H, W) -> (B, H/p, W/p, embed_dim)``."""
+
+    def __init__(self, *, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # B,C,H,W -> B,H,W,C
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with optional window attention.
+
+    ``window_size == 0`` means global attention over the whole ``input_size`` grid.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        input_size: tuple[int, int] = (64, 64),
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = input_size if window_size == 0 else (window_size, window_size)
+        self.attn = Attention(
+            dim=dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=attn_size,
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            height, width = x.shape[1], x.shape[2]
+            x, padded_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, padded_hw, (height, width))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on a ``(B, H, W, C)`` grid with decomposed
+    relative-position biases (MViTv2), computed with ``scaled_dot_product_attention``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        input_size: tuple[int, int] = (14, 14),
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} must be divisible by num_heads {num_heads}.")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``."""
+        batch, height, width, _ = x.shape
+        tokens = height * width
+        # B, N, 3*C -> 3, B, heads, N, head_dim
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            bias = decomposed_rel_pos_bias(
+                q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width)
+            ).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # B, heads, N, head_dim -> B, H, W, C
+        out = out.permute(0, 2, 1, 3).reshape(batch, height, width, -1)
+        return self.proj(out)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into ``(B * n_windows, ws, ws, C)`` windows, zero-padding
+    the bottom/right edges; also returns the padded ``(Hp, Wp)``."""
+    batch, height, width, channels = x.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = height + pad_h, width + pad_w
+    x = x.view(batch, hp // window_size, window_size, wp // window_size, window_size, channels)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, channels)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * n_windows, ws, ws, C) -> (B, H, W, C)``."""
+    hp, wp = padded_hw
+    height, width = hw
+    batch = windows.shape[0] // ((hp // window_size) * (wp // window_size))
+    x = windows.view(batch, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, -1)
+    if hp > height or wp > width:
+        x = x[:, :height, :width, :].contiguous()
+    return x
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Gather the ``(q_size, k_size, C)`` relative embeddings from a ``(L, C)`` table,
+    linearly resizing the table first when ``L != 2 * max(q_size, k_size) - 1``."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    table = rel_pos
+    if rel_pos.shape[0] != max_rel_dist:
+        table = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
+        )
+        table = table.reshape(-1, max_rel_dist).permute(1, 0)
+    device = rel_pos.device
+    q_coords = torch.arange(q_size, device=device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return table[relative.long()]
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> torch.Tensor:
+    """Additive attention bias of decomposed relative positions (MViTv2).
+
+    Args:
+        q: unscaled queries ``(B, heads, q_h * q_w, C)``.
+        rel_pos_h, rel_pos_w: tables ``(L_h, C)``, ``(L_w, C)``.
+        q_size, k_size: query and key grids ``(h, w)``.
+
+    Returns:
+        ``(B, heads, q_h * q_w, k_h * k_w)`` bias, to be added to the scaled logits.
+    """
+    q_h, q_w = q_size
+    k_h, k_w = k_size
+    table_h = relative_position_table(q_h, k_h, rel_pos_h)
+    table_w = relative_position_table(q_w, k_w, rel_pos_w)
+    batch, heads, _, dim = q.shape
+    grid_q = q.reshape(batch, heads, q_h, q_w, dim)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
+    bias = rel_h[..., :, None] + rel_w[..., None, :]  # B, heads, qh, qw, kh, kw
+    return bias.reshape(batch, heads, q_h * q_w, k_h * k_w)

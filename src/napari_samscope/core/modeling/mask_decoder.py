@@ -1,0 +1,147 @@
+"""SAM's mask decoder: image embedding + prompt embeddings -> mask logits and IoU scores."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    """Predict ``K`` low-resolution masks and their IoU scores per prompt set.
+
+    Args:
+        transformer_dim: ``C``, width of the prompt / image embeddings.
+        transformer: the :class:`TwoWayTransformer`.
+        num_multimask_outputs: candidate masks in multimask mode (3 for SAM).
+        iou_head_depth: layers of the IoU prediction MLP.
+        iou_head_hidden_dim: hidden width of the IoU prediction MLP.
+    """
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode masks for ``B`` prompt sets.
+
+        Args:
+            image_embeddings: ``(1, C, E, E)`` (shared by all prompt sets) or ``(B, C, E, E)``
+                (one image per prompt set, e.g. batched training).
+            image_pe: ``(1, C, E, E)`` or ``(B, C, E, E)`` positional encoding.
+            sparse_prompt_embeddings: ``(B, T, C)``.
+            dense_prompt_embeddings: ``(B, C, E, E)`` (or ``(1, C, E, E)``).
+            multimask_output: return the ``num_multimask_outputs`` candidates instead of
+                the single-mask output.
+
+        Returns:
+            low-resolution mask logits ``(B, K, 4E, 4E)`` and IoU predictions ``(B, K)``,
+            ``K = num_multimask_outputs`` if ``multimask_output`` else 1.
+        """
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, mask_slice], iou_pred[:, mask_slice]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks ``(B, M, 4E, 4E)`` and IoU scores ``(B, M)``."""
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
+        tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
+
+        src = _broadcast_batch(image_embeddings, batch, "image_embeddings") + dense_prompt_embeddings
+        pos_src = _broadcast_batch(image_pe, batch, "image_pe")
+        _, channels, height, width = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).reshape(batch, channels, height, width)
+        upscaled = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        _, up_channels, up_height, up_width = upscaled.shape
+        masks = hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)
+        masks = masks.reshape(batch, -1, up_height, up_width)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred
+
+
+def _broadcast_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """Expand a batch-1 tensor to ``batch``; a batch-``batch`` tensor passes unchanged."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise ValueError(
+        f"{name} has batch size {x.shape[0]} but there are {batch} prompt sets; "
+        "pass one embedding shared by all prompt sets or one per prompt set."
+    )
+
+
+class MLP(nn.Module):
+    """Plain MLP with ReLU between ``num_layers`` linear layers (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        hidden = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip([input_dim] + hidden, hidden + [output_dim])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., input_dim) -> (..., output_dim)``."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < self.num_layers - 1:
+                x = F.relu(x)
+        return x
