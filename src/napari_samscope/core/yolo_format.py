@@ -1,0 +1,415 @@
+"""Masks <-> YOLO segmentation text, and a COCO JSON writer.
+
+**YOLO segmentation format.** One text file per image, one line per object::
+
+    <class> x1 y1 x2 y2 ... xn yn
+
+with ``x`` and ``y`` normalised to [0, 1] by the image width and height. The
+coordinates are continuous image coordinates in which pixel ``(row, col)`` covers
+``[col, col + 1) x [row, row + 1)``, so its centre is ``(col + 0.5, row + 0.5)``.
+
+**Polygons.** Every boundary of a mask is traced at the 0.5 iso-level between pixel
+centres (``skimage.measure.find_contours``): outer boundaries *and* the boundaries
+of holes. A YOLO line holds a single polygon, so the rings of one object are joined
+into one polygon by zero-width *bridges*: the path walks from a ring to the nearest
+vertex of the next ring, around that ring, and back along the same segment. Filled
+with the even-odd rule (``skimage.draw.polygon``, OpenCV's ``fillPoly``, most
+rasterisers) a bridge covers no area, so holes stay holes and the separate parts of
+a multi-part object all come back -- nothing is silently dropped. With
+``split_parts=True`` each connected part gets its own line instead (holes are still
+bridged into their part); parsers then see one instance per part.
+
+:func:`parse_yolo_segmentation` reads such a file back into masks (even-odd fill),
+which is how the round trip is tested.
+
+**COCO.** :func:`coco_annotation` / :class:`CocoWriter` write the usual
+``images`` / ``annotations`` / ``categories`` JSON. COCO polygons are *unioned* by
+readers (pycocotools), which cannot express holes, so an object with holes is written
+as an uncompressed RLE (``{"counts": [...], "size": [h, w]}``, column-major runs
+starting with background) and an object without holes as a list of polygons (one
+per part, flat ``[x1, y1, x2, y2, ...]`` in pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.draw import polygon as fill_polygon
+from skimage.measure import approximate_polygon, find_contours
+
+__all__ = [
+    "mask_rings",
+    "mask_to_polygon",
+    "masks_to_yolo_lines",
+    "write_yolo_segmentation",
+    "parse_yolo_lines",
+    "parse_yolo_segmentation",
+    "yolo_text_to_masks",
+    "polygon_to_mask",
+    "coco_annotation",
+    "CocoWriter",
+]
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be a 2D (H, W) array, got shape {mask.shape}")
+    return mask.astype(bool, copy=False)
+
+
+def mask_rings(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
+    """Every boundary ring of a 2D mask, the outer ring of the largest part first.
+
+    Args:
+        mask: ``(H, W)`` bool (anything non-zero is foreground).
+        tolerance: Douglas-Peucker tolerance in pixels used to drop nearly collinear
+            vertices; 0 keeps every vertex of the traced contour.
+
+    Returns:
+        A list of closed rings, each ``(K, 2)`` float64 ``(row, col)`` in pixel-index
+        coordinates (pixel centres at integers), first vertex not repeated at the end.
+        Holes are rings too; filling all rings with the even-odd rule gives the mask.
+    """
+    mask = _check_mask(mask)
+    if not mask.any():
+        return []
+    padded = np.pad(mask, 1).astype(np.float32)
+    # fully_connected="high": diagonal foreground neighbours belong to one contour, as
+    # with 8-connected parts.
+    contours = find_contours(padded, 0.5, fully_connected="high")
+    rings = []
+    for contour in contours:
+        ring = _open_ring(contour - 1.0)  # undo the padding
+        if tolerance > 0:
+            simplified = _open_ring(approximate_polygon(ring, tolerance))
+            # tiny objects (a pixel's diamond) must not collapse to a segment
+            ring = simplified if len(simplified) >= 3 else ring
+        if len(ring) >= 3:
+            rings.append(ring)
+    rings.sort(key=lambda r: -abs(_area(r)))  # largest outer ring first
+    return rings
+
+
+def _open_ring(ring: np.ndarray) -> np.ndarray:
+    return ring[:-1] if len(ring) > 1 and np.allclose(ring[0], ring[-1]) else ring
+
+
+def _area(ring: np.ndarray) -> float:
+    y, x = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def bridge_rings(rings: Sequence[np.ndarray]) -> np.ndarray:
+    """Join closed rings into one polygon with zero-width bridges.
+
+    Each new ring is attached at the pair of vertices (one on the polygon built so far,
+    one on the ring) that are closest; the path goes out to the ring, around it, back
+    to its start and back along the same bridge. Even-odd filling of the result equals
+    the XOR of the rings' interiors.
+
+    Args:
+        rings: closed rings ``(K, 2)``, first vertex not repeated.
+
+    Returns:
+        ``(M, 2)`` vertices of the bridged polygon (same coordinates as the input).
+    """
+    if not rings:
+        return np.zeros((0, 2))
+    merged = np.asarray(rings[0], dtype=np.float64)
+    for ring in rings[1:]:
+        ring = np.asarray(ring, dtype=np.float64)
+        d2 = ((merged[:, None, :] - ring[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(np.argmin(d2)), d2.shape)
+        loop = np.concatenate([ring[j:], ring[: j + 1]])  # around the ring, back to its start
+        merged = np.concatenate([merged[: i + 1], loop, merged[i:]])
+    return merged
+
+
+def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray:
+    """The mask as one bridged polygon, ``(M, 2)`` ``(row, col)`` pixel-index coordinates."""
+    return bridge_rings(mask_rings(mask, tolerance))
+
+
+def _part_polygons(mask: np.ndarray, tolerance: float, split_parts: bool) -> list[np.ndarray]:
+    if not split_parts:
+        poly = mask_to_polygon(mask, tolerance)
+        return [poly] if len(poly) else []
+    parts, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    polys = []
+    for index in range(1, n + 1):
+        poly = mask_to_polygon(parts == index, tolerance)
+        if len(poly):
+            polys.append(poly)
+    return polys
+
+
+def masks_to_yolo_lines(
+    masks: np.ndarray | Sequence[np.ndarray],
+    class_ids: Sequence[int] | np.ndarray | None = None,
+    tolerance: float = 0.5,
+    split_parts: bool = False,
+    decimals: int = 6,
+) -> list[str]:
+    """YOLO segmentation lines for a set of masks of one image.
+
+    Args:
+        masks: ``(N, H, W)`` bool masks (or a sequence of ``(H, W)`` masks).
+        class_ids: ``(N,)`` integer class per mask; default all 0.
+        tolerance: polygon simplification tolerance in pixels (see :func:`mask_rings`).
+        split_parts: one line per connected part instead of one bridged line per mask.
+        decimals: digits written per coordinate.
+
+    Returns:
+        One string per object (no trailing newline); empty masks produce no line.
+    """
+    masks = [_check_mask(m) for m in masks]
+    if class_ids is None:
+        class_ids = [0] * len(masks)
+    if len(class_ids) != len(masks):
+        raise ValueError(f"got {len(masks)} masks but {len(class_ids)} class ids; give one class per mask")
+    lines = []
+    for mask, cls in zip(masks, class_ids):
+        h, w = mask.shape
+        for poly in _part_polygons(mask, tolerance, split_parts):
+            x = np.clip((poly[:, 1] + 0.5) / w, 0.0, 1.0)
+            y = np.clip((poly[:, 0] + 0.5) / h, 0.0, 1.0)
+            coords = np.stack([x, y], axis=1).ravel()
+            lines.append(f"{int(cls)} " + " ".join(f"{v:.{decimals}f}" for v in coords))
+    return lines
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    An interrupted run never leaves a half-written file under the final name (the
+    re-run logic treats an existing file as done).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_yolo_segmentation(
+    path: str | os.PathLike,
+    masks: np.ndarray | Sequence[np.ndarray],
+    class_ids: Sequence[int] | np.ndarray | None = None,
+    tolerance: float = 0.5,
+    split_parts: bool = False,
+) -> int:
+    """Write one image's masks as a YOLO segmentation ``.txt`` (atomically).
+
+    Returns:
+        The number of lines written (0 writes an empty file: "annotated, no objects").
+    """
+    lines = masks_to_yolo_lines(masks, class_ids, tolerance=tolerance, split_parts=split_parts)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def parse_yolo_lines(text: str) -> list[tuple[int, np.ndarray]]:
+    """Parse YOLO segmentation text into ``(class_id, (K, 2) normalised xy)`` pairs.
+
+    Raises:
+        ValueError: a line that is not ``class x y x y ...`` with at least 3 points.
+    """
+    objects = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            cls = int(fields[0])
+            values = np.array([float(v) for v in fields[1:]], dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"line {number} is not 'class x1 y1 x2 y2 ...': {line[:60]!r}") from None
+        if values.size % 2 or values.size < 6:
+            raise ValueError(
+                f"line {number} needs an even number of coordinates, at least 3 points; got {values.size}"
+            )
+        objects.append((cls, values.reshape(-1, 2)))
+    return objects
+
+
+def polygon_to_mask(xy: np.ndarray, shape: tuple[int, int], normalised: bool = True) -> np.ndarray:
+    """Rasterise a polygon with the even-odd rule.
+
+    Args:
+        xy: ``(K, 2)`` vertices as ``(x, y)``, normalised to [0, 1] when ``normalised``
+            (else continuous pixel coordinates, pixel centres at ``+0.5``).
+        shape: ``(H, W)`` of the output.
+
+    Returns:
+        ``(H, W)`` bool mask of the pixels whose centres lie inside.
+    """
+    h, w = shape
+    xy = np.asarray(xy, dtype=np.float64)
+    if normalised:
+        xy = xy * np.array([w, h], dtype=np.float64)
+    rows, cols = fill_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(h, w))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def yolo_text_to_masks(text: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """YOLO segmentation text back into masks (even-odd fill of each line's polygon).
+
+    Args:
+        text: the content of a YOLO segmentation file.
+        shape: ``(H, W)`` of the image the text annotates.
+
+    Returns:
+        ``masks`` ``(N, H, W)`` bool and ``class_ids`` ``(N,)`` int64, one per line.
+    """
+    objects = parse_yolo_lines(text)
+    masks = np.zeros((len(objects), *shape), dtype=bool)
+    for k, (_, xy) in enumerate(objects):
+        masks[k] = polygon_to_mask(xy, shape)
+    classes = np.array([cls for cls, _ in objects], dtype=np.int64)
+    return masks, classes
+
+
+def parse_yolo_segmentation(
+    path: str | os.PathLike, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a YOLO segmentation ``.txt`` file back into masks.
+
+    Args:
+        path: the ``.txt`` file.
+        shape: ``(H, W)`` of the image the file annotates.
+
+    Returns:
+        ``masks`` ``(N, H, W)`` bool and ``class_ids`` ``(N,)`` int64, one per line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"YOLO label file {path} does not exist")
+    return yolo_text_to_masks(path.read_text(encoding="utf-8"), shape)
+
+
+# ----------------------------------------------------------------------------- COCO
+
+
+def _rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts: column-major runs, starting with a background run."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs.insert(0, 0)
+    return runs
+
+
+def coco_annotation(
+    mask: np.ndarray,
+    annotation_id: int,
+    image_id: int,
+    category_id: int,
+    score: float | None = None,
+    tolerance: float = 0.5,
+) -> dict[str, Any] | None:
+    """A COCO annotation dict for one mask, or ``None`` for an empty mask.
+
+    ``bbox`` is ``[x, y, width, height]`` in pixels, ``area`` the pixel count. The
+    segmentation is polygons (one per part) without holes, uncompressed RLE with holes.
+    """
+    mask = _check_mask(mask)
+    area = int(mask.sum())
+    if area == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    x0, y0 = int(cols[0]), int(rows[0])
+    bbox = [x0, y0, int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0]
+    has_holes = bool((ndi.binary_fill_holes(mask) & ~mask).any())
+    if has_holes:
+        segmentation: Any = {"counts": _rle_counts(mask), "size": [int(mask.shape[0]), int(mask.shape[1])]}
+    else:
+        segmentation = []
+        parts, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+        for index in range(1, n + 1):
+            rings = mask_rings(parts == index, tolerance)
+            if rings:
+                ring = rings[0]
+                xy = np.stack([ring[:, 1] + 0.5, ring[:, 0] + 0.5], axis=1).ravel()
+                segmentation.append([round(float(v), 3) for v in xy])
+    annotation = {
+        "id": int(annotation_id),
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "segmentation": segmentation,
+        "area": area,
+        "bbox": bbox,
+        "iscrowd": 0,
+    }
+    if score is not None:
+        annotation["score"] = float(score)
+    return annotation
+
+
+class CocoWriter:
+    """Accumulates images and masks, then writes one COCO JSON file.
+
+    Example::
+
+        coco = CocoWriter(categories={0: "nucleus"})
+        image_id = coco.add_image("a.tif", height=256, width=256)
+        coco.add_masks(image_id, masks, class_ids, scores)
+        coco.write("annotations.json")
+    """
+
+    def __init__(self, categories: dict[int, str] | None = None) -> None:
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.categories: dict[int, str] = dict(categories or {})
+
+    def add_image(self, file_name: str, height: int, width: int, **extra: Any) -> int:
+        """Register an image; returns its id (1-based). ``extra`` fields (e.g. ``frame``) are kept."""
+        image_id = len(self.images) + 1
+        self.images.append(
+            {"id": image_id, "file_name": file_name, "height": int(height), "width": int(width), **extra}
+        )
+        return image_id
+
+    def add_masks(
+        self,
+        image_id: int,
+        masks: Iterable[np.ndarray],
+        class_ids: Iterable[int],
+        scores: Iterable[float] | None = None,
+    ) -> int:
+        """Add one annotation per non-empty mask; returns how many were added."""
+        scores_list = list(scores) if scores is not None else None
+        added = 0
+        for k, (mask, cls) in enumerate(zip(masks, class_ids)):
+            score = scores_list[k] if scores_list is not None else None
+            ann = coco_annotation(mask, len(self.annotations) + 1, image_id, int(cls), score)
+            if ann is not None:
+                self.annotations.append(ann)
+                self.categories.setdefault(int(cls), f"class_{int(cls)}")
+                added += 1
+        return added
+
+    def to_dict(self) -> dict[str, Any]:
+        """The COCO dictionary (``images``, ``annotations``, ``categories``)."""
+        categories = [{"id": cid, "name": name} for cid, name in sorted(self.categories.items())]
+        return {"images": self.images, "annotations": self.annotations, "categories": categories}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the JSON (atomically) and return its path."""
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.to_dict()))
+        return path
