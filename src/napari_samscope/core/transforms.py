@@ -1,0 +1,253 @@
+"""Geometry between the original image and the model frame, both ways.
+
+- Forward: resize the longest side to the model's input size ``S`` with Pillow's
+  bilinear filter (exactly the official preprocessing, which resizes through
+  torchvision's PIL path), normalise with the model's pixel mean/std and zero-pad at
+  the bottom and right to ``S x S``. Prompts in original ``(x, y)`` pixels are scaled
+  per axis by ``new / old`` as the official ``apply_coords`` does.
+- Backward: :class:`MaskUpsampler` maps low-resolution logits ``(N, L, L)`` to the
+  original size. The official postprocessing (bilinear to ``S x S``, crop to the
+  resized image, bilinear to the original size, ``align_corners=False``) is linear and
+  separable, so it equals ``Ah @ low @ Aw.T`` for two fixed matrices. Each row of those
+  matrices has at most a handful of neighbouring non-zeros, so they are stored banded
+  and applied with gathers: a few million multiply-adds instead of the two full
+  interpolations (or the dense ``Ah @ low @ Aw.T``, which wastes ~1 GFLOP on zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+_CHUNK_ELEMENTS = 1 << 25  # full-resolution float32 logits held at once (128 MB)
+
+__all__ = [
+    "resize_longest_side_shape",
+    "resize_rgb_uint8",
+    "preprocess",
+    "preprocess_batch",
+    "apply_coords",
+    "apply_boxes",
+    "postprocess_matrix",
+    "MaskUpsampler",
+]
+
+
+def resize_longest_side_shape(h: int, w: int, target: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` with the longest side equal to ``target``, rounded as ``int(x + 0.5)``."""
+    if h <= 0 or w <= 0 or target <= 0:
+        raise ValueError(f"Sizes must be positive, not h={h}, w={w}, target={target}.")
+    scale = target * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_rgb_uint8(image: np.ndarray, target: int) -> np.ndarray:
+    """Resize ``(H, W, 3) uint8`` so that its longest side is ``target`` (Pillow BILINEAR).
+
+    Returns ``(new_h, new_w, 3) uint8``; bit-identical to the official preprocessing.
+    """
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"resize_rgb_uint8 needs an (H, W, 3) uint8 image, not {image.shape} {image.dtype}; "
+            "convert it with core.image.to_rgb_uint8 first."
+        )
+    new_h, new_w = resize_longest_side_shape(image.shape[0], image.shape[1], target)
+    pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+    return np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+
+
+def preprocess(
+    resized: np.ndarray,
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    img_size: int,
+) -> torch.Tensor:
+    """``(h, w, 3) uint8`` resized image -> normalised, zero-padded ``(1, 3, S, S)`` float32.
+
+    The tensor lives on the device of ``pixel_mean``. ``pixel_mean``/``pixel_std`` are
+    ``(3, 1, 1)`` as in the model; the operation order matches the official one exactly.
+    """
+    return preprocess_batch([resized], pixel_mean, pixel_std, img_size)
+
+
+def preprocess_batch(
+    resized: Sequence[np.ndarray],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    img_size: int,
+) -> torch.Tensor:
+    """Several resized ``(h, w, 3) uint8`` images of one size -> ``(B, 3, S, S)`` float32."""
+    if len(resized) == 0:
+        raise ValueError("preprocess_batch needs at least one image.")
+    shapes = {im.shape for im in resized}
+    if len(shapes) != 1:
+        raise ValueError(f"All images of a batch must have the same size, got {sorted(shapes)}.")
+    h, w, _ = resized[0].shape
+    if max(h, w) > img_size:
+        raise ValueError(f"A resized image of {h}x{w} does not fit the model input {img_size}.")
+    device = pixel_mean.device
+    x = torch.from_numpy(np.stack(resized)).to(device)  # B,h,w,3 uint8
+    x = x.permute(0, 3, 1, 2).float()  # B,3,h,w
+    x = (x - pixel_mean.float()) / pixel_std.float()
+    return F.pad(x, (0, img_size - w, 0, img_size - h))
+
+
+def apply_coords(
+    coords: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
+) -> np.ndarray:
+    """``(..., 2)`` ``(x, y)`` in original pixels -> the resized-image frame (float64)."""
+    (old_h, old_w), (new_h, new_w) = original_size, input_size
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] = out[..., 0] * (new_w / old_w)
+    out[..., 1] = out[..., 1] * (new_h / old_h)
+    return out
+
+
+def apply_boxes(
+    boxes: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
+) -> np.ndarray:
+    """``(N, 4)`` XYXY boxes in original pixels -> the resized-image frame (float64)."""
+    return apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, input_size).reshape(
+        -1, 4
+    )
+
+
+@lru_cache(maxsize=32)
+def postprocess_matrix(low: int, img_size: int, crop: int, out: int) -> np.ndarray:
+    """The 1D postprocessing along one axis as an ``(out, low)`` float64 matrix.
+
+    It is the official sequence applied to the identity: bilinear ``low -> img_size``,
+    keep the first ``crop`` samples, bilinear ``crop -> out`` (``align_corners=False``).
+    Each step is run in float32, exactly as the official code runs it, so the
+    interpolation weights are the official ones; only their product is formed in float64.
+    """
+    up = _interp_matrix(low, img_size)[:crop]  # crop x low
+    down = _interp_matrix(crop, out)  # out x crop
+    return down @ up
+
+
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` float64 matrix of float32 bilinear resizing ``n_in -> n_out``."""
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(1, n_in, n_in, 1)  # channel k = e_k
+    res = F.interpolate(eye, (n_out, 1), mode="bilinear", align_corners=False)
+    return res[0, :, :, 0].T.double().numpy()
+
+
+class _Band:
+    """A matrix ``(out, low)`` whose rows have contiguous support, stored as taps."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        n_out, n_low = matrix.shape
+        nonzero = matrix != 0
+        first = nonzero.argmax(axis=1)
+        last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
+        taps = int((last - first).max()) + 1
+        index = first[None, :] + np.arange(taps)[:, None]  # taps x out
+        valid = index < n_low
+        index = np.minimum(index, n_low - 1)
+        weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
+        self.index = torch.from_numpy(index)
+        self.weight = torch.from_numpy(weight.astype(np.float32))
+        self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_cache:
+            self._device_cache[device] = (self.index.to(device), self.weight.to(device))
+        return self._device_cache[device]
+
+
+class MaskUpsampler:
+    """Low-resolution logits -> logits or masks at the original image size.
+
+    Equal (to float32 rounding) to the official ``Sam.postprocess_masks``. Instances
+    are cheap to create; the banded matrices are cached per size.
+
+    Args:
+        original_size: ``(H, W)`` of the original image.
+        input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
+        img_size: ``S``, the model input side.
+        lowres_size: ``L``, the side of the low-resolution logits (``4 * E``).
+        chunk: at most this many masks are upsampled at a time; by default as many as
+            fit in about 128 MB of float32 full-resolution logits (bounds memory).
+    """
+
+    def __init__(
+        self,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int],
+        img_size: int,
+        lowres_size: int,
+        chunk: int | None = None,
+    ) -> None:
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.img_size = int(img_size)
+        self.lowres_size = int(lowres_size)
+        pixels = self.original_size[0] * self.original_size[1]
+        self.chunk = max(1, int(chunk) if chunk is not None else _CHUNK_ELEMENTS // pixels)
+        self._rows = _band(
+            self.lowres_size, self.img_size, self.input_size[0], self.original_size[0]
+        )
+        self._cols = _band(
+            self.lowres_size, self.img_size, self.input_size[1], self.original_size[1]
+        )
+
+    @property
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """The dense ``Ah (H, L)`` and ``Aw (W, L)`` (float64), for reference and tests."""
+        L, S = self.lowres_size, self.img_size
+        return (
+            postprocess_matrix(L, S, self.input_size[0], self.original_size[0]),
+            postprocess_matrix(L, S, self.input_size[1], self.original_size[1]),
+        )
+
+    def logits(self, low: torch.Tensor) -> torch.Tensor:
+        """``(..., L, L)`` logits -> ``(..., H, W)`` float32 logits on ``low``'s device."""
+        return self._apply(low, None)
+
+    def masks(self, low: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """``(..., L, L)`` logits -> ``(..., H, W)`` bool masks ``logits > threshold``."""
+        return self._apply(low, float(threshold))
+
+    def _apply(self, low: torch.Tensor, threshold: float | None) -> torch.Tensor:
+        L = self.lowres_size
+        if low.shape[-2:] != (L, L):
+            raise ValueError(
+                f"Expected low-resolution logits (..., {L}, {L}), got {tuple(low.shape)}."
+            )
+        lead = low.shape[:-2]
+        flat = low.reshape(-1, L, L).float()
+        H, W = self.original_size
+        out = torch.empty(
+            (flat.shape[0], H, W),
+            dtype=torch.float32 if threshold is None else torch.bool,
+            device=low.device,
+        )
+        row_idx, row_w = self._rows.on(low.device)
+        col_idx, col_w = self._cols.on(low.device)
+        for start in range(0, flat.shape[0], self.chunk):
+            part = flat[start : start + self.chunk]
+            # columns first, on the small (n, L, L) tensor: (n, L, L) -> (n, L, W)
+            cols = part[:, :, col_idx[0]] * col_w[0]
+            for t in range(1, col_idx.shape[0]):
+                cols.addcmul_(part[:, :, col_idx[t]], col_w[t])
+            # then rows, gathering whole contiguous rows: (n, L, W) -> (n, H, W)
+            full = cols.index_select(1, row_idx[0]).mul_(row_w[0][:, None])
+            for t in range(1, row_idx.shape[0]):
+                full.addcmul_(cols.index_select(1, row_idx[t]), row_w[t][:, None])
+            if threshold is None:
+                out[start : start + part.shape[0]] = full
+            else:
+                torch.gt(full, threshold, out=out[start : start + part.shape[0]])
+        return out.reshape(*lead, H, W)
+
+
+@lru_cache(maxsize=32)
+def _band(low: int, img_size: int, crop: int, out: int) -> _Band:
+    return _Band(postprocess_matrix(low, img_size, crop, out))
