@@ -176,10 +176,10 @@ def test_list_models_reports_cache_state(tmp_cache, package_root):
 def test_register_local_model(tmp_path):
     weights = tmp_path / "my_nuclei.pt"
     weights.write_bytes(b"12345")
-    (tmp_path / "my_nuclei.pt.json").write_text(json.dumps({"config": {"name": "tiny_vit_b"}}))
+    (tmp_path / "my_nuclei.pt.json").write_text(json.dumps({"arch": "custom_vit", "config": {}}))
     spec = register_local_model("My Nuclei", weights, description="trained today")
     assert spec.source == "local" and spec.local_path == weights.resolve()
-    assert spec.arch == "tiny_vit_b" and spec.description == "trained today"
+    assert spec.arch == "custom_vit" and spec.description == "trained today"
     assert resolve("my nuclei") is spec
     assert model_path(spec) == weights.resolve()
     status = {s.name: s for s in list_models()}["My Nuclei"]

@@ -308,13 +308,12 @@ def list_models() -> list[ModelStatus]:
 
 
 def _arch_from_sidecar(path: Path) -> str:
-    """The architecture label stored in ``<path>.json`` by ``save_checkpoint``, if any."""
+    """The ``"arch"`` label of the ``<path>.json`` sidecar written by ``save_checkpoint``."""
     sidecar = path.with_name(path.name + ".json")
     try:
-        config = json.loads(sidecar.read_text(encoding="utf-8")).get("config") or {}
+        label = json.loads(sidecar.read_text(encoding="utf-8")).get("arch")
     except (OSError, ValueError, AttributeError):
         return "custom"
-    label = config.get("name") or config.get("arch") if isinstance(config, dict) else None
     return str(label) if label else "custom"
 
 

@@ -1,0 +1,167 @@
+"""Loading a SAM model by registry name, alias or file path, onto a device.
+
+``load_sam_iter`` is the progress-yielding job (download if needed, read, build,
+move); ``load_sam`` runs it headless. How a ``model`` argument is understood:
+
+1. ``None`` -> the project default model (``registry.DEFAULT_MODEL``);
+2. an existing file (``str`` or ``Path``) -> loaded as it is, even when its name is
+   also a registry alias (a local ``sam_b.pt`` wins over the download);
+3. a registry name or alias (case-insensitive) -> the cached, packaged or registered
+   file, downloaded first when it is not on this computer yet.
+
+The architecture always comes from the config stored in the file (project format)
+or from the tensors' shapes, never from the file name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from napari_samscope.core.checkpoint import CheckpointError, read_checkpoint
+from napari_samscope.core.device import DeviceLike, DtypeLike, resolve_dtype, select_device
+from napari_samscope.core.download import download_iter
+from napari_samscope.core.progress import Progress, run
+from napari_samscope.core.registry import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    check_model_file,
+    lookup,
+    model_names,
+    model_path,
+    resolve,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_samscope.core.modeling.sam import Sam
+
+__all__ = ["LoadedModel", "ModelLike", "load_sam", "load_sam_iter"]
+
+ModelLike = str | os.PathLike[str] | None
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict, with where it came from.
+
+    Attributes:
+        sam: the model, float32 weights, eval mode, on ``device``.
+        name: the registry name, or the file name for a path.
+        spec: the registry entry, or None for a file given by path.
+        path: the weights file that was read.
+        device: where the model lives.
+        dtype: autocast dtype to run it with (``None`` = plain float32); see
+            ``core.device.autocast``.
+        meta: the ``meta`` stored in project-format checkpoints, else None.
+    """
+
+    sam: Sam
+    name: str
+    spec: ModelSpec | None
+    path: Path | None
+    device: torch.device
+    dtype: torch.dtype | None
+    meta: dict[str, Any] | None = None
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "/" in text
+        or os.sep in text
+        or text.startswith("~")
+        or text.lower().endswith(_WEIGHT_SUFFIXES)
+    )
+
+
+def _locate(model: ModelLike) -> tuple[ModelSpec | None, Path, bool]:
+    """``(spec, path, needs_download)`` for a ``model`` argument."""
+    if model is None:
+        model = DEFAULT_MODEL
+    if isinstance(model, os.PathLike):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"No model file at {path}: check the path.")
+        return None, path, False
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a registry name, a file path or None, not {type(model).__name__}."
+        )
+    path = Path(model.strip()).expanduser()
+    if model.strip() and path.is_file():
+        return None, path, False
+    spec = lookup(model)
+    if spec is None and _looks_like_path(model):
+        raise FileNotFoundError(
+            f"No model file at {path.absolute()}, and {model!r} is not a registered model "
+            f"name either (valid names: {', '.join(model_names())})."
+        )
+    spec = resolve(model)  # raises for unknown names and for missing packaged/local files
+    if spec.source == "download":
+        return spec, model_path(spec), True  # download_iter returns at once when cached
+    return spec, check_model_file(spec), False
+
+
+def load_sam_iter(
+    model: ModelLike = None, device: DeviceLike = "auto", dtype: DtypeLike = None
+) -> Generator[Progress, None, LoadedModel]:
+    """Find, download if needed, read and build a model; yields progress.
+
+    Args:
+        model: registry name/alias, path of a weights file, or None for the default.
+        device: ``"auto"`` (cuda, mps, cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        dtype: autocast dtype request (see ``core.device.resolve_dtype``).
+
+    Yields:
+        Byte progress while downloading, then ``Progress("loading <name>", step, 3)``.
+
+    Raises:
+        FileNotFoundError: no such file, or the default model is not installed.
+        ValueError: unknown name, bad device/dtype, or a file that is not a SAM
+            checkpoint (``CheckpointError``, ``UnsafeCheckpointError``).
+        DownloadError: the weights could not be downloaded (the message says where
+            to put the file by hand).
+    """
+    target = select_device(device)
+    autocast_dtype = resolve_dtype(dtype, target)
+    spec, path, needs_download = _locate(model)
+    if needs_download and spec is not None:
+        path = yield from download_iter(spec)
+    name = spec.name if spec is not None else path.name
+    message = f"loading {name}"
+
+    yield Progress(message, 0, 3)
+    contents = read_checkpoint(path)
+    yield Progress(message, 1, 3)
+    sam = _build(contents.state_dict, contents.config, path)
+    yield Progress(message, 2, 3)
+    sam = sam.to(target).eval()
+    yield Progress(message, 3, 3)
+    return LoadedModel(
+        sam=sam, name=name, spec=spec, path=path, device=target, dtype=autocast_dtype,
+        meta=contents.meta,
+    )
+
+
+def _build(state_dict: dict[str, torch.Tensor], config: dict[str, Any] | None, path: Path) -> Sam:
+    from napari_samscope.core.build import sam_from_state_dict
+
+    try:
+        return sam_from_state_dict(state_dict, config=config)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} does not hold a loadable SAM model: {error}") from error
+
+
+def load_sam(
+    model: ModelLike = None,
+    device: DeviceLike = "auto",
+    dtype: DtypeLike = None,
+    progress: Callable[[Progress], Any] | str | None = None,
+) -> LoadedModel:
+    """Headless :func:`load_sam_iter`; ``progress`` is None, ``"tqdm"`` or a callback."""
+    return run(load_sam_iter(model, device=device, dtype=dtype), progress=progress)
