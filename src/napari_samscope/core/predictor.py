@@ -1,0 +1,494 @@
+"""Encode an image once, then segment it from prompts many times.
+
+Two layers, as in the official predictor: :meth:`Predictor.set_image` /
+:meth:`Predictor.predict` speak numpy and pixels of the original image
+(``(x, y)`` = column, row); :meth:`Predictor.decode` speaks torch and the model's
+input frame, for batch work such as segment-everything.
+
+Prompt rules of :meth:`Predictor.predict`:
+
+- ``points``: ``(2,)`` one point, ``(P, 2)`` points of one object, or ``(N, P, 2)``
+  points of ``N`` objects. ``labels`` (1 foreground, 0 background) has the shape of
+  ``points`` without its last axis; when omitted every point is foreground.
+- ``bboxes``: ``(4,)`` one box or ``(N, 4)`` one object per box, XYXY in any corner
+  order. A box without width or height is refused.
+- ``points`` and ``bboxes`` together: object ``i`` gets box ``i`` and the points of
+  object ``i``; points given for one object are shared by every box.
+- ``masks``: low-resolution logits ``(L, L)`` or ``(N, L, L)`` from an earlier
+  :class:`Prediction` (``Prediction.logits``), one per object. A mask alone is a
+  valid prompt.
+- Points and boxes outside the image are allowed (as in the official predictor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .device import autocast, resolve_dtype, select_device
+from .image import load_image, to_rgb_uint8
+from .modeling.sam import Sam
+from .results import Prediction
+from .transforms import (
+    MaskUpsampler,
+    apply_boxes,
+    apply_coords,
+    preprocess_batch,
+    resize_longest_side_shape,
+    resize_rgb_uint8,
+)
+
+if TYPE_CHECKING:
+    from .sam_api import SAM
+
+__all__ = ["ImageEmbedding", "Predictor", "model_key"]
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder's output for one image, with what is needed to decode prompts on it.
+
+    Attributes:
+        features: ``(1, C, E, E)`` image embedding (float32, or float16 in a cache).
+        original_size: ``(H, W)`` of the original image.
+        input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
+        model_key: :func:`model_key` of the model that made it; an embedding is only
+            valid for that model.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model_key: str
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by ``features``."""
+        return self.features.numel() * self.features.element_size()
+
+
+def model_key(sam: Sam) -> str:
+    """A short fingerprint of the image-encoder weights and the input size.
+
+    It changes when the architecture or the weights change, so embeddings of one
+    model are never decoded with another. It samples a few values of every encoder
+    tensor (one device transfer), so it costs well under a millisecond on CPU.
+    """
+    digest = hashlib.sha1(f"S={sam.img_size};E={sam.embedding_size}".encode())
+    samples = []
+    for name, tensor in sam.image_encoder.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1)
+        if flat.numel():
+            samples.append(torch.cat([flat[:4], flat[-4:]]).float())
+    if samples:
+        digest.update(torch.cat(samples).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Predictor:
+    """Prompted segmentation of one image at a time with a SAM-family model.
+
+    Args:
+        model: a :class:`~napari_samscope.core.sam_api.SAM` (its device and dtype are
+            the defaults) or a bare :class:`Sam` module. The module is put in eval mode.
+        device: where to run; moves the module there (in place). Default: where it is.
+        dtype: autocast dtype (``None`` float32, ``"bfloat16"``, ``"float16"``, ``"auto"``),
+            see :func:`~napari_samscope.core.device.resolve_dtype`.
+    """
+
+    def __init__(self, model: SAM | Sam, *, device: Any = None, dtype: Any = None) -> None:
+        if isinstance(model, Sam):
+            sam, default_device, default_dtype = model, model.device, None
+        elif isinstance(getattr(model, "model", None), Sam):
+            sam, default_device, default_dtype = model.model, model.model.device, model.dtype
+        else:
+            raise TypeError(
+                f"Predictor needs a SAM (napari_samscope.SAM) or a Sam module, "
+                f"not {type(model).__name__}."
+            )
+        self.device = select_device(device) if device is not None else torch.device(default_device)
+        if sam.device != self.device:
+            sam.to(self.device)
+        self.dtype = resolve_dtype(dtype if dtype is not None else default_dtype, self.device)
+        self.model = sam.eval()
+        self._embedding: ImageEmbedding | None = None
+        self._key: str | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def img_size(self) -> int:
+        """``S``, the side of the square model input."""
+        return self.model.img_size
+
+    @property
+    def lowres_size(self) -> int:
+        """``L = 4 * E``, the side of the low-resolution logits and mask prompts."""
+        return 4 * self.model.embedding_size
+
+    @property
+    def model_key(self) -> str:
+        """:func:`model_key` of the model (computed once per predictor: after changing
+        the weights in place, make a new predictor)."""
+        if self._key is None:
+            self._key = model_key(self.model)
+        return self._key
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an image (or an embedding) is set."""
+        return self._embedding is not None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the current image, or None."""
+        return None if self._embedding is None else self._embedding.original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the current image resized into the model input, or None."""
+        return None if self._embedding is None else self._embedding.input_size
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``(1, C, E, E)`` float32 embedding of the current image."""
+        return self._require_image().features
+
+    @property
+    def mask_upsampler(self) -> MaskUpsampler:
+        """Low-resolution logits -> original size, for the current image."""
+        emb = self._require_image()
+        return MaskUpsampler(emb.original_size, emb.input_size, self.img_size, self.lowres_size)
+
+    # ------------------------------------------------------------------ images
+
+    def set_image(
+        self,
+        image: np.ndarray | str | Path,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        normalization: str = "percentile",
+        contrast_limits: Any = None,
+    ) -> None:
+        """Encode ``image`` (an array or a file path) and make it the current image.
+
+        The image is converted with :func:`~napari_samscope.core.image.to_rgb_uint8`
+        (8-bit RGB is used as it is). On error the previous image stays set.
+        """
+        (embedding,) = self.encode(
+            [image],
+            channel_axis=channel_axis,
+            channels=channels,
+            normalization=normalization,
+            contrast_limits=contrast_limits,
+        )
+        self._embedding = embedding
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self._embedding = None
+
+    def get_embedding(self) -> ImageEmbedding:
+        """The current image's :class:`ImageEmbedding` (to cache it and set it back later)."""
+        return self._require_image()
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Make a precomputed embedding of this model the current image (no encoding).
+
+        Raises:
+            TypeError: not an :class:`ImageEmbedding`.
+            ValueError: it was made by another model, or its shapes do not fit this model.
+        """
+        if not isinstance(embedding, ImageEmbedding):
+            raise TypeError(f"Expected an ImageEmbedding, not {type(embedding).__name__}.")
+        if embedding.model_key != self.model_key:
+            raise ValueError(
+                "This embedding was computed by a different model (or different weights); "
+                "encode the image again with this model."
+            )
+        channels = self.model.prompt_encoder.embed_dim
+        side = self.model.embedding_size
+        if tuple(embedding.features.shape) != (1, channels, side, side):
+            raise ValueError(
+                f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
+                f"needs (1, {channels}, {side}, {side})."
+            )
+        h, w = (int(v) for v in embedding.original_size)
+        expected = resize_longest_side_shape(h, w, self.img_size)
+        if tuple(embedding.input_size) != expected:
+            raise ValueError(
+                f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
+                f"original_size {(h, w)} (expected {expected})."
+            )
+        features = embedding.features.to(device=self.device, dtype=torch.float32)
+        self._embedding = ImageEmbedding(features, (h, w), expected, embedding.model_key)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        images: Sequence[np.ndarray | str | Path],
+        *,
+        batch_size: int = 4,
+        **norm_kwargs: Any,
+    ) -> list[ImageEmbedding]:
+        """Encode several images without changing the current image.
+
+        Images of the same size are encoded together, ``batch_size`` at a time.
+
+        Args:
+            images: arrays or file paths, each accepted by :meth:`set_image`.
+            batch_size: images per encoder pass.
+            **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``,
+                ``contrast_limits`` for :func:`~napari_samscope.core.image.to_rgb_uint8`.
+
+        Returns:
+            One :class:`ImageEmbedding` per image, in order (float32 features on the device).
+        """
+        if isinstance(images, (np.ndarray, str, Path)):
+            raise TypeError("encode() takes a sequence of images; use set_image() for one image.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+        rgbs = [
+            to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
+            for im in images
+        ]
+        out: list[ImageEmbedding | None] = [None] * len(rgbs)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(rgbs):
+            by_size.setdefault(rgb.shape[:2], []).append(i)
+        key = self.model_key
+        for size, indices in by_size.items():
+            input_size = resize_longest_side_shape(size[0], size[1], self.img_size)
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                resized = [resize_rgb_uint8(rgbs[i], self.img_size) for i in chunk]
+                batch = preprocess_batch(
+                    resized, self.model.pixel_mean, self.model.pixel_std, self.img_size
+                )
+                with autocast(self.device, self.dtype):
+                    features = self.model.image_encoder(batch)
+                features = features.float()
+                for j, i in enumerate(chunk):
+                    out[i] = ImageEmbedding(features[j : j + 1].clone(), size, input_size, key)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ prompts
+
+    @torch.no_grad()
+    def predict(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        bboxes: Any = None,
+        masks: Any = None,
+        multimask_output: bool = False,
+    ) -> Prediction:
+        """Segment objects of the current image from prompts (rules in the module docstring).
+
+        Args:
+            points: ``(2,)``, ``(P, 2)`` or ``(N, P, 2)`` ``(x, y)`` pixels of the original image.
+            labels: 1 (foreground) / 0 (background), shaped like ``points`` minus its last
+                axis; default all 1.
+            bboxes: ``(4,)`` or ``(N, 4)`` XYXY pixels of the original image.
+            masks: ``(L, L)`` or ``(N, L, L)`` low-resolution logits of earlier results.
+            multimask_output: ask the model for 3 candidates per object.
+
+        Returns:
+            A :class:`Prediction`. One object: its 3 candidates (multimask) or 1 mask.
+            ``N`` objects: one mask each, the best-scored candidate when multimask.
+
+        Raises:
+            ValueError: no image is set, or the prompts are invalid.
+        """
+        emb = self._require_image()
+        prompts = _parse_prompts(points, labels, bboxes, masks, self.lowres_size)
+        coords = labels_t = boxes_t = mask_t = None
+        if prompts.points is not None:
+            coords = self._tensor(apply_coords(prompts.points, emb.original_size, emb.input_size))
+            labels_t = torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)
+        if prompts.boxes is not None:
+            boxes_t = self._tensor(apply_boxes(prompts.boxes, emb.original_size, emb.input_size))
+        if prompts.masks is not None:
+            mask_t = self._tensor(prompts.masks)
+        low, iou = self.decode(coords, labels_t, boxes_t, mask_t, multimask_output)
+        if prompts.count > 1 and low.shape[1] > 1:  # several objects: the best candidate each
+            best = iou.argmax(dim=1)
+            rows = torch.arange(low.shape[0], device=low.device)
+            low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+        low = low.reshape(-1, *low.shape[-2:])  # N objects x K candidates -> (N*K, L, L)
+        full = self.mask_upsampler.masks(low, threshold=self.model.mask_threshold)
+        return Prediction(
+            masks=full.cpu().numpy(),
+            scores=iou.reshape(-1).cpu().numpy(),
+            logits=low.cpu().numpy(),
+        )
+
+    @torch.no_grad()
+    def decode(
+        self,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt encoder and mask decoder on the current image (torch level).
+
+        Args:
+            point_coords: ``(B, P, 2)`` ``(x, y)`` in the model's input frame (see
+                :func:`~napari_samscope.core.transforms.apply_coords`).
+            point_labels: ``(B, P)`` int, 1 foreground / 0 background.
+            boxes: ``(B, 4)`` XYXY in the input frame.
+            mask_input: ``(B, 1, L, L)`` low-resolution logits.
+            multimask_output: 3 candidates per prompt set instead of 1.
+
+        Returns:
+            low-resolution logits ``(B, K, L, L)`` and predicted IoU ``(B, K)``, float32.
+        """
+        emb = self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together.")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError("decode() needs at least one prompt (points, boxes or masks).")
+        points = None if point_coords is None else (point_coords, point_labels)
+        with autocast(self.device, self.dtype):
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+        return low.float(), iou.float()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_image(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise ValueError("No image is set: call set_image(image) (or set_embedding) first.")
+        return self._embedding
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=torch.float32, device=self.device)
+
+
+@dataclass
+class _Prompts:
+    points: np.ndarray | None  # (N, P, 2) float64
+    labels: np.ndarray | None  # (N, P) int32
+    boxes: np.ndarray | None  # (N, 4) float64, x0 <= x1, y0 <= y1
+    masks: np.ndarray | None  # (N, 1, L, L) float32
+    count: int  # N, the number of objects
+
+
+def _parse_prompts(points: Any, labels: Any, bboxes: Any, masks: Any, lowres: int) -> _Prompts:
+    """Validate and batch the prompts of :meth:`Predictor.predict` (see the module docstring)."""
+    pts = lab = box = msk = None
+    if points is not None:
+        pts, lab = _parse_points(points, labels)
+    elif labels is not None:
+        raise ValueError("labels were given without points.")
+    if bboxes is not None:
+        box = _parse_boxes(bboxes)
+    if masks is not None:
+        msk = _parse_masks(masks, lowres)
+    if pts is None and box is None and msk is None:
+        raise ValueError("Give at least one prompt: points, bboxes or masks.")
+    counts = {name: a.shape[0] for name, a in (("points", pts), ("bboxes", box)) if a is not None}
+    if pts is not None and box is not None and counts["points"] != counts["bboxes"]:
+        if counts["points"] != 1:
+            raise ValueError(
+                f"points describe {counts['points']} objects but bboxes {counts['bboxes']}; "
+                "give points for one object (shared by every box) or for each box."
+            )
+        pts = np.repeat(pts, box.shape[0], axis=0)
+        lab = np.repeat(lab, box.shape[0], axis=0)
+    count = box.shape[0] if box is not None else (pts.shape[0] if pts is not None else 0)
+    if msk is not None:
+        if count and msk.shape[0] != count:
+            raise ValueError(
+                f"masks holds {msk.shape[0]} mask prompt(s) but the prompts describe {count} "
+                "object(s); pass one low-resolution mask per object (for a one-object "
+                "multimask result, pick one: r.logits[r.scores.argmax()])."
+            )
+        count = msk.shape[0]
+    return _Prompts(pts, lab, box, msk, count)
+
+
+def _finite_float_array(value: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, not {value!r}.") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return arr
+
+
+def _parse_points(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    raw = _finite_float_array(points, "points")
+    if raw.size == 0:
+        raise ValueError(f"points holds no point (shape {raw.shape}).")
+    if raw.ndim == 0 or raw.shape[-1] != 2 or raw.ndim > 3:
+        raise ValueError(
+            f"points must be (2,), (P, 2) or (N, P, 2) (x, y) pixels, not shape {raw.shape}."
+        )
+    pts = raw.reshape((1,) * (3 - raw.ndim) + raw.shape)
+    expected = raw.shape[:-1]
+    if labels is None:
+        return pts, np.ones(pts.shape[:2], dtype=np.int32)
+    lab = _finite_float_array(labels, "labels")
+    if lab.shape != expected and not (pts.shape[0] == 1 and lab.size == pts.shape[1]):
+        raise ValueError(
+            f"labels has shape {lab.shape} but there are points of shape {raw.shape}; "
+            f"give one label per point (shape {expected})."
+        )
+    if not np.isin(lab, (0.0, 1.0)).all():
+        raise ValueError("labels must be 1 (foreground) or 0 (background).")
+    return pts, lab.reshape(pts.shape[:2]).astype(np.int32)
+
+
+def _parse_boxes(bboxes: Any) -> np.ndarray:
+    box = _finite_float_array(bboxes, "bboxes")
+    if box.ndim == 1:
+        box = box[None]
+    if box.ndim != 2 or box.shape[1] != 4:
+        raise ValueError(f"bboxes must be (4,) or (N, 4) XYXY pixels, not shape {box.shape}.")
+    if box.shape[0] == 0:
+        raise ValueError("bboxes holds no box.")
+    x0, x1 = np.minimum(box[:, 0], box[:, 2]), np.maximum(box[:, 0], box[:, 2])
+    y0, y1 = np.minimum(box[:, 1], box[:, 3]), np.maximum(box[:, 1], box[:, 3])
+    flat = np.flatnonzero((x1 == x0) | (y1 == y0))
+    if flat.size:
+        raise ValueError(
+            f"Box {int(flat[0])} has no width or height ({box[flat[0]].tolist()}); "
+            "draw a box around the object, or use a point prompt."
+        )
+    return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def _parse_masks(masks: Any, lowres: int) -> np.ndarray:
+    if np.asarray(masks).dtype == np.bool_:
+        raise ValueError(
+            "masks must be low-resolution logits (float, e.g. Prediction.logits), not a bool mask."
+        )
+    arr = _finite_float_array(masks, "masks").astype(np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3 or arr.shape[1:] != (lowres, lowres) or arr.shape[0] == 0:
+        raise ValueError(
+            f"masks must be low-resolution logits of shape ({lowres}, {lowres}) or "
+            f"(N, {lowres}, {lowres}) (Prediction.logits), not shape {arr.shape}."
+        )
+    return arr[:, None]
