@@ -8,7 +8,9 @@ Usage::
         assert server.requests == ["/w.pt"]
 
 ``truncate={"/w.pt": 100}`` announces the full ``Content-Length`` but sends only the
-first 100 bytes and then closes the connection. Unknown paths answer 404.
+first 100 bytes and then closes the connection. ``broken={"/w.pt": "hangup"}`` closes
+the connection without answering; ``"chunked_cut"`` sends half the file with chunked
+transfer encoding and closes before the final chunk. Unknown paths answer 404.
 :func:`closed_port_url` gives a URL on a port where nothing listens.
 """
 
@@ -22,9 +24,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FileServer:
     """Serve ``files`` (path -> bytes) on a random free port of 127.0.0.1."""
 
-    def __init__(self, files: dict[str, bytes], truncate: dict[str, int] | None = None):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        truncate: dict[str, int] | None = None,
+        broken: dict[str, str] | None = None,
+    ):
         self.files = dict(files)
         self.truncate = dict(truncate or {})
+        self.broken = dict(broken or {})
         self.requests: list[str] = []
         owner = self
 
@@ -34,6 +42,19 @@ class FileServer:
                 body = owner.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
+                    return
+                failure = owner.broken.get(self.path)
+                if failure == "hangup":
+                    self.close_connection = True
+                    return
+                if failure == "chunked_cut":
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    half = body[: len(body) // 2]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+                    self.wfile.flush()
+                    self.close_connection = True
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")

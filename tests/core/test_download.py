@@ -172,6 +172,16 @@ def test_truncated_transfer(payload, tmp_cache, known_size):
     assert leftovers(tmp_cache) == []
 
 
+@pytest.mark.parametrize("failure", ["hangup", "chunked_cut"])
+def test_broken_connections(payload, tmp_cache, failure):
+    with FileServer({"/w.pt": payload}, broken={"/w.pt": failure}) as server:
+        spec = make_spec(server.url("/w.pt"), payload, size=None, sha256=None)
+        with pytest.raises(DownloadError) as info:
+            download(spec, progress=None)
+    assert str(tmp_cache / "test_model.pt") in str(info.value)
+    assert leftovers(tmp_cache) == []
+
+
 def test_unreachable_server_says_where_to_put_the_file(payload, tmp_cache):
     url = closed_port_url("/w.pt")
     spec = make_spec(url, payload)

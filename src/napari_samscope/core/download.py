@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import socket
 import sys
@@ -162,7 +163,7 @@ def download_iter(
                     f"Could not download model {spec.name!r}: the server answered HTTP "
                     f"{error.code} ({error.reason}) for {spec.url}. {_by_hand_hint(spec, dest)}"
                 ) from error
-            except (urllib.error.URLError, OSError) as error:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
                 raise DownloadError(
                     f"Could not download model {spec.name!r} from {spec.url}: "
                     f"{_describe_reason(error)}. {_by_hand_hint(spec, dest)}"
@@ -183,7 +184,7 @@ def download_iter(
                 while True:
                     try:
                         chunk = response.read(_CHUNK_SIZE)
-                    except (OSError, urllib.error.URLError) as error:
+                    except (OSError, http.client.HTTPException) as error:  # IncompleteRead...
                         raise DownloadError(
                             f"The download of model {spec.name!r} broke off after {done:,} "
                             f"bytes: {_describe_reason(error)}. Nothing was saved; try again. "
