@@ -93,3 +93,15 @@ def random_state_sam():
 def random_state_mobile_sam():
     """Tiny TinyViT SAM whose every parameter and buffer is random (incl. attention biases)."""
     return randomize_state(make_tiny_sam("tiny_vit", 64), seed=2)
+
+
+@pytest.fixture
+def randomize():
+    """The :func:`randomize_state` helper (``randomize(model, seed) -> model``)."""
+    return randomize_state
+
+
+@pytest.fixture
+def tiny_sam_factory():
+    """The :func:`make_tiny_sam` helper (``factory(encoder, img_size, seed, **overrides)``)."""
+    return make_tiny_sam
