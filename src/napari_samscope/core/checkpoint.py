@@ -117,10 +117,6 @@ def _load_safely(path: Path) -> Any:
         raise _corrupt(path, str(error).split(".")[0]) from None
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def _has_sam_keys(obj: Mapping[Any, Any]) -> bool:
     return any(isinstance(k, str) and k.startswith(SAM_PREFIXES) for k in obj)
 
