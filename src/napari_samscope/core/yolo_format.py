@@ -47,6 +47,7 @@ __all__ = [
     "mask_rings",
     "mask_to_polygon",
     "masks_to_yolo_lines",
+    "object_to_yolo_lines",
     "write_yolo_segmentation",
     "parse_yolo_lines",
     "parse_yolo_segmentation",
@@ -150,6 +151,38 @@ def _part_polygons(mask: np.ndarray, tolerance: float, split_parts: bool) -> lis
     return polys
 
 
+def object_to_yolo_lines(
+    mask: np.ndarray,
+    class_id: int,
+    image_shape: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
+    tolerance: float = 0.5,
+    split_parts: bool = False,
+    decimals: int = 6,
+) -> list[str]:
+    """YOLO segmentation line(s) of one object.
+
+    Args:
+        mask: ``(h, w)`` bool, the object's mask, either the whole image or a crop.
+        class_id: the object's class.
+        image_shape: ``(H, W)`` of the image; default ``mask.shape`` (mask = whole image).
+        offset: ``(row, col)`` of the crop's top-left pixel in the image.
+        tolerance, split_parts, decimals: see :func:`masks_to_yolo_lines`.
+
+    Returns:
+        One line (or one per part with ``split_parts``); none for an empty mask.
+    """
+    mask = _check_mask(mask)
+    h, w = image_shape if image_shape is not None else mask.shape
+    lines = []
+    for poly in _part_polygons(mask, tolerance, split_parts):
+        x = np.clip((poly[:, 1] + offset[1] + 0.5) / w, 0.0, 1.0)
+        y = np.clip((poly[:, 0] + offset[0] + 0.5) / h, 0.0, 1.0)
+        coords = np.stack([x, y], axis=1).ravel()
+        lines.append(f"{int(class_id)} " + " ".join(f"{v:.{decimals}f}" for v in coords))
+    return lines
+
+
 def masks_to_yolo_lines(
     masks: np.ndarray | Sequence[np.ndarray],
     class_ids: Sequence[int] | np.ndarray | None = None,
@@ -176,12 +209,8 @@ def masks_to_yolo_lines(
         raise ValueError(f"got {len(masks)} masks but {len(class_ids)} class ids; give one class per mask")
     lines = []
     for mask, cls in zip(masks, class_ids):
-        h, w = mask.shape
-        for poly in _part_polygons(mask, tolerance, split_parts):
-            x = np.clip((poly[:, 1] + 0.5) / w, 0.0, 1.0)
-            y = np.clip((poly[:, 0] + 0.5) / h, 0.0, 1.0)
-            coords = np.stack([x, y], axis=1).ravel()
-            lines.append(f"{int(cls)} " + " ".join(f"{v:.{decimals}f}" for v in coords))
+        lines += object_to_yolo_lines(mask, int(cls), tolerance=tolerance, split_parts=split_parts,
+                                      decimals=decimals)
     return lines
 
 
@@ -320,23 +349,31 @@ def coco_annotation(
     category_id: int,
     score: float | None = None,
     tolerance: float = 0.5,
+    image_shape: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
 ) -> dict[str, Any] | None:
     """A COCO annotation dict for one mask, or ``None`` for an empty mask.
 
-    ``bbox`` is ``[x, y, width, height]`` in pixels, ``area`` the pixel count. The
-    segmentation is polygons (one per part) without holes, uncompressed RLE with holes.
+    ``mask`` is the whole image, or a crop whose top-left pixel is ``offset`` (row, col)
+    in an image of ``image_shape``. ``bbox`` is ``[x, y, width, height]`` in pixels,
+    ``area`` the pixel count. The segmentation is polygons (one per part) without
+    holes, uncompressed RLE of the whole image with holes.
     """
     mask = _check_mask(mask)
+    shape = tuple(image_shape) if image_shape is not None else mask.shape
     area = int(mask.sum())
     if area == 0:
         return None
+    r_off, c_off = int(offset[0]), int(offset[1])
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     x0, y0 = int(cols[0]), int(rows[0])
-    bbox = [x0, y0, int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0]
+    bbox = [x0 + c_off, y0 + r_off, int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0]
     has_holes = bool((ndi.binary_fill_holes(mask) & ~mask).any())
     if has_holes:
-        segmentation: Any = {"counts": _rle_counts(mask), "size": [int(mask.shape[0]), int(mask.shape[1])]}
+        full = np.zeros(shape, dtype=bool)
+        full[r_off : r_off + mask.shape[0], c_off : c_off + mask.shape[1]] = mask
+        segmentation: Any = {"counts": _rle_counts(full), "size": [int(shape[0]), int(shape[1])]}
     else:
         segmentation = []
         parts, n = ndi.label(mask, structure=np.ones((3, 3), bool))
@@ -344,7 +381,7 @@ def coco_annotation(
             rings = mask_rings(parts == index, tolerance)
             if rings:
                 ring = rings[0]
-                xy = np.stack([ring[:, 1] + 0.5, ring[:, 0] + 0.5], axis=1).ravel()
+                xy = np.stack([ring[:, 1] + c_off + 0.5, ring[:, 0] + r_off + 0.5], axis=1).ravel()
                 segmentation.append([round(float(v), 3) for v in xy])
     annotation = {
         "id": int(annotation_id),
@@ -384,6 +421,24 @@ class CocoWriter:
         )
         return image_id
 
+    def add_object(
+        self,
+        image_id: int,
+        mask: np.ndarray,
+        class_id: int,
+        score: float | None = None,
+        image_shape: tuple[int, int] | None = None,
+        offset: tuple[int, int] = (0, 0),
+    ) -> bool:
+        """Add one object (whole-image mask, or a crop at ``offset``); False if empty."""
+        ann = coco_annotation(mask, len(self.annotations) + 1, image_id, int(class_id), score,
+                              image_shape=image_shape, offset=offset)
+        if ann is None:
+            return False
+        self.annotations.append(ann)
+        self.categories.setdefault(int(class_id), f"class_{int(class_id)}")
+        return True
+
     def add_masks(
         self,
         image_id: int,
@@ -391,16 +446,12 @@ class CocoWriter:
         class_ids: Iterable[int],
         scores: Iterable[float] | None = None,
     ) -> int:
-        """Add one annotation per non-empty mask; returns how many were added."""
+        """Add one annotation per non-empty whole-image mask; returns how many were added."""
         scores_list = list(scores) if scores is not None else None
         added = 0
         for k, (mask, cls) in enumerate(zip(masks, class_ids)):
             score = scores_list[k] if scores_list is not None else None
-            ann = coco_annotation(mask, len(self.annotations) + 1, image_id, int(cls), score)
-            if ann is not None:
-                self.annotations.append(ann)
-                self.categories.setdefault(int(cls), f"class_{int(cls)}")
-                added += 1
+            added += self.add_object(image_id, mask, int(cls), score)
         return added
 
     def to_dict(self) -> dict[str, Any]:

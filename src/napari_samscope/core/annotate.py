@@ -1,0 +1,494 @@
+"""``auto_annotate``: turn a folder of images into a segmentation dataset.
+
+A detector proposes boxes (``"blobs"`` for fluorescent nuclei, a callable, or YOLO
+weights; see :mod:`~napari_samscope.core.detectors`), SAM turns every box into a mask,
+and the masks are written as YOLO segmentation text (:mod:`~napari_samscope.core.yolo_format`).
+
+Outputs, in ``output_dir`` (default ``<data parent>/<data name>_auto_annotate_labels/``):
+
+- ``<stem>.txt`` per image: one line per object, ``class x1 y1 x2 y2 ...`` normalised
+  to [0, 1] (holes and multi-part objects bridged into one line, see
+  :mod:`~napari_samscope.core.yolo_format`); an empty file when nothing was found;
+- multi-page TIFF stacks are annotated plane by plane: ``<stem>_z0000.txt``,
+  ``<stem>_z0001.txt``, ... (every axis other than Y, X and RGB samples counts as a
+  plane axis, in file order);
+- ``save_tiff=True``: ``<stem>_labels.tif``, the label image (``(H, W)`` or ``(Z, H, W)``,
+  uint16, or uint32 above 65535 objects); label ``k`` is line ``k`` of the text file;
+- ``save_coco=True``: ``annotations_coco.json`` for the whole folder (a stack plane is
+  one COCO image, with a ``frame`` field).
+
+File names come from the image stems, sanitised (path separators, control and
+reserved characters become ``_``; no leading dots; length capped) and de-duplicated
+(``a.png`` and ``a.tif`` give ``a.txt`` and ``a_tif.txt``); nothing is ever written
+outside ``output_dir`` or onto an input image. Images that cannot be read are
+reported and skipped, and a summary gives the counts. A re-run skips images whose
+outputs all exist unless ``overwrite=True``; files are written atomically, so an
+interrupted run never leaves a half-written file that would count as done.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detectors import Detections, make_detector
+from .progress import Job, Progress, run
+from .yolo_format import (
+    CocoWriter,
+    object_to_yolo_lines,
+    parse_yolo_segmentation,
+    write_text_atomic,
+)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "AnnotatedObject",
+    "AnnotateSummary",
+    "annotate_plane",
+    "auto_annotate",
+    "auto_annotate_job",
+    "safe_stem",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+COCO_FILE = "annotations_coco.json"
+_BOX_BATCH = 32  # boxes decoded at once (bounds the full-size masks held in memory)
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+
+
+# ----------------------------------------------------------------------------- one plane
+
+
+@dataclass
+class AnnotatedObject:
+    """One object: its class, detector score, and mask cropped to its bounding box.
+
+    ``crop`` is ``(h, w)`` bool; ``offset`` is the ``(row, col)`` of its top-left pixel.
+    """
+
+    class_id: int
+    score: float
+    offset: tuple[int, int]
+    crop: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.crop.sum())
+
+
+def paint_labels(objects: Sequence[AnnotatedObject], shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` uint32 label image: object ``k`` gets label ``k + 1``; larger objects are
+    painted first so small ones stay visible where they overlap."""
+    labels = np.zeros(shape, dtype=np.uint32)
+    for k in sorted(range(len(objects)), key=lambda i: -objects[i].area):
+        obj = objects[k]
+        r, c = obj.offset
+        h, w = obj.crop.shape
+        labels[r : r + h, c : c + w][obj.crop] = k + 1
+    return labels
+
+
+def _crop(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return (int(r0), int(c0)), mask[r0:r1, c0:c1].copy()
+
+
+def annotate_plane(
+    predictor: Any,
+    image: np.ndarray,
+    detections: Detections,
+    *,
+    contrast_limits: Any = None,
+) -> list[AnnotatedObject]:
+    """Segment every detected box of one 2D image with SAM.
+
+    Args:
+        predictor: a :class:`~napari_samscope.core.predictor.Predictor`.
+        image: ``(H, W)`` or ``(H, W, 3|4)`` image (any dtype; normalised by ``set_image``).
+        detections: boxes XYXY in pixels of ``image`` with classes and scores.
+        contrast_limits: passed to ``set_image`` (the plugin passes the layer's).
+
+    Returns:
+        One :class:`AnnotatedObject` per box whose mask is not empty, in box order.
+        A constant image (a blank plane) has nothing to segment and gives none.
+    """
+    if len(detections) == 0 or (contrast_limits is None and np.ptp(np.asarray(image)) == 0):
+        return []
+    predictor.set_image(image, contrast_limits=contrast_limits)
+    objects: list[AnnotatedObject] = []
+    try:
+        for start in range(0, len(detections), _BOX_BATCH):
+            stop = start + _BOX_BATCH
+            result = predictor.predict(bboxes=detections.boxes[start:stop], multimask_output=False)
+            for k, mask in enumerate(result.masks):
+                cropped = _crop(mask)
+                if cropped is not None:
+                    index = start + k
+                    objects.append(AnnotatedObject(
+                        int(detections.class_ids[index]), float(detections.scores[index]), *cropped
+                    ))
+    finally:
+        predictor.reset_image()
+    return objects
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def safe_stem(name: str, max_bytes: int = 180) -> str:
+    """A file-name stem that cannot leave its folder.
+
+    Path separators, control characters and characters Windows forbids become ``_``;
+    leading dots and spaces and trailing dots/spaces are removed; reserved Windows
+    device names get a leading ``_``; the UTF-8 length is capped at ``max_bytes``.
+    Unicode letters and inner spaces are kept. An empty result becomes ``"image"``.
+    """
+    stem = unicodedata.normalize("NFC", str(name))
+    stem = re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|]+', "_", stem)
+    stem = stem.strip(" .")
+    while len(stem.encode("utf-8")) > max_bytes:
+        stem = stem[:-1]
+    stem = stem.rstrip(" .")
+    if not stem:
+        return "image"
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = "_" + stem
+    return stem
+
+
+def _list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path]:
+    """The image files and the default output folder for ``data``."""
+    if isinstance(data, str | os.PathLike):
+        root = Path(data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"{str(root)!r} does not exist; give a folder of images or an image file")
+        if root.is_dir():
+            files = sorted(
+                p for p in root.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            )
+            if not files:
+                raise ValueError(
+                    f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(root)!r}"
+                )
+            name = root.resolve().name or "data"
+            return files, root.resolve().parent / f"{name}_auto_annotate_labels"
+        return [root], root.resolve().parent / f"{root.stem}_auto_annotate_labels"
+    files = [Path(p).expanduser() for p in data]
+    if not files:
+        raise ValueError("data is an empty list; give a folder, an image file or a list of image files")
+    parent = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+    return files, parent.parent / f"{parent.name or 'data'}_auto_annotate_labels"
+
+
+def _output_names(files: Sequence[Path]) -> list[str]:
+    """A unique, safe output stem per input file (case-insensitive uniqueness)."""
+    names, used = [], set()
+    for path in files:
+        base = safe_stem(path.stem)
+        candidate = base
+        if candidate.lower() in used:
+            candidate = safe_stem(f"{base}_{path.suffix.lstrip('.').lower()}")
+        counter = 2
+        while candidate.lower() in used:
+            candidate = f"{base}_{counter}"
+            counter += 1
+        used.add(candidate.lower())
+        names.append(candidate)
+    return names
+
+
+def _planes_from_array(data: np.ndarray, axes: str | None) -> np.ndarray:
+    """``(P, H, W)`` or ``(P, H, W, S)``: every axis except Y, X and samples (S) is a plane axis."""
+    if axes and "Y" in axes and "X" in axes and len(axes) == data.ndim:
+        spatial = [axes.index("Y"), axes.index("X")]
+        if "S" in axes and data.shape[axes.index("S")] in (3, 4):
+            spatial.append(axes.index("S"))
+        others = [i for i in range(data.ndim) if i not in spatial]
+        data = np.transpose(data, others + spatial)
+        return data.reshape(-1, *data.shape[len(others):])
+    if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
+        return data[None]
+    if data.ndim >= 3 and data.shape[-1] in (3, 4):
+        return data.reshape(-1, *data.shape[-3:])
+    return data.reshape(-1, *data.shape[-2:])
+
+
+def read_planes(path: Path) -> np.ndarray:
+    """Read an image file as ``(P, H, W)`` or ``(P, H, W, 3|4)`` planes (P=1 for 2D images).
+
+    Raises:
+        ValueError: the file is not a readable image.
+    """
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return _planes_from_array(np.asarray(series.asarray()), series.axes)
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise ValueError(f"could not read {path.name!r} as a TIFF: {exc}") from None
+    from .image import load_image
+
+    return _planes_from_array(load_image(path), None)
+
+
+def _plane_count(path: Path) -> int | None:
+    """Planes in the file from its header only (None when the header cannot be read)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes = series.shape, series.axes
+            return int(_planes_from_array(np.empty(shape, dtype=np.uint8), axes).shape[0])
+        return 1
+    except Exception:
+        return None
+
+
+def _txt_names(stem: str, planes: int) -> list[str]:
+    if planes == 1:
+        return [f"{stem}.txt"]
+    return [f"{stem}_z{z:04d}.txt" for z in range(planes)]
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+@dataclass
+class AnnotateSummary:
+    """What an ``auto_annotate`` run did."""
+
+    output_dir: Path
+    images: int = 0
+    annotated: int = 0
+    skipped: int = 0
+    planes: int = 0
+    objects: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    coco_path: Path | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.images} images: {self.annotated} annotated ({self.planes} planes, "
+            f"{self.objects} objects), {self.skipped} skipped (already annotated), "
+            f"{len(self.failed)} failed; labels in {self.output_dir}"
+        )
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _make_predictor(sam_model: Any, device: str) -> Any:
+    from .predictor import Predictor
+    from .sam_api import SAM
+
+    if isinstance(sam_model, Predictor):
+        return sam_model
+    if isinstance(sam_model, SAM):
+        return sam_model.predictor()
+    from .modeling.sam import Sam
+
+    if isinstance(sam_model, Sam):
+        return Predictor(sam_model)
+    return SAM(sam_model, device=device or "auto").predictor()
+
+
+def auto_annotate_job(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
+    sam_model: Any = None,
+    device: str = "",
+    output_dir: str | os.PathLike | None = None,
+    conf: float = 0.25,
+    classes: Iterable[int] | None = None,
+    max_det: int = 300,
+    overwrite: bool = False,
+    save_tiff: bool = False,
+    save_coco: bool = False,
+    split_parts: bool = False,
+) -> Job[AnnotateSummary]:
+    """The generator behind :func:`auto_annotate` (yields ``Progress`` per image)."""
+    files, default_dir = _list_images(data)
+    out = Path(output_dir).expanduser() if output_dir is not None else default_dir
+    out.mkdir(parents=True, exist_ok=True)
+    out_resolved = out.resolve()
+    inputs = {p.resolve() for p in files}
+    classes = None if classes is None else [int(c) for c in classes]
+    detector = make_detector(det_model, device=device, conf=conf, classes=classes, max_det=max_det)
+    predictor = None
+    coco = CocoWriter() if save_coco else None
+    summary = AnnotateSummary(output_dir=out, images=len(files))
+
+    def target(name: str) -> Path:
+        path = (out_resolved / name).resolve()
+        if path.parent != out_resolved or path in inputs:
+            raise ValueError(f"refusing to write {name!r}: it would leave {out} or replace an input image")
+        return path
+
+    stems = _output_names(files)
+    for stem in stems:  # fail before any work if a name would replace an input image
+        target(f"{stem}_labels.tif")
+    for index, (path, stem) in enumerate(zip(files, stems)):
+        yield Progress(f"auto-annotating {path.name}", index, len(files))
+        count = _plane_count(path)
+        label_path = target(f"{stem}_labels.tif")
+        if not overwrite and count is not None:
+            expected = [target(n) for n in _txt_names(stem, count)] + ([label_path] if save_tiff else [])
+            if all(p.exists() for p in expected):
+                summary.skipped += 1
+                if coco is not None:
+                    try:
+                        _add_existing_to_coco(coco, path, expected[:count])
+                    except (OSError, ValueError) as exc:
+                        summary.failed.append((path, f"not added to the COCO file: {exc}"))
+                continue
+        try:
+            planes = read_planes(path)
+        except (OSError, ValueError) as exc:
+            summary.failed.append((path, str(exc)))
+            continue
+        if predictor is None:
+            predictor = _make_predictor(sam_model, device)
+        try:
+            results = yield from _annotate_file(
+                path, planes, detector, predictor, conf, classes, max_det, index, len(files)
+            )
+        except ValueError as exc:  # unusable image content (all NaN, bad layout, ...)
+            summary.failed.append((path, str(exc)))
+            continue
+        label_planes = []
+        for z, (objects, txt_name) in enumerate(zip(results, _txt_names(stem, len(planes)))):
+            shape = planes[z].shape[:2]
+            lines: list[str] = []
+            for obj in objects:
+                lines += object_to_yolo_lines(obj.crop, obj.class_id, shape, obj.offset, split_parts=split_parts)
+            write_text_atomic(target(txt_name), "".join(line + "\n" for line in lines))
+            summary.files.append(target(txt_name))
+            if save_tiff:
+                label_planes.append(paint_labels(objects, shape))
+            if coco is not None:
+                frame = {"frame": z} if len(planes) > 1 else {}
+                image_id = coco.add_image(path.name, *shape, **frame)
+                for obj in objects:
+                    coco.add_object(image_id, obj.crop, obj.class_id, obj.score, shape, obj.offset)
+            summary.planes += 1
+            summary.objects += len(objects)
+        if save_tiff:
+            _write_labels(label_path, np.stack(label_planes) if len(label_planes) > 1 else label_planes[0])
+            summary.files.append(label_path)
+        summary.annotated += 1
+    yield Progress("auto-annotating", len(files), len(files))
+    if coco is not None:
+        summary.coco_path = coco.write(target(COCO_FILE))
+        summary.files.append(summary.coco_path)
+    return summary
+
+
+def _annotate_file(
+    path: Path, planes: np.ndarray, detector: Any, predictor: Any, conf: float,
+    classes: list[int] | None, max_det: int, index: int, total: int,
+) -> Job[list[list[AnnotatedObject]]]:
+    """Detect and segment every plane of one file (all planes before anything is written)."""
+    results = []
+    for z, plane in enumerate(planes):
+        if len(planes) > 1:
+            yield Progress(f"auto-annotating {path.name} plane {z + 1}/{len(planes)}", index, total)
+        found = detector(plane).filtered(conf=conf, classes=classes, max_det=max_det)
+        results.append(annotate_plane(predictor, plane, found))
+    return results
+
+
+def _write_labels(path: Path, labels: np.ndarray) -> None:
+    import tifffile
+
+    dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack", compression="zlib")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _add_existing_to_coco(coco: CocoWriter, image_path: Path, txt_paths: Sequence[Path]) -> None:
+    """Put an already annotated image into the COCO file from its text files."""
+    planes = read_planes(image_path)
+    for z, (plane, txt) in enumerate(zip(planes, txt_paths)):
+        shape = plane.shape[:2]
+        frame = {"frame": z} if len(planes) > 1 else {}
+        image_id = coco.add_image(image_path.name, *shape, **frame)
+        masks, class_ids = parse_yolo_segmentation(txt, shape)
+        coco.add_masks(image_id, masks, class_ids)
+
+
+def auto_annotate(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
+    sam_model: Any = None,
+    device: str = "",
+    output_dir: str | os.PathLike | None = None,
+    conf: float = 0.25,
+    classes: Iterable[int] | None = None,
+    max_det: int = 300,
+    overwrite: bool = False,
+    save_tiff: bool = False,
+    save_coco: bool = False,
+    split_parts: bool = False,
+    progress: Callable[[Progress], Any] | str | None = "tqdm",
+    verbose: bool = True,
+) -> AnnotateSummary:
+    """Annotate a folder of images with a detector and SAM (see the module docstring).
+
+    Args:
+        data: a folder of images (not recursive), one image file, or a list of files.
+            tif/tiff (any bit depth, multi-page stacks per plane), png, jpg/jpeg.
+        det_model: ``"blobs"`` (default, fluorescent nuclei, no weights), a callable
+            ``image -> (boxes XYXY, class_ids, scores)``, or Ultralytics YOLO weights.
+        sam_model: registry name, alias or checkpoint path; None for the project's default
+            model; or a ready ``SAM`` / ``Predictor``.
+        device: ``""`` picks automatically (CUDA, MPS, CPU); or ``"cpu"``, ``"cuda:0"``...
+        output_dir: default ``<data parent>/<data name>_auto_annotate_labels``.
+        conf: minimum detector score.
+        classes: keep only these class ids (None: all).
+        max_det: at most this many objects per image (plane), the best-scored.
+        overwrite: re-annotate images whose outputs already exist.
+        save_tiff: also write ``<stem>_labels.tif`` label images.
+        save_coco: also write ``annotations_coco.json`` for the whole folder.
+        split_parts: one YOLO line per connected part of an object.
+        progress: ``"tqdm"`` (a bar on stderr), None, or a callable receiving ``Progress``.
+        verbose: print the failures and the summary to stderr at the end.
+
+    Returns:
+        An :class:`AnnotateSummary` (counts, failures, written files).
+    """
+    summary = run(
+        auto_annotate_job(
+            data, det_model, sam_model, device, output_dir, conf, classes, max_det,
+            overwrite, save_tiff, save_coco, split_parts,
+        ),
+        progress=progress,
+    )
+    if verbose:
+        for path, reason in summary.failed:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(summary, file=sys.stderr)
+    return summary
