@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import make_tiny_sam
 from PIL import Image
 
+from conftest import make_tiny_sam
 from napari_samscope.core.annotate import (
     AnnotatedObject,
     annotate_plane,
