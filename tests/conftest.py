@@ -1,7 +1,8 @@
 """Shared pytest configuration.
 
 Core tests use tiny, randomly initialised configurations of the real
-architectures (see ``tests/core/tiny_models.py``); nothing here downloads weights.
+architectures (``make_tiny_sam`` and the fixtures below, built with
+``napari_samscope.core.build.tiny_config``); nothing here downloads weights.
 """
 
 import os
