@@ -28,6 +28,7 @@ __all__ = [
     "box_iou",
     "box_xyxy_to_xywh",
     "build_point_grid",
+    "clean_mask_regions",
     "build_layer_point_grids",
     "generate_crop_boxes",
     "is_box_near_crop_edge",
@@ -38,6 +39,7 @@ __all__ = [
     "stability_score",
     "uncrop_boxes",
     "uncrop_points",
+    "WindowedUpsampler",
 ]
 
 
@@ -67,9 +69,7 @@ def build_layer_point_grids(
     if n_layers < 0:
         raise ValueError(f"crop_n_layers must be >= 0, got {n_layers}.")
     if scale_per_layer < 1:
-        raise ValueError(
-            f"crop_n_points_downscale_factor must be >= 1, got {scale_per_layer}."
-        )
+        raise ValueError(f"crop_n_points_downscale_factor must be >= 1, got {scale_per_layer}.")
     grids = []
     for i in range(n_layers + 1):
         n = int(n_per_side / (scale_per_layer**i))
@@ -173,9 +173,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}.")
     if scores.shape != boxes.shape[:1]:
-        raise ValueError(
-            f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}."
-        )
+        raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}.")
     n = boxes.shape[0]
     device = boxes.device
     if n == 0:
@@ -274,7 +272,10 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
 
 
 def remove_small_regions(
-    mask: np.ndarray, area_thresh: float, mode: Literal["holes", "islands"]
+    mask: np.ndarray,
+    area_thresh: float,
+    mode: Literal["holes", "islands"],
+    large: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Fill small holes or drop small islands of a 2D bool mask (8-connectivity).
 
@@ -282,6 +283,8 @@ def remove_small_regions(
     ``area_thresh`` is filled (including a small outer background, as in the
     official code). ``islands``: components of the mask smaller than
     ``area_thresh`` are removed; if all are small, the largest is kept.
+    ``large`` (bool, like ``mask``) marks pixels whose components count as large
+    whatever their size (parts of bigger regions outside the array).
 
     Returns:
         ``(new_mask, changed)``.
@@ -295,7 +298,9 @@ def remove_small_regions(
     regions, n = label(working, connectivity=2, background=0, return_num=True)
     if n == 0:
         return mask, False
-    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    if large is not None:
+        sizes[np.unique(regions[large & (regions > 0)]) - 1] = np.inf
     small = np.flatnonzero(sizes < area_thresh) + 1
     if small.size == 0:
         return mask, False
@@ -305,3 +310,148 @@ def remove_small_regions(
     if large.size == 0:
         large = np.array([int(np.argmax(sizes)) + 1])
     return np.isin(regions, large), True
+
+
+# --------------------------------------------------------------------------- windowed upsampling
+
+
+class _Taps:
+    """One axis of the postprocessing: an ``(out, low)`` matrix with contiguous row support.
+
+    ``index[t, o]`` / ``weight[t, o]`` are the low-resolution sample and weight of tap
+    ``t`` of output ``o`` (the same layout as ``transforms.MaskUpsampler``), and
+    ``first[o]``..``last[o]`` the samples with a non-zero weight (both non-decreasing).
+    """
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        n_out, n_low = matrix.shape
+        nonzero = matrix != 0
+        self.first = nonzero.argmax(axis=1)
+        self.last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
+        taps = int((self.last - self.first).max()) + 1
+        index = self.first[None, :] + np.arange(taps)[:, None]
+        valid = index <= self.last[None, :]
+        index = np.minimum(index, n_low - 1)
+        weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
+        self.index = torch.from_numpy(index)
+        self.weight = torch.from_numpy(weight.astype(np.float32))
+
+    def outputs_reading(self, lo: int, hi: int) -> tuple[int, int]:
+        """``[a, b)``: the outputs whose support meets the samples ``lo..hi``."""
+        a = int(np.searchsorted(self.last, lo, side="left"))
+        b = int(np.searchsorted(self.first, hi, side="right"))
+        return a, max(a, b)
+
+
+class WindowedUpsampler:
+    """The official mask postprocessing, evaluated only where a mask can be.
+
+    The official postprocessing (bilinear to ``S x S``, crop, bilinear to the original
+    size; see ``transforms.MaskUpsampler``) is separable, and every output pixel is a
+    convex combination of a few low-resolution logits. So if every low-resolution logit
+    outside the box ``rows x cols`` is ``<= t``, every output pixel outside the outputs
+    that read that box is ``<= t`` too: :meth:`window` computes only that window (the
+    same values as the full computation there), which is what makes stability scores
+    and masks cheap for small objects on large images.
+
+    Args:
+        original_size: ``(H, W)``; input_size: ``(h, w)`` resized size; img_size: ``S``;
+        lowres_size: ``L``.
+    """
+
+    def __init__(
+        self,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int],
+        img_size: int,
+        lowres_size: int,
+    ) -> None:
+        from .transforms import postprocess_matrix
+
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.lowres_size = int(lowres_size)
+        self._rows = _Taps(
+            postprocess_matrix(lowres_size, img_size, input_size[0], original_size[0])
+        )
+        self._cols = _Taps(
+            postprocess_matrix(lowres_size, img_size, input_size[1], original_size[1])
+        )
+
+    def window(
+        self, low: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> tuple[int, int, torch.Tensor]:
+        """Upsample the outputs that read the low-resolution box ``rows x cols`` (inclusive).
+
+        Args:
+            low: ``(L, L)`` float32 logits.
+            rows, cols: inclusive ranges of low-resolution rows / columns.
+
+        Returns:
+            ``(y0, x0, logits)``: ``logits`` is ``(h, w)`` float32, the full-resolution
+            logits of rows ``y0..y0+h-1`` and columns ``x0..x0+w-1`` (possibly empty).
+        """
+        ya, yb = self._rows.outputs_reading(*rows)
+        xa, xb = self._cols.outputs_reading(*cols)
+        if ya == yb or xa == xb:
+            return ya, xa, low.new_zeros((yb - ya, xb - xa))
+        r_index, r_weight = self._rows.index[:, ya:yb], self._rows.weight[:, ya:yb]
+        c_index, c_weight = self._cols.index[:, xa:xb], self._cols.weight[:, xa:xb]
+        device = low.device
+        if device.type != "cpu":
+            r_index, r_weight = r_index.to(device), r_weight.to(device)
+            c_index, c_weight = c_index.to(device), c_weight.to(device)
+        lo, hi = int(self._rows.index[0, ya]), int(self._rows.index[-1, yb - 1])
+        part = low[lo : hi + 1]  # the low rows read by the window's rows
+        cols_up = part[:, c_index[0]] * c_weight[0]  # (n, w)
+        for t in range(1, c_index.shape[0]):
+            cols_up.addcmul_(part[:, c_index[t]], c_weight[t])
+        r_index = r_index - lo
+        out = cols_up.index_select(0, r_index[0]).mul_(r_weight[0][:, None])  # (h, w)
+        for t in range(1, r_index.shape[0]):
+            out.addcmul_(cols_up.index_select(0, r_index[t]), r_weight[t][:, None])
+        return ya, xa, out
+
+
+def clean_mask_regions(
+    crop_mask: np.ndarray, y0: int, x0: int, image_shape: tuple[int, int], area_thresh: float
+) -> tuple[np.ndarray, int, int, bool]:
+    """Fill holes, then drop islands, smaller than ``area_thresh`` (as the official
+    ``postprocess_small_regions`` does on the full mask), working on the mask's crop.
+
+    The crop is padded with one background pixel on every side that is not an image
+    edge. A background component touching that padding contains the whole image strip
+    beyond that side, so it is never smaller than the strip; when every such strip holds
+    at least ``area_thresh`` pixels the crop gives the same answer as the full image,
+    otherwise the full image is used.
+
+    Args:
+        crop_mask: ``(h, w)`` bool mask whose top-left pixel is at ``(y0, x0)``.
+        image_shape: ``(H, W)`` of the image.
+
+    Returns:
+        ``(mask, y, x, changed)``: the new bool mask and the position of its top-left pixel.
+    """
+    H, W = image_shape
+    h, w = crop_mask.shape
+    strips = {
+        "top": y0 * W,
+        "bottom": (H - y0 - h) * W,
+        "left": x0 * H,
+        "right": (W - x0 - w) * H,
+    }
+    padded_sides = {side: size for side, size in strips.items() if size > 0}
+    if padded_sides and min(padded_sides.values()) < area_thresh:
+        full = np.zeros((H, W), dtype=bool)
+        full[y0 : y0 + h, x0 : x0 + w] = crop_mask
+        work, oy, ox, pad = full, 0, 0, (0, 0, 0, 0)
+    else:
+        pad = tuple(int(side in padded_sides) for side in ("top", "bottom", "left", "right"))
+        work = np.pad(crop_mask, ((pad[0], pad[1]), (pad[2], pad[3])))
+        oy, ox = y0 - pad[0], x0 - pad[2]
+    protected = None
+    if pad != (0, 0, 0, 0):
+        protected = np.ones(work.shape, dtype=bool)
+        protected[pad[0] : work.shape[0] - pad[1], pad[2] : work.shape[1] - pad[3]] = False
+    work, holes_changed = remove_small_regions(work, area_thresh, "holes", large=protected)
+    work, islands_changed = remove_small_regions(work, area_thresh, "islands")
+    return work, oy, ox, holes_changed or islands_changed

@@ -1,0 +1,491 @@
+"""Segment everything: prompt SAM with a grid of points and keep the good, distinct masks.
+
+:class:`MaskGenerator` is our equivalent of Meta's ``SamAutomaticMaskGenerator``: the
+same parameters, defaults and decisions (IoU filter ``>``, stability filter ``>=``,
+crop-edge filter, box NMS inside each crop, NMS between crops preferring smaller crops,
+optional removal of small holes and islands followed by NMS). What differs is how the
+work is done:
+
+- **Memory is bounded.** Candidates are filtered by predicted IoU first (the same
+  decision at any resolution). Survivors are upsampled one at a time, and only on the
+  window of the image where the mask can be (:class:`~.mask_ops.WindowedUpsampler`:
+  exact, since outside that window every logit is below every threshold). A kept mask
+  is stored as the bit-packed crop of its bounding box. No full-resolution float tensor
+  of a batch ever exists, so a 4096 x 4096 image needs little more than its own RGB copy.
+- **Crops are re-encoded from the original image** (8-bit RGB after normalisation),
+  never upsampled from the model input.
+- The decoder call is :meth:`MaskGenerator._decode`, the one place to change for
+  other dtypes or devices.
+
+Coordinates follow SAM: points ``(x, y)``; ``bbox`` and ``crop_box`` are ``XYWH``;
+boxes from masks are inclusive (``x1`` is the last column of the mask), as in the
+official records, so ``bbox = (x0, y0, x1 - x0, y1 - y0)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import mask_ops as mo
+from .progress import Progress
+
+__all__ = ["EVERYTHING_DEFAULTS", "EverythingResult", "MaskGenerator", "MaskRecord"]
+
+#: Parameters of :class:`MaskGenerator` and their defaults (those of the official generator).
+EVERYTHING_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+    "multimask_output": True,
+}
+#: Ultralytics' names for some parameters.
+ALIASES = {
+    "points_stride": "points_per_side",
+    "conf": "pred_iou_thresh",
+    "points_batch_size": "points_per_batch",
+    "crop_downscale_factor": "crop_n_points_downscale_factor",
+}
+EDGE_TOLERANCE = 20.0  # pixels: masks this close to an inner crop edge are dropped
+
+
+@dataclass(frozen=True)
+class MaskRecord:
+    """One mask found by :class:`MaskGenerator`, stored compactly.
+
+    Attributes:
+        bbox: ``(x, y, w, h)`` in original pixels; ``x + w`` is the mask's last column.
+        area: number of mask pixels.
+        predicted_iou: the model's quality estimate.
+        stability_score: IoU of the masks thresholded at ``+-stability_score_offset``.
+        point_coords: the ``(x, y)`` grid point that produced the mask.
+        crop_box: ``(x, y, w, h)`` of the image crop it was found in.
+        image_shape: ``(H, W)`` of the original image.
+        packed: ``np.packbits`` of the ``(h + 1, w + 1)`` bool crop at ``bbox``.
+    """
+
+    bbox: tuple[int, int, int, int]
+    area: int
+    predicted_iou: float
+    stability_score: float
+    point_coords: tuple[float, float]
+    crop_box: tuple[int, int, int, int]
+    image_shape: tuple[int, int]
+    packed: np.ndarray = field(repr=False, compare=False)
+
+    @classmethod
+    def from_mask(
+        cls, mask: np.ndarray, y0: int, x0: int, image_shape: tuple[int, int], **fields: Any
+    ) -> MaskRecord:
+        """A record for the bool ``mask`` whose top-left pixel is at ``(y0, x0)``."""
+        box = mo.mask_to_box(mask)
+        if box is None:
+            return cls(
+                (0, 0, 0, 0), 0, packed=np.zeros(0, np.uint8), image_shape=image_shape, **fields
+            )
+        bx0, by0, bx1, by1 = box
+        tight = mask[by0 : by1 + 1, bx0 : bx1 + 1]
+        return cls(
+            bbox=(x0 + bx0, y0 + by0, bx1 - bx0, by1 - by0),
+            area=int(tight.sum()),
+            packed=np.packbits(tight, axis=None),
+            image_shape=image_shape,
+            **fields,
+        )
+
+    @property
+    def box_xyxy(self) -> tuple[int, int, int, int]:
+        """Inclusive ``(x0, y0, x1, y1)`` box."""
+        x, y, w, h = self.bbox
+        return x, y, x + w, y + h
+
+    @property
+    def crop_mask(self) -> np.ndarray:
+        """The ``(h + 1, w + 1)`` bool mask inside :attr:`bbox` (``(0, 0)`` when empty)."""
+        if self.area == 0:
+            return np.zeros((0, 0), dtype=bool)
+        _, _, w, h = self.bbox
+        bits = np.unpackbits(self.packed, count=(h + 1) * (w + 1))
+        return bits.reshape(h + 1, w + 1).astype(bool)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The ``(H, W)`` bool mask (materialised on each access)."""
+        return self.full_mask()
+
+    def full_mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The mask painted into a new ``shape`` (default :attr:`image_shape`) bool array."""
+        shape = self.image_shape if shape is None else tuple(shape)
+        out = np.zeros(shape, dtype=bool)
+        self.paint(out, True)
+        return out
+
+    def paint(self, array: np.ndarray, value: Any) -> None:
+        """Set ``array[mask] = value`` in place (``array`` is at least the mask's extent)."""
+        if self.area:
+            x, y, w, h = self.bbox
+            view = array[y : y + h + 1, x : x + w + 1]
+            view[self.crop_mask[: view.shape[0], : view.shape[1]]] = value
+
+
+@dataclass
+class EverythingResult:
+    """All masks of one image, in the order the official generator returns them."""
+
+    records: list[MaskRecord]
+    image_shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[MaskRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> MaskRecord:
+        return self.records[index]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``(N, H, W)`` bool (materialised on access: ``N * H * W`` bytes)."""
+        out = np.zeros((len(self), *self.image_shape), dtype=bool)
+        for i, record in enumerate(self.records):
+            record.paint(out[i], True)
+        return out
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(N,)`` float32 predicted IoU."""
+        return np.array([r.predicted_iou for r in self.records], dtype=np.float32)
+
+    @property
+    def stability_scores(self) -> np.ndarray:
+        """``(N,)`` float32 stability scores."""
+        return np.array([r.stability_score for r in self.records], dtype=np.float32)
+
+    @property
+    def areas(self) -> np.ndarray:
+        """``(N,)`` int64 mask areas in pixels."""
+        return np.array([r.area for r in self.records], dtype=np.int64)
+
+    def boxes(self) -> np.ndarray:
+        """``(N, 4)`` float32 inclusive XYXY boxes (as ``Prediction.boxes``; NaN if empty)."""
+        out = np.full((len(self), 4), np.nan, dtype=np.float32)
+        for i, record in enumerate(self.records):
+            if record.area:
+                out[i] = record.box_xyxy
+        return out
+
+    def to_label_image(self) -> np.ndarray:
+        """``(H, W)`` uint32: record ``i`` is label ``i + 1``; large masks are painted
+        first so that small ones stay visible; 0 is background."""
+        labels = np.zeros(self.image_shape, dtype=np.uint32)
+        for i in np.argsort(-self.areas, kind="stable"):
+            self.records[i].paint(labels, i + 1)
+        return labels
+
+    def to_prediction(self):  # -> Prediction (import deferred to keep this module light)
+        """The masks and scores as a :class:`~napari_samscope.core.results.Prediction`."""
+        from .results import Prediction
+
+        return Prediction(masks=self.masks, scores=self.scores)
+
+
+def _as_predictor(model: Any) -> Any:
+    """A ``Predictor`` for a ``SAM``, a ``Sam`` module or a ``Predictor``."""
+    if hasattr(model, "decode") and hasattr(model, "encode") and hasattr(model, "set_embedding"):
+        return model  # a Predictor (or a stand-in with its interface)
+    from .predictor import Predictor
+
+    return Predictor(model)  # raises TypeError for anything else
+
+
+class MaskGenerator:
+    """Segment everything in an image with a SAM-family model.
+
+    Args:
+        model: a ``SAM``, a ``Sam`` module or a ``Predictor``. A predictor's current
+            image is restored after each run.
+        points_per_side: grid points per image side (Ultralytics: ``points_stride``).
+        points_per_batch: prompts decoded together (Ultralytics: ``points_batch_size``).
+        pred_iou_thresh: keep masks whose predicted IoU is ``>`` this (alias ``conf``).
+        stability_score_thresh: keep masks whose stability score is ``>=`` this.
+        stability_score_offset: logit offset of the stability score.
+        box_nms_thresh: box IoU above which duplicates inside a crop are dropped.
+        crop_n_layers: extra crop layers; layer ``i`` has ``(2**i)**2`` crops.
+        crop_nms_thresh: box IoU above which duplicates between crops are dropped.
+        crop_overlap_ratio: overlap of layer-1 crops, as a fraction of the short side.
+        crop_n_points_downscale_factor: layer ``i`` uses ``points_per_side / f**i`` points.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this.
+        multimask_output: 3 candidates per point (else 1).
+        point_grids: explicit normalised ``(n, 2)`` ``(x, y)`` grids, one per crop layer,
+            instead of ``points_per_side``.
+    """
+
+    def __init__(self, model: Any, *, point_grids: list[np.ndarray] | None = None, **params: Any):
+        for alias, name in ALIASES.items():
+            if alias in params:
+                if name in params:
+                    raise TypeError(f"Give either {name!r} or its alias {alias!r}, not both.")
+                params[name] = params.pop(alias)
+        unknown = sorted(set(params) - set(EVERYTHING_DEFAULTS))
+        if unknown:
+            raise TypeError(
+                f"Unknown segment-everything parameter(s) {unknown}; "
+                f"valid ones are {sorted(EVERYTHING_DEFAULTS)} and aliases {sorted(ALIASES)}."
+            )
+        self.params = {**EVERYTHING_DEFAULTS, **params}
+        p = self.params
+        for name in (
+            "pred_iou_thresh",
+            "stability_score_thresh",
+            "box_nms_thresh",
+            "crop_nms_thresh",
+        ):
+            if not 0.0 <= float(p[name]) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {p[name]!r}.")
+        if not 0.0 <= float(p["crop_overlap_ratio"]) < 1.0:
+            raise ValueError(
+                f"crop_overlap_ratio must be in [0, 1), got {p['crop_overlap_ratio']!r}."
+            )
+        if float(p["stability_score_offset"]) < 0:
+            raise ValueError("stability_score_offset must be >= 0.")
+        if float(p["min_mask_region_area"]) < 0:
+            raise ValueError("min_mask_region_area must be >= 0.")
+        if int(p["points_per_batch"]) < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {p['points_per_batch']!r}.")
+        if point_grids is not None:
+            grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            if len(grids) != int(p["crop_n_layers"]) + 1 or any(
+                g.ndim != 2 or g.shape[1] != 2 for g in grids
+            ):
+                raise ValueError(
+                    "point_grids needs one (n, 2) grid of normalised (x, y) per crop layer "
+                    f"({int(p['crop_n_layers']) + 1} grids)."
+                )
+            self.point_grids = grids
+        else:
+            self.point_grids = mo.build_layer_point_grids(
+                p["points_per_side"],
+                int(p["crop_n_layers"]),
+                int(p["crop_n_points_downscale_factor"]),
+            )
+        self.predictor = _as_predictor(model)
+
+    # ------------------------------------------------------------------ public
+
+    def generate(
+        self,
+        image: np.ndarray,
+        progress: Callable[[Progress], Any] | str | None = None,
+        **norm_kwargs: Any,
+    ) -> EverythingResult:
+        """Segment everything in ``image`` (see :meth:`generate_iter`); ``progress`` as in
+        :func:`~napari_samscope.core.progress.run`."""
+        from .progress import run
+
+        return run(self.generate_iter(image, **norm_kwargs), progress=progress)
+
+    def generate_iter(
+        self, image: np.ndarray, **norm_kwargs: Any
+    ) -> Generator[Progress, None, EverythingResult]:
+        """Segment everything, yielding :class:`Progress` between units of work.
+
+        Args:
+            image: a 2D microscope image accepted by
+                :func:`~napari_samscope.core.image.to_rgb_uint8` (8-bit RGB is used as is).
+            **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``, ``contrast_limits``.
+
+        Returns (as the generator's value):
+            An :class:`EverythingResult`. Closing the generator early returns nothing.
+        """
+        from .image import to_rgb_uint8
+
+        rgb = to_rgb_uint8(image, **norm_kwargs)
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        crops, layers = mo.generate_crop_boxes(
+            size, int(self.params["crop_n_layers"]), float(self.params["crop_overlap_ratio"])
+        )
+        batch = int(self.params["points_per_batch"])
+        n_batches = [len(list(mo.batch_slices(len(self.point_grids[k]), batch))) for k in layers]
+        total, done = sum(n_batches) + len(crops), 0
+        previous = self.predictor.get_embedding() if self.predictor.is_image_set else None
+        records: list[MaskRecord] = []
+        try:
+            for crop, layer in zip(crops, layers):
+                yield Progress("segment everything: encoding", done, total)
+                job = self._process_crop(rgb, crop, layer)
+                while True:
+                    try:
+                        next(job)
+                    except StopIteration as stop:
+                        records.extend(stop.value)
+                        break
+                    done += 1
+                    yield Progress("segment everything: decoding", done, total)
+                done += 1
+        finally:
+            if previous is not None:
+                self.predictor.set_embedding(previous)
+            else:
+                self.predictor.reset_image()
+        if len(crops) > 1:
+            records = self._nms_between_crops(records)
+        area = float(self.params["min_mask_region_area"])
+        if area > 0 and records:
+            yield Progress("segment everything: cleaning small regions", total, total)
+            records = self._remove_small_regions(records, area)
+        yield Progress("segment everything: done", total, total)
+        return EverythingResult(records, size)
+
+    # ------------------------------------------------------------------ one crop
+
+    def _process_crop(
+        self, rgb: np.ndarray, crop: list[int], layer: int
+    ) -> Generator[None, None, list[MaskRecord]]:
+        """Masks of one crop, NMS-filtered, in the original frame; yields after each batch."""
+        from .transforms import apply_coords
+
+        x0, y0, x1, y1 = crop
+        (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])])
+        self.predictor.set_embedding(embedding)
+        crop_size = (y1 - y0, x1 - x0)
+        upsampler = mo.WindowedUpsampler(
+            crop_size, embedding.input_size, self.predictor.img_size, self.predictor.lowres_size
+        )
+        points = self.point_grids[layer] * np.array([crop_size[1], crop_size[0]], dtype=np.float64)
+        model_points = apply_coords(points, crop_size, embedding.input_size)
+        fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
+        records: list[MaskRecord] = []
+        for part in mo.batch_slices(len(points), int(self.params["points_per_batch"])):
+            low, iou = self._decode(model_points[part])
+            records.extend(self._keep_masks(low, iou, points[part], upsampler, crop, fields))
+            del low, iou
+            yield
+        if records:
+            boxes = torch.tensor([r.box_xyxy for r in records], dtype=torch.float32)
+            scores = torch.tensor([r.predicted_iou for r in records], dtype=torch.float32)
+            keep = mo.nms(boxes, scores, float(self.params["box_nms_thresh"]))
+            records = [records[i] for i in keep.tolist()]
+        return records
+
+    @torch.no_grad()
+    def _decode(self, model_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one decoder call: ``(B, 2)`` input-frame points -> ``(B, K, L, L)``, ``(B, K)``."""
+        device = self.predictor.device
+        coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
+        return self.predictor.decode(
+            coords, labels, None, None, multimask_output=bool(self.params["multimask_output"])
+        )
+
+    @torch.no_grad()
+    def _keep_masks(
+        self,
+        low: torch.Tensor,
+        iou: torch.Tensor,
+        points: np.ndarray,
+        upsampler: mo.WindowedUpsampler,
+        crop: list[int],
+        fields: dict[str, Any],
+    ) -> list[MaskRecord]:
+        """Filter one batch of candidates (the official order of filters) into records."""
+        p = self.params
+        threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
+        offset = float(p["stability_score_offset"])
+        k = low.shape[1]
+        low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+        point_index = np.repeat(np.arange(len(points)), k)
+        if float(p["pred_iou_thresh"]) > 0.0:
+            keep = (iou > float(p["pred_iou_thresh"])).nonzero()[:, 0]
+            low, iou, point_index = low[keep], iou[keep], point_index[keep.cpu().numpy()]
+        if low.shape[0] == 0:
+            return []
+        # Outside the low-res box of logits > (threshold - offset) nothing can pass any
+        # threshold at full resolution either (bilinear weights are convex).
+        above = low > threshold - offset
+        rows_any, cols_any = above.any(dim=2).cpu().numpy(), above.any(dim=1).cpu().numpy()
+        iou_host = iou.cpu().numpy()
+        stab_thresh = np.float32(p["stability_score_thresh"])
+        image_box = [0, 0, fields["image_shape"][1], fields["image_shape"][0]]
+        out: list[MaskRecord] = []
+        for j in range(low.shape[0]):
+            rows, cols = np.flatnonzero(rows_any[j]), np.flatnonzero(cols_any[j])
+            if rows.size:
+                wy, wx, logits = upsampler.window(low[j], (rows[0], rows[-1]), (cols[0], cols[-1]))
+                high_count = int((logits > threshold + offset).sum())
+                low_count = int((logits > threshold - offset).sum())
+            else:
+                wy = wx = high_count = low_count = 0
+                logits = low.new_zeros((0, 0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                stability = np.float32(high_count) / np.float32(low_count)
+            if stab_thresh > 0 and not stability >= stab_thresh:
+                continue
+            mask = (logits > threshold).cpu().numpy()
+            record = MaskRecord.from_mask(
+                mask,
+                crop[1] + wy,
+                crop[0] + wx,
+                predicted_iou=float(iou_host[j]),
+                stability_score=float(stability),
+                point_coords=tuple(
+                    float(v) for v in mo.uncrop_points(points[point_index[j]], crop)
+                ),
+                **fields,
+            )
+            if (
+                crop != image_box
+                and mo.is_box_near_crop_edge(
+                    np.array([record.box_xyxy]), crop, image_box, EDGE_TOLERANCE
+                )[0]
+            ):
+                continue
+            out.append(record)
+        return out
+
+    # ------------------------------------------------------------------ all crops
+
+    def _nms_between_crops(self, records: list[MaskRecord]) -> list[MaskRecord]:
+        """Drop duplicates between crops, preferring masks from smaller crops."""
+        if not records:
+            return records
+        boxes = torch.tensor([r.box_xyxy for r in records], dtype=torch.float32)
+        crop_area = torch.tensor(
+            [r.crop_box[2] * r.crop_box[3] for r in records], dtype=torch.float32
+        )
+        keep = mo.nms(boxes, 1.0 / crop_area, float(self.params["crop_nms_thresh"]))
+        return [records[i] for i in keep.tolist()]
+
+    def _remove_small_regions(self, records: list[MaskRecord], area: float) -> list[MaskRecord]:
+        """Fill small holes, drop small islands, then NMS preferring unchanged masks."""
+        cleaned, unchanged = [], []
+        for record in records:
+            x, y, _, _ = record.bbox
+            mask, oy, ox, changed = mo.clean_mask_regions(
+                record.crop_mask, y, x, record.image_shape, area
+            )
+            if changed:
+                record = MaskRecord.from_mask(
+                    mask, oy, ox, **{k: getattr(record, k) for k in _RECORD_FIELDS}
+                )
+            cleaned.append(record)
+            unchanged.append(0.0 if changed else 1.0)
+        boxes = torch.tensor([r.box_xyxy for r in cleaned], dtype=torch.float32)
+        threshold = max(float(self.params["box_nms_thresh"]), float(self.params["crop_nms_thresh"]))
+        keep = mo.nms(boxes, torch.tensor(unchanged), threshold)
+        return [cleaned[i] for i in keep.tolist()]
+
+
+_RECORD_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box", "image_shape")
