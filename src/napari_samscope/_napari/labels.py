@@ -19,7 +19,14 @@ import numpy as np
 
 from napari_samscope._napari.coords import PlaneGeometry, PlaneKey
 
-__all__ = ["Segmentation", "next_free_id", "check_labels_layer", "commit", "write_preview"]
+__all__ = [
+    "Segmentation",
+    "next_free_id",
+    "check_labels_layer",
+    "commit",
+    "write_preview",
+    "write_planes",
+]
 
 
 @dataclass
@@ -139,3 +146,11 @@ def write_preview(
             drawn.append(index)
     layer.refresh()
     return drawn
+
+
+def write_planes(layer: Any, geometry: PlaneGeometry, planes: dict[PlaneKey, np.ndarray]) -> None:
+    """Replace whole planes of a plugin-owned Labels ``layer`` with ``(H, W)`` label images."""
+    check_labels_layer(layer, geometry)
+    for key, plane in planes.items():
+        layer.data[geometry.labels_index(key)] = plane
+    layer.refresh()

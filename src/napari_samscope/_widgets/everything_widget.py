@@ -1,0 +1,204 @@
+"""The "Segment everything" dock widget: automatic masks on a plane or a whole stack.
+
+Shares the viewer's model session with the main widget. On a stack, every plane is
+segmented and ids are linked across planes by overlap, so one object keeps one id
+through z. Results go to the plugin's Labels layer "SAM everything".
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from magicgui.widgets import ComboBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samscope._napari import engine
+from napari_samscope._napari import layers as plugin_layers
+from napari_samscope._napari.coords import current_geometry
+from napari_samscope._napari.images import ImageSettings, PlaneSource
+from napari_samscope._napari.labels import check_labels_layer, write_planes
+from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
+from napari_samscope._widgets.panels import ModelPanel, ProgressRow
+from napari_samscope._widgets.session import get_session, unwrap_viewer
+from napari_samscope._widgets.workers import JobRunner, notify_error
+
+__all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
+
+EVERYTHING_NAME = "SAM everything"
+_SCOPES = ("current plane", "all planes of the stack (ids linked through z)")
+
+
+def _spin(kind: type, low: float, high: float, value: float, tip: str, step: float = 0.01) -> Any:
+    box = kind()
+    box.setRange(low, high)
+    if kind is QDoubleSpinBox:
+        box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+class SegmentEverythingWidget(QWidget):
+    """Segment everything in an image layer's current plane or whole stack.
+
+    Drive it from code with :meth:`run` (``scope="plane"`` or ``"stack"``).
+    """
+
+    #: Emitted when "SAM everything" shows a new result.
+    finished = Signal()
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self.progress = ProgressRow()
+        self.model_panel = ModelPanel(self.session, self.progress)
+        self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"))
+        self._shut = False
+        self.destroyed.connect(partial(SegmentEverythingWidget.shutdown, self))
+
+        import napari.layers as nl
+
+        self.image = ComboBox(label="image", choices=lambda _w: [
+            (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Image)])
+        self.normalization = QComboBox()
+        self.normalization.addItems(list(NORMALIZATION_LABELS))
+        self.points_per_side = _spin(QSpinBox, 1, 128, 32, "Grid of point prompts per side")
+        self.pred_iou = _spin(QDoubleSpinBox, 0.0, 1.0, 0.88, "Keep masks whose predicted IoU is above")
+        self.stability = _spin(QDoubleSpinBox, 0.0, 1.0, 0.95, "Keep masks at least this stable")
+        self.nms = _spin(QDoubleSpinBox, 0.0, 1.0, 0.7, "Drop a mask overlapping a better one more")
+        self.min_area = _spin(QSpinBox, 0, 1_000_000, 0, "Remove holes and islands smaller (pixels)")
+        self.scope = QComboBox()
+        self.scope.addItems(list(_SCOPES))
+        self.link_iou = _spin(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
+                              "overlapping at least this much (stack)")
+        self.run_button = QPushButton("Segment everything")
+        self.run_button.setToolTip("Run in the background; Cancel stops it between batches")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.model_panel)
+        box = QGroupBox("Segment everything")
+        form = QFormLayout(box)
+        form.addRow("image", self.image.native)
+        form.addRow("normalisation", self.normalization)
+        form.addRow("points per side", self.points_per_side)
+        form.addRow("predicted IoU >", self.pred_iou)
+        form.addRow("stability >=", self.stability)
+        form.addRow("box NMS", self.nms)
+        form.addRow("min region area", self.min_area)
+        form.addRow("scope", self.scope)
+        form.addRow("link IoU (stack)", self.link_iou)
+        form.addRow(self.run_button)
+        layout.addWidget(box)
+        layout.addWidget(self.progress)
+        layout.addStretch(1)
+
+        self.run_button.clicked.connect(lambda: self.run())
+        self.progress.cancel_button.clicked.connect(self.cancel)
+        events = napari_viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.reset_choices)
+        self.reset_choices()
+
+    # ------------------------------------------------------------------ public API
+
+    def params(self) -> dict[str, Any]:
+        """The segment-everything parameters chosen in the widget."""
+        return {
+            "points_per_side": int(self.points_per_side.value()),
+            "pred_iou_thresh": float(self.pred_iou.value()),
+            "stability_score_thresh": float(self.stability.value()),
+            "box_nms_thresh": float(self.nms.value()),
+            "min_mask_region_area": int(self.min_area.value()),
+        }
+
+    def run(self, scope: str | None = None) -> None:
+        """Segment everything on the current plane (``"plane"``) or the stack (``"stack"``)."""
+        if scope is None:
+            scope = "stack" if self.scope.currentIndex() == 1 else "plane"
+        if scope not in ("plane", "stack"):
+            raise ValueError(f"scope must be 'plane' or 'stack', not {scope!r}.")
+        try:
+            if self.session.sam is None:
+                self.model_panel.load(self.model_panel.selected_model(), then=lambda: self.run(scope))
+                return
+            image = self.image.value
+            if image is None:
+                raise ValueError("Choose an image layer first (add one to the viewer).")
+            geometry = current_geometry(image, self.viewer.dims.order, self.viewer.dims.point)
+            settings = ImageSettings(NORMALIZATION_LABELS[self.normalization.currentText()])
+            source = PlaneSource.from_layer(image, geometry, settings)
+            if scope == "stack" and geometry.stack_axis is None:
+                raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")
+            predictor = self.session.new_predictor()
+        except ValueError as error:
+            notify_error(error)
+            return
+        params, link = self.params(), float(self.link_iou.value())
+        if scope == "plane":
+            def job():
+                key = geometry.current
+                labels = yield from engine.everything_plane_iter(predictor, source, key, params)
+                return {key: labels}
+        else:
+            def job():
+                keys, volume = yield from engine.everything_stack_iter(
+                    predictor, source, params, link_iou=link)
+                return dict(zip(keys, volume))
+
+        try:
+            self.runner.start(job, lambda planes: self._show(planes, image, geometry))
+        except RuntimeError as error:
+            notify_error(str(error))
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+        self.model_panel.runner.cancel()
+
+    def reset_choices(self, event: Any = None) -> None:
+        self.image.reset_choices()
+
+    def shutdown(self) -> None:
+        """Stop workers and disconnect from the viewer (also when Qt destroys the widget)."""
+        if self._shut:
+            return
+        self._shut = True
+        self.runner.shutdown()
+        self.model_panel.shutdown()
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self.reset_choices)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ internals
+
+    def _show(self, planes: dict[Any, Any], image: Any, geometry: Any) -> None:
+        if image not in self.viewer.layers:
+            raise ValueError(f"The image layer '{image.name}' was removed while it was being "
+                             "segmented; the result was discarded.")
+        layer = self.viewer.layers[EVERYTHING_NAME] if EVERYTHING_NAME in self.viewer.layers else None
+        if layer is not None:
+            try:
+                check_labels_layer(layer, geometry)
+            except ValueError:
+                self.viewer.layers.remove(layer)
+                layer = None
+        if layer is None:
+            layer = self.viewer.add_layer(
+                plugin_layers.make_labels_layer(image, geometry, EVERYTHING_NAME))
+        write_planes(layer, geometry, planes)
+        self.finished.emit()

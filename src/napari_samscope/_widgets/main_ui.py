@@ -1,0 +1,153 @@
+"""The controls of the main widget (layout only; behaviour lives in ``main_widget``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import ComboBox
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samscope._napari.images import Normalization
+from napari_samscope._widgets.session import DEFAULT_CACHE_MB
+
+__all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS"]
+
+#: Normalisation choices as shown, in order.
+NORMALIZATION_LABELS = {
+    "layer contrast limits": Normalization.CONTRAST,
+    "automatic percentiles (0.5-99.5%)": Normalization.PERCENTILE,
+    "min / max": Normalization.MINMAX,
+}
+#: Propagation modes as shown -> core mode names.
+PROPAGATION_LABELS = {"mask prompt": "mask", "box": "box", "points": "points"}
+
+
+def _button(text: str, tip: str) -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    return button
+
+
+class MainControls:
+    """Every control of :class:`SegmentAnythingWidget`, laid out in group boxes.
+
+    Args:
+        layer_choices: ``kind -> callable`` returning ``[(name, layer), ...]`` for the
+            magicgui layer dropdowns (kinds: image, points, shapes, labels).
+    """
+
+    def __init__(self, layer_choices: dict[str, Callable[[Any], list[tuple[str, Any]]]]) -> None:
+        # image
+        self.image = ComboBox(label="image", choices=layer_choices["image"])
+        self.image.tooltip = "The image to segment: grey, RGB or multichannel, any dtype, 2D to nD"
+        self.normalization = QComboBox()
+        self.normalization.addItems(list(NORMALIZATION_LABELS))
+        self.normalization.setToolTip("How intensities become SAM's 8-bit input")
+        self.channel_axis = QComboBox()
+        self.channel_axis.setToolTip("The layer axis that holds channels (none: grey or RGB)")
+        self.channels = QLineEdit()
+        self.channels.setPlaceholderText("e.g. 0,1,2")
+        self.channels.setToolTip("Channels shown as R,G,B (needed with more than 3 channels)")
+        # prompts
+        self.points = ComboBox(label="points", choices=layer_choices["points"], nullable=True)
+        self.points.tooltip = "Point prompts; T toggles the polarity (green +, red -)"
+        self.shapes = ComboBox(label="boxes", choices=layer_choices["shapes"], nullable=True)
+        self.shapes.tooltip = "Rectangles = boxes; polygons and ellipses = box + mask"
+        self.new_prompts = _button("New prompt layers", "Create 'SAM points' and 'SAM boxes'")
+        self.live = QCheckBox("Live preview")
+        self.live.setChecked(True)
+        self.live.setToolTip("Re-segment whenever the prompts change")
+        self.target = ComboBox(label="target", choices=layer_choices["labels"], nullable=True)
+        self.target.tooltip = "Labels layer to commit into (empty: create 'SAM labels')"
+        self.overwrite = QCheckBox("overwrite existing labels")
+        self.overwrite.setToolTip("Off: committed objects only fill background pixels")
+        self.segment = _button("Segment (S)", "Segment the prompts now [S]")
+        self.commit = _button("Commit (C)", "Write the preview into the labels layer [C]")
+        self.clear = _button("Clear prompts (Shift+C)", "Remove all prompts [Shift+C]")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        # stacks
+        self.cache_mb = QSpinBox()
+        self.cache_mb.setRange(0, 1_000_000)
+        self.cache_mb.setValue(DEFAULT_CACHE_MB)
+        self.cache_mb.setSuffix(" MB")
+        self.cache_mb.setToolTip("Bound of the embedding cache (least recently used planes go first)")
+        self.cache_label = QLabel("embeddings: 0 MB")
+        self.precompute = _button(
+            "Precompute embeddings", "Encode every plane of the stack now (can be cancelled)"
+        )
+        self.mode = QComboBox()
+        self.mode.addItems(list(PROPAGATION_LABELS))
+        self.mode.setToolTip("How each plane prompts the next one")
+        self.iou = QDoubleSpinBox()
+        self.iou.setRange(0.0, 1.0)
+        self.iou.setSingleStep(0.05)
+        self.iou.setValue(0.5)
+        self.iou.setToolTip("Stop when a plane's mask overlaps the previous one less than this")
+        self.propagate = _button(
+            "Segment all slices (Shift+S)",
+            "Follow the prompted object through the stack [Shift+S]; a plane with a single "
+            "negative point stops it; between two prompted planes both sides fill in",
+        )
+
+    def build(self, parent: QWidget, model_panel: QWidget, progress: QWidget) -> None:
+        """Lay the controls out in ``parent``."""
+        layout = QVBoxLayout(parent)
+        layout.addWidget(model_panel)
+
+        box = QGroupBox("Image")
+        form = QFormLayout(box)
+        form.addRow("layer", self.image.native)
+        form.addRow("normalisation", self.normalization)
+        form.addRow("channel axis", self.channel_axis)
+        form.addRow("channels (R,G,B)", self.channels)
+        layout.addWidget(box)
+
+        box = QGroupBox("Prompts")
+        form = QFormLayout(box)
+        form.addRow("points", self.points.native)
+        form.addRow("boxes", self.shapes.native)
+        row = QHBoxLayout()
+        row.addWidget(self.new_prompts)
+        row.addWidget(self.live)
+        form.addRow(row)
+        form.addRow("commit into", self.target.native)
+        form.addRow(self.overwrite)
+        row = QHBoxLayout()
+        for button in (self.segment, self.commit, self.clear):
+            row.addWidget(button)
+        form.addRow(row)
+        form.addRow(self.status)
+        layout.addWidget(box)
+
+        box = QGroupBox("3D stacks and time series")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(self.cache_mb)
+        row.addWidget(self.cache_label, 1)
+        form.addRow("cache", row)
+        form.addRow(self.precompute)
+        form.addRow("propagate with", self.mode)
+        form.addRow("stop below IoU", self.iou)
+        form.addRow(self.propagate)
+        layout.addWidget(box)
+
+        layout.addWidget(progress)
+        layout.addStretch(1)
+
+    def layer_combos(self) -> list[ComboBox]:
+        return [self.image, self.points, self.shapes, self.target]

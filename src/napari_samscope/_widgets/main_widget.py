@@ -1,0 +1,478 @@
+"""The "Segment Anything" dock widget: prompts in, a live preview, commits out.
+
+Qt glue only: prompts are read by ``_napari.prompts``, jobs are ``_napari.engine``
+generators run by :class:`~napari_samscope._widgets.workers.JobRunner`, results are
+written by ``_napari.labels``. Keys (on the plugin's layers only): ``S`` segment,
+``Shift+S`` segment all slices, ``C`` commit, ``Shift+C`` clear prompts, ``T``
+toggle point polarity.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import QWidget
+
+from napari_samscope._napari import engine
+from napari_samscope._napari import layers as plugin_layers
+from napari_samscope._napari.coords import current_geometry
+from napari_samscope._napari.images import ImageSettings, PlaneSource
+from napari_samscope._napari.labels import Segmentation, check_labels_layer, write_preview
+from napari_samscope._napari.labels import commit as commit_segmentation
+from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS, PROPAGATION_LABELS, MainControls
+from napari_samscope._widgets.panels import ModelPanel, ProgressRow
+from napari_samscope._widgets.session import get_session, unwrap_viewer
+from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
+
+__all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
+
+#: Quiet time after the last prompt change before the preview runs.
+PREVIEW_DEBOUNCE_MS = 10
+_KEYS = {"S": "segment", "Shift-S": "segment_all_slices", "C": "commit",
+         "Shift-C": "clear_prompts", "T": "toggle_polarity"}
+
+
+def _layers_of(viewer: Any, kind: str):
+    import napari.layers as nl
+
+    cls = {"image": nl.Image, "points": nl.Points, "shapes": nl.Shapes, "labels": nl.Labels}[kind]
+
+    def choices(_widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)
+                and layer.name != plugin_layers.PREVIEW_NAME]
+
+    return choices
+
+
+class SegmentAnythingWidget(QWidget):
+    """Interactive SAM segmentation of napari image layers (2D, stacks, time series).
+
+    Drive it from code with :meth:`set_model`, :meth:`segment`, :meth:`commit`,
+    :meth:`segment_all_slices`, :meth:`precompute`, :meth:`clear_prompts`.
+    """
+
+    #: Emitted after the preview layer shows a new result.
+    preview_updated = Signal()
+    #: Emitted with the ids written by a commit.
+    committed = Signal(list)
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self.progress = ProgressRow()
+        self.model_panel = ModelPanel(self.session, self.progress)
+        self.ui = MainControls({k: _layers_of(napari_viewer, k)
+                                for k in ("image", "points", "shapes", "labels")})
+        self.ui.build(self, self.model_panel, self.progress)
+        self.preview_runner = JobRunner(self.progress.show_progress, self._tracker("preview"))
+        self.runner = JobRunner(self.progress.show_progress, self._tracker("job"))
+        self.preview: Segmentation | None = None
+        self._drawn: list[Any] = []
+        self._bound: list[Any] = []
+        self._watched: list[Any] = []
+        self._commit_when_ready = False
+        self._active_image: Any = None
+        self._shut = False
+        self.destroyed.connect(partial(SegmentAnythingWidget.shutdown, self))
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(PREVIEW_DEBOUNCE_MS)
+        self._timer.timeout.connect(self._auto_segment)
+
+        ui = self.ui
+        ui.image.changed.connect(self._image_changed)
+        ui.points.changed.connect(self._prompt_layers_changed)
+        ui.shapes.changed.connect(self._prompt_layers_changed)
+        ui.new_prompts.clicked.connect(lambda: self.ensure_prompt_layers(new=True))
+        ui.segment.clicked.connect(self.segment)
+        ui.commit.clicked.connect(self.commit)
+        ui.clear.clicked.connect(self.clear_prompts)
+        ui.precompute.clicked.connect(self.precompute)
+        ui.propagate.clicked.connect(self.segment_all_slices)
+        ui.cache_mb.valueChanged.connect(lambda mb: self.session.set_cache_limit(mb * 2**20))
+        self.progress.cancel_button.clicked.connect(self.cancel)
+        self.session.cache_changed.connect(self._show_cache)
+        self.session.model_changed.connect(self._model_changed)
+        events = napari_viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.reset_choices)
+        events.removed.connect(self._layer_removed)
+        self.reset_choices()
+        self._image_changed(self.image_layer)
+        self._prompt_layers_changed()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def image_layer(self) -> Any:
+        return self.ui.image.value
+
+    @property
+    def points_layer(self) -> Any:
+        return self.ui.points.value
+
+    @property
+    def shapes_layer(self) -> Any:
+        return self.ui.shapes.value
+
+    def set_model(self, model: Any, device: str | None = None, name: str | None = None) -> Any:
+        """Use ``model``: a registry name or checkpoint path (loaded in a worker, which
+        is returned), or an in-memory ``SAM`` / ``Sam`` (set at once)."""
+        if isinstance(model, (str, Path)) or model is None:
+            return self.model_panel.load(model, device)
+        self.session.set_model(model, name=name)
+        return None
+
+    def settings(self) -> ImageSettings:
+        """The image conversion settings chosen in the widget."""
+        text = self.ui.channels.text().strip()
+        axis = self.ui.channel_axis.currentData()
+        try:
+            channels = tuple(int(c) for c in text.replace(" ", "").split(",") if c) or None
+        except ValueError:
+            raise ValueError(f"Channels must be integers separated by commas, not {text!r}.") from None
+        return ImageSettings(
+            normalization=NORMALIZATION_LABELS[self.ui.normalization.currentText()],
+            channel_axis=None if axis is None else int(axis),
+            channels=channels if axis is not None else None,
+        )
+
+    def ensure_prompt_layers(self, new: bool = False) -> tuple[Any, Any]:
+        """Create "SAM points" / "SAM boxes" for the image when none is chosen (or ``new``)."""
+        image = self._require_image()
+        geometry = self._geometry(image)
+        if new or self.points_layer is None:
+            layer = self.viewer.add_layer(plugin_layers.make_points_layer(image, geometry))
+            layer.mode = "add"
+            self.reset_choices()
+            self.ui.points.value = layer
+        if new or self.shapes_layer is None:
+            layer = self.viewer.add_layer(plugin_layers.make_shapes_layer(image, geometry))
+            self.reset_choices()
+            self.ui.shapes.value = layer
+        if self.points_layer is not None:
+            self.viewer.layers.selection.active = self.points_layer
+        return self.points_layer, self.shapes_layer
+
+    def segment(self) -> None:
+        """Segment the prompted plane(s) into the preview, in a worker (``S``)."""
+        self._timer.stop()
+        if self._shut:
+            return
+        try:
+            image, source, prompts = self._snapshot()
+        except ValueError as error:
+            notify_error(error)
+            return
+        if prompts.skipped:
+            self.ui.status.setText("; ".join(prompts.skipped))
+        planes = prompts.prompted_planes
+        if not planes:
+            self._show_preview(None, image)
+            return
+        if self.session.sam is None:
+            self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
+            return
+        predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
+        image_id = self._image_id(image)
+
+        def job():
+            objects = []
+            for key in planes:
+                seg = yield from engine.segment_plane_iter(
+                    predictor, cache, source, image_id, key, prompts.on(key).objects(), lock)
+                objects.extend(seg.objects)
+            return Segmentation(source.geometry, objects)
+
+        self.preview_runner.start(job, lambda seg: self._show_preview(seg, image), supersede=True)
+
+    def commit(self) -> list[int]:
+        """Write the preview's objects into the target labels layer (``C``).
+
+        If a preview is still being computed, the commit happens when it arrives.
+        Returns the ids written (empty when deferred or nothing to commit).
+        """
+        if self._timer.isActive() or self.preview_runner.busy:
+            self._commit_when_ready = True
+            return []
+        return self._commit_now()
+
+    def _commit_now(self) -> list[int]:
+        self._commit_when_ready = False
+        if self.preview is None or self.preview.is_empty():
+            notify_info("Nothing to commit: add prompts and wait for the preview.")
+            return []
+        try:
+            image = self._require_image()
+            target = self.ui.target.value
+            if target is None:
+                target = self.viewer.add_layer(plugin_layers.make_labels_layer(
+                    image, self.preview.geometry, plugin_layers.LABELS_NAME))
+                self.reset_choices()
+                self.ui.target.value = target
+            ids = commit_segmentation(target, self.preview, overwrite=self.ui.overwrite.isChecked())
+        except ValueError as error:
+            notify_error(error)
+            return []
+        self.ui.status.setText(f"committed {ids} into '{target.name}'" if ids else
+                               "nothing committed: every pixel was already labelled")
+        self._show_preview(None, image)
+        self.clear_prompts()
+        self.committed.emit(ids)
+        return ids
+
+    def clear_prompts(self) -> None:
+        """Remove every prompt (``Shift+C``); the preview clears with them."""
+        plugin_layers.clear_prompts(self.points_layer, self.shapes_layer)
+        self._schedule_preview()
+
+    def toggle_polarity(self) -> None:
+        """Flip the selected points' polarity, or the next point's (``T``)."""
+        if self.points_layer is not None:
+            self.ui.status.setText(plugin_layers.toggle_polarity(self.points_layer))
+            self._schedule_preview()
+
+    def segment_all_slices(self) -> None:
+        """Propagate the prompted object through the stack into the preview (``Shift+S``)."""
+        try:
+            image, source, prompts = self._snapshot()
+            predictor = self.session.new_predictor()
+        except ValueError as error:
+            notify_error(error)
+            return
+        mode = PROPAGATION_LABELS[self.ui.mode.currentText()]
+        iou = float(self.ui.iou.value())
+        cache, image_id = self.session.cache, self._image_id(image)
+        self.preview_runner.cancel()
+        self._start(lambda: engine.propagate_prompts_iter(
+            predictor, cache, source, image_id, prompts, mode=mode, iou_threshold=iou),
+            lambda seg: self._show_preview(seg, image))
+
+    def precompute(self) -> None:
+        """Encode every plane of the stack through the current plane (cancellable)."""
+        try:
+            image, source, _ = self._snapshot(prompts=False)
+            predictor = self.session.new_predictor()
+        except ValueError as error:
+            notify_error(error)
+            return
+        cache, image_id = self.session.cache, self._image_id(image)
+
+        def done(count: int) -> None:
+            self._check_alive(image)
+            self.ui.status.setText(f"encoded {count} plane(s)")
+
+        self._start(lambda: engine.precompute_iter(
+            predictor, cache, source, image_id, source.stack_keys()), done)
+
+    def cancel(self) -> None:
+        """Stop every running job of this widget (between two steps)."""
+        self._timer.stop()
+        for runner in (self.preview_runner, self.runner, self.model_panel.runner):
+            runner.cancel()
+
+    def reset_choices(self, event: Any = None) -> None:
+        """Refresh the layer dropdowns (napari calls this when layers change)."""
+        for combo in self.ui.layer_combos():
+            combo.reset_choices()
+
+    def shutdown(self) -> None:
+        """Stop workers and disconnect from the viewer (the widget is closing).
+
+        Also runs when Qt destroys the widget with the viewer's window, so it touches
+        no Qt object that may already be gone.
+        """
+        if self._shut:
+            return
+        self._shut = True
+        for runner in (self.preview_runner, self.runner, self.model_panel.runner):
+            runner.shutdown()
+        with suppress(RuntimeError):
+            self._timer.stop()
+        self._unbind_keys()
+        self._watch([])
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self.reset_choices)
+        events.removed.disconnect(self._layer_removed)
+        self.session.cache_changed.disconnect(self._show_cache)
+        self.session.model_changed.disconnect(self._model_changed)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ internals
+
+    def _tracker(self, source: str):
+        show = self.progress.tracker(source)
+
+        def busy(state: bool) -> None:
+            show(state)
+            if not state:
+                self.session.notify_cache()
+
+        return busy
+
+    def _start(self, job: Any, on_done: Any) -> None:
+        try:
+            self.runner.start(job, on_done)
+        except RuntimeError as error:
+            notify_error(str(error))
+
+    def _require_image(self) -> Any:
+        image = self.image_layer
+        if image is None:
+            raise ValueError("Choose an image layer first (add one to the viewer).")
+        return image
+
+    def _geometry(self, image: Any) -> Any:
+        return current_geometry(image, self.viewer.dims.order, self.viewer.dims.point,
+                                channel_axis=self.settings().channel_axis)
+
+    def _snapshot(self, prompts: bool = True) -> tuple[Any, PlaneSource, Any]:
+        image = self._require_image()
+        geometry = self._geometry(image)
+        source = PlaneSource.from_layer(image, geometry, self.settings())
+        self._active_image = image
+        found = None
+        if prompts:
+            found = collect_prompts(image, geometry, self.viewer.dims.point,
+                                    self.points_layer, self.shapes_layer)
+        return image, source, found
+
+    @staticmethod
+    def _image_id(image: Any) -> tuple[str, int]:
+        return (str(image.unique_id), id(image.data))
+
+    def _check_alive(self, image: Any) -> None:
+        if image not in self.viewer.layers:
+            raise ValueError(f"The image layer '{image.name}' was removed while it was being "
+                             "segmented; the result was discarded.")
+
+    def _show_preview(self, segmentation: Segmentation | None, image: Any) -> None:
+        if segmentation is not None:
+            self._check_alive(image)
+        layer = self._preview_layer(segmentation)
+        if layer is not None:
+            self._drawn = write_preview(layer, segmentation, self._drawn)
+        self.preview = segmentation
+        self.preview_updated.emit()
+        if self._commit_when_ready and not self._timer.isActive():
+            self._commit_now()  # this is the newest result: stale ones never get here
+
+    def _preview_layer(self, segmentation: Segmentation | None) -> Any:
+        name = plugin_layers.PREVIEW_NAME
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if segmentation is None:
+            return layer
+        if layer is not None:
+            try:
+                check_labels_layer(layer, segmentation.geometry)
+                return layer
+            except ValueError:
+                self.viewer.layers.remove(layer)
+        self._drawn = []
+        layer = plugin_layers.make_labels_layer(
+            self._require_image(), segmentation.geometry, name, dtype="uint8", opacity=0.6)
+        layer = self.viewer.add_layer(layer)
+        self._bind_keys([layer, self.points_layer, self.shapes_layer])
+        if self.points_layer is not None:
+            self.viewer.layers.selection.active = self.points_layer
+        return layer
+
+    def _schedule_preview(self) -> None:
+        if self.ui.live.isChecked():
+            self._timer.start()
+
+    def _auto_segment(self) -> None:
+        """The live preview: like ``segment`` but silent while there is nothing to do."""
+        if self.image_layer is None:
+            return
+        if self.points_layer is None and self.shapes_layer is None:
+            return
+        self.segment()
+
+    def _prompts_changed(self, event: Any) -> None:
+        if str(getattr(getattr(event, "action", None), "value", "added")) in (
+                "added", "removed", "changed"):
+            self._schedule_preview()
+
+    def _watch(self, layers: list[Any]) -> None:
+        for layer in self._watched:
+            layer.events.data.disconnect(self._prompts_changed)
+        self._watched = [layer for layer in layers if layer is not None]
+        for layer in self._watched:
+            layer.events.data.connect(self._prompts_changed)
+
+    def _bind_keys(self, layers: list[Any]) -> None:
+        for layer in layers:
+            if layer is None or layer in self._bound:
+                continue
+            for key, method in _KEYS.items():
+                layer.bind_key(key, self._key_handler(method), overwrite=True)
+            self._bound.append(layer)
+
+    def _key_handler(self, method: str):
+        def handler(_layer: Any) -> None:
+            getattr(self, method)()
+
+        handler.__name__ = method
+        return handler
+
+    def _unbind_keys(self) -> None:
+        for layer in self._bound:
+            for key in _KEYS:
+                layer.bind_key(key, None, overwrite=True)
+        self._bound = []
+
+    def _prompt_layers_changed(self, _value: Any = None) -> None:
+        self._unbind_keys()
+        preview = self.viewer.layers[plugin_layers.PREVIEW_NAME] \
+            if plugin_layers.PREVIEW_NAME in self.viewer.layers else None
+        self._bind_keys([self.points_layer, self.shapes_layer, preview])
+        self._watch([self.points_layer, self.shapes_layer])
+        self._schedule_preview()
+
+    def _image_changed(self, image: Any) -> None:
+        self.ui.channel_axis.clear()
+        self.ui.channel_axis.addItem("none", None)
+        if image is not None:
+            for axis in range(image.ndim):
+                self.ui.channel_axis.addItem(str(axis), axis)
+        if image is not None and (self.points_layer is None or self.shapes_layer is None):
+            QTimer.singleShot(0, self._auto_prompt_layers)
+
+    def _auto_prompt_layers(self) -> None:
+        if self.image_layer is not None and self.image_layer in self.viewer.layers:
+            try:
+                self.ensure_prompt_layers()
+            except ValueError as error:
+                notify_error(error)
+
+    def _layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if layer in self._bound:
+            self._bound.remove(layer)
+        if layer.name == plugin_layers.PREVIEW_NAME:
+            self._drawn = []
+        if layer is self._active_image:
+            if self.preview_runner.busy or self.runner.busy:
+                self.cancel()
+                notify_error(f"The image layer '{layer.name}' was removed while it was being "
+                             "segmented; the job was stopped and napari is fine.")
+            self._active_image = None
+        if hasattr(layer, "contrast_limits") and not hasattr(layer, "selected_label"):
+            self.session.forget_image(self._image_id(layer))
+
+    def _model_changed(self, _sam: Any) -> None:
+        self._schedule_preview()
+
+    def _show_cache(self, nbytes: int, limit: int) -> None:
+        self.ui.cache_label.setText(f"embeddings: {nbytes / 2**20:.1f} MB of {limit / 2**20:.0f} MB")

@@ -1,0 +1,231 @@
+"""One model session per viewer, shared by every samscope widget.
+
+``get_session(viewer)`` returns the viewer's :class:`ModelSession`: the loaded model
+(``core.sam_api.SAM``), its :class:`~napari_samscope.core.predictor.Predictor`, the
+per-plane embedding cache, and the list of models for the dropdowns. The main
+widget, the segment-everything widget, the fine-tuning widget and the
+auto-annotation widget all use it, so a model is loaded once and the embeddings of a
+plane are computed once.
+
+Loading runs in a napari worker (``load`` returns it, not started); the session's
+``model_changed`` signal fires on the GUI thread when a model is in place.
+Nothing here imports torch until a model is loaded or set.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from psygnal import Signal
+
+from napari_samscope.core.progress import Progress
+
+__all__ = [
+    "ModelSession",
+    "ModelChoice",
+    "get_session",
+    "unwrap_viewer",
+    "DEFAULT_CACHE_MB",
+    "DEVICES",
+]
+
+#: Default bound of the embedding cache, in MiB.
+DEFAULT_CACHE_MB = 1024
+#: Devices offered by the widgets.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+_SESSIONS: dict[int, ModelSession] = {}
+
+
+class ModelChoice:
+    """One entry of the model dropdown: a registry model and whether it is cached."""
+
+    def __init__(self, name: str, cached: bool, description: str = "", default: bool = False):
+        self.name = name
+        self.cached = cached
+        self.description = description
+        self.default = default
+
+    @property
+    def label(self) -> str:
+        """Text for the dropdown, e.g. ``"vit_b (not cached: downloads 375 MB)"``."""
+        state = "cached" if self.cached else "not cached, will download"
+        return f"{self.name}{' (default)' if self.default else ''} - {state}"
+
+    def __repr__(self) -> str:
+        return f"ModelChoice({self.name!r}, cached={self.cached})"
+
+
+class ModelSession:
+    """The model, predictor and embedding cache shared by the widgets of one viewer.
+
+    Signals:
+        model_changed(object): the new ``SAM`` (or ``None``), on the GUI thread.
+        models_changed(): the list of models changed (a model was added).
+        cache_changed(int, int): bytes held and the bound, after a change.
+    """
+
+    model_changed = Signal(object)
+    models_changed = Signal()
+    cache_changed = Signal(int, int)
+
+    def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
+        self.sam: Any = None
+        self.predictor: Any = None
+        self.device = "auto"
+        #: Guards the shared predictor's current embedding (set_embedding + predict).
+        self.decode_lock = threading.Lock()
+        self._cache: Any = None
+        self._cache_bytes = int(cache_mb * 2**20)
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def model_name(self) -> str | None:
+        return None if self.sam is None else self.sam.name
+
+    def models(self) -> list[ModelChoice]:
+        """Registry models for the dropdown, the project default first."""
+        from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+
+        choices = [
+            ModelChoice(m.name, m.cached, m.description, m.name == DEFAULT_MODEL)
+            for m in list_models()
+        ]
+        return sorted(choices, key=lambda c: not c.default)
+
+    def add_model(self, name: str, path: str | Path, description: str = "") -> Any:
+        """Register a model file (e.g. a fine-tuned one) so it appears in the dropdowns.
+
+        Returns the registry's ``ModelSpec``. Raises ``ValueError`` / ``FileNotFoundError``
+        for a reserved name or a missing file.
+        """
+        from napari_samscope.core.registry import register_local_model
+
+        spec = register_local_model(name, path, description)
+        self.models_changed.emit()
+        return spec
+
+    def set_model(self, model: Any, name: str | None = None) -> None:
+        """Use ``model`` from now on: a ``SAM``, a ``Sam`` module, or a ``LoadedModel``.
+
+        Embeddings of the previous model stay cached (keyed by model) but will not be
+        used by this one. Emits ``model_changed``.
+        """
+        from napari_samscope.core.loader import LoadedModel
+        from napari_samscope.core.modeling.sam import Sam
+        from napari_samscope.core.predictor import Predictor
+        from napari_samscope.core.sam_api import SAM
+
+        if isinstance(model, LoadedModel):
+            sam = SAM.from_sam(model.sam, model.name, dtype=model.dtype)
+        elif isinstance(model, Sam):
+            sam = SAM.from_sam(model, name or "custom")
+        elif isinstance(model, SAM):
+            sam = model
+        else:
+            raise TypeError(
+                f"set_model() needs a SAM, a Sam module or a LoadedModel, not {type(model).__name__}."
+            )
+        if name is not None:
+            sam.name = name
+        with self.decode_lock:
+            self.sam = sam
+            self.predictor = Predictor(sam)
+        self.model_changed.emit(sam)
+
+    def load_iter(
+        self, model: str | Path | None = None, device: str = "auto", dtype: Any = None
+    ) -> Generator[Progress, None, Any]:
+        """The loading job (downloads if needed): yields progress, returns a ``LoadedModel``."""
+        from napari_samscope.core.loader import load_sam_iter
+
+        return (yield from load_sam_iter(model, device=device, dtype=dtype))
+
+    def load(self, model: str | Path | None = None, device: str = "auto", dtype: Any = None) -> Any:
+        """A napari worker (not started) that loads ``model`` and then sets it.
+
+        Connect to its ``yielded`` (``Progress``) and ``errored`` signals, then
+        ``start()`` it. A failed load leaves the current model in place.
+        """
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(self.load_iter, model, device, dtype, _ignore_errors=True)
+        worker.returned.connect(self.set_model)
+        self.device = device
+        return worker
+
+    def new_predictor(self) -> Any:
+        """A separate predictor on the same model (for long jobs that set their own image)."""
+        from napari_samscope.core.predictor import Predictor
+
+        return Predictor(self.require_model())
+
+    def require_model(self) -> Any:
+        """The current ``SAM``; raises ``ValueError`` with what to do when none is loaded."""
+        if self.sam is None:
+            raise ValueError("No model is loaded: choose a model and press 'Load' first.")
+        return self.sam
+
+    # ------------------------------------------------------------------ embeddings
+
+    @property
+    def cache(self) -> Any:
+        """The embedding cache (``core.volume.EmbeddingCache``), made on first use."""
+        if self._cache is None:
+            from napari_samscope.core.volume import EmbeddingCache
+
+            self._cache = EmbeddingCache(max_bytes=self._cache_bytes)
+        return self._cache
+
+    @property
+    def cache_limit(self) -> int:
+        return self._cache_bytes
+
+    def set_cache_limit(self, max_bytes: int) -> None:
+        """Bound the embedding cache (least recently used planes are dropped first)."""
+        if max_bytes < 0:
+            raise ValueError(f"The cache bound must be >= 0 bytes, not {max_bytes}.")
+        self._cache_bytes = int(max_bytes)
+        if self._cache is not None:
+            self._cache.max_bytes = self._cache_bytes
+        self.notify_cache()
+
+    def cache_nbytes(self) -> int:
+        return 0 if self._cache is None else int(self._cache.nbytes)
+
+    def notify_cache(self) -> None:
+        """Emit ``cache_changed`` with the current figures."""
+        self.cache_changed.emit(self.cache_nbytes(), self._cache_bytes)
+
+    def forget_image(self, image_id: Any) -> None:
+        """Drop the cached embeddings of one image (its layer was removed)."""
+        if self._cache is None:
+            return
+        for key in [k for k in self._cache.keys() if k and k[0] == image_id]:
+            self._cache.pop(key)
+        self.notify_cache()
+
+
+def unwrap_viewer(viewer: Any) -> Any:
+    """The viewer itself when napari hands plugins a ``PublicOnlyProxy`` of it.
+
+    Every widget of a viewer must see the same objects (layers compared by identity,
+    one session), whichever proxy it was given.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def get_session(viewer: Any) -> ModelSession:
+    """The :class:`ModelSession` of ``viewer`` (created on first use, dropped with it)."""
+    viewer = unwrap_viewer(viewer)
+    key = id(viewer)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = ModelSession()
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return session

@@ -1,0 +1,174 @@
+"""Running job generators in napari workers: progress, cancel, errors, supersede.
+
+A job is a generator that yields ``core.progress.Progress`` and returns a result.
+:class:`JobRunner` runs one job at a time in a ``napari.qt.threading`` worker:
+
+- every yielded ``Progress`` goes to ``on_progress`` (GUI thread);
+- ``cancel()`` asks the worker to stop at its next yield;
+- an exception becomes a napari notification with a sentence for the user
+  (:func:`user_message`) and never leaves the runner busy, so the next run works;
+- ``start(..., supersede=True)`` replaces a running job: the old one is asked to
+  stop, the new one starts as soon as the old one has ended (never two at once),
+  and only the newest request's result is delivered (a generation counter drops
+  stale results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari_samscope.core.progress import Progress
+
+__all__ = ["JobRunner", "user_message", "notify_error", "notify_info"]
+
+Job = Callable[[], Generator[Progress, None, Any]]
+
+
+def user_message(error: BaseException) -> str:
+    """A sentence for a notification about ``error``."""
+    text = str(error) or type(error).__name__
+    lowered = text.lower()
+    if isinstance(error, MemoryError) or "out of memory" in lowered:
+        return (
+            "Out of memory while segmenting: lower the embedding cache, close other "
+            f"programs, or choose a smaller model or the CPU. ({text})"
+        )
+    if isinstance(error, (ValueError, TypeError, FileNotFoundError, KeyError)):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def notify_error(error: BaseException | str) -> None:
+    """Show an error notification in napari (never raises)."""
+    from napari.utils.notifications import show_error
+
+    show_error(error if isinstance(error, str) else user_message(error))
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+class JobRunner:
+    """Runs jobs one at a time in napari workers (see the module docstring).
+
+    Args:
+        on_progress: called with each ``Progress`` (GUI thread).
+        on_busy: called with True when a job starts and False when none is left.
+        on_error: called with the exception after the notification (optional).
+    """
+
+    def __init__(
+        self,
+        on_progress: Callable[[Progress], Any] | None = None,
+        on_busy: Callable[[bool], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        self._on_progress = on_progress
+        self._on_busy = on_busy
+        self._on_error = on_error
+        self.worker: Any = None
+        self.generation = 0
+        self._pending: tuple[Job, Callable[[Any], Any], int] | None = None
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = False) -> int:
+        """Run ``job()`` in a worker; ``on_done(result)`` gets its result.
+
+        Without ``supersede``, a runner that is busy refuses with ``RuntimeError``.
+        With it, the running job is cancelled and this one runs next.
+
+        Returns:
+            The request's generation number.
+        """
+        if self._closed:
+            raise RuntimeError("This runner was shut down.")
+        self.generation += 1
+        if self.worker is not None:
+            if not supersede:
+                raise RuntimeError("A job is already running; wait for it or press Cancel.")
+            self._pending = (job, on_done, self.generation)
+            self.worker.quit()
+            return self.generation
+        self._launch(job, on_done, self.generation)
+        return self.generation
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next yield; drop a pending one."""
+        self._pending = None
+        self.generation += 1  # whatever is running now is stale
+        if self.worker is not None:
+            self.worker.quit()
+
+    def shutdown(self) -> None:
+        """Cancel and never start again (the widget is closing)."""
+        self.cancel()
+        self._closed = True
+
+    def wait(self, timeout_ms: int = 10_000) -> bool:
+        """Block until the current worker has finished (tests, shutdown); True if idle."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self.worker is not None and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+        return self.worker is None
+
+    # ------------------------------------------------------------------ internals
+
+    def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int) -> None:
+        from napari.qt.threading import create_worker
+
+        def run_job() -> Generator[Progress, None, Any]:
+            return (yield from job())
+
+        worker = create_worker(run_job, _ignore_errors=True)
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(lambda result: self._returned(result, on_done, generation))
+        worker.errored.connect(lambda error: self._errored(error, generation))
+        worker.finished.connect(lambda: self._finished(worker))
+        self.worker = worker
+        if self._on_busy is not None:
+            self._on_busy(True)
+        worker.start()
+
+    def _progress(self, report: Any) -> None:
+        if not self._closed and self._on_progress is not None and isinstance(report, Progress):
+            self._on_progress(report)
+
+    def _returned(self, result: Any, on_done: Callable[[Any], Any], generation: int) -> None:
+        if self._closed or generation != self.generation:
+            return  # stale: a newer request exists, or the run was cancelled
+        try:
+            on_done(result)
+        except Exception as error:  # a failure while showing results is still the user's to see
+            self._report(error)
+
+    def _errored(self, error: BaseException, generation: int) -> None:
+        if self._closed or generation != self.generation:
+            return
+        self._report(error)
+
+    def _report(self, error: BaseException) -> None:
+        notify_error(error)
+        if self._on_error is not None:
+            self._on_error(error)
+
+    def _finished(self, worker: Any) -> None:
+        if worker is not self.worker:
+            return
+        self.worker = None
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._closed:
+            self._launch(*pending)
+            return
+        if self._on_busy is not None and not self._closed:
+            self._on_busy(False)

@@ -1,0 +1,170 @@
+"""A SAM stand-in that segments *by design*, for tests that assert on mask content.
+
+A tiny random SAM gives arbitrary masks, so "the mask covers the clicked nucleus" or
+"propagation follows the object through z" cannot be asserted with it. This module
+builds a real :class:`~napari_samscope.core.modeling.sam.Sam` container (so the real
+``Predictor``, ``MaskGenerator`` and volume code run unchanged) whose three parts are
+simple, transparent rules instead of networks:
+
+- **image encoder**: the mean intensity of the normalised input at the low-resolution
+  grid ``L = S / 4``, packed 16 values per embedding pixel (``pixel_unshuffle``); the
+  zero padding of SAM's input is marked as very dark.
+- **prompt encoder**: writes the raw prompts into the tokens (``x, y, label``; box
+  corners get labels 2 and 3, as in SAM) and a mask prompt into the dense embedding.
+- **mask decoder**: thresholds the intensity halfway between its 1st and 99th
+  percentiles (bright = object) and returns, as +-10 logits,
+  the largest bright region inside the box, else the bright connected components under
+  the positive points, else the bright component that overlaps the mask prompt most;
+  components under negative points are removed. Predicted IoU is 0.95 for a non-empty
+  mask and 0.0 for an empty one.
+
+So on images of bright objects on a dark background it returns the clicked object,
+which is what the widget tests need. It is a test double, not a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from napari_samscope.core.modeling.sam import Sam
+
+CHANNELS = 32  # >= 16 packed intensities + 1 mask flag
+
+
+class IntensityEncoder(nn.Module):
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.register_buffer("tag", torch.tensor([float(img_size)]))  # for model_key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        valid = (x != 0).any(dim=1, keepdim=True)
+        grey = torch.where(valid, x.mean(dim=1, keepdim=True), torch.full_like(x[:, :1], -100.0))
+        low = F.avg_pool2d(grey, 4)  # (B, 1, L, L)
+        out = x.new_zeros(x.shape[0], CHANNELS, self.img_size // 16, self.img_size // 16)
+        out[:, :16] = F.pixel_unshuffle(low, 4)
+        return out
+
+
+class RawPromptEncoder(nn.Module):
+    embed_dim = CHANNELS
+
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        e = img_size // 16
+        self.image_embedding_size = (e, e)
+        self.input_image_size = (img_size, img_size)
+        self.mask_input_size = (4 * e, 4 * e)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        e = self.image_embedding_size[0]
+        return torch.zeros(1, CHANNELS, e, e)
+
+    def forward(self, points=None, boxes=None, masks=None):
+        tokens = []
+        batch = next(t for t in (points and points[0], boxes, masks) if t is not None).shape[0]
+        if points is not None:
+            coords, labels = points
+            tok = coords.new_zeros(*coords.shape[:2], CHANNELS)
+            tok[..., :2] = coords
+            tok[..., 2] = labels.float()
+            tokens.append(tok)
+        if boxes is not None:
+            tok = boxes.new_zeros(boxes.shape[0], 2, CHANNELS)
+            tok[:, :, :2] = boxes.reshape(-1, 2, 2)
+            tok[:, 0, 2], tok[:, 1, 2] = 2.0, 3.0
+            tokens.append(tok)
+        sparse = torch.cat(tokens, 1) if tokens else torch.zeros(batch, 0, CHANNELS)
+        e = self.image_embedding_size[0]
+        dense = torch.zeros(batch, CHANNELS, e, e)
+        if masks is not None:
+            dense[:, :16] = F.pixel_unshuffle(masks.float(), 4)
+            dense[:, 16] = 1.0
+        return sparse, dense
+
+
+class ThresholdDecoder(nn.Module):
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings,
+                dense_prompt_embeddings, multimask_output):
+        intensity = F.pixel_shuffle(image_embeddings[:, :16], 4)[0, 0].cpu().numpy()
+        valid = intensity > -50
+        lo, hi = np.percentile(intensity[valid], [1, 99])
+        bright = valid & (intensity > (lo + hi) / 2)
+        components, _ = ndimage.label(bright)
+        outs = [self._one(components, sparse_prompt_embeddings[b].cpu().numpy(),
+                          dense_prompt_embeddings[b].cpu()) for b in range(len(sparse_prompt_embeddings))]
+        k = 3 if multimask_output else 1
+        low = torch.from_numpy(np.stack(outs)).float()[:, None].repeat(1, k, 1, 1)
+        iou = torch.tensor([0.95 if o.max() > 0 else 0.0 for o in outs])[:, None].repeat(1, k)
+        return low, iou
+
+    @staticmethod
+    def _one(components: np.ndarray, tokens: np.ndarray, dense: torch.Tensor) -> np.ndarray:
+        side = components.shape[0]
+
+        def ids_at(xy: np.ndarray) -> set[int]:
+            found = set()
+            for x, y in xy / 4.0:
+                r, c = int(np.clip(y, 0, side - 1)), int(np.clip(x, 0, side - 1))
+                if components[r, c]:
+                    found.add(int(components[r, c]))
+            return found
+
+        labels = np.round(tokens[:, 2]).astype(int)
+        region = np.zeros_like(components, dtype=bool)
+        corners = tokens[np.isin(labels, (2, 3)), :2] / 4.0
+        if len(corners):
+            (x0, y0), (x1, y1) = np.floor(corners.min(0)).astype(int), np.ceil(corners.max(0)).astype(int)
+            inside = np.zeros_like(region)
+            inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+            pieces, n = ndimage.label((components > 0) & inside)
+            if n:
+                sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n + 1))
+                region = pieces == 1 + int(np.argmax(sizes))
+        elif np.any(labels == 1):
+            region = np.isin(components, list(ids_at(tokens[labels == 1, :2])) or [-1])
+        elif float(dense[16].max()) > 0:
+            prompt = F.pixel_shuffle(dense[None, :16], 4)[0, 0].numpy() > 0
+            overlap = np.bincount(components[prompt], minlength=components.max() + 1)
+            overlap[0] = 0
+            if overlap.max() > 0:
+                region = components == int(np.argmax(overlap))
+        for cid in ids_at(tokens[labels == 0, :2]):
+            region &= components != cid
+        return np.where(region, 10.0, -10.0).astype(np.float32)
+
+
+def make_segmenting_sam(img_size: int = 256) -> Sam:
+    """A :class:`Sam` whose parts are the rules of this module (see the module docstring)."""
+    if img_size % 16:
+        raise ValueError("img_size must be divisible by 16")
+    return Sam(
+        image_encoder=IntensityEncoder(img_size),
+        prompt_encoder=RawPromptEncoder(img_size),
+        mask_decoder=ThresholdDecoder(),
+        config=None,
+    ).eval()
+
+
+def disk_image(shape=(96, 128), centres=((30, 40, 12), (60, 95, 14)), value=200, seed=0):
+    """uint8 image of bright disks ``(row, col, radius)`` on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(20, 3, shape)
+    for r, c, radius in centres:
+        image[(rr - r) ** 2 + (cc - c) ** 2 <= radius**2] = value
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def ball_stack(shape=(9, 64, 64), centre=(4, 32, 30), radii=(3, 14, 14), seed=0):
+    """uint16 stack with one bright ellipsoid; returns ``(stack, truth_mask)``."""
+    rng = np.random.default_rng(seed)
+    z, r, c = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    inside = sum(((a - m) / s) ** 2 for a, m, s in zip((z, r, c), centre, radii)) <= 1.0
+    stack = rng.normal(300, 20, shape)
+    stack[inside] = 3000
+    return np.clip(stack, 0, 65535).astype(np.uint16), inside
