@@ -34,6 +34,7 @@ __all__ = [
     "make_points_layer",
     "make_shapes_layer",
     "make_labels_layer",
+    "ensure_plugin_labels",
     "clear_prompts",
     "toggle_polarity",
     "next_polarity",
@@ -154,3 +155,20 @@ def toggle_polarity(points: Any) -> str:
     new = next_polarity(points).flipped()
     points.feature_defaults = {LABEL_FEATURE: new.value}
     return f"next point: {new.value}"
+
+
+def ensure_plugin_labels(
+    viewer: Any, name: str, image: Any, geometry: PlaneGeometry, dtype: Any = np.uint32, **kwargs: Any
+) -> tuple[Any, bool]:
+    """The plugin's Labels layer ``name`` matching ``image``'s planes, made if needed.
+
+    A layer of that name whose shape does not match (another image was chosen) is
+    replaced. Returns ``(layer, created)``.
+    """
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if tuple(layer.data.shape) == geometry.labels_shape:
+            return layer, False
+        viewer.layers.remove(layer)
+    layer = viewer.add_layer(make_labels_layer(image, geometry, name, dtype=dtype, **kwargs))
+    return layer, True

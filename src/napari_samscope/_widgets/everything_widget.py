@@ -27,7 +27,7 @@ from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
-from napari_samscope._napari.labels import check_labels_layer, write_planes
+from napari_samscope._napari.labels import write_planes
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
@@ -190,15 +190,6 @@ class SegmentEverythingWidget(QWidget):
         if image not in self.viewer.layers:
             raise ValueError(f"The image layer '{image.name}' was removed while it was being "
                              "segmented; the result was discarded.")
-        layer = self.viewer.layers[EVERYTHING_NAME] if EVERYTHING_NAME in self.viewer.layers else None
-        if layer is not None:
-            try:
-                check_labels_layer(layer, geometry)
-            except ValueError:
-                self.viewer.layers.remove(layer)
-                layer = None
-        if layer is None:
-            layer = self.viewer.add_layer(
-                plugin_layers.make_labels_layer(image, geometry, EVERYTHING_NAME))
+        layer, _ = plugin_layers.ensure_plugin_labels(self.viewer, EVERYTHING_NAME, image, geometry)
         write_planes(layer, geometry, planes)
         self.finished.emit()

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samscope._napari.images import Normalization
+from napari_samscope._napari.images import ImageSettings, Normalization
 from napari_samscope._widgets.session import DEFAULT_CACHE_MB
 
 __all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS"]
@@ -148,6 +148,31 @@ class MainControls:
 
         layout.addWidget(progress)
         layout.addStretch(1)
+
+    def set_axes(self, ndim: int) -> None:
+        """Offer ``none`` and the axes ``0 .. ndim-1`` as the channel axis."""
+        self.channel_axis.clear()
+        self.channel_axis.addItem("none", None)
+        for axis in range(ndim):
+            self.channel_axis.addItem(str(axis), axis)
+
+    def settings(self) -> ImageSettings:
+        """The image conversion settings chosen here.
+
+        Raises:
+            ValueError: the channels field is not a comma-separated list of integers.
+        """
+        text = self.channels.text().strip()
+        axis = self.channel_axis.currentData()
+        try:
+            channels = tuple(int(c) for c in text.replace(" ", "").split(",") if c) or None
+        except ValueError:
+            raise ValueError(f"Channels must be integers separated by commas, not {text!r}.") from None
+        return ImageSettings(
+            normalization=NORMALIZATION_LABELS[self.normalization.currentText()],
+            channel_axis=None if axis is None else int(axis),
+            channels=channels if axis is not None else None,
+        )
 
     def layer_combos(self) -> list[ComboBox]:
         return [self.image, self.points, self.shapes, self.target]

@@ -21,10 +21,11 @@ from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
-from napari_samscope._napari.labels import Segmentation, check_labels_layer, write_preview
+from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
-from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS, PROPAGATION_LABELS, MainControls
+from napari_samscope._widgets.layer_wiring import LayerWiring
+from napari_samscope._widgets.main_ui import PROPAGATION_LABELS, MainControls
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
@@ -33,8 +34,6 @@ __all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
 
 #: Quiet time after the last prompt change before the preview runs.
 PREVIEW_DEBOUNCE_MS = 10
-_KEYS = {"S": "segment", "Shift-S": "segment_all_slices", "C": "commit",
-         "Shift-C": "clear_prompts", "T": "toggle_polarity"}
 
 
 def _layers_of(viewer: Any, kind: str):
@@ -74,8 +73,7 @@ class SegmentAnythingWidget(QWidget):
         self.runner = JobRunner(self.progress.show_progress, self._tracker("job"))
         self.preview: Segmentation | None = None
         self._drawn: list[Any] = []
-        self._bound: list[Any] = []
-        self._watched: list[Any] = []
+        self.wiring = LayerWiring(self, self._schedule_preview)
         self._commit_when_ready = False
         self._active_image: Any = None
         self._shut = False
@@ -131,18 +129,7 @@ class SegmentAnythingWidget(QWidget):
 
     def settings(self) -> ImageSettings:
         """The image conversion settings chosen in the widget."""
-        text = self.ui.channels.text().strip()
-        axis = self.ui.channel_axis.currentData()
-        try:
-            channels = tuple(int(c) for c in text.replace(" ", "").split(",") if c) or None
-        except ValueError:
-            raise ValueError(f"Channels must be integers separated by commas, not {text!r}.") from None
-        return ImageSettings(
-            normalization=NORMALIZATION_LABELS[self.ui.normalization.currentText()],
-            channel_axis=None if axis is None else int(axis),
-            channels=channels if axis is not None else None,
-        )
-
+        return self.ui.settings()
     def ensure_prompt_layers(self, new: bool = False) -> tuple[Any, Any]:
         """Create "SAM points" / "SAM boxes" for the image when none is chosen (or ``new``)."""
         image = self._require_image()
@@ -212,8 +199,8 @@ class SegmentAnythingWidget(QWidget):
             image = self._require_image()
             target = self.ui.target.value
             if target is None:
-                target = self.viewer.add_layer(plugin_layers.make_labels_layer(
-                    image, self.preview.geometry, plugin_layers.LABELS_NAME))
+                target, _ = plugin_layers.ensure_plugin_labels(
+                    self.viewer, plugin_layers.LABELS_NAME, image, self.preview.geometry)
                 self.reset_choices()
                 self.ui.target.value = target
             ids = commit_segmentation(target, self.preview, overwrite=self.ui.overwrite.isChecked())
@@ -295,8 +282,8 @@ class SegmentAnythingWidget(QWidget):
             runner.shutdown()
         with suppress(RuntimeError):
             self._timer.stop()
-        self._unbind_keys()
-        self._watch([])
+        self.wiring.unbind()
+        self.wiring.watch([])
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
@@ -369,24 +356,16 @@ class SegmentAnythingWidget(QWidget):
 
     def _preview_layer(self, segmentation: Segmentation | None) -> Any:
         name = plugin_layers.PREVIEW_NAME
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if segmentation is None:
-            return layer
-        if layer is not None:
-            try:
-                check_labels_layer(layer, segmentation.geometry)
-                return layer
-            except ValueError:
-                self.viewer.layers.remove(layer)
-        self._drawn = []
-        layer = plugin_layers.make_labels_layer(
-            self._require_image(), segmentation.geometry, name, dtype="uint8", opacity=0.6)
-        layer = self.viewer.add_layer(layer)
-        self._bind_keys([layer, self.points_layer, self.shapes_layer])
-        if self.points_layer is not None:
-            self.viewer.layers.selection.active = self.points_layer
+            return self.viewer.layers[name] if name in self.viewer.layers else None
+        layer, created = plugin_layers.ensure_plugin_labels(
+            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6)
+        if created:
+            self._drawn = []
+            self.wiring.bind([layer, self.points_layer, self.shapes_layer])
+            if self.points_layer is not None:
+                self.viewer.layers.selection.active = self.points_layer
         return layer
-
     def _schedule_preview(self) -> None:
         if self.ui.live.isChecked():
             self._timer.start()
@@ -399,53 +378,16 @@ class SegmentAnythingWidget(QWidget):
             return
         self.segment()
 
-    def _prompts_changed(self, event: Any) -> None:
-        if str(getattr(getattr(event, "action", None), "value", "added")) in (
-                "added", "removed", "changed"):
-            self._schedule_preview()
-
-    def _watch(self, layers: list[Any]) -> None:
-        for layer in self._watched:
-            layer.events.data.disconnect(self._prompts_changed)
-        self._watched = [layer for layer in layers if layer is not None]
-        for layer in self._watched:
-            layer.events.data.connect(self._prompts_changed)
-
-    def _bind_keys(self, layers: list[Any]) -> None:
-        for layer in layers:
-            if layer is None or layer in self._bound:
-                continue
-            for key, method in _KEYS.items():
-                layer.bind_key(key, self._key_handler(method), overwrite=True)
-            self._bound.append(layer)
-
-    def _key_handler(self, method: str):
-        def handler(_layer: Any) -> None:
-            getattr(self, method)()
-
-        handler.__name__ = method
-        return handler
-
-    def _unbind_keys(self) -> None:
-        for layer in self._bound:
-            for key in _KEYS:
-                layer.bind_key(key, None, overwrite=True)
-        self._bound = []
-
     def _prompt_layers_changed(self, _value: Any = None) -> None:
-        self._unbind_keys()
+        self.wiring.unbind()
         preview = self.viewer.layers[plugin_layers.PREVIEW_NAME] \
             if plugin_layers.PREVIEW_NAME in self.viewer.layers else None
-        self._bind_keys([self.points_layer, self.shapes_layer, preview])
-        self._watch([self.points_layer, self.shapes_layer])
+        self.wiring.bind([self.points_layer, self.shapes_layer, preview])
+        self.wiring.watch([self.points_layer, self.shapes_layer])
         self._schedule_preview()
 
     def _image_changed(self, image: Any) -> None:
-        self.ui.channel_axis.clear()
-        self.ui.channel_axis.addItem("none", None)
-        if image is not None:
-            for axis in range(image.ndim):
-                self.ui.channel_axis.addItem(str(axis), axis)
+        self.ui.set_axes(0 if image is None else image.ndim)
         if image is not None and (self.points_layer is None or self.shapes_layer is None):
             QTimer.singleShot(0, self._auto_prompt_layers)
 
@@ -458,8 +400,7 @@ class SegmentAnythingWidget(QWidget):
 
     def _layer_removed(self, event: Any) -> None:
         layer = event.value
-        if layer in self._bound:
-            self._bound.remove(layer)
+        self.wiring.forget(layer)
         if layer.name == plugin_layers.PREVIEW_NAME:
             self._drawn = []
         if layer is self._active_image:

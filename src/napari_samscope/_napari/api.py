@@ -1,0 +1,223 @@
+"""Console functions: segment napari layers from code and get Labels data back.
+
+In napari's console (``Window > Console``)::
+
+    from napari_samscope import segment_image_layer, segment_everything_layer
+    labels = segment_image_layer(viewer.layers["nuclei"], viewer.layers["SAM points"],
+                                 viewer.layers["SAM boxes"])
+    viewer.add_labels(labels, scale=viewer.layers["nuclei"].scale)
+
+    everything = segment_everything_layer(viewer.layers["nuclei"], points_per_side=16)
+    stack = segment_stack_layer(viewer.layers["nuclei 3D"], viewer.layers["SAM points"])
+
+Every function returns a ``uint32`` array shaped like the image's planes (its
+channel axis removed), 0 = background, with the same axis order as the layer, so
+``viewer.add_labels(result, scale=image.scale, translate=image.translate)`` lies on
+the image. ``model`` may be a ``SAM``, a registry name or a path; by default the
+model loaded in the viewer's samscope widgets is used, else the project's default.
+They run in the calling thread (use the widgets for background work).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_samscope._napari import engine
+from napari_samscope._napari.coords import PlaneGeometry, PlaneKey, current_geometry
+from napari_samscope._napari.images import ImageSettings, Normalization, PlaneSource
+from napari_samscope._napari.labels import Segmentation
+from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope.core.progress import run
+
+__all__ = ["segment_image_layer", "segment_everything_layer", "segment_stack_layer"]
+
+
+def _viewer(viewer: Any) -> Any:
+    if viewer is not None:
+        return getattr(viewer, "__wrapped__", viewer)
+    try:
+        from napari import current_viewer
+
+        found = current_viewer()
+    except ImportError:  # pragma: no cover - napari is a dependency of the plugin
+        found = None
+    return getattr(found, "__wrapped__", found)
+
+
+def _predictor(model: Any, viewer: Any) -> Any:
+    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.sam_api import SAM
+
+    if model is None and viewer is not None:
+        from napari_samscope._widgets.session import get_session
+
+        session = get_session(viewer)
+        if session.sam is not None:
+            return Predictor(session.sam)
+    if model is None or isinstance(model, (str,)) or hasattr(model, "__fspath__"):
+        model = SAM(model)
+    return Predictor(model)
+
+
+def _geometry(image: Any, viewer: Any, channel_axis: int | None) -> tuple[PlaneGeometry, Any]:
+    """The plane geometry from the viewer's dims, or the last two axes and plane 0."""
+    if viewer is not None and image in viewer.layers:
+        point = viewer.dims.point
+        return current_geometry(image, viewer.dims.order, point, channel_axis), point
+    world = np.asarray(image.data_to_world(np.zeros(image.ndim)), dtype=float)
+    return current_geometry(image, tuple(range(image.ndim)), world, channel_axis), world
+
+
+def _settings(normalization: str, channel_axis: int | None, channels: Any) -> ImageSettings:
+    try:
+        norm = Normalization(normalization)
+    except ValueError:
+        valid = [n.value for n in Normalization]
+        raise ValueError(f"normalization must be one of {valid}, not {normalization!r}.") from None
+    return ImageSettings(norm, channel_axis, None if channels is None else tuple(channels))
+
+
+def _prompt_layer(prompts: Any, kind: str) -> Any:
+    """Layers pass through; an ``(N, D)`` array of world coordinates becomes a layer."""
+    from napari.layers import Layer, Points, Shapes
+
+    if prompts is None or isinstance(prompts, Layer):
+        return prompts
+
+    if kind == "points":
+        return Points(np.atleast_2d(np.asarray(prompts, dtype=float)))
+    return Shapes([np.asarray(b, dtype=float) for b in prompts], shape_type="rectangle")
+
+
+def _to_labels(geometry: PlaneGeometry, segmentation: Segmentation) -> np.ndarray:
+    out = np.zeros(geometry.labels_shape, dtype=np.uint32)
+    areas = [(sum(int(m.sum()) for m in obj.values()), k) for k, obj in enumerate(segmentation.objects)]
+    for _area, k in sorted(areas, reverse=True):  # small objects stay visible on top
+        idx = segmentation.indices(k)
+        out[idx] = k + 1
+    return out
+
+
+def segment_image_layer(
+    image: Any,
+    points: Any = None,
+    boxes: Any = None,
+    model: Any = None,
+    *,
+    viewer: Any = None,
+    normalization: str = "percentile",
+    channel_axis: int | None = None,
+    channels: Any = None,
+) -> np.ndarray:
+    """Segment the objects prompted on an image layer (every prompted plane).
+
+    Args:
+        image: a napari Image layer (2D, a stack or a time series; grey, RGB or with
+            ``channel_axis``).
+        points: a Points layer (polarity in its ``label`` feature) or an ``(N, D)`` array
+            of world coordinates (all positive).
+        boxes: a Shapes layer (rectangles, polygons, ellipses) or a list of ``(4, D)``
+            rectangle corner arrays in world coordinates.
+        model: a ``SAM``, registry name or path; default: the viewer's loaded model or
+            the project's default model.
+        viewer: the viewer whose ``dims`` give the displayed plane axes (default: the
+            current viewer, else the image's last two axes).
+        normalization: ``"percentile"``, ``"contrast limits"`` or ``"minmax"``.
+
+    Returns:
+        ``uint32`` labels shaped like the image's planes, objects numbered 1..N
+        (boxes first, then the free points of each plane).
+
+    Raises:
+        ValueError: no prompt lies on the image, or bad settings.
+    """
+    viewer = _viewer(viewer)
+    geometry, point = _geometry(image, viewer, channel_axis)
+    prompts = collect_prompts(image, geometry, point, _prompt_layer(points, "points"),
+                              _prompt_layer(boxes, "boxes"))
+    if not prompts.prompted_planes:
+        raise ValueError(f"No prompt lies on image '{image.name}'; add points or boxes on it.")
+    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    predictor = _predictor(model, viewer)
+    objects: list[dict[PlaneKey, np.ndarray]] = []
+    for key in prompts.prompted_planes:
+        seg = run(engine.segment_plane_iter(predictor, None, source, None, key,
+                                            prompts.on(key).objects()))
+        objects.extend(seg.objects)
+    return _to_labels(geometry, Segmentation(geometry, objects))
+
+
+def segment_everything_layer(
+    image: Any,
+    model: Any = None,
+    *,
+    stack: bool = False,
+    link_iou: float = 0.3,
+    viewer: Any = None,
+    normalization: str = "percentile",
+    channel_axis: int | None = None,
+    channels: Any = None,
+    **params: Any,
+) -> np.ndarray:
+    """Segment everything on the current plane of ``image`` (or every plane, ``stack=True``).
+
+    With ``stack=True`` ids are linked across planes by overlap (``link_iou``), so an
+    object keeps one id through the stack. ``params`` go to ``MaskGenerator``
+    (``points_per_side``, ``pred_iou_thresh``, ...).
+
+    Returns:
+        ``uint32`` labels shaped like the image's planes (only the segmented plane(s)
+        are non-zero).
+    """
+    viewer = _viewer(viewer)
+    geometry, _point = _geometry(image, viewer, channel_axis)
+    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    predictor = _predictor(model, viewer)
+    out = np.zeros(geometry.labels_shape, dtype=np.uint32)
+    if stack:
+        if geometry.stack_axis is None:
+            raise ValueError(f"'{image.name}' has a single plane; call with stack=False.")
+        keys, volume = run(engine.everything_stack_iter(predictor, source, params, link_iou))
+        for key, plane in zip(keys, volume):
+            out[geometry.labels_index(key)] = plane
+    else:
+        key = geometry.current
+        out[geometry.labels_index(key)] = run(engine.everything_plane_iter(predictor, source, key, params))
+    return out
+
+
+def segment_stack_layer(
+    image: Any,
+    points: Any = None,
+    boxes: Any = None,
+    model: Any = None,
+    *,
+    mode: str = "mask",
+    iou_threshold: float = 0.5,
+    viewer: Any = None,
+    normalization: str = "percentile",
+    channel_axis: int | None = None,
+    channels: Any = None,
+) -> np.ndarray:
+    """Follow one prompted object through a stack ("Segment all slices").
+
+    The prompts on one or more planes describe one object; it is propagated to the
+    neighbouring planes (``mode``: ``"mask"``, ``"box"`` or ``"points"``) until the
+    IoU with the previous plane drops below ``iou_threshold``, the mask vanishes, the
+    stack ends, or a plane holds a single negative point. Between two prompted
+    planes both sides fill in.
+
+    Returns:
+        ``uint32`` labels shaped like the image's planes with the object as 1.
+    """
+    viewer = _viewer(viewer)
+    geometry, point = _geometry(image, viewer, channel_axis)
+    prompts = collect_prompts(image, geometry, point, _prompt_layer(points, "points"),
+                              _prompt_layer(boxes, "boxes"))
+    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    predictor = _predictor(model, viewer)
+    seg = run(engine.propagate_prompts_iter(predictor, None, source, None, prompts,
+                                            mode=mode, iou_threshold=iou_threshold))
+    return _to_labels(geometry, seg)
