@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -66,6 +66,7 @@ class SegmentEverythingWidget(QWidget):
         self.model_panel = ModelPanel(self.session, self.progress)
         self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"))
         self._shut = False
+        self._docked = False
         self.destroyed.connect(partial(SegmentEverythingWidget.shutdown, self))
 
         import napari.layers as nl
@@ -183,6 +184,15 @@ class SegmentEverythingWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.shutdown()
         super().closeEvent(event)
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        """napari closes a dock by taking the widget out of it: shut down then."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shutdown()
+        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 

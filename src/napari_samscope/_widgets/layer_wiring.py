@@ -8,6 +8,7 @@ watches the prompt layers' ``data`` events to drive the live preview.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ class LayerWiring:
     """
 
     def __init__(self, target: Any, on_change: Callable[[], Any]) -> None:
-        self._target = target
+        self._target = weakref.ref(target)  # a closed widget must not live on in keymaps
         self._on_change = on_change
         self.bound: list[Any] = []
         self.watched: list[Any] = []
@@ -77,8 +78,12 @@ class LayerWiring:
             self._on_change()
 
     def _handler(self, method: str) -> Callable[[Any], None]:
+        target_ref = self._target
+
         def handler(_layer: Any) -> None:
-            getattr(self._target, method)()
+            target = target_ref()
+            if target is not None:
+                getattr(target, method)()
 
         handler.__name__ = f"samscope_{method}"
         return handler

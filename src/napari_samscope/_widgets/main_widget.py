@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import QEvent, QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_samscope._napari import engine
@@ -77,6 +77,7 @@ class SegmentAnythingWidget(QWidget):
         self._commit_when_ready = False
         self._active_image: Any = None
         self._shut = False
+        self._docked = False
         self.destroyed.connect(partial(SegmentAnythingWidget.shutdown, self))
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -294,6 +295,15 @@ class SegmentAnythingWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.shutdown()
         super().closeEvent(event)
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        """napari closes a dock by taking the widget out of it: shut down then."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shutdown()
+        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 

@@ -1,0 +1,107 @@
+"""Errors become notifications, napari keeps working, closing stops workers."""
+
+import threading
+
+import numpy as np
+import torch
+from segmenting_model import disk_image
+from widget_helpers import add_points, wait_idle
+
+
+def test_wrong_checkpoint_notifies_and_a_later_run_works(
+    viewer, main_widget, qtbot, tmp_path, notifications, segmenting_sam
+):
+    bad = tmp_path / "not_a_sam.pt"
+    torch.save({"weight": torch.zeros(3)}, bad)
+    main_widget.set_model(bad)
+    wait_idle(qtbot, main_widget)
+    assert any("not_a_sam.pt" in m for m in notifications.errors())
+    assert main_widget.session.sam is segmenting_sam  # the previous model stays
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    add_points(main_widget.points_layer, [[30, 40]])
+    wait_idle(qtbot, main_widget)
+    assert viewer.layers["SAM preview"].data[30, 40] > 0
+
+
+def test_a_missing_file_and_an_unknown_name_notify(viewer, main_widget, qtbot, notifications):
+    main_widget.set_model("/nowhere/sam.pt")
+    wait_idle(qtbot, main_widget)
+    main_widget.set_model("no-such-model")
+    wait_idle(qtbot, main_widget)
+    errors = " ".join(notifications.errors())
+    assert "/nowhere/sam.pt" in errors and "Unknown model 'no-such-model'" in errors
+
+
+def test_loading_a_checkpoint_file_in_the_worker(viewer, main_widget, qtbot, tmp_path,
+                                                 tiny_sam_factory):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_sam_factory("vit", 64, seed=5).state_dict(), path)
+    seen = []
+    main_widget.session.model_changed.connect(seen.append)
+    main_widget.set_model(path, device="cpu")
+    wait_idle(qtbot, main_widget)
+    assert main_widget.session.sam.name == "tiny.pt" and seen
+    assert "tiny.pt" in main_widget.model_panel.status.text()
+
+
+def test_add_model_shows_in_every_dropdown(viewer, main_widget, everything_widget, tmp_path):
+    from napari_samscope.core.registry import unregister_local_model
+
+    path = tmp_path / "mine.pt"
+    path.write_bytes(b"weights")
+    main_widget.session.add_model("my-nuclei", path)
+    try:
+        for widget in (main_widget, everything_widget):
+            box = widget.model_panel.model_box
+            names = [box.itemData(i) for i in range(box.count())]
+            assert "my-nuclei" in names
+    finally:
+        unregister_local_model("my-nuclei")
+
+
+def test_deleting_the_image_mid_preview_notifies(viewer, main_widget, qtbot, monkeypatch,
+                                                 notifications):
+    from napari_samscope._napari import engine
+
+    image = viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    release, original = threading.Event(), engine.decode_objects
+
+    def slow(*args, **kwargs):
+        release.wait(5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_objects", slow)
+    add_points(main_widget.points_layer, [[30, 40]])
+    qtbot.waitUntil(lambda: main_widget.preview_runner.busy, timeout=5_000)
+    viewer.layers.remove(image)
+    release.set()
+    wait_idle(qtbot, main_widget)
+    assert any("'disks' was removed" in m for m in notifications.errors())
+    assert "SAM preview" not in viewer.layers or viewer.layers["SAM preview"].data.max() == 0
+
+
+def test_closing_the_widget_mid_run_stops_its_workers(viewer, qtbot, segmenting_sam, monkeypatch):
+    from napari_samscope._napari import engine
+
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
+    widget.set_model(segmenting_sam)
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: widget.points_layer is not None)
+    release, original = threading.Event(), engine.decode_objects
+
+    def slow(*args, **kwargs):
+        release.wait(5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_objects", slow)
+    add_points(widget.points_layer, [[30, 40]])
+    qtbot.waitUntil(lambda: widget.preview_runner.busy, timeout=5_000)
+    runner = widget.preview_runner
+    viewer.window.remove_dock_widget(dock)
+    release.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
+    assert runner._closed
+    viewer.layers["SAM points"].add(np.array([[60.0, 95.0]]))  # no callbacks into a dead widget
+    qtbot.wait(50)
