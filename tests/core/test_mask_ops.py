@@ -173,3 +173,50 @@ def test_batch_slices():
     assert list(mo.batch_slices(0, 3)) == []
     with pytest.raises(ValueError, match="batch size"):
         list(mo.batch_slices(3, 0))
+
+
+@pytest.mark.parametrize("shape", [(300, 500), (37, 600), (1024, 768), (20, 20)])
+def test_windowed_upsampler_equals_full_postprocessing(shape):
+    from napari_samscope.core.transforms import MaskUpsampler, resize_longest_side_shape
+
+    gen = torch.Generator().manual_seed(0)
+    input_size = resize_longest_side_shape(*shape, 256)
+    low = torch.full((64, 64), -3.0)
+    low[2:12, 20:35] = torch.randn(10, 15, generator=gen) * 4
+    full = MaskUpsampler(shape, input_size, 256, 64).logits(low)
+    rows = np.flatnonzero((low > -1).any(1).numpy())
+    cols = np.flatnonzero((low > -1).any(0).numpy())
+    up = mo.WindowedUpsampler(shape, input_size, 256, 64)
+    y0, x0, win = up.window(low, (rows[0], rows[-1]), (cols[0], cols[-1]))
+    h, w = win.shape
+    torch.testing.assert_close(win, full[y0 : y0 + h, x0 : x0 + w], rtol=0, atol=1e-5)
+    outside = full.clone()
+    outside[y0 : y0 + h, x0 : x0 + w] = -10
+    assert not (outside > -1).any()  # nothing above the threshold outside the window
+    assert (full > -1).sum() == (win > -1).sum()
+
+
+def _reference_clean(mask: np.ndarray, area: float) -> tuple[np.ndarray, bool]:
+    """The official order on the full image: holes, then islands."""
+    out, holes = mo.remove_small_regions(mask, area, "holes")
+    out, islands = mo.remove_small_regions(out, area, "islands")
+    return out, holes or islands
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_mask_regions_on_the_crop_equals_the_full_image(seed):
+    rng = np.random.default_rng(seed)
+    H, W = 40, 50
+    full = np.zeros((H, W), bool)
+    y0, x0 = rng.integers(0, 8, 2) if seed % 3 else (0, 0)
+    h, w = rng.integers(20, H - y0 + 1), rng.integers(20, W - x0 + 1)
+    full[y0 : y0 + h, x0 : x0 + w] = rng.random((h, w)) > 0.35
+    box = mo.mask_to_box(full)
+    crop = full[box[1] : box[3] + 1, box[0] : box[2] + 1]
+    for area in (3, 30, 200):  # 200 forces the full-image fallback for thin margins
+        mask, oy, ox, changed = mo.clean_mask_regions(crop, box[1], box[0], (H, W), area)
+        placed = np.zeros((H, W), bool)
+        placed[oy : oy + mask.shape[0], ox : ox + mask.shape[1]] = mask
+        expected, expected_changed = _reference_clean(full, area)
+        np.testing.assert_array_equal(placed, expected)
+        assert changed == expected_changed

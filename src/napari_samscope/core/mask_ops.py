@@ -66,6 +66,8 @@ def build_layer_point_grids(
     n_per_side: int, n_layers: int, scale_per_layer: int
 ) -> list[np.ndarray]:
     """One normalised grid per crop layer; layer ``i`` has ``int(n / scale**i)`` per side."""
+    if int(n_per_side) != n_per_side or n_per_side < 1:
+        raise ValueError(f"points per side must be a positive integer, got {n_per_side!r}.")
     if n_layers < 0:
         raise ValueError(f"crop_n_layers must be >= 0, got {n_layers}.")
     if scale_per_layer < 1:
