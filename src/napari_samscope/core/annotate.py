@@ -55,7 +55,11 @@ __all__ = [
     "annotate_plane",
     "auto_annotate",
     "auto_annotate_job",
+    "list_images",
+    "output_stems",
+    "read_planes",
     "safe_stem",
+    "write_label_tiff",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -169,8 +173,15 @@ def safe_stem(name: str, max_bytes: int = 180) -> str:
     return stem
 
 
-def _list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path]:
-    """The image files and the default output folder for ``data``."""
+def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path]:
+    """The image files of ``data`` (a folder, a file or a list) and the default output folder.
+
+    A folder is listed non-recursively (tif/tiff/png/jpg/jpeg, hidden files ignored).
+
+    Raises:
+        FileNotFoundError: ``data`` does not exist.
+        ValueError: a folder without images, or an empty list.
+    """
     if isinstance(data, str | os.PathLike):
         root = Path(data).expanduser()
         if not root.exists():
@@ -194,7 +205,7 @@ def _list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple
     return files, parent.parent / f"{parent.name or 'data'}_auto_annotate_labels"
 
 
-def _output_names(files: Sequence[Path]) -> list[str]:
+def output_stems(files: Sequence[Path]) -> list[str]:
     """A unique, safe output stem per input file (case-insensitive uniqueness)."""
     names, used = [], set()
     for path in files:
@@ -326,7 +337,7 @@ def auto_annotate_job(
     split_parts: bool = False,
 ) -> Job[AnnotateSummary]:
     """The generator behind :func:`auto_annotate` (yields ``Progress`` per image)."""
-    files, default_dir = _list_images(data)
+    files, default_dir = list_images(data)
     out = Path(output_dir).expanduser() if output_dir is not None else default_dir
     out.mkdir(parents=True, exist_ok=True)
     out_resolved = out.resolve()
@@ -343,7 +354,7 @@ def auto_annotate_job(
             raise ValueError(f"refusing to write {name!r}: it would leave {out} or replace an input image")
         return path
 
-    stems = _output_names(files)
+    stems = output_stems(files)
     for stem in stems:  # fail before any work if a name would replace an input image
         target(f"{stem}_labels.tif")
     for index, (path, stem) in enumerate(zip(files, stems)):
@@ -392,7 +403,7 @@ def auto_annotate_job(
             summary.planes += 1
             summary.objects += len(objects)
         if save_tiff:
-            _write_labels(label_path, np.stack(label_planes) if len(label_planes) > 1 else label_planes[0])
+            write_label_tiff(label_path, np.stack(label_planes) if len(label_planes) > 1 else label_planes[0])
             summary.files.append(label_path)
         summary.annotated += 1
     yield Progress("auto-annotating", len(files), len(files))
@@ -416,7 +427,8 @@ def _annotate_file(
     return results
 
 
-def _write_labels(path: Path, labels: np.ndarray) -> None:
+def write_label_tiff(path: Path, labels: np.ndarray) -> None:
+    """Write a label image as an (atomically renamed) zlib TIFF, uint16 when it fits, else uint32."""
     import tifffile
 
     dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32

@@ -1,0 +1,241 @@
+"""Shared pieces of the ``samscope`` subcommands.
+
+- :class:`UsageError` (exit code 2) for bad combinations argparse cannot see;
+- argparse types for ``x,y`` points and ``x0,y0,x1,y1`` boxes;
+- :func:`expand_key_values`: Ultralytics-style ``key=value`` arguments
+  (``samscope predict model=sam_b.pt source=img.jpg points=[900,370] labels=[1]``)
+  rewritten into the subcommand's ``--key value`` options;
+- model loading, image listing and result writing (label TIFF + PNG overlay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "UsageError",
+    "add_debug",
+    "add_model",
+    "parse_point",
+    "parse_box",
+    "expand_key_values",
+    "load_model",
+    "write_results",
+]
+
+DEFAULT_MODEL_HELP = "the project default model (samscope_nuclei)"
+
+
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot check (exit code 2)."""
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: show the full traceback on errors (parsed early by ``main``)."""
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="show the full traceback when something fails",
+    )
+
+
+def add_model(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
+    """The ``--model`` option: registry name, alias or checkpoint path."""
+    parser.add_argument(
+        flag, dest="model", default=None, metavar="MODEL",
+        help=f"registry name or alias (vit_b, sam_b.pt, mobile_sam.pt, ...) or a checkpoint "
+             f"path; default: {DEFAULT_MODEL_HELP}",
+    )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="", help="cpu, cuda, cuda:1, mps; default: automatic")
+
+
+def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
+    parts = [p for p in re.split(r"[,\s]+", text.strip().strip("[]()")) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``"x,y"`` -> ``(x, y)`` in pixels (x = column, y = row)."""
+    return _numbers(text, 2, "point 'x,y' (two numbers)")  # type: ignore[return-value]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` -> XYXY box in pixels."""
+    return _numbers(text, 4, "box 'x0,y0,x1,y1' (four numbers)")  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- key=value
+
+_KEY_VALUE = re.compile(r"^([A-Za-z_][\w-]*)=(.*)$", re.DOTALL)
+
+
+def _find_action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
+    wanted = key.replace("_", "-").lower()
+    for action in parser._actions:  # argparse has no public accessor for this
+        if action.option_strings:
+            if any(opt.lstrip("-").lower() == wanted for opt in action.option_strings):
+                return action
+        elif action.dest.replace("_", "-").lower() == wanted:
+            return action
+    return None
+
+
+def _split_list(value: str) -> list[str]:
+    """``"[900,370]"`` -> ``["900,370"]``; ``"[[1,2],[3,4]]"`` -> ``["1,2", "3,4"]``;
+    ``"[1,0]"`` (flat, for scalar lists) -> ``["1", "0"]`` (decided by the caller)."""
+    text = value.strip()
+    if not text.startswith("["):
+        return [text]
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UsageError(f"cannot read the list {value!r}; write it like [900,370] or [[1,2],[3,4]]") from None
+    if isinstance(parsed, list | tuple) and parsed and all(isinstance(v, list | tuple) for v in parsed):
+        return [",".join(str(x) for x in item) for item in parsed]
+    if isinstance(parsed, list | tuple):
+        return [",".join(str(x) for x in parsed)] if parsed else []
+    return [str(parsed)]
+
+
+def expand_key_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Rewrite ``key=value`` tokens into the options of ``parser`` (one subcommand).
+
+    - ``model=sam_b.pt`` -> ``--model sam_b.pt`` (``-``/``_`` and case do not matter);
+    - a positional argument: ``data=path`` -> ``path``;
+    - flags: ``overwrite=True`` -> ``--overwrite``; ``overwrite=False`` -> nothing;
+    - lists: ``points=[900,370]`` -> one point, ``points=[[1,2],[3,4]]`` -> two points,
+      ``labels=[1,0]`` / ``classes=[0,2]`` -> several numbers.
+
+    Tokens after ``--`` and tokens that start with ``-`` are kept as they are.
+
+    Raises:
+        UsageError: an unknown key or an unreadable value.
+    """
+    out: list[str] = []
+    literal = False
+    for token in argv:
+        match = None if literal or token.startswith("-") else _KEY_VALUE.match(token)
+        if token == "--":
+            literal = True
+        if match is None:
+            out.append(token)
+            continue
+        key, value = match.group(1), match.group(2)
+        action = _find_action(parser, key)
+        if action is None:
+            raise UsageError(f"unknown argument {key!r} in {token!r}; see --help for the options")
+        if not action.option_strings:  # positional
+            out.append(value)
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            truth = value.strip().lower()
+            if truth not in ("true", "false", "1", "0", "yes", "no"):
+                raise UsageError(f"{key} takes True or False, not {value!r}")
+            if (truth in ("true", "1", "yes")) == isinstance(action, argparse._StoreTrueAction):
+                out.append(flag)
+            continue
+        if action.nargs in ("+", "*"):
+            items = _split_list(value)
+            scalar_list = action.type not in (parse_point, parse_box)
+            if scalar_list and len(items) == 1 and "," in items[0]:
+                items = [v for v in items[0].split(",") if v]
+            out += [flag, *items]
+        else:
+            out += [flag, value]
+    return out
+
+
+# ----------------------------------------------------------------------------- model and files
+
+
+class ProgressBar:
+    """A ``Progress`` callback that opens a tqdm bar on stderr at the first report only
+    (no empty bar for jobs that report nothing); use as a context manager."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, report: Any) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=report.total or None, leave=False)
+        if report.total and self._bar.total != report.total:
+            self._bar.reset(total=report.total)
+        self._bar.set_description(report.message, refresh=False)
+        self._bar.n = report.done
+        self._bar.refresh()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def load_model(name: str | None, device: str = "") -> Any:
+    """``SAM(name)`` on ``device`` (automatic when empty), with a progress bar if it takes time."""
+    from napari_samscope.core.sam_api import SAM
+
+    with ProgressBar() as bar:
+        return SAM(name, device=device or "auto", progress=bar)
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``(H, W, 3) uint8`` image with each label tinted and outlined in its colour."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    if labels.max() == 0:
+        return rgb.copy()
+    tinted = label2rgb(labels, image=rgb, alpha=alpha, bg_label=0, image_alpha=1.0)
+    edges = find_boundaries(labels, mode="inner")
+    colours = label2rgb(labels, bg_label=0)
+    tinted[edges] = colours[edges]
+    return np.clip(tinted * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_results(out_dir: Path, stem: str, rgb: np.ndarray, labels: np.ndarray) -> list[Path]:
+    """``<stem>_labels.tif`` (uint16/uint32) and ``<stem>_overlay.png`` in ``out_dir``.
+
+    ``labels`` is ``(H, W)``; ``rgb`` the ``(H, W, 3) uint8`` image shown under it.
+    """
+    from PIL import Image
+
+    from napari_samscope.core.annotate import write_label_tiff
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_path = out_dir / f"{stem}_labels.tif"
+    overlay_path = out_dir / f"{stem}_overlay.png"
+    write_label_tiff(label_path, labels)
+    Image.fromarray(overlay(rgb, labels)).save(overlay_path)
+    return [label_path, overlay_path]
+
+
+def image_planes(path: Path) -> list[tuple[str, np.ndarray]]:
+    """``(suffix, plane)`` for each plane of an image file: ``""`` for a 2D image,
+    ``"_z0003"`` for plane 3 of a stack (as ``auto_annotate`` names them)."""
+    from napari_samscope.core.annotate import read_planes
+
+    planes = read_planes(path)
+    if len(planes) == 1:
+        return [("", planes[0])]
+    return [(f"_z{z:04d}", plane) for z, plane in enumerate(planes)]

@@ -1,0 +1,104 @@
+"""``samscope everything``: segment everything, with the generator's parameters as options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._common import (
+    ProgressBar,
+    add_debug,
+    add_device,
+    add_model,
+    image_planes,
+    load_model,
+    write_results,
+)
+
+DESCRIPTION = """\
+Segment everything in an image (or every image of a folder) by prompting the model with
+a grid of points, as the official automatic mask generator does. Writes per image
+<stem>_labels.tif, <stem>_overlay.png and, with --records, <stem>_masks.json (one record
+per mask: area, bbox x,y,w,h, predicted_iou, stability_score, point, crop_box).
+Unset options keep the official defaults (shown in brackets).
+"""
+
+# option -> (type, default shown in --help, help). The defaults that apply are those of
+# core.everything.EVERYTHING_DEFAULTS (a test checks that these copies agree); they are
+# repeated here so that `samscope --help` does not import torch.
+PARAMETERS: dict[str, tuple[type, float, str]] = {
+    "points_per_side": (int, 32, "grid points per image side (alias --points-stride)"),
+    "points_per_batch": (int, 64, "prompts decoded together (memory)"),
+    "pred_iou_thresh": (float, 0.88, "keep masks whose predicted IoU is above this (alias --conf)"),
+    "stability_score_thresh": (float, 0.95, "keep masks at least this stable"),
+    "stability_score_offset": (float, 1.0, "logit offset of the stability score"),
+    "box_nms_thresh": (float, 0.7, "box IoU above which duplicates are dropped"),
+    "crop_n_layers": (int, 0, "extra layers of image crops (0: whole image only)"),
+    "crop_nms_thresh": (float, 0.7, "box IoU above which duplicates between crops are dropped"),
+    "crop_overlap_ratio": (float, 512 / 1500, "overlap of the crops, as a fraction of the short side"),
+    "crop_n_points_downscale_factor": (int, 1, "points per side divided by this per crop layer"),
+    "min_mask_region_area": (int, 0, "fill holes / drop islands smaller than this (pixels)"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "everything", help="segment everything (automatic mask generation)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model(parser)
+    parser.add_argument("--source", required=True, help="an image file or a folder of images")
+    parser.add_argument("--out", default="results", help="output folder (default: ./results)")
+    group = parser.add_argument_group("segment-everything parameters")
+    for name, (kind, default, text) in PARAMETERS.items():
+        shown = f"{default:.4g}"
+        flags = [f"--{name.replace('_', '-')}"]
+        if name == "pred_iou_thresh":
+            flags.append("--conf")
+        if name == "points_per_side":
+            flags.append("--points-stride")  # Ultralytics' name
+        group.add_argument(*flags, dest=name, type=kind, default=None, help=f"{text} [{shown}]")
+    group.add_argument("--single-mask", action="store_true",
+                       help="one candidate per grid point instead of 3")
+    parser.add_argument("--records", action="store_true", help="also write <stem>_masks.json")
+    add_device(parser)
+    add_debug(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_samscope.core.annotate import list_images, output_stems
+    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.image import to_rgb_uint8
+
+    files, _ = list_images(args.source)
+    params = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None}
+    if args.single_mask:
+        params["multimask_output"] = False
+    model = load_model(args.model, args.device)
+    generator = MaskGenerator(model, **params)  # checks the values before any work
+    out = Path(args.out)
+    total = 0
+    for path, stem in zip(files, output_stems(files)):
+        for suffix, plane in image_planes(path):
+            rgb = to_rgb_uint8(plane)
+            with ProgressBar() as bar:
+                result = generator.generate(rgb, progress=bar)
+            written = write_results(out, stem + suffix, rgb, result.to_label_image())
+            if args.records:
+                records = [
+                    {
+                        "label": i + 1, "area": r.area, "bbox": list(r.bbox),
+                        "predicted_iou": r.predicted_iou, "stability_score": r.stability_score,
+                        "point": list(r.point_coords), "crop_box": list(r.crop_box),
+                    }
+                    for i, r in enumerate(result.records)
+                ]
+                json_path = out / f"{stem}{suffix}_masks.json"
+                json_path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+                written.append(json_path)
+            total += len(result)
+            print(f"{path.name}{f' plane {suffix[2:]}' if suffix else ''}: {len(result)} masks -> {', '.join(str(p) for p in written)}")
+    print(f"done: {len(files)} image(s), {total} masks, results in {out}")
+    return 0

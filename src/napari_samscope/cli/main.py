@@ -1,0 +1,131 @@
+"""The ``samscope`` command line.
+
+Exit codes: 0 success, 2 bad usage (argparse errors, :class:`~._common.UsageError`,
+unknown ``key=value`` arguments), 1 failure (a missing file, an unreadable image, a
+model that cannot be loaded, ...). Errors are one line on stderr; ``--debug`` (anywhere
+on the line) prints the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ._common import UsageError, expand_key_values
+
+#: subcommand modules, each with ``register(subparsers)``; the order is the --help order
+SUBCOMMAND_MODULES = (
+    "predict", "everything", "annotate", "models", "export", "sample", "train", "evaluate",
+)
+
+EPILOG = """\
+examples:
+  samscope sample --out samples
+  samscope predict --source samples/nuclei_2d.tif --out results
+  samscope predict model=sam_b.pt source=path/to/image.jpg
+  samscope annotate samples --save-coco
+  samscope models
+Run 'samscope COMMAND --help' for the options of a command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    import importlib
+
+    from napari_samscope import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="samscope",
+        description="Segment Anything for microscopy: SAM / MobileSAM from the command line.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"samscope {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"napari_samscope.cli.{name}")
+        except ModuleNotFoundError as exc:  # TEMPORARY until helper D's train/evaluate land
+            if name in ("train", "evaluate") and exc.name == f"napari_samscope.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Remove ``--debug`` from anywhere before a ``--`` separator."""
+    out, debug, literal = [], False, False
+    for token in argv:
+        if token == "--":
+            literal = True
+        if token == "--debug" and not literal:
+            debug = True
+            continue
+        out.append(token)
+    return out, debug
+
+
+def _subcommand_index(argv: list[str], parser: argparse.ArgumentParser) -> int | None:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for index, token in enumerate(argv):
+        if token in subparsers.choices:
+            return index
+        if not token.startswith("-"):
+            break
+    return None
+
+
+def _expand(argv: list[str], parser: argparse.ArgumentParser, index: int | None) -> list[str]:
+    """Apply :func:`expand_key_values` to the tokens after the subcommand name."""
+    if index is None:
+        return argv
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return argv[: index + 1] + expand_key_values(argv[index + 1 :], subparsers.choices[argv[index]])
+
+
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):  # str(KeyError) is the quoted key only
+        message = f"missing key {message}"
+    return message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``samscope`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    tokens, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    index = _subcommand_index(tokens, parser)
+    command = "samscope" if index is None else f"samscope {tokens[index]}"
+    try:
+        tokens = _expand(tokens, parser, index)
+        try:
+            args = parser.parse_args(tokens)
+        except SystemExit as stop:  # argparse: --help/--version (0) or a usage error (2)
+            return int(stop.code or 0) if isinstance(stop.code, int | None) else 2
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args))
+    except UsageError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"{command}: error: {_one_line(exc)} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

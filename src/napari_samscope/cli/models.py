@@ -1,0 +1,101 @@
+"""``samscope models``, ``samscope info MODEL`` and ``samscope download MODEL``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser(
+        "models", help="list the registered models and whether they are downloaded",
+        description="List every model of the registry: name, aliases, size, and whether its "
+                    "weights are on this computer (cached) or will be downloaded on first use.",
+    )
+    add_debug(models)
+    models.set_defaults(func=run_models)
+
+    info = subparsers.add_parser(
+        "info", help="summary of a model (layers, parameters, size, input size)",
+        description="Load a model and print its summary. A registry model that is not "
+                    "downloaded yet is described from the registry without downloading it.",
+    )
+    info.add_argument("model", nargs="?", default=None,
+                      help=f"name, alias or checkpoint path; default: {DEFAULT_MODEL_HELP}")
+    add_device(info)
+    add_debug(info)
+    info.set_defaults(func=run_info)
+
+    download = subparsers.add_parser(
+        "download", help="download a model's weights into the cache",
+        description="Download a registry model once into the cache folder (environment "
+                    "variable SAMSCOPE_CACHE_DIR overrides it); the sha256 is checked.",
+    )
+    download.add_argument("model", help="registry name or alias, e.g. vit_b, sam_b.pt, mobile_sam.pt")
+    add_debug(download)
+    download.set_defaults(func=run_download)
+
+
+def _size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "?"
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+
+    rows = [("name", "aliases", "size", "cached", "description")]
+    for status in list_models():
+        name = status.name + (" (default)" if status.name == DEFAULT_MODEL else "")
+        rows.append((name, ", ".join(status.aliases), _size(status.size),
+                     "yes" if status.cached else "no", status.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+    from napari_samscope.core.download import cache_dir
+
+    print(f"\ncache folder: {cache_dir()} (set SAMSCOPE_CACHE_DIR to change it)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from napari_samscope.core.registry import DEFAULT_MODEL, list_models, lookup
+
+    name = args.model if args.model is not None else DEFAULT_MODEL
+    spec = None if Path(name).expanduser().is_file() else lookup(name)
+    if spec is not None:
+        status = next(s for s in list_models() if s.name == spec.name)
+        if not status.cached and spec.url is not None:
+            from napari_samscope.core.build import ARCHITECTURES, parameter_count
+
+            params = parameter_count(spec.arch) if spec.arch in ARCHITECTURES else None
+            print(f"{spec.name} ({spec.description})")
+            print(f"  aliases: {', '.join(spec.aliases)}")
+            print(f"  architecture: {spec.arch}, parameters: {params:,}" if params else f"  architecture: {spec.arch}")
+            print(f"  file: {_size(spec.size)}, not downloaded yet (samscope download {spec.name})")
+            print(f"  url: {spec.url}")
+            print(f"  sha256: {spec.sha256 or 'not published (size and strict load are checked)'}")
+            return 0
+    from ._common import load_model
+
+    load_model(name, args.device).info(verbose=True)
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from napari_samscope.core.download import download
+    from napari_samscope.core.registry import model_path, resolve
+
+    spec = resolve(args.model)
+    if spec.url is None:
+        print(f"{spec.name} needs no download: its weights are at {model_path(spec)}")
+        return 0
+    with ProgressBar() as bar:
+        path = download(spec, progress=bar)
+    print(f"{spec.name}: {path}")
+    return 0
