@@ -9,7 +9,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import make_tiny_sam
 from napari_samscope.core.annotate import (
     AnnotatedObject,
     annotate_plane,
@@ -29,7 +28,12 @@ from napari_samscope.core.yolo_format import parse_yolo_segmentation
 
 @pytest.fixture(scope="module")
 def model():
-    return SAM.from_sam(make_tiny_sam("vit", 64), name="tiny")
+    import torch
+
+    from napari_samscope.core.build import build_sam, tiny_config
+
+    torch.manual_seed(0)
+    return SAM.from_sam(build_sam(tiny_config("vit", 64)).eval(), name="tiny")
 
 
 def _folder(tmp_path):

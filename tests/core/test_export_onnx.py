@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,6 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import make_tiny_sam, randomize_state  # noqa: E402
 from napari_samscope.core.export_onnx import (  # noqa: E402
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -23,6 +24,21 @@ from napari_samscope.core.sam_api import SAM  # noqa: E402
 from napari_samscope.core.transforms import preprocess, resize_rgb_uint8  # noqa: E402
 
 TOL = 1e-4
+
+
+def _root_conftest():
+    """tests/conftest.py as a module (``from conftest import`` may resolve to another
+    folder's conftest.py once pytest has collected it, so load it by path)."""
+    spec = importlib.util.spec_from_file_location(
+        "_samscope_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_helpers = _root_conftest()
+make_tiny_sam, randomize_state = _helpers.make_tiny_sam, _helpers.randomize_state
 
 
 @functools.lru_cache(maxsize=16)
