@@ -298,13 +298,16 @@ class MaskGenerator:
         return run(self.generate_iter(image, **norm_kwargs), progress=progress)
 
     def generate_iter(
-        self, image: np.ndarray, **norm_kwargs: Any
+        self, image: np.ndarray, *, embedding: Any = None, **norm_kwargs: Any
     ) -> Generator[Progress, None, EverythingResult]:
         """Segment everything, yielding :class:`Progress` between units of work.
 
         Args:
             image: a 2D microscope image accepted by
                 :func:`~napari_samscope.core.image.to_rgb_uint8` (8-bit RGB is used as is).
+            embedding: optional precomputed ``ImageEmbedding`` of the whole image (made
+                by this model from the same 8-bit RGB image, e.g. from a cache); it
+                replaces the encoding of the whole-image crop.
             **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``, ``contrast_limits``.
 
         Returns (as the generator's value):
@@ -325,7 +328,8 @@ class MaskGenerator:
         try:
             for crop, layer in zip(crops, layers):
                 yield Progress("segment everything: encoding", done, total)
-                job = self._process_crop(rgb, crop, layer)
+                whole = embedding if crop == [0, 0, size[1], size[0]] else None
+                job = self._process_crop(rgb, crop, layer, whole)
                 while True:
                     try:
                         next(job)
@@ -352,15 +356,22 @@ class MaskGenerator:
     # ------------------------------------------------------------------ one crop
 
     def _process_crop(
-        self, rgb: np.ndarray, crop: list[int], layer: int
+        self, rgb: np.ndarray, crop: list[int], layer: int, embedding: Any = None
     ) -> Generator[None, None, list[MaskRecord]]:
         """Masks of one crop, NMS-filtered, in the original frame; yields after each batch."""
         from .transforms import apply_coords
 
         x0, y0, x1, y1 = crop
-        (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])])
-        self.predictor.set_embedding(embedding)
         crop_size = (y1 - y0, x1 - x0)
+        if embedding is not None and tuple(embedding.original_size) != crop_size:
+            raise ValueError(
+                f"The embedding is of a {tuple(embedding.original_size)} image, but the image "
+                f"to segment is {crop_size}; pass the embedding of this image or none."
+            )
+        if embedding is None:
+            (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])])
+        self.predictor.set_embedding(embedding)
+        embedding = self.predictor.get_embedding()
         upsampler = mo.WindowedUpsampler(
             crop_size, embedding.input_size, self.predictor.img_size, self.predictor.lowres_size
         )
