@@ -369,3 +369,12 @@ def test_prediction_rejects_inconsistent_arrays():
         Prediction(np.zeros((2, 4, 4), bool), [0.1, 0.2], np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="no masks"):
         Prediction(np.zeros((0, 4, 4), bool), []).best()
+
+
+def test_cached_positional_encoding_follows_the_weights(predictor, image):
+    before = predictor.predict(points=[[30, 20]], multimask_output=True)
+    with torch.no_grad():
+        predictor.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(1.5)
+    after = predictor.predict(points=[[30, 20]], multimask_output=True)
+    assert not np.allclose(before.logits, after.logits)
+    _check_against_reference(after, _reference(predictor.model, image, [[30, 20]], [1]))

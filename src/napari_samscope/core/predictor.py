@@ -5,19 +5,7 @@ Two layers, as in the official predictor: :meth:`Predictor.set_image` /
 (``(x, y)`` = column, row); :meth:`Predictor.decode` speaks torch and the model's
 input frame, for batch work such as segment-everything.
 
-Prompt rules of :meth:`Predictor.predict`:
-
-- ``points``: ``(2,)`` one point, ``(P, 2)`` points of one object, or ``(N, P, 2)``
-  points of ``N`` objects. ``labels`` (1 foreground, 0 background) has the shape of
-  ``points`` without its last axis; when omitted every point is foreground.
-- ``bboxes``: ``(4,)`` one box or ``(N, 4)`` one object per box, XYXY in any corner
-  order. A box without width or height is refused.
-- ``points`` and ``bboxes`` together: object ``i`` gets box ``i`` and the points of
-  object ``i``; points given for one object are shared by every box.
-- ``masks``: low-resolution logits ``(L, L)`` or ``(N, L, L)`` from an earlier
-  :class:`Prediction` (``Prediction.logits``), one per object. A mask alone is a
-  valid prompt.
-- Points and boxes outside the image are allowed (as in the official predictor).
+The prompt rules of :meth:`Predictor.predict` are in :mod:`napari_samscope.core.prompts`.
 """
 
 from __future__ import annotations
@@ -34,6 +22,7 @@ import torch
 from .device import autocast, resolve_dtype, select_device
 from .image import load_image, to_rgb_uint8
 from .modeling.sam import Sam
+from .prompts import parse_prompts
 from .results import Prediction
 from .transforms import (
     MaskUpsampler,
@@ -120,6 +109,7 @@ class Predictor:
         self.model = sam.eval()
         self._embedding: ImageEmbedding | None = None
         self._key: str | None = None
+        self._pe_cache: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -309,7 +299,7 @@ class Predictor:
             ValueError: no image is set, or the prompts are invalid.
         """
         emb = self._require_image()
-        prompts = _parse_prompts(points, labels, bboxes, masks, self.lowres_size)
+        prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
         coords = labels_t = boxes_t = mask_t = None
         if prompts.points is not None:
             coords = self._tensor(apply_coords(prompts.points, emb.original_size, emb.input_size))
@@ -363,7 +353,7 @@ class Predictor:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_pe=self._dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
@@ -372,6 +362,14 @@ class Predictor:
 
     # ------------------------------------------------------------------ helpers
 
+    def _dense_pe(self) -> torch.Tensor:
+        """``get_dense_pe()``, recomputed only when its Gaussian matrix changes."""
+        gaussian = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        stamp = (gaussian.data_ptr(), gaussian._version, gaussian.device)
+        if self._pe_cache is None or self._pe_cache[0] != stamp:
+            self._pe_cache = (stamp, self.model.prompt_encoder.get_dense_pe())
+        return self._pe_cache[1]
+
     def _require_image(self) -> ImageEmbedding:
         if self._embedding is None:
             raise ValueError("No image is set: call set_image(image) (or set_embedding) first.")
@@ -379,116 +377,3 @@ class Predictor:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=self.device)
-
-
-@dataclass
-class _Prompts:
-    points: np.ndarray | None  # (N, P, 2) float64
-    labels: np.ndarray | None  # (N, P) int32
-    boxes: np.ndarray | None  # (N, 4) float64, x0 <= x1, y0 <= y1
-    masks: np.ndarray | None  # (N, 1, L, L) float32
-    count: int  # N, the number of objects
-
-
-def _parse_prompts(points: Any, labels: Any, bboxes: Any, masks: Any, lowres: int) -> _Prompts:
-    """Validate and batch the prompts of :meth:`Predictor.predict` (see the module docstring)."""
-    pts = lab = box = msk = None
-    if points is not None:
-        pts, lab = _parse_points(points, labels)
-    elif labels is not None:
-        raise ValueError("labels were given without points.")
-    if bboxes is not None:
-        box = _parse_boxes(bboxes)
-    if masks is not None:
-        msk = _parse_masks(masks, lowres)
-    if pts is None and box is None and msk is None:
-        raise ValueError("Give at least one prompt: points, bboxes or masks.")
-    counts = {name: a.shape[0] for name, a in (("points", pts), ("bboxes", box)) if a is not None}
-    if pts is not None and box is not None and counts["points"] != counts["bboxes"]:
-        if counts["points"] != 1:
-            raise ValueError(
-                f"points describe {counts['points']} objects but bboxes {counts['bboxes']}; "
-                "give points for one object (shared by every box) or for each box."
-            )
-        pts = np.repeat(pts, box.shape[0], axis=0)
-        lab = np.repeat(lab, box.shape[0], axis=0)
-    count = box.shape[0] if box is not None else (pts.shape[0] if pts is not None else 0)
-    if msk is not None:
-        if count and msk.shape[0] != count:
-            raise ValueError(
-                f"masks holds {msk.shape[0]} mask prompt(s) but the prompts describe {count} "
-                "object(s); pass one low-resolution mask per object (for a one-object "
-                "multimask result, pick one: r.logits[r.scores.argmax()])."
-            )
-        count = msk.shape[0]
-    return _Prompts(pts, lab, box, msk, count)
-
-
-def _finite_float_array(value: Any, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numbers, not {value!r}.") from None
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return arr
-
-
-def _parse_points(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    raw = _finite_float_array(points, "points")
-    if raw.size == 0:
-        raise ValueError(f"points holds no point (shape {raw.shape}).")
-    if raw.ndim == 0 or raw.shape[-1] != 2 or raw.ndim > 3:
-        raise ValueError(
-            f"points must be (2,), (P, 2) or (N, P, 2) (x, y) pixels, not shape {raw.shape}."
-        )
-    pts = raw.reshape((1,) * (3 - raw.ndim) + raw.shape)
-    expected = raw.shape[:-1]
-    if labels is None:
-        return pts, np.ones(pts.shape[:2], dtype=np.int32)
-    lab = _finite_float_array(labels, "labels")
-    if lab.shape != expected and not (pts.shape[0] == 1 and lab.size == pts.shape[1]):
-        raise ValueError(
-            f"labels has shape {lab.shape} but there are points of shape {raw.shape}; "
-            f"give one label per point (shape {expected})."
-        )
-    if not np.isin(lab, (0.0, 1.0)).all():
-        raise ValueError("labels must be 1 (foreground) or 0 (background).")
-    return pts, lab.reshape(pts.shape[:2]).astype(np.int32)
-
-
-def _parse_boxes(bboxes: Any) -> np.ndarray:
-    box = _finite_float_array(bboxes, "bboxes")
-    if box.ndim == 1:
-        box = box[None]
-    if box.ndim != 2 or box.shape[1] != 4:
-        raise ValueError(f"bboxes must be (4,) or (N, 4) XYXY pixels, not shape {box.shape}.")
-    if box.shape[0] == 0:
-        raise ValueError("bboxes holds no box.")
-    x0, x1 = np.minimum(box[:, 0], box[:, 2]), np.maximum(box[:, 0], box[:, 2])
-    y0, y1 = np.minimum(box[:, 1], box[:, 3]), np.maximum(box[:, 1], box[:, 3])
-    flat = np.flatnonzero((x1 == x0) | (y1 == y0))
-    if flat.size:
-        raise ValueError(
-            f"Box {int(flat[0])} has no width or height ({box[flat[0]].tolist()}); "
-            "draw a box around the object, or use a point prompt."
-        )
-    return np.stack([x0, y0, x1, y1], axis=1)
-
-
-def _parse_masks(masks: Any, lowres: int) -> np.ndarray:
-    if np.asarray(masks).dtype == np.bool_:
-        raise ValueError(
-            "masks must be low-resolution logits (float, e.g. Prediction.logits), not a bool mask."
-        )
-    arr = _finite_float_array(masks, "masks").astype(np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 3 or arr.shape[1:] != (lowres, lowres) or arr.shape[0] == 0:
-        raise ValueError(
-            f"masks must be low-resolution logits of shape ({lowres}, {lowres}) or "
-            f"(N, {lowres}, {lowres}) (Prediction.logits), not shape {arr.shape}."
-        )
-    return arr[:, None]

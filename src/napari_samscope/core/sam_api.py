@@ -1,0 +1,228 @@
+"""``SAM``: the Ultralytics-style entry point.
+
+Example::
+
+    from napari_samscope import SAM, Predictor
+
+    model = SAM("sam_b.pt")                  # registry name/alias or local path; SAM() = default
+    model.info()
+    r = model(image, bboxes=[439, 437, 524, 709])             # one object
+    r = model(image, points=[900, 370], labels=[1])           # one object
+    r = model(image, bboxes=[[10, 10, 50, 60], [70, 5, 120, 40]])  # one object per box
+    everything = model(image)                                  # segment everything
+
+    pred = Predictor(model)                  # encode once, prompt many times
+    pred.set_image(image)
+    r = pred.predict(points=[[x, y], [x2, y2]], labels=[1, 0])
+
+Coordinates are SAM's ``(x, y)`` pixels of the original image; boxes are XYXY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .image import load_image, to_rgb_uint8
+from .modeling.sam import Sam
+from .predictor import Predictor
+from .prompts import parse_prompts
+from .results import Prediction
+
+if TYPE_CHECKING:
+    from .everything import EverythingResult
+
+__all__ = ["SAM"]
+
+
+class SAM:
+    """A SAM-family model, ready to segment.
+
+    Args:
+        model: a registry name or alias (``"vit_b"``, ``"sam_b.pt"``,
+            ``"sam_vit_b_01ec64.pth"``, ``"mobile_sam.pt"``, ...), a local checkpoint
+            path, or None for the project's default model. Downloaded once when needed.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
+        dtype: autocast dtype: None (float32), ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+        progress: download/loading progress, passed to ``core.loader.load_sam``
+            (None, ``"tqdm"`` or a callable receiving ``core.progress.Progress``).
+
+    Attributes:
+        model: the :class:`Sam` module (eval mode).
+        name: the model's registry name, or the file name / ``"custom"``.
+        device: the ``torch.device`` it runs on.
+        dtype: the autocast dtype (None for float32).
+        path: the checkpoint file, when loaded from one.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: Any = "auto",
+        dtype: Any = None,
+        progress: Any = None,
+    ) -> None:
+        from .loader import load_sam
+
+        loaded = load_sam(model, device=device, dtype=dtype, progress=progress)
+        self._init(loaded.sam, loaded.name, loaded.device, loaded.dtype, loaded.path, loaded.spec)
+
+    @classmethod
+    def from_sam(cls, sam: Sam, name: str = "custom", device: Any = None, dtype: Any = None) -> SAM:
+        """Wrap an in-memory :class:`Sam` (tests, training); no file is read.
+
+        ``device`` moves the module (default: where it is); ``dtype`` as in ``SAM``.
+        """
+        from .device import resolve_dtype, select_device
+
+        if not isinstance(sam, Sam):
+            raise TypeError(f"from_sam() needs a Sam module, not {type(sam).__name__}.")
+        target = select_device(device) if device is not None else sam.device
+        if sam.device != target:
+            sam.to(target)
+        obj = cls.__new__(cls)
+        obj._init(sam, name, target, resolve_dtype(dtype, target), None, None)
+        return obj
+
+    def _init(
+        self,
+        sam: Sam,
+        name: str,
+        device: Any,
+        dtype: torch.dtype | None,
+        path: Path | None,
+        spec: Any,
+    ) -> None:
+        self.model = sam.eval()
+        self.name = str(name)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.path = None if path is None else Path(path)
+        self.spec = spec
+        self._predictor: Predictor | None = None
+
+    def __repr__(self) -> str:
+        dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
+        return f"SAM({self.name!r}, device={str(self.device)!r}, dtype={dtype!r})"
+
+    # ------------------------------------------------------------------ inspection
+
+    def info(self, verbose: bool = True) -> dict[str, Any]:
+        """Summary of the model: layers, parameters, size, input size.
+
+        Returns a dict with ``name``, ``architecture`` (encoder type), ``layers`` (leaf
+        modules), ``parameters``, ``size_mb`` (parameters and buffers, MiB),
+        ``file_mb`` (checkpoint size or None), ``input_size`` (``S``),
+        ``embedding_size`` (``E``), ``device`` and ``dtype``; prints it when ``verbose``.
+        """
+        modules = list(self.model.modules())
+        layers = sum(1 for m in modules if next(m.children(), None) is None)
+        params = sum(p.numel() for p in self.model.parameters())
+        nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        nbytes += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        file_mb = None
+        if self.path is not None and self.path.is_file():
+            file_mb = round(self.path.stat().st_size / 2**20, 1)
+        summary = {
+            "name": self.name,
+            "architecture": getattr(self.model.config, "encoder_type", "unknown"),
+            "layers": layers,
+            "parameters": params,
+            "size_mb": round(nbytes / 2**20, 1),
+            "file_mb": file_mb,
+            "input_size": self.model.img_size,
+            "embedding_size": self.model.embedding_size,
+            "device": str(self.device),
+            "dtype": "float32" if self.dtype is None else str(self.dtype).replace("torch.", ""),
+        }
+        if verbose:
+            print(
+                f"{self.name} summary: {layers} layers, {params:,} parameters, "
+                f"{summary['size_mb']} MB, input {summary['input_size']}x{summary['input_size']}, "
+                f"{summary['architecture']} on {summary['device']} ({summary['dtype']})"
+            )
+        return summary
+
+    def predictor(self) -> Predictor:
+        """A new :class:`Predictor` on this model (encode once, prompt many times)."""
+        return Predictor(self)
+
+    # ------------------------------------------------------------------ inference
+
+    def __call__(
+        self,
+        source: np.ndarray | str | Path,
+        bboxes: Any = None,
+        points: Any = None,
+        labels: Any = None,
+        masks: Any = None,
+        multimask_output: bool = False,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        normalization: str = "percentile",
+        contrast_limits: Any = None,
+        **everything_kwargs: Any,
+    ) -> Prediction | EverythingResult:
+        """Segment ``source`` (an array or an image file).
+
+        With prompts (``bboxes``, ``points``/``labels``, ``masks``; rules as in
+        :meth:`Predictor.predict`) it returns a :class:`Prediction`. Without prompts it
+        segments everything with :class:`~napari_samscope.core.everything.MaskGenerator`,
+        to which ``everything_kwargs`` go (``points_per_side``, ``pred_iou_thresh``, ...),
+        and returns its result. ``channel_axis``, ``channels``, ``normalization`` and
+        ``contrast_limits`` choose how the image becomes 8-bit RGB
+        (:func:`~napari_samscope.core.image.to_rgb_uint8`).
+        """
+        prompted = any(p is not None for p in (bboxes, points, labels, masks))
+        if prompted:  # fail on bad prompts before the expensive encoding
+            parse_prompts(points, labels, bboxes, masks, 4 * self.model.embedding_size)
+        image = load_image(source) if isinstance(source, (str, Path)) else source
+        rgb = to_rgb_uint8(
+            image,
+            channel_axis=channel_axis,
+            channels=channels,
+            normalization=normalization,
+            contrast_limits=contrast_limits,
+        )
+        if prompted:
+            if everything_kwargs:
+                raise TypeError(
+                    f"Unexpected arguments {sorted(everything_kwargs)}: segment-everything "
+                    "options only apply when no prompt is given."
+                )
+            predictor = self._shared_predictor()
+            predictor.set_image(rgb)
+            try:
+                return predictor.predict(
+                    points=points,
+                    labels=labels,
+                    bboxes=bboxes,
+                    masks=masks,
+                    multimask_output=multimask_output,
+                )
+            finally:
+                predictor.reset_image()
+        from .everything import MaskGenerator
+
+        return MaskGenerator(self._shared_predictor(), **everything_kwargs).generate(rgb)
+
+    def export(self, format: str = "onnx", out_dir: str | Path = ".", **kwargs: Any) -> list[Path]:
+        """Export the model (``format="onnx"``) into ``out_dir``; returns the written files.
+
+        Extra keyword arguments go to ``core.export_onnx.export_onnx``.
+        """
+        if format.lower() != "onnx":
+            raise ValueError(f"Only format='onnx' is supported, not {format!r}.")
+        from .export_onnx import export_onnx
+
+        return export_onnx(self, Path(out_dir), **kwargs)
+
+    def _shared_predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = Predictor(self)
+        return self._predictor
