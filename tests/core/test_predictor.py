@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from conftest import make_tiny_sam
 from napari_samscope.core.predictor import ImageEmbedding, Predictor, model_key
 from napari_samscope.core.results import Prediction
 
@@ -284,9 +283,9 @@ def test_embedding_round_trip(predictor):
     np.testing.assert_array_equal(before.logits, after.logits)
 
 
-def test_embedding_of_another_model_is_refused(predictor):
+def test_embedding_of_another_model_is_refused(predictor, tiny_sam_factory):
     emb = predictor.get_embedding()
-    other = Predictor(make_tiny_sam("vit", 64, seed=5))
+    other = Predictor(tiny_sam_factory("vit", 64, seed=5))
     assert other.model_key != predictor.model_key
     with pytest.raises(ValueError, match="different model"):
         other.set_embedding(emb)
