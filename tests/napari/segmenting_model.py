@@ -50,11 +50,20 @@ class IntensityEncoder(nn.Module):
         return out
 
 
+class _NoPositions(nn.Module):
+    """Stands where SAM's positional encoding is (the predictor caches from its matrix)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.zeros(2, CHANNELS // 2))
+
+
 class RawPromptEncoder(nn.Module):
     embed_dim = CHANNELS
 
     def __init__(self, img_size: int) -> None:
         super().__init__()
+        self.pe_layer = _NoPositions()
         e = img_size // 16
         self.image_embedding_size = (e, e)
         self.input_image_size = (img_size, img_size)

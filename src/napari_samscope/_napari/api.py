@@ -143,7 +143,7 @@ def segment_image_layer(
     predictor = _predictor(model, viewer)
     objects: list[dict[PlaneKey, np.ndarray]] = []
     for key in prompts.prompted_planes:
-        seg = run(engine.segment_plane_iter(predictor, None, source, None, key,
+        seg = run(engine.segment_plane_iter(predictor, None, source, key,
                                             prompts.on(key).objects()))
         objects.extend(seg.objects)
     return _to_labels(geometry, Segmentation(geometry, objects))
@@ -179,12 +179,13 @@ def segment_everything_layer(
     if stack:
         if geometry.stack_axis is None:
             raise ValueError(f"'{image.name}' has a single plane; call with stack=False.")
-        keys, volume = run(engine.everything_stack_iter(predictor, source, params, link_iou))
+        keys, volume = run(engine.everything_stack_iter(predictor, None, source, params, link_iou))
         for key, plane in zip(keys, volume):
             out[geometry.labels_index(key)] = plane
     else:
         key = geometry.current
-        out[geometry.labels_index(key)] = run(engine.everything_plane_iter(predictor, source, key, params))
+        out[geometry.labels_index(key)] = run(
+            engine.everything_plane_iter(predictor, None, source, key, params))
     return out
 
 
@@ -218,6 +219,6 @@ def segment_stack_layer(
                               _prompt_layer(boxes, "boxes"))
     source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
     predictor = _predictor(model, viewer)
-    seg = run(engine.propagate_prompts_iter(predictor, None, source, None, prompts,
+    seg = run(engine.propagate_prompts_iter(predictor, None, source, prompts,
                                             mode=mode, iou_threshold=iou_threshold))
     return _to_labels(geometry, seg)

@@ -2,18 +2,22 @@
 
 An image layer may be greyscale, RGB(A), or hold a channel axis; it may be 2D, a
 3D stack or a time series, and of any dtype. :class:`ImageSettings` says how its
-planes become 8-bit RGB (``core.image.to_rgb_uint8`` does the conversion):
+planes become 8-bit RGB. Conversion is done per *stack line* (the planes along the
+stack axis through a plane; one plane for a 2D image) by
+``core.volume.StackNormalizer``, so every plane of a stack gets the same contrast
+limits:
 
-- ``Normalization.PERCENTILE``: automatic 0.5-99.5 percentiles per plane and channel
-  (the core's default);
-- ``Normalization.CONTRAST``: the layer's current contrast limits (what the user
-  sees), identical for every plane of a stack;
-- ``Normalization.MINMAX``: minimum and maximum per plane and channel.
+- ``Normalization.PERCENTILE``: automatic 0.5-99.5 percentiles of the line, per channel
+  (8-bit data is never stretched);
+- ``Normalization.CONTRAST``: the layer's current contrast limits (what the user sees);
+- ``Normalization.MINMAX``: minimum and maximum of the line, per channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -21,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from napari_samscope._napari.coords import PlaneGeometry, PlaneKey
-from napari_samscope.core.progress import Progress
 
 __all__ = [
     "Normalization",
@@ -78,12 +81,11 @@ def plane_array(data: Any, geometry: PlaneGeometry, key: PlaneKey, rgb: bool) ->
     return plane
 
 
-def _convert_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
+def _stack_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
+    """Keyword arguments of ``core.volume.StackNormalizer`` for this layer and settings."""
     kwargs: dict[str, Any] = {}
-    if settings.channel_axis is not None:
-        kwargs["channel_axis"] = -1
-        if settings.channels is not None:
-            kwargs["channels"] = list(settings.channels)
+    if settings.channels is not None and settings.channel_axis is not None:
+        kwargs["channels"] = list(settings.channels)
     if settings.normalization is Normalization.CONTRAST:
         kwargs["contrast_limits"] = tuple(float(v) for v in np.ravel(layer.contrast_limits)[:2])
     elif settings.normalization is Normalization.MINMAX:
@@ -91,12 +93,25 @@ def _convert_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
     return kwargs
 
 
+_STACKS: OrderedDict[str, Any] = OrderedDict()
+_STACKS_LOCK = threading.Lock()
+#: How many normalised stack lines stay in memory (each holds its planes' raw data).
+MAX_STACKS = 2
+
+
 @dataclass(frozen=True)
 class PlaneSource:
     """A snapshot of what is needed to read an image layer's planes as SAM input.
 
-    Made on the GUI thread with :meth:`from_layer`; a worker then reads planes from
-    it without touching the layer (which the user may delete meanwhile).
+    Made on the GUI thread with :meth:`from_layer`; a worker then reads planes from it
+    without touching the layer (which the user may delete meanwhile).
+
+    Planes are read by *stack line*: the planes along the stack axis through a given
+    plane (one plane for a 2D image). A line is normalised as a whole
+    (``core.volume.StackNormalizer``: one set of contrast limits for all its planes), so
+    planes are comparable, blank planes work, and an embedding made for the preview is
+    the same one that propagation and "Precompute embeddings" use (one cache key
+    ``(image_key, z, model_key)``).
 
     Attributes:
         name: the layer's name (for messages).
@@ -104,8 +119,9 @@ class PlaneSource:
         rgb: whether the layer is RGB(A) (a trailing colour axis).
         geometry: the plane geometry.
         settings: the conversion settings.
+        layer_id: identifies the layer and its data array.
         signature: :meth:`ImageSettings.signature` at snapshot time.
-        convert_kwargs: keyword arguments for ``core.image.to_rgb_uint8``.
+        stack_kwargs: keyword arguments for ``StackNormalizer``.
     """
 
     name: str
@@ -113,64 +129,79 @@ class PlaneSource:
     rgb: bool
     geometry: PlaneGeometry
     settings: ImageSettings
+    layer_id: tuple[str, int]
     signature: tuple[Any, ...]
-    convert_kwargs: dict[str, Any]
+    stack_kwargs: dict[str, Any]
 
     @classmethod
     def from_layer(cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings) -> PlaneSource:
+        data = _level0(layer)
         return cls(
             name=str(layer.name),
-            data=_level0(layer),
+            data=data,
             rgb=bool(getattr(layer, "rgb", False)),
             geometry=geometry,
             settings=settings,
+            layer_id=(str(getattr(layer, "unique_id", id(layer))), id(data)),
             signature=settings.signature(layer),
-            convert_kwargs=_convert_kwargs(layer, settings),
+            stack_kwargs=_stack_kwargs(layer, settings),
         )
+
+    # ------------------------------------------------------------------ planes and lines
 
     def plane(self, key: PlaneKey) -> np.ndarray:
         """The raw plane ``key`` (see :func:`plane_array`)."""
         return plane_array(self.data, self.geometry, key, self.rgb)
 
-    def rgb_plane(self, key: PlaneKey, blank_if_constant: bool = False) -> np.ndarray:
-        """Plane ``key`` as SAM input: ``(H, W, 3) uint8``.
+    def z_of(self, key: PlaneKey) -> int:
+        """Index of plane ``key`` along its stack line (0 for a 2D image)."""
+        pos = self.geometry.stack_position
+        return 0 if pos is None else int(key[pos])
 
-        Args:
-            blank_if_constant: return zeros for a constant plane (an empty plane of a
-                stack) instead of raising.
-
-        Raises:
-            ValueError: the plane cannot be converted (for example, more than 3
-                channels and no channel choice), with the core's message.
-        """
-        from napari_samscope.core.image import to_rgb_uint8
-
-        plane = self.plane(key)
-        try:
-            return to_rgb_uint8(plane, **self.convert_kwargs)
-        except ValueError as error:
-            if blank_if_constant and "constant" in str(error).lower():
-                return np.zeros((*plane.shape[:2], 3), dtype=np.uint8)
-            raise ValueError(f"Cannot segment plane {key} of layer '{self.name}': {error}") from error
+    def line_of(self, key: PlaneKey) -> PlaneKey:
+        """The stack line through ``key`` (``key`` with its stack index set to 0)."""
+        pos = self.geometry.stack_position
+        return tuple(key) if pos is None else self.geometry.with_stack_index(key, 0)
 
     def stack_keys(self, around: PlaneKey | None = None) -> list[PlaneKey]:
         """Every plane along the stack axis through ``around`` (default: the current one)."""
-        geometry = self.geometry
-        around = geometry.current if around is None else around
-        if geometry.stack_axis is None:
-            return [around]
-        n = geometry.shape[geometry.stack_axis]
-        return [geometry.with_stack_index(around, z) for z in range(n)]
+        around = self.geometry.current if around is None else around
+        if self.geometry.stack_axis is None:
+            return [tuple(around)]
+        n = self.geometry.shape[self.geometry.stack_axis]
+        return [self.geometry.with_stack_index(around, z) for z in range(n)]
 
-    def stack_rgb_iter(self, keys: Sequence[PlaneKey]) -> Generator[Progress, None, np.ndarray]:
-        """The planes ``keys`` as one ``(Z, H, W, 3) uint8`` volume; constant planes are black.
+    def image_key(self, key: PlaneKey) -> str:
+        """The cache's image key of the stack line through ``key``."""
+        text = repr((self.layer_id, self.line_of(key), self.signature))
+        return hashlib.sha1(text.encode()).hexdigest()[:20]
 
-        Yields ``Progress("preparing planes", i, Z)`` so a worker can be cancelled.
+    def line_volume(self, key: PlaneKey) -> np.ndarray:
+        """The raw stack line through ``key`` as ``(Z, H, W)`` or ``(Z, H, W, C)``."""
+        planes = [self.plane(k) for k in self.stack_keys(key)]
+        return np.stack(planes)
+
+    def stack(self, key: PlaneKey) -> Any:
+        """The ``core.volume.StackNormalizer`` of the line through ``key`` (kept for reuse).
+
+        Raises:
+            ValueError: the line cannot be converted (constant, too many channels, ...),
+                with the core's message.
         """
-        h, w = self.geometry.plane_shape
-        out = np.empty((len(keys), h, w, 3), dtype=np.uint8)
-        for i, key in enumerate(keys):
-            yield Progress("preparing planes", i, len(keys))
-            out[i] = self.rgb_plane(key, blank_if_constant=True)
-        yield Progress("preparing planes", len(keys), len(keys))
-        return out
+        from napari_samscope.core.volume import StackNormalizer
+
+        image_key = self.image_key(key)
+        with _STACKS_LOCK:
+            stack = _STACKS.get(image_key)
+            if stack is not None:
+                _STACKS.move_to_end(image_key)
+                return stack
+        try:
+            stack = StackNormalizer(self.line_volume(key), **self.stack_kwargs)
+        except ValueError as error:
+            raise ValueError(f"Cannot segment layer '{self.name}': {error}") from error
+        with _STACKS_LOCK:
+            _STACKS[image_key] = stack
+            while len(_STACKS) > MAX_STACKS:
+                _STACKS.popitem(last=False)
+        return stack

@@ -146,16 +146,16 @@ class SegmentEverythingWidget(QWidget):
         except ValueError as error:
             notify_error(error)
             return
-        params, link = self.params(), float(self.link_iou.value())
+        params, link, cache = self.params(), float(self.link_iou.value()), self.session.cache
         if scope == "plane":
             def job():
                 key = geometry.current
-                labels = yield from engine.everything_plane_iter(predictor, source, key, params)
+                labels = yield from engine.everything_plane_iter(predictor, cache, source, key, params)
                 return {key: labels}
         else:
             def job():
                 keys, volume = yield from engine.everything_stack_iter(
-                    predictor, source, params, link_iou=link)
+                    predictor, cache, source, params, link_iou=link)
                 return dict(zip(keys, volume))
 
         try:

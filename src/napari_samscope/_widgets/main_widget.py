@@ -168,13 +168,12 @@ class SegmentAnythingWidget(QWidget):
             self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
             return
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
-        image_id = self._image_id(image)
 
         def job():
             objects = []
             for key in planes:
                 seg = yield from engine.segment_plane_iter(
-                    predictor, cache, source, image_id, key, prompts.on(key).objects(), lock)
+                    predictor, cache, source, key, prompts.on(key).objects(), lock)
                 objects.extend(seg.objects)
             return Segmentation(source.geometry, objects)
 
@@ -236,10 +235,10 @@ class SegmentAnythingWidget(QWidget):
             return
         mode = PROPAGATION_LABELS[self.ui.mode.currentText()]
         iou = float(self.ui.iou.value())
-        cache, image_id = self.session.cache, self._image_id(image)
+        cache = self.session.cache
         self.preview_runner.cancel()
         self._start(lambda: engine.propagate_prompts_iter(
-            predictor, cache, source, image_id, prompts, mode=mode, iou_threshold=iou),
+            predictor, cache, source, prompts, mode=mode, iou_threshold=iou),
             lambda seg: self._show_preview(seg, image))
 
     def precompute(self) -> None:
@@ -250,14 +249,13 @@ class SegmentAnythingWidget(QWidget):
         except ValueError as error:
             notify_error(error)
             return
-        cache, image_id = self.session.cache, self._image_id(image)
+        cache = self.session.cache
 
         def done(count: int) -> None:
             self._check_alive(image)
-            self.ui.status.setText(f"encoded {count} plane(s)")
+            self.ui.status.setText(f"{count} plane(s) encoded and cached")
 
-        self._start(lambda: engine.precompute_iter(
-            predictor, cache, source, image_id, source.stack_keys()), done)
+        self._start(lambda: engine.precompute_iter(predictor, cache, source), done)
 
     def cancel(self) -> None:
         """Stop every running job of this widget (between two steps)."""
@@ -344,10 +342,6 @@ class SegmentAnythingWidget(QWidget):
                                     self.points_layer, self.shapes_layer)
         return image, source, found
 
-    @staticmethod
-    def _image_id(image: Any) -> tuple[str, int]:
-        return (str(image.unique_id), id(image.data))
-
     def _check_alive(self, image: Any) -> None:
         if image not in self.viewer.layers:
             raise ValueError(f"The image layer '{image.name}' was removed while it was being "
@@ -419,8 +413,6 @@ class SegmentAnythingWidget(QWidget):
                 notify_error(f"The image layer '{layer.name}' was removed while it was being "
                              "segmented; the job was stopped and napari is fine.")
             self._active_image = None
-        if hasattr(layer, "contrast_limits") and not hasattr(layer, "selected_label"):
-            self.session.forget_image(self._image_id(layer))
 
     def _model_changed(self, _sam: Any) -> None:
         self._schedule_preview()

@@ -202,14 +202,6 @@ class ModelSession:
         """Emit ``cache_changed`` with the current figures."""
         self.cache_changed.emit(self.cache_nbytes(), self._cache_bytes)
 
-    def forget_image(self, image_id: Any) -> None:
-        """Drop the cached embeddings of one image (its layer was removed)."""
-        if self._cache is None:
-            return
-        for key in [k for k in self._cache.keys() if k and k[0] == image_id]:
-            self._cache.pop(key)
-        self.notify_cache()
-
 
 def unwrap_viewer(viewer: Any) -> Any:
     """The viewer itself when napari hands plugins a ``PublicOnlyProxy`` of it.
