@@ -32,7 +32,6 @@ import pytest
 import torch
 from _official import official_python, pack_state_dict, run_official, skip_reason
 
-from conftest import randomize_state
 from napari_samscope.core.build import build_sam, tiny_config
 from napari_samscope.core.everything import MaskGenerator
 from napari_samscope.core.predictor import Predictor
@@ -142,7 +141,7 @@ CASES = {
 }
 
 
-def _models(decoder: str):
+def _models(decoder: str, randomize_state):
     """Our model (with its state dict and config) for a case."""
     config = tiny_config("vit", 256, depth=2, embed_dim=48)
     torch.manual_seed(0)
@@ -160,9 +159,9 @@ def _models(decoder: str):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_everything_matches_official(case):
+def test_everything_matches_official(case, randomize):
     decoder, shape, params = CASES[case]
-    sam, arrays = _models(decoder)
+    sam, arrays = _models(decoder, randomize)
     image = _image(1, shape)
     arrays["image"] = image
     arrays["params_json"] = np.array(json.dumps(params))
