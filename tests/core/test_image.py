@@ -184,6 +184,14 @@ def test_constant_image_with_contrast_limits_is_accepted():
     assert (out == 64).all()
 
 
+def test_allow_constant_converts_constant_images():
+    assert not to_rgb_uint8(np.full((5, 5), 3.0), allow_constant=True).any()
+    rgb = np.full((4, 6, 3), 17, dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(rgb, allow_constant=True), rgb)
+    grey = np.zeros((4, 6), dtype=np.uint8)
+    assert to_rgb_uint8(grey, allow_constant=True).shape == (4, 6, 3)
+
+
 def test_constant_channel_among_others_becomes_zero():
     img = np.stack([_ramp(), np.full((20, 30), 3.0)], axis=0)
     out = to_rgb_uint8(img, channel_axis=0)

@@ -113,6 +113,20 @@ def test_bad_image_keeps_the_previous_one(predictor):
     torch.testing.assert_close(predictor.features, before, rtol=0, atol=0)
 
 
+def test_constant_images_are_refused_by_set_image_but_encoded_in_batches(random_state_sam):
+    pred = Predictor(random_state_sam)
+    blank = np.zeros((H, W, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="constant"):
+        pred.set_image(blank)
+    assert not pred.is_image_set
+    (embedding,) = pred.encode([blank])  # a blank plane of a stack, an empty crop
+    assert embedding.original_size == (H, W)
+    with pytest.raises(ValueError, match="constant"):
+        pred.encode([blank], allow_constant=False)
+    pred.set_image(blank, contrast_limits=(0, 255))
+    assert pred.is_image_set
+
+
 def test_encode_batches_without_changing_state(random_state_sam, image):
     pred = Predictor(random_state_sam)
     images = [image, image[::-1].copy(), image[:20, :30].copy()]

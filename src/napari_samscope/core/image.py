@@ -20,7 +20,10 @@ Rules (the contract every caller relies on):
 - A last axis of length 3 or 4 without ``channel_axis`` is read as RGB / RGBA (the
   same guess napari makes for ``rgb`` layers).
 - A constant image has nothing to segment and raises ``ValueError`` unless
-  ``contrast_limits`` is given (useful for blank planes of a stack).
+  ``contrast_limits`` is given or ``allow_constant=True`` (then a constant channel
+  becomes 0, or keeps its value for 8-bit data). Batch encoding
+  (``Predictor.encode``) allows constant images: blank planes of a stack and empty
+  crops are legitimate there.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def to_rgb_uint8(
     normalization: str = "percentile",
     contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    allow_constant: bool = False,
 ) -> np.ndarray:
     """Convert a 2D microscope image to 8-bit RGB (see the module docstring for the rules).
 
@@ -61,6 +65,7 @@ def to_rgb_uint8(
         contrast_limits: ``(lo, hi)`` for every channel, or one pair per input channel
             or per selected channel.
         percentiles: the lower and upper percentile for ``"percentile"``.
+        allow_constant: convert a constant image instead of refusing it.
 
     Returns:
         ``(H, W, 3) uint8``, C-contiguous. A new array unless the input already was a
@@ -84,7 +89,8 @@ def to_rgb_uint8(
         and channels is None
     ):
         rgb = data[..., :3]
-        _raise_if_constant(rgb)
+        if not allow_constant:
+            _raise_if_constant(rgb)
         return np.ascontiguousarray(rgb)
 
     out = np.zeros(planes[0].shape + (3,), dtype=np.uint8)
@@ -101,7 +107,7 @@ def to_rgb_uint8(
             lo, hi = _auto_limits(plane, normalization, lo_p, hi_p)
         spans.append((lo, hi))
         out[..., c] = _rescale(plane, lo, hi)
-    if limits is None:
+    if limits is None and not allow_constant:
         _raise_if_constant_planes(planes, spans, fixed_dtype)
     if len(planes) == 1:
         out[..., 1] = out[..., 0]

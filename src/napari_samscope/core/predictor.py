@@ -171,7 +171,8 @@ class Predictor:
         """Encode ``image`` (an array or a file path) and make it the current image.
 
         The image is converted with :func:`~napari_samscope.core.image.to_rgb_uint8`
-        (8-bit RGB is used as it is). On error the previous image stays set.
+        (8-bit RGB is used as it is). A constant image is refused unless
+        ``contrast_limits`` is given. On error the previous image stays set.
         """
         (embedding,) = self.encode(
             [image],
@@ -179,6 +180,7 @@ class Predictor:
             channels=channels,
             normalization=normalization,
             contrast_limits=contrast_limits,
+            allow_constant=False,
         )
         self._embedding = embedding
 
@@ -231,13 +233,16 @@ class Predictor:
     ) -> list[ImageEmbedding]:
         """Encode several images without changing the current image.
 
-        Images of the same size are encoded together, ``batch_size`` at a time.
+        Images of the same size are encoded together, ``batch_size`` at a time. Unlike
+        :meth:`set_image`, constant images (blank planes, empty crops) are encoded rather
+        than refused, unless ``allow_constant=False`` is passed.
 
         Args:
             images: arrays or file paths, each accepted by :meth:`set_image`.
             batch_size: images per encoder pass.
             **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``,
-                ``contrast_limits`` for :func:`~napari_samscope.core.image.to_rgb_uint8`.
+                ``contrast_limits``, ``allow_constant`` for
+                :func:`~napari_samscope.core.image.to_rgb_uint8`.
 
         Returns:
             One :class:`ImageEmbedding` per image, in order (float32 features on the device).
@@ -246,6 +251,7 @@ class Predictor:
             raise TypeError("encode() takes a sequence of images; use set_image() for one image.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+        norm_kwargs.setdefault("allow_constant", True)
         rgbs = [
             to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
             for im in images
