@@ -121,18 +121,26 @@ def expand_key_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> l
     - lists: ``points=[900,370]`` -> one point, ``points=[[1,2],[3,4]]`` -> two points,
       ``labels=[1,0]`` / ``classes=[0,2]`` -> several numbers.
 
-    Tokens after ``--`` and tokens that start with ``-`` are kept as they are.
+    Tokens after ``--``, tokens that start with ``-`` and the value right after a
+    single-valued option (``--source a=b.png``) are kept as they are.
 
     Raises:
         UsageError: an unknown key or an unreadable value.
     """
     out: list[str] = []
     literal = False
+    value_expected = False  # the previous token is an option that takes exactly one value
     for token in argv:
-        match = None if literal or token.startswith("-") else _KEY_VALUE.match(token)
+        match = None if literal or value_expected or token.startswith("-") else _KEY_VALUE.match(token)
         if token == "--":
             literal = True
         if match is None:
+            option = _find_action(parser, token.lstrip("-")) if token.startswith("--") and "=" not in token else None
+            value_expected = (
+                not value_expected and option is not None and option.nargs is None
+                and not isinstance(option, argparse._StoreTrueAction | argparse._StoreFalseAction
+                                   | argparse._HelpAction | argparse._VersionAction)
+            )
             out.append(token)
             continue
         key, value = match.group(1), match.group(2)

@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--multimask", action="store_true",
                         help="let the model choose the best of 3 candidates per object")
     parser.add_argument("--conf", type=float, default=None,
-                        help="with no prompts: minimum predicted IoU of a mask (pred_iou_thresh)")
+                        help="with no prompts: minimum predicted IoU of a mask (pred_iou_thresh) [0.88]")
+    parser.add_argument("--points-per-side", "--points-stride", dest="points_per_side", type=int,
+                        default=None, help="with no prompts: grid points per image side [32]; "
+                                           "'samscope everything' has all the options")
     parser.add_argument("--out", default="results", help="output folder (default: ./results)")
     add_device(parser)
     add_debug(parser)
@@ -65,8 +68,8 @@ def check_prompts(args: argparse.Namespace) -> None:
         raise UsageError(f"{len(args.points)} points but {len(args.labels)} labels; give one label per point")
     if args.points is not None and args.bboxes is not None and len(args.bboxes) > 1:
         raise UsageError("--points go with a single box (one object); give several boxes without points")
-    if args.conf is not None and (args.points or args.bboxes):
-        raise UsageError("--conf only applies when no prompt is given (segment everything)")
+    if (args.conf is not None or args.points_per_side is not None) and (args.points or args.bboxes):
+        raise UsageError("--conf and --points-per-side only apply when no prompt is given (segment everything)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if args.bboxes is not None:
             kwargs["bboxes"] = np.asarray(args.bboxes, dtype=np.float64)
         kwargs["multimask_output"] = args.multimask
-    elif args.conf is not None:
-        kwargs["conf"] = args.conf
+    else:
+        if args.conf is not None:
+            kwargs["conf"] = args.conf
+        if args.points_per_side is not None:
+            kwargs["points_per_side"] = args.points_per_side
     n_objects = len(args.bboxes) if args.bboxes else 1
     total = 0
     for path, stem in zip(files, output_stems(files)):
