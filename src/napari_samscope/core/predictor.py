@@ -105,6 +105,8 @@ class Predictor:
         self.device = select_device(device) if device is not None else torch.device(default_device)
         if sam.device != self.device:
             sam.to(self.device)
+            if sam is not model:  # keep the SAM wrapper's record of its device true
+                model.device = self.device
         self.dtype = resolve_dtype(dtype if dtype is not None else default_dtype, self.device)
         self.model = sam.eval()
         self._embedding: ImageEmbedding | None = None
