@@ -169,7 +169,7 @@ def disk_image(shape=(96, 128), centres=((30, 40, 12), (60, 95, 14)), value=200,
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def ball_stack(shape=(9, 64, 64), centre=(4, 32, 30), radii=(3, 14, 14), seed=0):
+def ball_stack(shape=(9, 64, 64), centre=(4, 32, 30), radii=(6, 14, 14), seed=0):
     """uint16 stack with one bright ellipsoid; returns ``(stack, truth_mask)``."""
     rng = np.random.default_rng(seed)
     z, r, c = np.mgrid[: shape[0], : shape[1], : shape[2]]

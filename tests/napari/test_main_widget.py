@@ -20,7 +20,7 @@ def test_widgets_load_through_the_manifest_and_share_one_session(viewer):
     assert main.session is every.session
     labels = [main.model_panel.model_box.itemText(i) for i in range(main.model_panel.model_box.count())]
     assert labels[0].startswith("samscope_nuclei (default)")
-    assert any("vit_b" in t and "not cached" in t for t in labels)
+    assert any(t.startswith("vit_b - not cached (downloads 375 MB)") for t in labels)
     tips = " ".join(b.toolTip() for b in (main.ui.segment, main.ui.commit, main.ui.clear,
                                           main.ui.propagate))
     assert all(k in tips for k in ("[S]", "[C]", "[Shift+C]", "[Shift+S]"))

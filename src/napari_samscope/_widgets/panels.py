@@ -36,6 +36,7 @@ class ProgressRow(QWidget):
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
+        self.bar.setTextVisible(False)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the running job (between two steps)")
         self.cancel_button.setEnabled(False)
@@ -49,6 +50,7 @@ class ProgressRow(QWidget):
 
     def show_progress(self, report: Progress) -> None:
         self.label.setText(report.message)
+        self.bar.setTextVisible(report.total > 0)
         if report.total > 0:
             self.bar.setRange(0, report.total)
             self.bar.setValue(min(report.done, report.total))
@@ -73,6 +75,7 @@ class ProgressRow(QWidget):
         if not busy:
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
+            self.bar.setTextVisible(False)
             self.label.setText("")
 
 

@@ -44,16 +44,32 @@ _SESSIONS: dict[int, ModelSession] = {}
 class ModelChoice:
     """One entry of the model dropdown: a registry model and whether it is cached."""
 
-    def __init__(self, name: str, cached: bool, description: str = "", default: bool = False):
+    def __init__(
+        self,
+        name: str,
+        cached: bool,
+        description: str = "",
+        default: bool = False,
+        source: str = "download",
+        size: int | None = None,
+    ):
         self.name = name
         self.cached = cached
         self.description = description
         self.default = default
+        self.source = source
+        self.size = size
 
     @property
     def label(self) -> str:
-        """Text for the dropdown, e.g. ``"vit_b (not cached: downloads 375 MB)"``."""
-        state = "cached" if self.cached else "not cached, will download"
+        """Text for the dropdown, e.g. ``"vit_b - not cached (downloads 375 MB)"``."""
+        if self.cached:
+            state = "cached"
+        elif self.source == "download":
+            size = f" {self.size / 1e6:.0f} MB" if self.size else ""
+            state = f"not cached (downloads{size})"
+        else:
+            state = "not installed"
         return f"{self.name}{' (default)' if self.default else ''} - {state}"
 
     def __repr__(self) -> str:
@@ -93,7 +109,7 @@ class ModelSession:
         from napari_samscope.core.registry import DEFAULT_MODEL, list_models
 
         choices = [
-            ModelChoice(m.name, m.cached, m.description, m.name == DEFAULT_MODEL)
+            ModelChoice(m.name, m.cached, m.description, m.name == DEFAULT_MODEL, m.source, m.size)
             for m in list_models()
         ]
         return sorted(choices, key=lambda c: not c.default)

@@ -1,0 +1,91 @@
+"""End to end, as a microscopist would: open the sample, open the plugin, click on a
+nucleus, draw a box around another, commit, and look at the viewer.
+
+The model is the shipped default ``samscope_nuclei`` when it is installed, else the
+segmenting test double of ``tests/napari/segmenting_model.py`` (at 1024 input, so its
+rule works at the sample's scale). With ``SAMSCOPE_WRITE_SCREENSHOT=1`` the final
+screenshot is written to ``docs/screenshot.png`` (the README's picture).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "napari"))
+from segmenting_model import make_segmenting_sam  # noqa: E402
+from widget_helpers import box_corners, wait_idle  # noqa: E402
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+
+
+def _model():
+    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+    from napari_samscope.core.sam_api import SAM
+
+    if any(m.name == DEFAULT_MODEL and m.cached for m in list_models()):
+        return SAM(DEFAULT_MODEL, device="cpu")
+    return SAM.from_sam(make_segmenting_sam(1024), "segmenting-double")
+
+
+def _isolated_nuclei(truth, n=2, margin=4):
+    """The ``n`` largest ground-truth nuclei with ``margin`` pixels of background around
+    them: ``[(label, centre (row, col), box (r0, c0, r1, c1)), ...]``."""
+    from scipy import ndimage
+
+    found = []
+    for label in np.argsort(np.bincount(truth.ravel()))[::-1]:
+        if label == 0:
+            continue
+        mask = truth == label
+        ring = ndimage.binary_dilation(mask, iterations=margin) & ~mask
+        if truth[ring].any():
+            continue
+        rows, cols = np.nonzero(mask)
+        centre = ndimage.distance_transform_edt(mask).argmax()
+        found.append((int(label), np.unravel_index(centre, mask.shape),
+                      (rows.min() - 3, cols.min() - 3, rows.max() + 3, cols.max() + 3)))
+        if len(found) == n:
+            return found
+    raise AssertionError("the sample has too few isolated nuclei")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_click_commit_and_screenshot(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 950)
+    viewer.open_sample("napari-samscope", "nuclei_2d")
+    truth = viewer.layers["nuclei ground truth"].data
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
+    widget.set_model(_model())
+    qtbot.waitUntil(lambda: widget.points_layer is not None, timeout=10_000)
+    (label_a, centre_a, _), (label_b, _, box_b) = _isolated_nuclei(truth)
+
+    widget.points_layer.add(np.array([centre_a], float))  # a click (data = world here)
+    widget.shapes_layer.add_rectangles(box_corners(*box_b))
+    wait_idle(qtbot, widget, timeout=120_000)
+    ids = widget.commit()
+    assert len(ids) == 2
+    labels = viewer.layers["SAM labels"].data
+    for committed, truth_id in zip(ids, (label_b, label_a)):  # boxes first, then points
+        mask, true = labels == committed, truth == truth_id
+        assert (mask & true).sum() / (mask | true).sum() > 0.7
+
+    viewer.layers["nuclei ground truth"].visible = False
+    viewer.layers.selection.active = widget.points_layer
+    viewer.reset_view()
+    qtbot.wait(200)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.ndim == 3 and shot.shape[0] > 400 and shot.shape[1] > 800
+    assert shot[..., :3].std() > 20  # not a blank window
+    if os.environ.get("SAMSCOPE_WRITE_SCREENSHOT_TO"):
+        from PIL import Image
+
+        Image.fromarray(shot).save(os.environ["SAMSCOPE_WRITE_SCREENSHOT_TO"])
+    assert len(np.unique(shot[..., :3].reshape(-1, 3), axis=0)) > 200
+    if os.environ.get("SAMSCOPE_WRITE_SCREENSHOT") == "1":
+        from PIL import Image
+
+        Image.fromarray(shot).save(SCREENSHOT)
