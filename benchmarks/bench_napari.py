@@ -1,0 +1,174 @@
+"""napari-side benchmark of the "Segment Anything" widget.
+
+Measures, in a real napari viewer (under Xvfb when there is no display):
+
+1. **prompt-to-preview latency**: from a point added to "SAM points" (as a click
+   does) to the "SAM preview" layer showing the new mask, with the plane already
+   encoded; median and 90th percentile over ``--repeats`` prompts. It includes the
+   widget's debounce (``PREVIEW_DEBOUNCE_MS``), the worker hand-off, reading the
+   prompts, the decoder, upsampling, and writing the preview layer.
+2. **longest event-loop stall while a stack is encoded**: a 5 ms ``QTimer``
+   heartbeat runs on the GUI thread while "Precompute embeddings" encodes a stack in
+   its worker; the longest gap between two heartbeats, minus the 5 ms period, is the
+   longest time the GUI could not react.
+
+Usage::
+
+    xvfb-run -a python benchmarks/bench_napari.py            # default model if installed
+    python benchmarks/bench_napari.py --model vit_t-random   # MobileSAM architecture, random weights
+    python benchmarks/bench_napari.py --model path/to/ckpt.pt --planes 16 --json out.json
+
+``vit_t-random`` times the real MobileSAM architecture (weights do not change the
+timings). ``measure()`` returns the figures as a dict for other benchmark scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from typing import Any
+
+HEARTBEAT_MS = 5
+
+
+def _load_model(name: str) -> Any:
+    from napari_samscope.core.build import build_sam
+    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+    from napari_samscope.core.sam_api import SAM
+
+    if name == "auto":
+        installed = any(m.name == DEFAULT_MODEL and m.cached for m in list_models())
+        name = DEFAULT_MODEL if installed else "vit_t-random"
+    if name.endswith("-random"):
+        return SAM.from_sam(build_sam(name.removesuffix("-random")).eval(), name, device="cpu")
+    return SAM(name, device="cpu")
+
+
+def _wait(app: Any, predicate: Any, timeout: float) -> bool:
+    end = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > end:
+            return False
+        app.processEvents()
+        time.sleep(0.0005)
+    return True
+
+
+def measure(model: str = "auto", repeats: int = 30, planes: int = 8, size: int = 512) -> dict[str, Any]:
+    """Run both measurements; returns a dict of figures (milliseconds)."""
+    import numpy as np
+    from qtpy.QtCore import QElapsedTimer, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    import napari
+    from napari_samscope.core.synthetic import make_nuclei_2d, make_nuclei_3d
+
+    sam = _load_model(model)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    try:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
+        widget.set_model(sam)
+        image, truth = make_nuclei_2d((768, 1024), dtype="uint16", seed=3)
+        layer = viewer.add_image(image, name="nuclei")
+        _wait(app, lambda: widget.points_layer is not None, 30)
+        points = widget.points_layer
+        centres = [np.argwhere(truth == i).mean(0) for i in np.unique(truth)[1:]]
+        updated: list[float] = []
+        widget.preview_updated.connect(lambda: updated.append(time.perf_counter()))
+
+        def prompt(rc: Any, timeout: float = 600) -> float:
+            count = len(updated)
+            start = time.perf_counter()
+            points.add(np.asarray(rc, float)[None])
+            if not _wait(app, lambda: len(updated) > count and not widget.preview_runner.busy,
+                         timeout):
+                raise RuntimeError("the preview did not update")
+            return (updated[-1] - start) * 1000.0
+
+        first = prompt(centres[0])  # encodes the plane
+        widget.clear_prompts()
+        _wait(app, lambda: not widget.preview_runner.busy and not widget._timer.isActive(), 60)
+        latencies = []
+        for i in range(repeats):
+            latencies.append(prompt(centres[(i + 1) % len(centres)], 60))
+            widget.clear_prompts()
+            _wait(app, lambda: not widget.preview_runner.busy and not widget._timer.isActive(), 60)
+
+        viewer.layers.remove(layer)
+        volume, _ = make_nuclei_3d((planes, size, size), seed=3)
+        viewer.add_image(volume, name="stack")
+        _wait(app, lambda: widget.image_layer is not None and widget.image_layer.name == "stack", 10)
+        clock, gaps = QElapsedTimer(), []
+        clock.start()
+        last = [clock.elapsed()]
+
+        def beat() -> None:
+            now = clock.elapsed()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        heartbeat = QTimer()
+        heartbeat.setInterval(HEARTBEAT_MS)
+        heartbeat.timeout.connect(beat)
+        heartbeat.start()
+        started = time.perf_counter()
+        widget.precompute()
+        _wait(app, lambda: not widget.runner.busy, 3600)
+        encode_s = time.perf_counter() - started
+        heartbeat.stop()
+        cached = len(widget.session.cache)
+    finally:
+        viewer.close()
+    gaps.sort()
+    return {
+        "model": sam.name,
+        "first_prompt_with_encoding_ms": round(first, 1),
+        "prompt_to_preview_median_ms": round(statistics.median(latencies), 1),
+        "prompt_to_preview_p90_ms": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 1),
+        "repeats": repeats,
+        "stack_planes": planes,
+        "stack_plane_size": size,
+        "stack_encoding_s": round(encode_s, 2),
+        "planes_cached": cached,
+        "longest_stall_ms": max(0, gaps[-1] - HEARTBEAT_MS) if gaps else None,
+        "stall_p99_ms": max(0, gaps[int(0.99 * (len(gaps) - 1))] - HEARTBEAT_MS) if gaps else None,
+        "heartbeats": len(gaps),
+        "cpu_threads": __import__("torch").get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="auto",
+                        help="registry name, checkpoint path, or <arch>-random (default: the "
+                             "project default model if installed, else vit_t-random)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--planes", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux") and not os.environ.get(
+            "SAMSCOPE_BENCH_NO_XVFB"):
+        if shutil.which("xvfb-run"):
+            os.environ["SAMSCOPE_BENCH_NO_XVFB"] = "1"
+            os.execvp("xvfb-run", ["xvfb-run", "-a", sys.executable, *sys.argv])
+        print("No display: run under xvfb-run.", file=sys.stderr)
+        return 2
+    figures = measure(args.model, args.repeats, args.planes, args.size)
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
