@@ -334,3 +334,23 @@ def test_equals_the_straightforward_computation(tiny_sam, offset, stability_thre
     np.testing.assert_array_equal(result.masks, expected_masks)
     np.testing.assert_allclose(result.stability_scores, stability[keep][order], rtol=1e-6)
     np.testing.assert_allclose(result.scores, iou.flatten().numpy()[keep][order])
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_two_stage_decoding_equals_predictor_decode(random_state_sam, multimask):
+    """IoU for every prompt, masks only for the prompts asked for: same numbers."""
+    predictor = Predictor(random_state_sam)
+    rng = np.random.default_rng(0)
+    predictor.set_image(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    points = rng.uniform(0, 64, (20, 2))
+    gen = MaskGenerator(predictor, multimask_output=multimask)
+    iou, lowres = gen._decode(points)
+    low_ref, iou_ref = predictor.decode(
+        torch.tensor(points, dtype=torch.float32)[:, None],
+        torch.ones(20, 1, dtype=torch.int),
+        multimask_output=multimask,
+    )
+    torch.testing.assert_close(iou, iou_ref, atol=1e-5, rtol=1e-5)
+    some = torch.tensor([0, 3, 17, 19])
+    torch.testing.assert_close(lowres(some), low_ref[some], atol=1e-4, rtol=1e-4)
+    assert lowres(torch.arange(20)).shape == low_ref.shape

@@ -15,7 +15,8 @@ work is done:
 - **Crops are re-encoded from the original image** (8-bit RGB after normalisation),
   never upsampled from the model input.
 - The decoder call is :meth:`MaskGenerator._decode`, the one place to change for
-  other dtypes or devices.
+  other dtypes or devices. It runs the mask decoder in two stages so that the mask
+  upscaling only runs for prompts with a candidate that passes the IoU filter.
 
 Coordinates follow SAM: points ``(x, y)``; ``bbox`` and ``crop_box`` are ``XYWH``;
 boxes from masks are inclusive (``x1`` is the last column of the mask), as in the
@@ -58,7 +59,8 @@ ALIASES = {
     "points_batch_size": "points_per_batch",
     "crop_downscale_factor": "crop_n_points_downscale_factor",
 }
-EDGE_TOLERANCE = 20.0  # pixels: masks this close to an inner crop edge are dropped
+EDGE_TOLERANCE = 20.0
+_MASK_CHUNK = 16  # prompts whose masks are upscaled together (~0.2 GB for 1024-input models)  # pixels: masks this close to an inner crop edge are dropped
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class MaskRecord:
         tight = mask[by0 : by1 + 1, bx0 : bx1 + 1]
         return cls(
             bbox=(x0 + bx0, y0 + by0, bx1 - bx0, by1 - by0),
-            area=int(tight.sum()),
+            area=int(np.count_nonzero(tight)),
             packed=np.packbits(tight, axis=None),
             image_shape=image_shape,
             **fields,
@@ -380,9 +382,9 @@ class MaskGenerator:
         fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
         records: list[MaskRecord] = []
         for part in mo.batch_slices(len(points), int(self.params["points_per_batch"])):
-            low, iou = self._decode(model_points[part])
-            records.extend(self._keep_masks(low, iou, points[part], upsampler, crop, fields))
-            del low, iou
+            iou, lowres = self._decode(model_points[part])
+            records.extend(self._keep_masks(iou, lowres, points[part], upsampler, crop, fields))
+            del iou, lowres
             yield
         if records:
             boxes = torch.tensor([r.box_xyxy for r in records], dtype=torch.float32)
@@ -392,20 +394,78 @@ class MaskGenerator:
         return records
 
     @torch.no_grad()
-    def _decode(self, model_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one decoder call: ``(B, 2)`` input-frame points -> ``(B, K, L, L)``, ``(B, K)``."""
-        device = self.predictor.device
+    def _decode(
+        self, model_points: np.ndarray
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """The one decoder call, in two stages.
+
+        Args:
+            model_points: ``(B, 2)`` ``(x, y)`` points in the model's input frame.
+
+        Returns:
+            ``(iou, lowres)``: the predicted IoU ``(B, K)`` of every candidate, and a
+            function that returns the low-resolution logits ``(n, K, L, L)`` of the
+            prompts it is given (int64 indices). With the stock ``Predictor.decode`` the
+            mask stage (output upscaling and hypernetworks) only runs for those prompts:
+            the IoU head does not depend on it, so prompts whose candidates all fail the
+            IoU filter cost only the transformer. The operations are those of
+            ``MaskDecoder.predict_masks``; a stand-in predictor's own ``decode`` is used
+            as it is.
+        """
+        from .device import autocast
+        from .predictor import Predictor
+
+        pred = self.predictor
+        device = pred.device
+        multimask = bool(self.params["multimask_output"])
         coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-        return self.predictor.decode(
-            coords, labels, None, None, multimask_output=bool(self.params["multimask_output"])
-        )
+        if type(pred).decode is not Predictor.decode:
+            low, iou = pred.decode(coords, labels, None, None, multimask_output=multimask)
+            return iou, lambda index: low[index]
+        sam, features = pred.model, pred.get_embedding().features
+        decoder = sam.mask_decoder
+        pick = slice(1, None) if multimask else slice(0, 1)
+        with autocast(device, pred.dtype):
+            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            batch = sparse.shape[0]
+            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+            tokens = torch.cat((tokens.expand(batch, -1, -1).to(sparse.dtype), sparse), dim=1)
+            # one image and no mask prompt: the image tokens are shared by every prompt
+            # until the transformer makes them diverge (as MaskDecoder.predict_masks does)
+            src = features + dense[:1]
+            pos = sam.prompt_encoder.get_dense_pe()
+            hs, src = decoder.transformer(src, pos, tokens)  # B,T,C and B,HW,C
+            iou = decoder.iou_prediction_head(hs[:, 0, :])[:, pick].float()
+        side = features.shape[-1]
+
+        @torch.no_grad()
+        def lowres(index: torch.Tensor) -> torch.Tensor:
+            parts = []
+            for start in range(0, len(index), _MASK_CHUNK):  # bounds the upscaling's memory
+                chunk = index[start : start + _MASK_CHUNK]
+                with autocast(device, pred.dtype):
+                    image = src[chunk].transpose(1, 2).reshape(len(chunk), -1, side, side)
+                    upscaled = decoder.output_upscaling(image)
+                    hyper = torch.stack(
+                        [
+                            mlp(hs[chunk, 1 + i, :])
+                            for i, mlp in enumerate(decoder.output_hypernetworks_mlps)
+                        ],
+                        dim=1,
+                    )
+                    n, channels, height, width = upscaled.shape
+                    masks = hyper @ upscaled.reshape(n, channels, height * width)
+                parts.append(masks.reshape(n, -1, height, width)[:, pick].float())
+            return torch.cat(parts)
+
+        return iou, lowres
 
     @torch.no_grad()
     def _keep_masks(
         self,
-        low: torch.Tensor,
         iou: torch.Tensor,
+        lowres: Callable[[torch.Tensor], torch.Tensor],
         points: np.ndarray,
         upsampler: mo.WindowedUpsampler,
         crop: list[int],
@@ -415,14 +475,17 @@ class MaskGenerator:
         p = self.params
         threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
         offset = float(p["stability_score_offset"])
-        k = low.shape[1]
-        low, iou = low.flatten(0, 1), iou.flatten(0, 1)
-        point_index = np.repeat(np.arange(len(points)), k)
+        k = iou.shape[1]
+        iou = iou.flatten()
+        keep = torch.arange(iou.shape[0], device=iou.device)
         if float(p["pred_iou_thresh"]) > 0.0:
             keep = (iou > float(p["pred_iou_thresh"])).nonzero()[:, 0]
-            low, iou, point_index = low[keep], iou[keep], point_index[keep.cpu().numpy()]
-        if low.shape[0] == 0:
+        if keep.numel() == 0:
             return []
+        prompts, position = torch.unique(keep // k, return_inverse=True)
+        low = lowres(prompts)[position, keep % k]  # (n, L, L), the kept candidates only
+        iou = iou[keep]
+        point_index = (keep // k).cpu().numpy()
         # Outside the low-res box of logits > (threshold - offset) nothing can pass any
         # threshold at full resolution either (bilinear weights are convex).
         above = low > threshold - offset
@@ -435,16 +498,17 @@ class MaskGenerator:
             rows, cols = np.flatnonzero(rows_any[j]), np.flatnonzero(cols_any[j])
             if rows.size:
                 wy, wx, logits = upsampler.window(low[j], (rows[0], rows[-1]), (cols[0], cols[-1]))
-                high_count = int((logits > threshold + offset).sum())
-                low_count = int((logits > threshold - offset).sum())
             else:
-                wy = wx = high_count = low_count = 0
-                logits = low.new_zeros((0, 0))
+                wy, wx, logits = 0, 0, low.new_zeros((0, 0))
+            values = logits.numpy() if logits.device.type == "cpu" else logits  # no copy on CPU
+            high_count = int(_count(values > threshold + offset))
+            low_count = int(_count(values > threshold - offset))
             with np.errstate(divide="ignore", invalid="ignore"):
                 stability = np.float32(high_count) / np.float32(low_count)
             if stab_thresh > 0 and not stability >= stab_thresh:
                 continue
-            mask = (logits > threshold).cpu().numpy()
+            mask = values > threshold
+            mask = mask if isinstance(mask, np.ndarray) else mask.cpu().numpy()
             record = MaskRecord.from_mask(
                 mask,
                 crop[1] + wy,
@@ -497,6 +561,11 @@ class MaskGenerator:
         threshold = max(float(self.params["box_nms_thresh"]), float(self.params["crop_nms_thresh"]))
         keep = mo.nms(boxes, torch.tensor(unchanged), threshold)
         return [cleaned[i] for i in keep.tolist()]
+
+
+def _count(flags: np.ndarray | torch.Tensor) -> int:
+    """Number of True values (numpy on the host, torch on a device)."""
+    return np.count_nonzero(flags) if isinstance(flags, np.ndarray) else torch.count_nonzero(flags)
 
 
 _RECORD_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box", "image_shape")

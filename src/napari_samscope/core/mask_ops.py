@@ -403,14 +403,23 @@ class WindowedUpsampler:
             r_index, r_weight = r_index.to(device), r_weight.to(device)
             c_index, c_weight = c_index.to(device), c_weight.to(device)
         lo, hi = int(self._rows.index[0, ya]), int(self._rows.index[-1, yb - 1])
-        part = low[lo : hi + 1]  # the low rows read by the window's rows
-        cols_up = part[:, c_index[0]] * c_weight[0]  # (n, w)
+        # columns first, on the transposed low rows the window reads: gathers of whole
+        # contiguous rows are much faster than gathers along the last axis
+        part_t = low[lo : hi + 1].T.contiguous()  # (L, n)
+        cols_t = part_t.index_select(0, c_index[0])
+        cols_t *= c_weight[0][:, None]
         for t in range(1, c_index.shape[0]):
-            cols_up.addcmul_(part[:, c_index[t]], c_weight[t])
+            tap = part_t.index_select(0, c_index[t])
+            tap *= c_weight[t][:, None]
+            cols_t += tap
+        cols_up = cols_t.T.contiguous()  # (n, w)
         r_index = r_index - lo
-        out = cols_up.index_select(0, r_index[0]).mul_(r_weight[0][:, None])  # (h, w)
+        out = cols_up.index_select(0, r_index[0])  # (h, w)
+        out *= r_weight[0][:, None]
         for t in range(1, r_index.shape[0]):
-            out.addcmul_(cols_up.index_select(0, r_index[t]), r_weight[t][:, None])
+            tap = cols_up.index_select(0, r_index[t])
+            tap *= r_weight[t][:, None]
+            out += tap
         return ya, xa, out
 
 
