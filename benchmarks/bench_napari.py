@@ -100,6 +100,15 @@ def measure(model: str = "auto", repeats: int = 30, planes: int = 8, size: int =
             widget.clear_prompts()
             _wait(app, lambda: not widget.preview_runner.busy and not widget._timer.isActive(), 60)
 
+        # the decoder alone (same plane, same prompts), to separate the widget's own cost
+        predictor = widget.session.predictor
+        decoder = []
+        for i in range(repeats):
+            r, c = centres[(i + 1) % len(centres)]
+            start = time.perf_counter()
+            predictor.predict(points=[[c, r]], labels=[1])
+            decoder.append((time.perf_counter() - start) * 1000.0)
+
         viewer.layers.remove(layer)
         volume, _ = make_nuclei_3d((planes, size, size), seed=3)
         viewer.add_image(volume, name="stack")
@@ -131,6 +140,8 @@ def measure(model: str = "auto", repeats: int = 30, planes: int = 8, size: int =
         "first_prompt_with_encoding_ms": round(first, 1),
         "prompt_to_preview_median_ms": round(statistics.median(latencies), 1),
         "prompt_to_preview_p90_ms": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 1),
+        "decoder_alone_median_ms": round(statistics.median(decoder), 1),
+        "widget_overhead_median_ms": round(statistics.median(latencies) - statistics.median(decoder), 1),
         "repeats": repeats,
         "stack_planes": planes,
         "stack_plane_size": size,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "napari"))
-from segmenting_model import make_segmenting_sam  # noqa: E402
+from segmenting_model import SegmentingPredictor, make_segmenting_sam  # noqa: E402
 from widget_helpers import box_corners, wait_idle  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
@@ -26,8 +26,8 @@ def _model():
     from napari_samscope.core.sam_api import SAM
 
     if any(m.name == DEFAULT_MODEL and m.cached for m in list_models()):
-        return SAM(DEFAULT_MODEL, device="cpu")
-    return SAM.from_sam(make_segmenting_sam(1024), "segmenting-double")
+        return SAM(DEFAULT_MODEL, device="cpu"), None
+    return SAM.from_sam(make_segmenting_sam(1024), "segmenting-double"), SegmentingPredictor
 
 
 def _isolated_nuclei(truth, n=2, margin=4):
@@ -59,7 +59,8 @@ def test_click_commit_and_screenshot(make_napari_viewer, qtbot):
     viewer.open_sample("napari-samscope", "nuclei_2d")
     truth = viewer.layers["nuclei ground truth"].data
     _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
-    widget.set_model(_model())
+    model, factory = _model()
+    widget.set_model(model, predictor_factory=factory)
     qtbot.waitUntil(lambda: widget.points_layer is not None, timeout=10_000)
     (label_a, centre_a, _), (label_b, _, box_b) = _isolated_nuclei(truth)
 

@@ -10,7 +10,7 @@ tests about structure only.
 from __future__ import annotations
 
 import pytest
-from segmenting_model import make_segmenting_sam
+from segmenting_model import SegmentingPredictor, make_segmenting_sam
 
 PLUGIN = "napari-samscope"
 
@@ -22,9 +22,16 @@ def viewer(make_napari_viewer):
 
 @pytest.fixture
 def segmenting_sam():
+    """The segmenting double's ``SAM``; decode it with ``SegmentingPredictor``."""
     from napari_samscope.core.sam_api import SAM
 
     return SAM.from_sam(make_segmenting_sam(256), "segmenting-double")
+
+
+@pytest.fixture
+def segmenting_predictor(segmenting_sam):
+    """A predictor that segments bright objects by rule (for the console functions)."""
+    return SegmentingPredictor(segmenting_sam)
 
 
 @pytest.fixture
@@ -43,14 +50,14 @@ def _dock(viewer, name):
 def main_widget(viewer, segmenting_sam):
     """The "Segment Anything" widget (through the manifest) with the segmenting double."""
     widget = _dock(viewer, "Segment Anything")
-    widget.set_model(segmenting_sam)
+    widget.set_model(segmenting_sam, predictor_factory=SegmentingPredictor)
     return widget
 
 
 @pytest.fixture
 def everything_widget(viewer, segmenting_sam):
     widget = _dock(viewer, "Segment everything")
-    widget.session.set_model(segmenting_sam)
+    widget.session.set_model(segmenting_sam, predictor_factory=SegmentingPredictor)
     return widget
 
 

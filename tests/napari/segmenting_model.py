@@ -1,22 +1,23 @@
 """A SAM stand-in that segments *by design*, for tests that assert on mask content.
 
 A tiny random SAM gives arbitrary masks, so "the mask covers the clicked nucleus" or
-"propagation follows the object through z" cannot be asserted with it. This module
-builds a real :class:`~napari_samscope.core.modeling.sam.Sam` container (so the real
-``Predictor``, ``MaskGenerator`` and volume code run unchanged) whose three parts are
-simple, transparent rules instead of networks:
+"propagation follows the object through z" cannot be asserted with it. The stand-in
+is the real :class:`~napari_samscope.core.predictor.Predictor` (so preprocessing,
+prompt transforms, upsampling, the widgets, the volume code and segment-everything all
+run unchanged) with two parts replaced by transparent rules:
 
-- **image encoder**: the mean intensity of the normalised input at the low-resolution
-  grid ``L = S / 4``, packed 16 values per embedding pixel (``pixel_unshuffle``); the
-  zero padding of SAM's input is marked as very dark.
-- **prompt encoder**: writes the raw prompts into the tokens (``x, y, label``; box
-  corners get labels 2 and 3, as in SAM) and a mask prompt into the dense embedding.
-- **mask decoder**: thresholds the intensity halfway between its 1st and 99th
-  percentiles (bright = object) and returns, as +-10 logits,
-  the largest bright region inside the box, else the bright connected components under
-  the positive points, else the bright component that overlaps the mask prompt most;
-  components under negative points are removed. Predicted IoU is 0.95 for a non-empty
-  mask and 0.0 for an empty one.
+- **image encoder** (a module of a real ``Sam`` container): the mean intensity of the
+  normalised input at the low-resolution grid ``L = S / 4``, packed 16 values per
+  embedding pixel (``pixel_unshuffle``); SAM's zero padding is marked very dark.
+- **prompt encoder and mask decoder** (``RawPromptEncoder`` writes the raw prompts
+  into the tokens, ``ThresholdDecoder`` reads them back), and the same rules as the
+  torch-level ``SegmentingPredictor.decode`` (what ``MaskGenerator`` calls for a
+  stand-in predictor; use ``predictor_factory=SegmentingPredictor``): thresholds the
+  intensity halfway between its 1st and 99th percentiles (bright = object) and
+  returns, as +-10 logits, the largest bright region inside the box, else the bright
+  connected components under the positive points, else the bright component that
+  overlaps the mask prompt most; components under negative points are removed.
+  Predicted IoU is 0.95 for a non-empty mask and 0.0 for an empty one.
 
 So on images of bright objects on a dark background it returns the clicked object,
 which is what the widget tests need. It is a test double, not a model.
@@ -31,8 +32,9 @@ from scipy import ndimage
 from torch import nn
 
 from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predictor import Predictor
 
-CHANNELS = 32  # >= 16 packed intensities + 1 mask flag
+CHANNELS = 32  # >= 16 packed intensities
 
 
 class IntensityEncoder(nn.Module):
@@ -59,6 +61,9 @@ class _NoPositions(nn.Module):
 
 
 class RawPromptEncoder(nn.Module):
+    """Writes the raw prompts into the tokens: ``x, y, label`` (box corners: labels 2, 3);
+    a mask prompt goes into the dense embedding (16 packed channels + a flag)."""
+
     embed_dim = CHANNELS
 
     def __init__(self, img_size: int) -> None:
@@ -97,54 +102,22 @@ class RawPromptEncoder(nn.Module):
 
 
 class ThresholdDecoder(nn.Module):
+    """The mask decoder's forward API, answering with the rules of the module docstring."""
+
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings,
                 dense_prompt_embeddings, multimask_output):
-        intensity = F.pixel_shuffle(image_embeddings[:, :16], 4)[0, 0].cpu().numpy()
-        valid = intensity > -50
-        lo, hi = np.percentile(intensity[valid], [1, 99])
-        bright = valid & (intensity > (lo + hi) / 2)
-        components, _ = ndimage.label(bright)
-        outs = [self._one(components, sparse_prompt_embeddings[b].cpu().numpy(),
-                          dense_prompt_embeddings[b].cpu()) for b in range(len(sparse_prompt_embeddings))]
-        k = 3 if multimask_output else 1
-        low = torch.from_numpy(np.stack(outs)).float()[:, None].repeat(1, k, 1, 1)
-        iou = torch.tensor([0.95 if o.max() > 0 else 0.0 for o in outs])[:, None].repeat(1, k)
-        return low, iou
-
-    @staticmethod
-    def _one(components: np.ndarray, tokens: np.ndarray, dense: torch.Tensor) -> np.ndarray:
-        side = components.shape[0]
-
-        def ids_at(xy: np.ndarray) -> set[int]:
-            found = set()
-            for x, y in xy / 4.0:
-                r, c = int(np.clip(y, 0, side - 1)), int(np.clip(x, 0, side - 1))
-                if components[r, c]:
-                    found.add(int(components[r, c]))
-            return found
-
-        labels = np.round(tokens[:, 2]).astype(int)
-        region = np.zeros_like(components, dtype=bool)
-        corners = tokens[np.isin(labels, (2, 3)), :2] / 4.0
-        if len(corners):
-            (x0, y0), (x1, y1) = np.floor(corners.min(0)).astype(int), np.ceil(corners.max(0)).astype(int)
-            inside = np.zeros_like(region)
-            inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-            pieces, n = ndimage.label((components > 0) & inside)
-            if n:
-                sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n + 1))
-                region = pieces == 1 + int(np.argmax(sizes))
-        elif np.any(labels == 1):
-            region = np.isin(components, list(ids_at(tokens[labels == 1, :2])) or [-1])
-        elif float(dense[16].max()) > 0:
-            prompt = F.pixel_shuffle(dense[None, :16], 4)[0, 0].numpy() > 0
-            overlap = np.bincount(components[prompt], minlength=components.max() + 1)
-            overlap[0] = 0
-            if overlap.max() > 0:
-                region = components == int(np.argmax(overlap))
-        for cid in ids_at(tokens[labels == 0, :2]):
-            region &= components != cid
-        return np.where(region, 10.0, -10.0).astype(np.float32)
+        components = _components(image_embeddings)
+        outs = []
+        for sparse, dense in zip(sparse_prompt_embeddings.cpu().numpy(), dense_prompt_embeddings):
+            labels = np.round(sparse[:, 2]).astype(int)
+            corners = sparse[np.isin(labels, (2, 3)), :2] / 4.0
+            box = corners.reshape(-1) if len(corners) else None
+            keep = np.isin(labels, (0, 1))
+            mask = None
+            if float(dense[16].max()) > 0:
+                mask = F.pixel_shuffle(dense[None, :16].cpu(), 4)[0, 0].numpy() > 0
+            outs.append(_region(components, sparse[keep, :2] / 4.0, labels[keep], box, mask))
+        return _answer(outs, multimask_output, image_embeddings.device)
 
 
 def make_segmenting_sam(img_size: int = 256) -> Sam:
@@ -157,6 +130,76 @@ def make_segmenting_sam(img_size: int = 256) -> Sam:
         mask_decoder=ThresholdDecoder(),
         config=None,
     ).eval()
+
+
+def _components(embeddings: torch.Tensor) -> np.ndarray:
+    intensity = F.pixel_shuffle(embeddings[:1, :16].float(), 4)[0, 0].cpu().numpy()
+    valid = intensity > -50
+    lo, hi = np.percentile(intensity[valid], [1, 99])
+    components, _ = ndimage.label(valid & (intensity > (lo + hi) / 2))
+    return components
+
+
+def _answer(outs: list[np.ndarray], multimask_output: bool, device) -> tuple:
+    k = 3 if multimask_output else 1
+    low = torch.from_numpy(np.stack(outs)).float()[:, None].repeat(1, k, 1, 1)
+    iou = torch.tensor([0.95 if o.max() > 0 else 0.0 for o in outs])[:, None].repeat(1, k)
+    return low.to(device), iou.to(device)
+
+
+class SegmentingPredictor(Predictor):
+    """The real Predictor whose ``decode`` applies the rules of the module docstring
+    directly (robust to how the core drives the decoder modules, e.g. the shared
+    decoder stages of segment-everything)."""
+
+    @torch.no_grad()
+    def decode(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+               multimask_output=True):
+        components = _components(self.features)
+        scale = self.lowres_size / self.img_size
+        batch = next(t for t in (point_coords, boxes, mask_input) if t is not None).shape[0]
+        outs = []
+        for b in range(batch):
+            points = None if point_coords is None else point_coords[b].cpu().numpy() * scale
+            labels = None if point_labels is None else point_labels[b].cpu().numpy()
+            box = None if boxes is None else boxes[b].cpu().numpy() * scale
+            mask = None if mask_input is None else mask_input[b, 0].cpu().numpy() > 0
+            outs.append(_region(components, points, labels, box, mask))
+        return _answer(outs, multimask_output, self.device)
+
+
+def _region(components, points, labels, box, mask) -> np.ndarray:
+    side = components.shape[0]
+
+    def ids_at(xy: np.ndarray) -> set[int]:
+        found = set()
+        for x, y in xy:
+            r, c = int(np.clip(y, 0, side - 1)), int(np.clip(x, 0, side - 1))
+            if components[r, c]:
+                found.add(int(components[r, c]))
+        return found
+
+    region = np.zeros(components.shape, dtype=bool)
+    if box is not None:
+        x0, y0 = np.floor(box[:2]).astype(int)
+        x1, y1 = np.ceil(box[2:]).astype(int)
+        inside = np.zeros_like(region)
+        inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+        pieces, n = ndimage.label((components > 0) & inside)
+        if n:
+            sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, range(1, n + 1))
+            region = pieces == 1 + int(np.argmax(sizes))
+    elif points is not None and np.any(labels == 1):
+        region = np.isin(components, list(ids_at(points[labels == 1])) or [-1])
+    elif mask is not None:
+        overlap = np.bincount(components[mask], minlength=components.max() + 1)
+        overlap[0] = 0
+        if overlap.max() > 0:
+            region = components == int(np.argmax(overlap))
+    if points is not None:
+        for cid in ids_at(points[labels == 0]):
+            region &= components != cid
+    return np.where(region, 10.0, -10.0).astype(np.float32)
 
 
 def disk_image(shape=(96, 128), centres=((30, 40, 12), (60, 95, 14)), value=200, seed=0):

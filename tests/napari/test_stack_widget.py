@@ -105,13 +105,13 @@ def test_everything_on_a_stack_links_ids_through_z(viewer, everything_widget, qt
     assert len(ids) == 1 and ids[0] > 0  # one object, one id through z
 
 
-def test_console_functions_on_a_stack(segmenting_sam):
+def test_console_functions_on_a_stack(segmenting_predictor):
     from napari.layers import Image, Points
 
     stack, truth = ball_stack()
     image = Image(stack, name="ball")
-    labels = segment_stack_layer(image, Points([[4, 32, 30]]), model=segmenting_sam)
+    labels = segment_stack_layer(image, Points([[4, 32, 30]]), model=segmenting_predictor)
     assert labels.shape == truth.shape and labels.dtype == np.uint32
     assert ((labels > 0) & truth).sum() / ((labels > 0) | truth).sum() > 0.8
-    every = segment_everything_layer(image, segmenting_sam, stack=True, points_per_side=4)
+    every = segment_everything_layer(image, segmenting_predictor, stack=True, points_per_side=4)
     assert len(np.unique(every[truth])) == 1 and every[truth].min() > 0

@@ -83,10 +83,12 @@ def test_deleting_the_image_mid_preview_notifies(viewer, main_widget, qtbot, mon
 
 
 def test_closing_the_widget_mid_run_stops_its_workers(viewer, qtbot, segmenting_sam, monkeypatch):
+    from segmenting_model import SegmentingPredictor
+
     from napari_samscope._napari import engine
 
     dock, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
-    widget.set_model(segmenting_sam)
+    widget.set_model(segmenting_sam, predictor_factory=SegmentingPredictor)
     viewer.add_image(disk_image(), name="disks")
     qtbot.waitUntil(lambda: widget.points_layer is not None)
     release, original = threading.Event(), engine.decode_objects

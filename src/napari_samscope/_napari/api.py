@@ -50,12 +50,14 @@ def _predictor(model: Any, viewer: Any) -> Any:
     from napari_samscope.core.predictor import Predictor
     from napari_samscope.core.sam_api import SAM
 
+    if hasattr(model, "decode") and hasattr(model, "set_embedding"):
+        return model  # a Predictor already
     if model is None and viewer is not None:
         from napari_samscope._widgets.session import get_session
 
         session = get_session(viewer)
         if session.sam is not None:
-            return Predictor(session.sam)
+            return session.new_predictor()
     if model is None or isinstance(model, (str,)) or hasattr(model, "__fspath__"):
         model = SAM(model)
     return Predictor(model)
@@ -120,8 +122,8 @@ def segment_image_layer(
             of world coordinates (all positive).
         boxes: a Shapes layer (rectangles, polygons, ellipses) or a list of ``(4, D)``
             rectangle corner arrays in world coordinates.
-        model: a ``SAM``, registry name or path; default: the viewer's loaded model or
-            the project's default model.
+        model: a ``SAM``, a ``Predictor``, a registry name or a path; default: the
+            viewer's loaded model or the project's default model.
         viewer: the viewer whose ``dims`` give the displayed plane axes (default: the
             current viewer, else the image's last two axes).
         normalization: ``"percentile"``, ``"contrast limits"`` or ``"minmax"``.

@@ -135,7 +135,26 @@ class PlaneSource:
 
     @classmethod
     def from_layer(cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings) -> PlaneSource:
+        """Snapshot ``layer``.
+
+        Raises:
+            ValueError: more than 3 channels on the channel axis and no channel choice,
+                or a chosen channel that does not exist.
+        """
         data = _level0(layer)
+        if settings.channel_axis is not None:
+            n = geometry.shape[settings.channel_axis]
+            if settings.channels is None and n > 3:
+                raise ValueError(
+                    f"Layer '{layer.name}' has {n} channels on axis {settings.channel_axis}; "
+                    "choose up to 3 of them as R,G,B (for example 0,1,2)."
+                )
+            bad = [c for c in settings.channels or () if not 0 <= c < n]
+            if bad or (settings.channels is not None and not 1 <= len(settings.channels) <= 3):
+                raise ValueError(
+                    f"Channels {settings.channels} do not fit layer '{layer.name}' ({n} channels "
+                    f"on axis {settings.channel_axis}); give 1 to 3 indices from 0 to {n - 1}."
+                )
         return cls(
             name=str(layer.name),
             data=data,

@@ -120,12 +120,14 @@ class SegmentAnythingWidget(QWidget):
     def shapes_layer(self) -> Any:
         return self.ui.shapes.value
 
-    def set_model(self, model: Any, device: str | None = None, name: str | None = None) -> Any:
+    def set_model(self, model: Any, device: str | None = None, name: str | None = None,
+                  predictor_factory: Any = None) -> Any:
         """Use ``model``: a registry name or checkpoint path (loaded in a worker, which
-        is returned), or an in-memory ``SAM`` / ``Sam`` (set at once)."""
+        is returned), or an in-memory ``SAM`` / ``Sam`` (set at once; see
+        ``ModelSession.set_model`` for ``predictor_factory``)."""
         if isinstance(model, (str, Path)) or model is None:
             return self.model_panel.load(model, device)
-        self.session.set_model(model, name=name)
+        self.session.set_model(model, name=name, predictor_factory=predictor_factory)
         return None
 
     def settings(self) -> ImageSettings:

@@ -92,6 +92,7 @@ class ModelSession:
     def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.sam: Any = None
         self.predictor: Any = None
+        self._factory: Any = None
         self.device = "auto"
         #: Guards the shared predictor's current embedding (set_embedding + predict).
         self.decode_lock = threading.Lock()
@@ -126,11 +127,15 @@ class ModelSession:
         self.models_changed.emit()
         return spec
 
-    def set_model(self, model: Any, name: str | None = None) -> None:
+    def set_model(
+        self, model: Any, name: str | None = None, predictor_factory: Any = None
+    ) -> None:
         """Use ``model`` from now on: a ``SAM``, a ``Sam`` module, or a ``LoadedModel``.
 
-        Embeddings of the previous model stay cached (keyed by model) but will not be
-        used by this one. Emits ``model_changed``.
+        ``predictor_factory`` (default ``core.predictor.Predictor``) makes the session's
+        predictors from the model; a ``Predictor`` subclass can be given (tests use
+        one that segments by design). Embeddings of the previous model stay cached
+        (keyed by model) but are not used by this one. Emits ``model_changed``.
         """
         from napari_samscope.core.loader import LoadedModel
         from napari_samscope.core.modeling.sam import Sam
@@ -149,9 +154,11 @@ class ModelSession:
             )
         if name is not None:
             sam.name = name
+        factory = predictor_factory or Predictor
         with self.decode_lock:
             self.sam = sam
-            self.predictor = Predictor(sam)
+            self._factory = factory
+            self.predictor = factory(sam)
         self.model_changed.emit(sam)
 
     def load_iter(
@@ -177,9 +184,7 @@ class ModelSession:
 
     def new_predictor(self) -> Any:
         """A separate predictor on the same model (for long jobs that set their own image)."""
-        from napari_samscope.core.predictor import Predictor
-
-        return Predictor(self.require_model())
+        return self._factory(self.require_model())
 
     def require_model(self) -> Any:
         """The current ``SAM``; raises ``ValueError`` with what to do when none is loaded."""
