@@ -58,6 +58,17 @@ def test_simple_shapes_round_trip_with_high_iou():
         assert _iou(original, parsed) > 0.97
 
 
+def test_default_is_exact_and_tolerance_simplifies():
+    m = _disk((80, 80), (40, 40), 25)
+    exact = masks_to_yolo_lines([m])[0]
+    back, _ = yolo_text_to_masks(exact, m.shape)
+    assert np.array_equal(back[0], m)  # collinear vertices dropped, nothing else
+    simple = masks_to_yolo_lines([m], tolerance=1.0)[0]
+    assert len(simple.split()) < len(exact.split())
+    back, _ = yolo_text_to_masks(simple, m.shape)
+    assert _iou(back[0], m) > 0.95
+
+
 def test_holes_islands_and_parts_survive_in_one_line():
     m = _ring_with_island()
     lines = masks_to_yolo_lines([m], [3], tolerance=0.0)

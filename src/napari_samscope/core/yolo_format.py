@@ -65,13 +65,14 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool, copy=False)
 
 
-def mask_rings(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
+def mask_rings(mask: np.ndarray, tolerance: float = 0.0) -> list[np.ndarray]:
     """Every boundary ring of a 2D mask, the outer ring of the largest part first.
 
     Args:
         mask: ``(H, W)`` bool (anything non-zero is foreground).
         tolerance: Douglas-Peucker tolerance in pixels used to drop nearly collinear
-            vertices; 0 keeps every vertex of the traced contour.
+            vertices; 0 keeps every vertex of the traced contour except the exactly
+            collinear ones (which changes nothing).
 
     Returns:
         A list of closed rings, each ``(K, 2)`` float64 ``(row, col)`` in pixel-index
@@ -87,8 +88,8 @@ def mask_rings(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
     contours = find_contours(padded, 0.5, fully_connected="high")
     rings = []
     for contour in contours:
-        ring = _open_ring(contour - 1.0)  # undo the padding
-        if tolerance > 0:
+        ring = _drop_collinear(_open_ring(contour - 1.0))  # undo the padding
+        if tolerance > 0 and len(ring) > 4:
             simplified = _open_ring(approximate_polygon(ring, tolerance))
             # tiny objects (a pixel's diamond) must not collapse to a segment
             ring = simplified if len(simplified) >= 3 else ring
@@ -96,6 +97,20 @@ def mask_rings(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
             rings.append(ring)
     rings.sort(key=lambda r: -abs(_area(r)))  # largest outer ring first
     return rings
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove repeated vertices and vertices on the straight line through their neighbours."""
+    if len(ring) < 4:
+        return ring
+    keep = np.any(ring != np.roll(ring, 1, axis=0), axis=1)
+    ring = ring[keep]
+    if len(ring) < 4:
+        return ring
+    before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    turning = np.abs(cross) > 1e-9
+    return ring[turning] if turning.sum() >= 3 else ring
 
 
 def _open_ring(ring: np.ndarray) -> np.ndarray:
@@ -110,10 +125,11 @@ def _area(ring: np.ndarray) -> float:
 def bridge_rings(rings: Sequence[np.ndarray]) -> np.ndarray:
     """Join closed rings into one polygon with zero-width bridges.
 
-    Each new ring is attached at the pair of vertices (one on the polygon built so far,
-    one on the ring) that are closest; the path goes out to the ring, around it, back
-    to its start and back along the same bridge. Even-odd filling of the result equals
-    the XOR of the rings' interiors.
+    Every other ring is attached to the first ring at their closest pair of vertices:
+    the path leaves the first ring there, goes around the other ring back to its
+    start, and returns along the same segment. A bridge is traversed once each way,
+    so it adds nothing under even-odd filling, even where it crosses another ring:
+    filling the result gives the XOR of the rings' interiors.
 
     Args:
         rings: closed rings ``(K, 2)``, first vertex not repeated.
@@ -123,17 +139,31 @@ def bridge_rings(rings: Sequence[np.ndarray]) -> np.ndarray:
     """
     if not rings:
         return np.zeros((0, 2))
-    merged = np.asarray(rings[0], dtype=np.float64)
+    from scipy.spatial import cKDTree
+
+    base = np.asarray(rings[0], dtype=np.float64)
+    if len(rings) == 1:
+        return base
+    tree = cKDTree(base)
+    loops: dict[int, list[np.ndarray]] = {}
     for ring in rings[1:]:
         ring = np.asarray(ring, dtype=np.float64)
-        d2 = ((merged[:, None, :] - ring[None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(int(np.argmin(d2)), d2.shape)
-        loop = np.concatenate([ring[j:], ring[: j + 1]])  # around the ring, back to its start
-        merged = np.concatenate([merged[: i + 1], loop, merged[i:]])
-    return merged
+        distance, nearest = tree.query(ring)
+        j = int(np.argmin(distance))
+        i = int(nearest[j])
+        loop = np.concatenate([ring[j:], ring[: j + 1], base[i : i + 1]])  # around, then back
+        loops.setdefault(i, []).append(loop)
+    pieces = []
+    start = 0
+    for i in sorted(loops):
+        pieces.append(base[start : i + 1])
+        pieces.extend(loops[i])
+        start = i + 1
+    pieces.append(base[start:])
+    return np.concatenate(pieces)
 
 
-def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray:
+def mask_to_polygon(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     """The mask as one bridged polygon, ``(M, 2)`` ``(row, col)`` pixel-index coordinates."""
     return bridge_rings(mask_rings(mask, tolerance))
 
@@ -156,7 +186,7 @@ def object_to_yolo_lines(
     class_id: int,
     image_shape: tuple[int, int] | None = None,
     offset: tuple[int, int] = (0, 0),
-    tolerance: float = 0.5,
+    tolerance: float = 0.0,
     split_parts: bool = False,
     decimals: int = 6,
 ) -> list[str]:
@@ -186,7 +216,7 @@ def object_to_yolo_lines(
 def masks_to_yolo_lines(
     masks: np.ndarray | Sequence[np.ndarray],
     class_ids: Sequence[int] | np.ndarray | None = None,
-    tolerance: float = 0.5,
+    tolerance: float = 0.0,
     split_parts: bool = False,
     decimals: int = 6,
 ) -> list[str]:
@@ -234,7 +264,7 @@ def write_yolo_segmentation(
     path: str | os.PathLike,
     masks: np.ndarray | Sequence[np.ndarray],
     class_ids: Sequence[int] | np.ndarray | None = None,
-    tolerance: float = 0.5,
+    tolerance: float = 0.0,
     split_parts: bool = False,
 ) -> int:
     """Write one image's masks as a YOLO segmentation ``.txt`` (atomically).
@@ -348,7 +378,7 @@ def coco_annotation(
     image_id: int,
     category_id: int,
     score: float | None = None,
-    tolerance: float = 0.5,
+    tolerance: float = 0.0,
     image_shape: tuple[int, int] | None = None,
     offset: tuple[int, int] = (0, 0),
 ) -> dict[str, Any] | None:
