@@ -186,7 +186,9 @@ def test_windowed_upsampler_equals_full_postprocessing(shape):
     full = MaskUpsampler(shape, input_size, 256, 64).logits(low)
     rows = np.flatnonzero((low > -1).any(1).numpy())
     cols = np.flatnonzero((low > -1).any(0).numpy())
-    up = mo.WindowedUpsampler(shape, input_size, 256, 64)
+    from napari_samscope.core.windowed_upsampler import WindowedUpsampler
+
+    up = WindowedUpsampler(shape, input_size, 256, 64)
     y0, x0, win = up.window(low, (rows[0], rows[-1]), (cols[0], cols[-1]))
     h, w = win.shape
     torch.testing.assert_close(win, full[y0 : y0 + h, x0 : x0 + w], rtol=0, atol=1e-5)

@@ -8,7 +8,7 @@ work is done:
 
 - **Memory is bounded.** Candidates are filtered by predicted IoU first (the same
   decision at any resolution). Survivors are upsampled one at a time, and only on the
-  window of the image where the mask can be (:class:`~.mask_ops.WindowedUpsampler`:
+  window of the image where the mask can be (:class:`~.windowed_upsampler.WindowedUpsampler`:
   exact, since outside that window every logit is below every threshold). A kept mask
   is stored as the bit-packed crop of its bounding box. No full-resolution float tensor
   of a batch ever exists, so a 4096 x 4096 image needs little more than its own RGB copy.
@@ -25,15 +25,16 @@ official records, so ``bbox = (x0, y0, x1 - x0, y1 - y0)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import mask_ops as mo
+from .mask_records import EverythingResult, MaskRecord
 from .progress import Progress
+from .windowed_upsampler import WindowedUpsampler
 
 __all__ = ["EVERYTHING_DEFAULTS", "EverythingResult", "MaskGenerator", "MaskRecord"]
 
@@ -61,147 +62,6 @@ ALIASES = {
 }
 EDGE_TOLERANCE = 20.0
 _MASK_CHUNK = 16  # prompts whose masks are upscaled together (~0.2 GB for 1024-input models)  # pixels: masks this close to an inner crop edge are dropped
-
-
-@dataclass(frozen=True)
-class MaskRecord:
-    """One mask found by :class:`MaskGenerator`, stored compactly.
-
-    Attributes:
-        bbox: ``(x, y, w, h)`` in original pixels; ``x + w`` is the mask's last column.
-        area: number of mask pixels.
-        predicted_iou: the model's quality estimate.
-        stability_score: IoU of the masks thresholded at ``+-stability_score_offset``.
-        point_coords: the ``(x, y)`` grid point that produced the mask.
-        crop_box: ``(x, y, w, h)`` of the image crop it was found in.
-        image_shape: ``(H, W)`` of the original image.
-        packed: ``np.packbits`` of the ``(h + 1, w + 1)`` bool crop at ``bbox``.
-    """
-
-    bbox: tuple[int, int, int, int]
-    area: int
-    predicted_iou: float
-    stability_score: float
-    point_coords: tuple[float, float]
-    crop_box: tuple[int, int, int, int]
-    image_shape: tuple[int, int]
-    packed: np.ndarray = field(repr=False, compare=False)
-
-    @classmethod
-    def from_mask(
-        cls, mask: np.ndarray, y0: int, x0: int, image_shape: tuple[int, int], **fields: Any
-    ) -> MaskRecord:
-        """A record for the bool ``mask`` whose top-left pixel is at ``(y0, x0)``."""
-        box = mo.mask_to_box(mask)
-        if box is None:
-            return cls(
-                (0, 0, 0, 0), 0, packed=np.zeros(0, np.uint8), image_shape=image_shape, **fields
-            )
-        bx0, by0, bx1, by1 = box
-        tight = mask[by0 : by1 + 1, bx0 : bx1 + 1]
-        return cls(
-            bbox=(x0 + bx0, y0 + by0, bx1 - bx0, by1 - by0),
-            area=int(np.count_nonzero(tight)),
-            packed=np.packbits(tight, axis=None),
-            image_shape=image_shape,
-            **fields,
-        )
-
-    @property
-    def box_xyxy(self) -> tuple[int, int, int, int]:
-        """Inclusive ``(x0, y0, x1, y1)`` box."""
-        x, y, w, h = self.bbox
-        return x, y, x + w, y + h
-
-    @property
-    def crop_mask(self) -> np.ndarray:
-        """The ``(h + 1, w + 1)`` bool mask inside :attr:`bbox` (``(0, 0)`` when empty)."""
-        if self.area == 0:
-            return np.zeros((0, 0), dtype=bool)
-        _, _, w, h = self.bbox
-        bits = np.unpackbits(self.packed, count=(h + 1) * (w + 1))
-        return bits.reshape(h + 1, w + 1).astype(bool)
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The ``(H, W)`` bool mask (materialised on each access)."""
-        return self.full_mask()
-
-    def full_mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """The mask painted into a new ``shape`` (default :attr:`image_shape`) bool array."""
-        shape = self.image_shape if shape is None else tuple(shape)
-        out = np.zeros(shape, dtype=bool)
-        self.paint(out, True)
-        return out
-
-    def paint(self, array: np.ndarray, value: Any) -> None:
-        """Set ``array[mask] = value`` in place (``array`` is at least the mask's extent)."""
-        if self.area:
-            x, y, w, h = self.bbox
-            view = array[y : y + h + 1, x : x + w + 1]
-            view[self.crop_mask[: view.shape[0], : view.shape[1]]] = value
-
-
-@dataclass
-class EverythingResult:
-    """All masks of one image, in the order the official generator returns them."""
-
-    records: list[MaskRecord]
-    image_shape: tuple[int, int]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[MaskRecord]:
-        return iter(self.records)
-
-    def __getitem__(self, index: int) -> MaskRecord:
-        return self.records[index]
-
-    @property
-    def masks(self) -> np.ndarray:
-        """``(N, H, W)`` bool (materialised on access: ``N * H * W`` bytes)."""
-        out = np.zeros((len(self), *self.image_shape), dtype=bool)
-        for i, record in enumerate(self.records):
-            record.paint(out[i], True)
-        return out
-
-    @property
-    def scores(self) -> np.ndarray:
-        """``(N,)`` float32 predicted IoU."""
-        return np.array([r.predicted_iou for r in self.records], dtype=np.float32)
-
-    @property
-    def stability_scores(self) -> np.ndarray:
-        """``(N,)`` float32 stability scores."""
-        return np.array([r.stability_score for r in self.records], dtype=np.float32)
-
-    @property
-    def areas(self) -> np.ndarray:
-        """``(N,)`` int64 mask areas in pixels."""
-        return np.array([r.area for r in self.records], dtype=np.int64)
-
-    def boxes(self) -> np.ndarray:
-        """``(N, 4)`` float32 inclusive XYXY boxes (as ``Prediction.boxes``; NaN if empty)."""
-        out = np.full((len(self), 4), np.nan, dtype=np.float32)
-        for i, record in enumerate(self.records):
-            if record.area:
-                out[i] = record.box_xyxy
-        return out
-
-    def to_label_image(self) -> np.ndarray:
-        """``(H, W)`` uint32: record ``i`` is label ``i + 1``; large masks are painted
-        first so that small ones stay visible; 0 is background."""
-        labels = np.zeros(self.image_shape, dtype=np.uint32)
-        for i in np.argsort(-self.areas, kind="stable"):
-            self.records[i].paint(labels, i + 1)
-        return labels
-
-    def to_prediction(self):  # -> Prediction (import deferred to keep this module light)
-        """The masks and scores as a :class:`~napari_samscope.core.results.Prediction`."""
-        from .results import Prediction
-
-        return Prediction(masks=self.masks, scores=self.scores)
 
 
 def _as_predictor(model: Any) -> Any:
@@ -374,7 +234,7 @@ class MaskGenerator:
             (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])])
         self.predictor.set_embedding(embedding)
         embedding = self.predictor.get_embedding()
-        upsampler = mo.WindowedUpsampler(
+        upsampler = WindowedUpsampler(
             crop_size, embedding.input_size, self.predictor.img_size, self.predictor.lowres_size
         )
         points = self.point_grids[layer] * np.array([crop_size[1], crop_size[0]], dtype=np.float64)
@@ -467,7 +327,7 @@ class MaskGenerator:
         iou: torch.Tensor,
         lowres: Callable[[torch.Tensor], torch.Tensor],
         points: np.ndarray,
-        upsampler: mo.WindowedUpsampler,
+        upsampler: WindowedUpsampler,
         crop: list[int],
         fields: dict[str, Any],
     ) -> list[MaskRecord]:

@@ -39,7 +39,6 @@ __all__ = [
     "stability_score",
     "uncrop_boxes",
     "uncrop_points",
-    "WindowedUpsampler",
 ]
 
 
@@ -312,115 +311,6 @@ def remove_small_regions(
     if large.size == 0:
         large = np.array([int(np.argmax(sizes)) + 1])
     return np.isin(regions, large), True
-
-
-# --------------------------------------------------------------------------- windowed upsampling
-
-
-class _Taps:
-    """One axis of the postprocessing: an ``(out, low)`` matrix with contiguous row support.
-
-    ``index[t, o]`` / ``weight[t, o]`` are the low-resolution sample and weight of tap
-    ``t`` of output ``o`` (the same layout as ``transforms.MaskUpsampler``), and
-    ``first[o]``..``last[o]`` the samples with a non-zero weight (both non-decreasing).
-    """
-
-    def __init__(self, matrix: np.ndarray) -> None:
-        n_out, n_low = matrix.shape
-        nonzero = matrix != 0
-        self.first = nonzero.argmax(axis=1)
-        self.last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
-        taps = int((self.last - self.first).max()) + 1
-        index = self.first[None, :] + np.arange(taps)[:, None]
-        valid = index <= self.last[None, :]
-        index = np.minimum(index, n_low - 1)
-        weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
-        self.index = torch.from_numpy(index)
-        self.weight = torch.from_numpy(weight.astype(np.float32))
-
-    def outputs_reading(self, lo: int, hi: int) -> tuple[int, int]:
-        """``[a, b)``: the outputs whose support meets the samples ``lo..hi``."""
-        a = int(np.searchsorted(self.last, lo, side="left"))
-        b = int(np.searchsorted(self.first, hi, side="right"))
-        return a, max(a, b)
-
-
-class WindowedUpsampler:
-    """The official mask postprocessing, evaluated only where a mask can be.
-
-    The official postprocessing (bilinear to ``S x S``, crop, bilinear to the original
-    size; see ``transforms.MaskUpsampler``) is separable, and every output pixel is a
-    convex combination of a few low-resolution logits. So if every low-resolution logit
-    outside the box ``rows x cols`` is ``<= t``, every output pixel outside the outputs
-    that read that box is ``<= t`` too: :meth:`window` computes only that window (the
-    same values as the full computation there), which is what makes stability scores
-    and masks cheap for small objects on large images.
-
-    Args:
-        original_size: ``(H, W)``; input_size: ``(h, w)`` resized size; img_size: ``S``;
-        lowres_size: ``L``.
-    """
-
-    def __init__(
-        self,
-        original_size: tuple[int, int],
-        input_size: tuple[int, int],
-        img_size: int,
-        lowres_size: int,
-    ) -> None:
-        from .transforms import postprocess_matrix
-
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.lowres_size = int(lowres_size)
-        self._rows = _Taps(
-            postprocess_matrix(lowres_size, img_size, input_size[0], original_size[0])
-        )
-        self._cols = _Taps(
-            postprocess_matrix(lowres_size, img_size, input_size[1], original_size[1])
-        )
-
-    def window(
-        self, low: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]
-    ) -> tuple[int, int, torch.Tensor]:
-        """Upsample the outputs that read the low-resolution box ``rows x cols`` (inclusive).
-
-        Args:
-            low: ``(L, L)`` float32 logits.
-            rows, cols: inclusive ranges of low-resolution rows / columns.
-
-        Returns:
-            ``(y0, x0, logits)``: ``logits`` is ``(h, w)`` float32, the full-resolution
-            logits of rows ``y0..y0+h-1`` and columns ``x0..x0+w-1`` (possibly empty).
-        """
-        ya, yb = self._rows.outputs_reading(*rows)
-        xa, xb = self._cols.outputs_reading(*cols)
-        if ya == yb or xa == xb:
-            return ya, xa, low.new_zeros((yb - ya, xb - xa))
-        r_index, r_weight = self._rows.index[:, ya:yb], self._rows.weight[:, ya:yb]
-        c_index, c_weight = self._cols.index[:, xa:xb], self._cols.weight[:, xa:xb]
-        device = low.device
-        if device.type != "cpu":
-            r_index, r_weight = r_index.to(device), r_weight.to(device)
-            c_index, c_weight = c_index.to(device), c_weight.to(device)
-        lo, hi = int(self._rows.index[0, ya]), int(self._rows.index[-1, yb - 1])
-        # columns first, on the transposed low rows the window reads: gathers of whole
-        # contiguous rows are much faster than gathers along the last axis
-        part_t = low[lo : hi + 1].T.contiguous()  # (L, n)
-        cols_t = part_t.index_select(0, c_index[0])
-        cols_t *= c_weight[0][:, None]
-        for t in range(1, c_index.shape[0]):
-            tap = part_t.index_select(0, c_index[t])
-            tap *= c_weight[t][:, None]
-            cols_t += tap
-        cols_up = cols_t.T.contiguous()  # (n, w)
-        r_index = r_index - lo
-        out = cols_up.index_select(0, r_index[0])  # (h, w)
-        out *= r_weight[0][:, None]
-        for t in range(1, r_index.shape[0]):
-            tap = cols_up.index_select(0, r_index[t])
-            tap *= r_weight[t][:, None]
-            out += tap
-        return ya, xa, out
 
 
 def clean_mask_regions(
