@@ -64,7 +64,8 @@ class SegmentEverythingWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.progress = ProgressRow()
         self.model_panel = ModelPanel(self.session, self.progress)
-        self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"))
+        self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"),
+                                background=True)
         self._shut = False
         self._docked = False
         self.destroyed.connect(partial(SegmentEverythingWidget.shutdown, self))

@@ -70,7 +70,7 @@ class SegmentAnythingWidget(QWidget):
                                 for k in ("image", "points", "shapes", "labels")})
         self.ui.build(self, self.model_panel, self.progress)
         self.preview_runner = JobRunner(self.progress.show_progress, self._tracker("preview"))
-        self.runner = JobRunner(self.progress.show_progress, self._tracker("job"))
+        self.runner = JobRunner(self.progress.show_progress, self._tracker("job"), background=True)
         self.preview: Segmentation | None = None
         self._drawn: list[Any] = []
         self.wiring = LayerWiring(self, self._schedule_preview)

@@ -91,7 +91,7 @@ class ModelPanel(QGroupBox):
         super().__init__("Model", parent)
         self.session = session
         self.progress = progress
-        self.runner = JobRunner(progress.show_progress, self._set_busy)
+        self.runner = JobRunner(progress.show_progress, self._set_busy, background=True)
         self.model_box = QComboBox()
         self.model_box.setToolTip("Registry models; 'not cached' ones are downloaded once")
         self.device_box = QComboBox()

@@ -15,14 +15,51 @@ A job is a generator that yields ``core.progress.Progress`` and returns a result
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Callable, Generator
+from contextlib import suppress
 from typing import Any
 
 from napari_samscope.core.progress import Progress
 
-__all__ = ["JobRunner", "user_message", "notify_error", "notify_info"]
+__all__ = ["JobRunner", "user_message", "notify_error", "notify_info", "BACKGROUND_NICE"]
 
 Job = Callable[[], Generator[Progress, None, Any]]
+
+#: How much lower (Linux ``nice``) background jobs run than napari's GUI thread, so
+#: that a long encoding never keeps the GUI thread waiting for a CPU core.
+BACKGROUND_NICE = 5
+_pool: Any = None
+_lowered = threading.local()
+
+
+def _background_pool() -> Any:
+    """A thread pool of our own for long jobs, so that the threads whose priority we
+    lower never run napari's (or the live preview's) work."""
+    global _pool
+    if _pool is None:
+        from qtpy.QtCore import QThreadPool
+
+        _pool = QThreadPool()
+        _pool.setMaxThreadCount(max(2, QThreadPool.globalInstance().maxThreadCount() // 2))
+    return _pool
+
+
+def _lower_this_thread() -> None:
+    """Lower the calling thread's priority once (Linux only: per-thread ``nice``).
+
+    Threads this thread starts later (PyTorch's OpenMP workers) inherit it.
+    """
+    if getattr(_lowered, "done", False) or not sys.platform.startswith("linux"):
+        return
+    _lowered.done = True
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+    except (OSError, AttributeError):  # not permitted or not supported: run as is
+        pass
 
 
 def user_message(error: BaseException) -> str:
@@ -59,6 +96,9 @@ class JobRunner:
         on_progress: called with each ``Progress`` (GUI thread).
         on_busy: called with True when a job starts and False when none is left.
         on_error: called with the exception after the notification (optional).
+        background: run jobs in the plugin's own thread pool at a lower priority
+            (long jobs: loading, encoding stacks, propagation, segment-everything),
+            so the GUI thread always gets a core first.
     """
 
     def __init__(
@@ -66,7 +106,9 @@ class JobRunner:
         on_progress: Callable[[Progress], Any] | None = None,
         on_busy: Callable[[bool], Any] | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
+        background: bool = False,
     ) -> None:
+        self._background = background
         self._on_progress = on_progress
         self._on_busy = on_busy
         self._on_error = on_error
@@ -127,7 +169,11 @@ class JobRunner:
     def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int) -> None:
         from napari.qt.threading import create_worker
 
+        background = self._background
+
         def run_job() -> Generator[Progress, None, Any]:
+            if background:
+                _lower_this_thread()
             return (yield from job())
 
         worker = create_worker(run_job, _ignore_errors=True)
@@ -138,7 +184,15 @@ class JobRunner:
         self.worker = worker
         if self._on_busy is not None:
             self._on_busy(True)
-        worker.start()
+        if background:
+            # what worker.start() does for the global pool: napari's quit asks the
+            # workers in this set to stop
+            with suppress(AttributeError):
+                worker._worker_set.add(worker)
+                worker._finished.connect(worker._set_discard)
+            _background_pool().start(worker)
+        else:
+            worker.start()
 
     def _progress(self, report: Any) -> None:
         if not self._closed and self._on_progress is not None and isinstance(report, Progress):
