@@ -15,9 +15,8 @@ from napari_samscope.core.annotate import (
     auto_annotate,
     auto_annotate_job,
     paint_labels,
-    read_planes,
-    safe_stem,
 )
+from napari_samscope.core.annotate_io import read_planes, safe_stem
 from napari_samscope.core.detectors import Detections
 from napari_samscope.core.predictor import Predictor
 from napari_samscope.core.progress import Progress, run

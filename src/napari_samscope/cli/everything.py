@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.annotate import list_images, output_stems
+    from napari_samscope.core.annotate_io import list_images, output_stems
     from napari_samscope.core.everything import MaskGenerator
     from napari_samscope.core.image import to_rgb_uint8
 

@@ -73,7 +73,7 @@ def check_prompts(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.annotate import list_images, output_stems
+    from napari_samscope.core.annotate_io import list_images, output_stems
     from napari_samscope.core.image import to_rgb_uint8
 
     check_prompts(args)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from PIL import Image
 
-    from napari_samscope.core.annotate import write_label_tiff
+    from napari_samscope.core.annotate_io import write_label_tiff
     from napari_samscope.core.image import to_rgb_uint8
 
     out = Path(args.out)

@@ -29,9 +29,7 @@ interrupted run never leaves a half-written file that would count as done.
 from __future__ import annotations
 
 import os
-import re
 import sys
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,34 +37,34 @@ from typing import Any
 
 import numpy as np
 
+from .annotate_io import (
+    list_images,
+    output_stems,
+    plane_count,
+    read_planes,
+    txt_names,
+    write_label_tiff,
+)
+from .coco_format import CocoWriter
 from .detectors import Detections, make_detector
 from .progress import Job, Progress, run
 from .yolo_format import (
-    CocoWriter,
     object_to_yolo_lines,
     parse_yolo_segmentation,
     write_text_atomic,
 )
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "AnnotatedObject",
     "AnnotateSummary",
     "annotate_plane",
     "auto_annotate",
     "auto_annotate_job",
-    "list_images",
-    "output_stems",
-    "read_planes",
-    "safe_stem",
-    "write_label_tiff",
+    "paint_labels",
 ]
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COCO_FILE = "annotations_coco.json"
 _BOX_BATCH = 32  # boxes decoded at once (bounds the full-size masks held in memory)
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                     *(f"LPT{i}" for i in range(1, 10))}
 
 
 # ----------------------------------------------------------------------------- one plane
@@ -149,136 +147,6 @@ def annotate_plane(
     return objects
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def safe_stem(name: str, max_bytes: int = 180) -> str:
-    """A file-name stem that cannot leave its folder.
-
-    Path separators, control characters and characters Windows forbids become ``_``;
-    leading dots and spaces and trailing dots/spaces are removed; reserved Windows
-    device names get a leading ``_``; the UTF-8 length is capped at ``max_bytes``.
-    Unicode letters and inner spaces are kept. An empty result becomes ``"image"``.
-    """
-    stem = unicodedata.normalize("NFC", str(name))
-    stem = re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|]+', "_", stem)
-    stem = stem.strip(" .")
-    while len(stem.encode("utf-8")) > max_bytes:
-        stem = stem[:-1]
-    stem = stem.rstrip(" .")
-    if not stem:
-        return "image"
-    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
-        stem = "_" + stem
-    return stem
-
-
-def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path]:
-    """The image files of ``data`` (a folder, a file or a list) and the default output folder.
-
-    A folder is listed non-recursively (tif/tiff/png/jpg/jpeg, hidden files ignored).
-
-    Raises:
-        FileNotFoundError: ``data`` does not exist.
-        ValueError: a folder without images, or an empty list.
-    """
-    if isinstance(data, str | os.PathLike):
-        root = Path(data).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"{str(root)!r} does not exist; give a folder of images or an image file")
-        if root.is_dir():
-            files = sorted(
-                p for p in root.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-            )
-            if not files:
-                raise ValueError(
-                    f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(root)!r}"
-                )
-            name = root.resolve().name or "data"
-            return files, root.resolve().parent / f"{name}_auto_annotate_labels"
-        return [root], root.resolve().parent / f"{root.stem}_auto_annotate_labels"
-    files = [Path(p).expanduser() for p in data]
-    if not files:
-        raise ValueError("data is an empty list; give a folder, an image file or a list of image files")
-    parent = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
-    return files, parent.parent / f"{parent.name or 'data'}_auto_annotate_labels"
-
-
-def output_stems(files: Sequence[Path]) -> list[str]:
-    """A unique, safe output stem per input file (case-insensitive uniqueness)."""
-    names, used = [], set()
-    for path in files:
-        base = safe_stem(path.stem)
-        candidate = base
-        if candidate.lower() in used:
-            candidate = safe_stem(f"{base}_{path.suffix.lstrip('.').lower()}")
-        counter = 2
-        while candidate.lower() in used:
-            candidate = f"{base}_{counter}"
-            counter += 1
-        used.add(candidate.lower())
-        names.append(candidate)
-    return names
-
-
-def _planes_from_array(data: np.ndarray, axes: str | None) -> np.ndarray:
-    """``(P, H, W)`` or ``(P, H, W, S)``: every axis except Y, X and samples (S) is a plane axis."""
-    if axes and "Y" in axes and "X" in axes and len(axes) == data.ndim:
-        spatial = [axes.index("Y"), axes.index("X")]
-        if "S" in axes and data.shape[axes.index("S")] in (3, 4):
-            spatial.append(axes.index("S"))
-        others = [i for i in range(data.ndim) if i not in spatial]
-        data = np.transpose(data, others + spatial)
-        return data.reshape(-1, *data.shape[len(others):])
-    if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
-        return data[None]
-    if data.ndim >= 3 and data.shape[-1] in (3, 4):
-        return data.reshape(-1, *data.shape[-3:])
-    return data.reshape(-1, *data.shape[-2:])
-
-
-def read_planes(path: Path) -> np.ndarray:
-    """Read an image file as ``(P, H, W)`` or ``(P, H, W, 3|4)`` planes (P=1 for 2D images).
-
-    Raises:
-        ValueError: the file is not a readable image.
-    """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                return _planes_from_array(np.asarray(series.asarray()), series.axes)
-        except Exception as exc:  # tifffile raises many types for broken files
-            raise ValueError(f"could not read {path.name!r} as a TIFF: {exc}") from None
-    from .image import load_image
-
-    return _planes_from_array(load_image(path), None)
-
-
-def _plane_count(path: Path) -> int | None:
-    """Planes in the file from its header only (None when the header cannot be read)."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes = series.shape, series.axes
-            return int(_planes_from_array(np.empty(shape, dtype=np.uint8), axes).shape[0])
-        return 1
-    except Exception:
-        return None
-
-
-def _txt_names(stem: str, planes: int) -> list[str]:
-    if planes == 1:
-        return [f"{stem}.txt"]
-    return [f"{stem}_z{z:04d}.txt" for z in range(planes)]
-
-
 # ----------------------------------------------------------------------------- summary
 
 
@@ -359,10 +227,10 @@ def auto_annotate_job(
         target(f"{stem}_labels.tif")
     for index, (path, stem) in enumerate(zip(files, stems)):
         yield Progress(f"auto-annotating {path.name}", index, len(files))
-        count = _plane_count(path)
+        count = plane_count(path)
         label_path = target(f"{stem}_labels.tif")
         if not overwrite and count is not None:
-            expected = [target(n) for n in _txt_names(stem, count)] + ([label_path] if save_tiff else [])
+            expected = [target(n) for n in txt_names(stem, count)] + ([label_path] if save_tiff else [])
             if all(p.exists() for p in expected):
                 summary.skipped += 1
                 if coco is not None:
@@ -386,7 +254,7 @@ def auto_annotate_job(
             summary.failed.append((path, str(exc)))
             continue
         label_planes = []
-        for z, (objects, txt_name) in enumerate(zip(results, _txt_names(stem, len(planes)))):
+        for z, (objects, txt_name) in enumerate(zip(results, txt_names(stem, len(planes)))):
             shape = planes[z].shape[:2]
             lines: list[str] = []
             for obj in objects:
@@ -425,20 +293,6 @@ def _annotate_file(
         found = detector(plane).filtered(conf=conf, classes=classes, max_det=max_det)
         results.append(annotate_plane(predictor, plane, found))
     return results
-
-
-def write_label_tiff(path: Path, labels: np.ndarray) -> None:
-    """Write a label image as an (atomically renamed) zlib TIFF, uint16 when it fits, else uint32."""
-    import tifffile
-
-    dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tifffile.imwrite(tmp, labels.astype(dtype), photometric="minisblack", compression="zlib")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _add_existing_to_coco(coco: CocoWriter, image_path: Path, txt_paths: Sequence[Path]) -> None:
