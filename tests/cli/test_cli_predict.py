@@ -36,6 +36,14 @@ def test_points_with_labels_and_multimask(run_cli, tiny_checkpoint, nuclei_png, 
     assert tifffile.imread(tmp_path / "pm" / "nuclei_labels.tif").max() <= 1
 
 
+def test_box_with_points_is_one_object(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
+    code, stdout, _ = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
+                              "--bboxes", "5,5,40,40", "--points", "20,20", "30,8", "--labels", "1", "0",
+                              "--out", tmp_path / "bp")
+    assert code == 0 and "objects" in stdout
+    assert tifffile.imread(tmp_path / "bp" / "nuclei_labels.tif").max() <= 1
+
+
 def test_no_prompt_segments_everything_on_a_folder_with_a_stack(run_cli, tiny_checkpoint, tmp_path):
     from napari_samscope.core.synthetic import make_nuclei_2d
 
