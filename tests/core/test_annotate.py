@@ -188,6 +188,10 @@ def test_bad_data_is_explained(tmp_path, model):
         auto_annotate(tmp_path / "empty", sam_model=model, progress=None)
     with pytest.raises(ValueError, match="empty list"):
         auto_annotate([], sam_model=model, progress=None)
+    with pytest.raises(ValueError, match="conf"):
+        auto_annotate(tmp_path / "empty", sam_model=model, progress=None, conf=1.5)
+    with pytest.raises(ValueError, match="max_det"):
+        auto_annotate(tmp_path / "empty", sam_model=model, progress=None, max_det=0)
 
 
 def test_never_overwrites_an_input_image(tmp_path, model):

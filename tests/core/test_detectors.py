@@ -97,6 +97,11 @@ def test_yolo_weights_without_ultralytics_give_a_clear_message(monkeypatch):
         make_detector("yolov8x.pt")
 
 
+def test_a_name_that_is_no_detector_is_explained():
+    with pytest.raises(ValueError, match="neither 'blobs'"):
+        make_detector("blobz")
+
+
 def test_missing_yolo_weight_path_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         make_detector(str(tmp_path / "weights" / "best.pt"))

@@ -205,6 +205,10 @@ def auto_annotate_job(
     split_parts: bool = False,
 ) -> Job[AnnotateSummary]:
     """The generator behind :func:`auto_annotate` (yields ``Progress`` per image)."""
+    if not 0.0 <= float(conf) <= 1.0:
+        raise ValueError(f"conf must be between 0 and 1, not {conf}")
+    if int(max_det) < 1:
+        raise ValueError(f"max_det must be at least 1, not {max_det}")
     files, default_dir = list_images(data)
     out = Path(output_dir).expanduser() if output_dir is not None else default_dir
     out.mkdir(parents=True, exist_ok=True)

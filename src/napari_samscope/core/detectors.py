@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+#: file suffixes of Ultralytics YOLO weights (names like "yolov8x.pt" are downloaded by Ultralytics)
+YOLO_SUFFIXES = (".pt", ".onnx", ".engine", ".torchscript", ".mlpackage", ".tflite", ".pb")
+
 __all__ = ["Detections", "BlobDetector", "CallableDetector", "YoloDetector", "make_detector"]
 
 
@@ -262,6 +265,7 @@ def make_detector(
         ImportError: YOLO weights but ``ultralytics`` is not installed.
         FileNotFoundError: a weight path that does not exist (YOLO names such as
             ``yolov8x.pt`` are still handed to Ultralytics, which downloads them).
+        ValueError: a name that is neither ``"blobs"`` nor a weight file name.
         TypeError: anything else.
     """
     if det_model is None or (isinstance(det_model, str) and det_model.lower() in ("blobs", "blob")):
@@ -272,9 +276,15 @@ def make_detector(
         return CallableDetector(det_model)
     if isinstance(det_model, str | os.PathLike):
         path = Path(det_model)
-        looks_like_path = len(path.parts) > 1
-        if looks_like_path and not path.exists():
-            raise FileNotFoundError(f"detector weights {str(path)!r} not found; check the path")
+        if not path.exists():
+            if len(path.parts) > 1:
+                raise FileNotFoundError(f"detector weights {str(path)!r} not found; check the path")
+            if path.suffix.lower() not in YOLO_SUFFIXES:
+                raise ValueError(
+                    f"det_model={str(det_model)!r} is neither 'blobs' nor YOLO weights "
+                    f"({', '.join(YOLO_SUFFIXES)}) nor an existing file; use det_model='blobs', "
+                    "a callable, or a YOLO weight file such as 'yolov8x.pt'"
+                )
         return YoloDetector(path, device=device, conf=conf, classes=classes, max_det=max_det)
     raise TypeError(
         f"det_model must be 'blobs', a callable image -> (boxes, class_ids, scores), or a YOLO weight "
