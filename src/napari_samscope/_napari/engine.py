@@ -46,15 +46,19 @@ def embedding_iter(
 ) -> Generator[Progress, None, Any]:
     """The embedding of plane ``key``: from ``cache``, or encoded (and cached) now.
 
-    The cache stores an embedding before the next yield, so cancelling never throws
-    away a finished encoding.
+    A cached embedding returns at once, without yielding. The cache stores a new
+    embedding before the next yield, so cancelling never throws away a finished
+    encoding.
     """
     from napari_samscope.core.volume import encode_planes_iter
 
+    z, image_key = source.z_of(key), source.image_key(key)
+    if cache is not None:
+        hit = cache.get((image_key, z, predictor.model_key))
+        if hit is not None:
+            return hit  # no progress to report: the live preview stays quiet
     stack = yield from _stack_iter(source, key)
-    z = source.z_of(key)
-    found = yield from encode_planes_iter(
-        predictor, stack, [z], cache=cache, image_key=source.image_key(key))
+    found = yield from encode_planes_iter(predictor, stack, [z], cache=cache, image_key=image_key)
     return found[z]
 
 

@@ -32,8 +32,9 @@ from napari_samscope._widgets.workers import JobRunner, notify_error, notify_inf
 
 __all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
 
-#: Quiet time after the last prompt change before the preview runs.
-PREVIEW_DEBOUNCE_MS = 10
+#: Quiet time after the last prompt change before a preview that supersedes a running
+#: one starts (a change while nothing runs is segmented at once).
+PREVIEW_DEBOUNCE_MS = 5
 
 
 def _layers_of(viewer: Any, kind: str):
@@ -373,8 +374,18 @@ class SegmentAnythingWidget(QWidget):
                 self.viewer.layers.selection.active = self.points_layer
         return layer
     def _schedule_preview(self) -> None:
-        if self.ui.live.isChecked():
+        """A prompt changed: segment at once when idle, else debounce.
+
+        The first change runs immediately (no added latency); changes that arrive
+        while a run is pending or in flight restart the debounce timer, and the run
+        it triggers supersedes the one in flight.
+        """
+        if not self.ui.live.isChecked() or self._shut:
+            return
+        if self._timer.isActive() or self.preview_runner.busy:
             self._timer.start()
+        else:
+            self._auto_segment()
 
     def _auto_segment(self) -> None:
         """The live preview: like ``segment`` but silent while there is nothing to do."""
