@@ -354,3 +354,24 @@ def test_two_stage_decoding_equals_predictor_decode(random_state_sam, multimask)
     some = torch.tensor([0, 3, 17, 19])
     torch.testing.assert_close(lowres(some), low_ref[some], atol=1e-4, rtol=1e-4)
     assert lowres(torch.arange(20)).shape == low_ref.shape
+
+
+def test_another_decoder_module_goes_through_predictor_decode(random_state_sam):
+    """A model whose decoder is not a MaskDecoder is decoded by Predictor.decode as is."""
+
+    class Wrapped(torch.nn.Module):  # same numbers, another module type
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs):
+            return self.inner(**kwargs)
+
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    params = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    stock = MaskGenerator(Predictor(random_state_sam), **params).generate(image)
+    random_state_sam.mask_decoder = Wrapped(random_state_sam.mask_decoder)
+    wrapped = MaskGenerator(Predictor(random_state_sam), **params).generate(image)
+    assert len(stock) == len(wrapped) > 0
+    np.testing.assert_array_equal(stock.masks, wrapped.masks)
+    np.testing.assert_allclose(stock.scores, wrapped.scores, rtol=1e-6)

@@ -151,13 +151,15 @@ class MaskGenerator:
         self,
         image: np.ndarray,
         progress: Callable[[Progress], Any] | str | None = None,
+        *,
+        embedding: Any = None,
         **norm_kwargs: Any,
     ) -> EverythingResult:
         """Segment everything in ``image`` (see :meth:`generate_iter`); ``progress`` as in
         :func:`~napari_samscope.core.progress.run`."""
         from .progress import run
 
-        return run(self.generate_iter(image, **norm_kwargs), progress=progress)
+        return run(self.generate_iter(image, embedding=embedding, **norm_kwargs), progress=progress)
 
     def generate_iter(
         self, image: np.ndarray, *, embedding: Any = None, **norm_kwargs: Any
@@ -269,10 +271,11 @@ class MaskGenerator:
             mask stage (output upscaling and hypernetworks) only runs for those prompts:
             the IoU head does not depend on it, so prompts whose candidates all fail the
             IoU filter cost only the transformer. The operations are those of
-            ``MaskDecoder.predict_masks``; a stand-in predictor's own ``decode`` is used
-            as it is.
+            ``MaskDecoder.predict_masks``; a stand-in predictor's own ``decode`` (or a
+            model with another decoder module) is used as it is.
         """
         from .device import autocast
+        from .modeling.mask_decoder import MaskDecoder
         from .predictor import Predictor
 
         pred = self.predictor
@@ -280,7 +283,9 @@ class MaskGenerator:
         multimask = bool(self.params["multimask_output"])
         coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-        if type(pred).decode is not Predictor.decode:
+        if type(pred).decode is not Predictor.decode or not isinstance(
+            getattr(pred.model, "mask_decoder", None), MaskDecoder
+        ):
             low, iou = pred.decode(coords, labels, None, None, multimask_output=multimask)
             return iou, lambda index: low[index]
         sam, features = pred.model, pred.get_embedding().features
