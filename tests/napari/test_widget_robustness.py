@@ -33,6 +33,23 @@ def test_a_missing_file_and_an_unknown_name_notify(viewer, main_widget, qtbot, n
     assert "/nowhere/sam.pt" in errors and "Unknown model 'no-such-model'" in errors
 
 
+def test_offline_download_notifies_where_to_put_the_file(viewer, main_widget, qtbot,
+                                                         monkeypatch, notifications):
+    from napari_samscope.core import loader
+    from napari_samscope.core.download import DownloadError
+
+    def offline(model, device="auto", dtype=None):
+        yield from ()
+        raise DownloadError(f"Cannot download {model}: no network. Put the file at /cache/x.pth.")
+
+    monkeypatch.setattr(loader, "load_sam_iter", offline)
+    main_widget.set_model("vit_b")
+    wait_idle(qtbot, main_widget)
+    assert any(m.startswith("Cannot download vit_b") and "Put the file at" in m
+               for m in notifications.errors())
+    assert main_widget.model_panel.load_button.isEnabled()
+
+
 def test_loading_a_checkpoint_file_in_the_worker(viewer, main_widget, qtbot, tmp_path,
                                                  tiny_sam_factory):
     path = tmp_path / "tiny.pt"

@@ -71,8 +71,8 @@ def user_message(error: BaseException) -> str:
             "Out of memory while segmenting: lower the embedding cache, close other "
             f"programs, or choose a smaller model or the CPU. ({text})"
         )
-    if isinstance(error, (ValueError, TypeError, FileNotFoundError, KeyError)):
-        return text
+    if isinstance(error, (ValueError, TypeError, OSError, KeyError)):
+        return text  # the core writes these for users (what went wrong, what to do)
     return f"{type(error).__name__}: {text}"
 
 
