@@ -22,14 +22,15 @@ def _folder(tmp_path, bad=False):
 
 def test_annotate_folder_success(run_cli, tiny_checkpoint, tmp_path):
     data = _folder(tmp_path)
-    code, stdout, _ = run_cli("annotate", data, "--model", tiny_checkpoint, "--save-coco", "--save-tiff")
+    code, stdout, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--save-coco", "--save-tiff")
     out = tmp_path / "imgs_auto_annotate_labels"
-    assert code == 0
+    assert code == 0, err
     assert (out / "img1.txt").exists() and (out / "img2_labels.tif").exists()
     assert json.loads((out / "annotations_coco.json").read_text())["images"]
     assert "2 annotated" in stdout and "0 failed" in stdout
-    code, stdout, _ = run_cli("annotate", data, "--model", tiny_checkpoint)
-    assert code == 0 and "2 skipped" in stdout
+    code, stdout, err = run_cli("annotate", data, "--model", tiny_checkpoint)
+    assert code == 0, err
+    assert "2 skipped" in stdout
 
 
 def test_annotate_reports_bad_files_and_exits_1(run_cli, tiny_checkpoint, tmp_path):
@@ -43,9 +44,9 @@ def test_annotate_reports_bad_files_and_exits_1(run_cli, tiny_checkpoint, tmp_pa
 
 def test_annotate_ultralytics_style(run_cli, tiny_checkpoint, tmp_path):
     data = _folder(tmp_path)
-    code, _, _ = run_cli("annotate", f"data={data}", "det_model=blobs", f"sam_model={tiny_checkpoint}",
+    code, _, err = run_cli("annotate", f"data={data}", "det_model=blobs", f"sam_model={tiny_checkpoint}",
                          f"output_dir={tmp_path / 'kv'}", "conf=0.1", "classes=[0]", "max_det=5")
-    assert code == 0
+    assert code == 0, err
     lines = (tmp_path / "kv" / "img1.txt").read_text().splitlines()
     assert len(lines) <= 5 and all(line.startswith("0 ") for line in lines)
 

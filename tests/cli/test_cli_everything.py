@@ -17,12 +17,12 @@ def test_help_defaults_match_the_generator():
 
 def test_everything_with_options_and_records(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
     out = tmp_path / "ev"
-    code, stdout, _ = run_cli(
+    code, stdout, err = run_cli(
         "everything", "--model", tiny_checkpoint, "--source", nuclei_png, "--out", out,
         "--points-per-side", "4", "--conf", "0", "--stability-score-thresh", "0",
         "--box-nms-thresh", "0.9", "--records",
     )
-    assert code == 0
+    assert code == 0, err
     labels = tifffile.imread(out / "nuclei_labels.tif")
     records = json.loads((out / "nuclei_masks.json").read_text())
     assert labels.max() == len(records) and "masks" in stdout
@@ -31,9 +31,9 @@ def test_everything_with_options_and_records(run_cli, tiny_checkpoint, nuclei_pn
 
 
 def test_ultralytics_names_work(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
-    code, _, _ = run_cli("everything", f"model={tiny_checkpoint}", f"source={nuclei_png}",
+    code, _, err = run_cli("everything", f"model={tiny_checkpoint}", f"source={nuclei_png}",
                          "points_stride=2", "conf=0.0", "single_mask=True", f"out={tmp_path / 'u'}")
-    assert code == 0
+    assert code == 0, err
     assert (tmp_path / "u" / "nuclei_overlay.png").exists()
 
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 def test_export_writes_two_onnx_files_that_run(run_cli, tiny_checkpoint, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    code, out, _ = run_cli("export", tiny_checkpoint, "--format", "onnx", "--out", tmp_path, "--multimask")
-    assert code == 0
+    code, out, err = run_cli("export", tiny_checkpoint, "--format", "onnx", "--out", tmp_path, "--multimask")
+    assert code == 0, err
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["tiny_decoder.onnx", "tiny_encoder.onnx"]
     assert str(tmp_path / "tiny_encoder.onnx") in out
@@ -33,8 +33,8 @@ def test_sample_writes_the_napari_samples(run_cli, tmp_path):
     from napari_samscope._sample_data import make_sample_nuclei_2d
 
     out = tmp_path / "samples"
-    code, stdout, _ = run_cli("sample", "--out", out)
-    assert code == 0
+    code, stdout, err = run_cli("sample", "--out", out)
+    assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
         "ground_truth", "nuclei_2d.png", "nuclei_2d.tif", "nuclei_3d.tif"]
     assert sorted(p.name for p in (out / "ground_truth").iterdir()) == [

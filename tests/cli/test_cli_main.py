@@ -24,16 +24,18 @@ def test_every_subcommand_is_registered():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_of_each_subcommand(run_cli, command):
-    code, out, _ = run_cli(command, "--help")
-    assert code == 0
+    code, out, err = run_cli(command, "--help")
+    assert code == 0, err
     assert f"samscope {command}" in out and "--debug" in out
 
 
 def test_top_level_help_version_and_no_command(run_cli):
-    code, out, _ = run_cli("--help")
-    assert code == 0 and "predict" in out and "annotate" in out
-    code, out, _ = run_cli("--version")
-    assert code == 0 and out.startswith("samscope ")
+    code, out, err = run_cli("--help")
+    assert code == 0, err
+    assert "predict" in out and "annotate" in out
+    code, out, err = run_cli("--version")
+    assert code == 0, err
+    assert out.startswith("samscope ")
     code, _, err = run_cli()
     assert code == 2 and "usage" in err
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def test_models_lists_the_registry_with_cached_column(run_cli):
-    code, out, _ = run_cli("models")
-    assert code == 0
+    code, out, err = run_cli("models")
+    assert code == 0, err
     header = out.splitlines()[0]
     assert "name" in header and "cached" in header
     for name in ("samscope_nuclei (default)", "vit_b", "vit_l", "vit_h", "vit_t", "sam_b.pt", "mobile_sam.pt"):
@@ -21,10 +21,11 @@ def test_models_lists_the_registry_with_cached_column(run_cli):
 
 
 def test_info_of_a_checkpoint_and_of_a_model_not_downloaded(run_cli, tiny_checkpoint):
-    code, out, _ = run_cli("info", tiny_checkpoint)
-    assert code == 0 and "parameters" in out and "input 64x64" in out
-    code, out, _ = run_cli("info", "sam_b.pt")
-    assert code == 0
+    code, out, err = run_cli("info", tiny_checkpoint)
+    assert code == 0, err
+    assert "parameters" in out and "input 64x64" in out
+    code, out, err = run_cli("info", "sam_b.pt")
+    assert code == 0, err
     assert "vit_b" in out and "not downloaded" in out and "93,735,472" in out
     code, _, err = run_cli("info", "no_such_model")
     assert code == 1 and "Unknown model" in err
@@ -50,8 +51,9 @@ def test_download_from_a_local_server(run_cli, monkeypatch, tmp_path):
             sha256=hashlib.sha256(payload).hexdigest(), filename="w.pt",
         )
         monkeypatch.setattr(registry, "resolve", lambda name: spec)
-        code, out, _ = run_cli("download", "vit_t")
-    assert code == 0 and "w.pt" in out
+        code, out, err = run_cli("download", "vit_t")
+    assert code == 0, err
+    assert "w.pt" in out
     assert (tmp_path / "cache" / "w.pt").read_bytes() == payload
     with http.FileServer({}) as server:  # now the server does not have the file: 404
         spec = dataclasses.replace(spec, url=server.url("/w.pt"), filename="other.pt")

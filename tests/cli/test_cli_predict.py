@@ -10,9 +10,9 @@ from PIL import Image
 
 def test_boxes_write_labels_and_overlay(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
     out = tmp_path / "res"
-    code, stdout, _ = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
+    code, stdout, err = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
                               "--bboxes", "5,5,30,40", "40,10,70,50", "--out", out)
-    assert code == 0
+    assert code == 0, err
     labels = tifffile.imread(out / "nuclei_labels.tif")
     assert labels.shape == (64, 80) and labels.dtype == np.uint16 and labels.max() <= 2
     overlay = np.asarray(Image.open(out / "nuclei_overlay.png"))
@@ -21,26 +21,27 @@ def test_boxes_write_labels_and_overlay(run_cli, tiny_checkpoint, nuclei_png, tm
 
 
 def test_ultralytics_key_value_style(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
-    code, stdout, _ = run_cli("predict", f"model={tiny_checkpoint}", f"source={nuclei_png}",
+    code, stdout, err = run_cli("predict", f"model={tiny_checkpoint}", f"source={nuclei_png}",
                               "points=[30,20]", "labels=[1]", f"out={tmp_path / 'kv'}")
-    assert code == 0
+    assert code == 0, err
     labels = tifffile.imread(tmp_path / "kv" / "nuclei_labels.tif")
     assert labels.max() <= 1  # one object from one point
 
 
 def test_points_with_labels_and_multimask(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
-    code, _, _ = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
+    code, _, err = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
                          "--points", "30,20", "50,40", "--labels", "1", "0", "--multimask",
                          "--out", tmp_path / "pm")
-    assert code == 0
+    assert code == 0, err
     assert tifffile.imread(tmp_path / "pm" / "nuclei_labels.tif").max() <= 1
 
 
 def test_box_with_points_is_one_object(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
-    code, stdout, _ = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
+    code, stdout, err = run_cli("predict", "--model", tiny_checkpoint, "--source", nuclei_png,
                               "--bboxes", "5,5,40,40", "--points", "20,20", "30,8", "--labels", "1", "0",
                               "--out", tmp_path / "bp")
-    assert code == 0 and "objects" in stdout
+    assert code == 0, err
+    assert "objects" in stdout
     assert tifffile.imread(tmp_path / "bp" / "nuclei_labels.tif").max() <= 1
 
 
@@ -52,9 +53,9 @@ def test_no_prompt_segments_everything_on_a_folder_with_a_stack(run_cli, tiny_ch
     image, _ = make_nuclei_2d((48, 48), dtype="uint16", seed=1)
     tifffile.imwrite(data / "single.tif", image)
     tifffile.imwrite(data / "stack.tif", np.stack([image, image[::-1]]), photometric="minisblack")
-    code, stdout, _ = run_cli("predict", "--model", tiny_checkpoint, "--source", data,
+    code, stdout, err = run_cli("predict", "--model", tiny_checkpoint, "--source", data,
                               "--conf", "0.0", "points_stride=4", "--out", tmp_path / "all")
-    assert code == 0
+    assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "all").iterdir())
     assert names == sorted(["single_labels.tif", "single_overlay.png", "stack_z0000_labels.tif",
                             "stack_z0000_overlay.png", "stack_z0001_labels.tif",
