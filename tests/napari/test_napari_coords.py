@@ -94,3 +94,19 @@ def test_rowcol_to_xy_swaps_to_sam_order():
     xy = rowcol_to_xy(g, [[0, 5.0, 7.5]])
     assert xy.dtype == np.float32
     np.testing.assert_allclose(xy, [[7.5, 5.0]])
+
+
+def test_stack_lines_are_views_in_display_order():
+    from napari_samscope._napari.images import ImageSettings, PlaneSource
+
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)  # T, Z, Y, X
+    layer = Image(data, name="tzyx")
+    g = current_geometry(layer, (0, 1, 3, 2), (1.0, 0.0, 0.0, 0.0))  # X shown as rows
+    source = PlaneSource.from_layer(layer, g, ImageSettings())
+    line = source.line_volume(g.current)
+    assert line.shape == (3, 5, 4) and np.shares_memory(line, data)
+    np.testing.assert_array_equal(line, data[1].transpose(0, 2, 1))
+    np.testing.assert_array_equal(source.plane((1, 2)), data[1, 2].T)
+    flat = Image(data[0, 0], name="yx")
+    g2 = current_geometry(flat, (0, 1), (0.0, 0.0))
+    assert PlaneSource.from_layer(flat, g2, ImageSettings()).line_volume(()).shape == (1, 4, 5)

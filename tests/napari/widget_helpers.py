@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 
-def wait_idle(qtbot, widget, timeout=10_000):
+def wait_idle(qtbot, widget, timeout=30_000):
     """Wait until the widget's debounce timer and every runner are idle."""
     runners = [r for r in (getattr(widget, "preview_runner", None), getattr(widget, "runner", None),
                            widget.model_panel.runner) if r is not None]

@@ -196,9 +196,24 @@ class PlaneSource:
         return hashlib.sha1(text.encode()).hexdigest()[:20]
 
     def line_volume(self, key: PlaneKey) -> np.ndarray:
-        """The raw stack line through ``key`` as ``(Z, H, W)`` or ``(Z, H, W, C)``."""
-        planes = [self.plane(k) for k in self.stack_keys(key)]
-        return np.stack(planes)
+        """The raw stack line through ``key`` as ``(Z, H, W)`` or ``(Z, H, W, C)``.
+
+        A view of the layer's data when it is a numpy array (no copy); other arrays
+        (dask, zarr) are read into memory.
+        """
+        g = self.geometry
+        index = list(g.image_index(key))
+        if g.stack_axis is not None:
+            index[g.stack_axis] = slice(None)
+        line = np.asarray(self.data[tuple(index)])
+        kept = sorted(a for a in (g.stack_axis, g.row_axis, g.col_axis, g.channel_axis)
+                      if a is not None)
+        order = [kept.index(a) for a in (g.stack_axis, g.row_axis, g.col_axis, g.channel_axis)
+                 if a is not None]
+        if self.rgb:
+            order.append(line.ndim - 1)
+        line = np.transpose(line, order)
+        return line if g.stack_axis is not None else line[None]
 
     def stack(self, key: PlaneKey) -> Any:
         """The ``core.volume.StackNormalizer`` of the line through ``key`` (kept for reuse).

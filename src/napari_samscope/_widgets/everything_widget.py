@@ -132,8 +132,10 @@ class SegmentEverythingWidget(QWidget):
         if scope not in ("plane", "stack"):
             raise ValueError(f"scope must be 'plane' or 'stack', not {scope!r}.")
         try:
-            if self.session.sam is None:
-                self.model_panel.load(self.model_panel.selected_model(), then=lambda: self.run(scope))
+            if self.session.sam is None:  # load the chosen model first, then run
+                if not self.model_panel.runner.busy:
+                    self.model_panel.load(self.model_panel.selected_model(),
+                                          then=lambda: self.run(scope))
                 return
             image = self.image.value
             if image is None:

@@ -134,6 +134,7 @@ class SegmentAnythingWidget(QWidget):
     def settings(self) -> ImageSettings:
         """The image conversion settings chosen in the widget."""
         return self.ui.settings()
+
     def ensure_prompt_layers(self, new: bool = False) -> tuple[Any, Any]:
         """Create "SAM points" / "SAM boxes" for the image when none is chosen (or ``new``)."""
         image = self._require_image()
@@ -167,8 +168,9 @@ class SegmentAnythingWidget(QWidget):
         if not planes:
             self._show_preview(None, image)
             return
-        if self.session.sam is None:
-            self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
+        if self.session.sam is None:  # load the chosen model first, then segment
+            if not self.model_panel.runner.busy:
+                self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
             return
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
 
