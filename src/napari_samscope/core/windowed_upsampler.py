@@ -35,6 +35,13 @@ class _Taps:
         weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
         self.index = torch.from_numpy(index)
         self.weight = torch.from_numpy(weight.astype(np.float32))
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, weight)`` on ``device`` (copied there once)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.index.to(device), self.weight.to(device))
+        return self._on_device[device]
 
     def outputs_reading(self, lo: int, hi: int) -> tuple[int, int]:
         """``[a, b)``: the outputs whose support meets the samples ``lo..hi``."""
@@ -94,12 +101,10 @@ class WindowedUpsampler:
         xa, xb = self._cols.outputs_reading(*cols)
         if ya == yb or xa == xb:
             return ya, xa, low.new_zeros((yb - ya, xb - xa))
-        r_index, r_weight = self._rows.index[:, ya:yb], self._rows.weight[:, ya:yb]
-        c_index, c_weight = self._cols.index[:, xa:xb], self._cols.weight[:, xa:xb]
-        device = low.device
-        if device.type != "cpu":
-            r_index, r_weight = r_index.to(device), r_weight.to(device)
-            c_index, c_weight = c_index.to(device), c_weight.to(device)
+        r_index, r_weight = self._rows.on(low.device)
+        c_index, c_weight = self._cols.on(low.device)
+        r_index, r_weight = r_index[:, ya:yb], r_weight[:, ya:yb]
+        c_index, c_weight = c_index[:, xa:xb], c_weight[:, xa:xb]
         lo, hi = int(self._rows.index[0, ya]), int(self._rows.index[-1, yb - 1])
         # columns first, on the transposed low rows the window reads: gathers of whole
         # contiguous rows are much faster than gathers along the last axis
