@@ -13,7 +13,7 @@ Outputs, in ``output_dir`` (default ``<data parent>/<data name>_auto_annotate_la
   ``<stem>_z0001.txt``, ... (every axis other than Y, X and RGB samples counts as a
   plane axis, in file order);
 - ``save_tiff=True``: ``<stem>_labels.tif``, the label image (``(H, W)`` or ``(Z, H, W)``,
-  uint16, or uint32 above 65535 objects); label ``k`` is line ``k`` of the text file;
+  uint16, or uint32 above 65535 objects); label ``k`` is line ``k`` of the text file (unless ``split_parts``);
 - ``save_coco=True``: ``annotations_coco.json`` for the whole folder (a stack plane is
   one COCO image, with a ``frame`` field).
 
