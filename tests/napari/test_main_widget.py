@@ -170,6 +170,29 @@ def test_stale_results_are_never_shown(viewer, main_widget, qtbot, monkeypatch):
     assert main_widget.preview.objects[0]
 
 
+def test_clearing_prompts_makes_a_run_in_flight_stale(viewer, main_widget, qtbot, monkeypatch):
+    import threading
+
+    from napari_samscope._napari import engine
+
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    release, original = threading.Event(), engine.decode_objects
+
+    def slow_decode(*args, **kwargs):
+        release.wait(5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_objects", slow_decode)
+    add_points(main_widget.points_layer, [[30, 40]])
+    qtbot.waitUntil(lambda: main_widget.preview_runner.busy)
+    main_widget.clear_prompts()
+    release.set()
+    wait_idle(qtbot, main_widget)
+    assert main_widget.preview is None
+    assert "SAM preview" not in viewer.layers or viewer.layers["SAM preview"].data.max() == 0
+
+
 def test_prompts_on_a_layer_with_other_dims_notify(viewer, main_widget, qtbot, notifications):
     from napari.layers import Points
 

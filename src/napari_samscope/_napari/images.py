@@ -31,6 +31,7 @@ __all__ = [
     "ImageSettings",
     "PlaneSource",
     "plane_array",
+    "forget_layer",
 ]
 
 
@@ -97,6 +98,14 @@ _STACKS: OrderedDict[str, Any] = OrderedDict()
 _STACKS_LOCK = threading.Lock()
 #: How many normalised stack lines stay in memory (each holds its planes' raw data).
 MAX_STACKS = 2
+
+
+def forget_layer(layer: Any) -> None:
+    """Drop the normalised stack lines kept for ``layer`` (it left the viewer)."""
+    uid = str(getattr(layer, "unique_id", id(layer)))
+    with _STACKS_LOCK:
+        for key in [k for k, stack in _STACKS.items() if stack.samscope_layer == uid]:
+            del _STACKS[key]
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,7 @@ class PlaneSource:
             stack = StackNormalizer(self.line_volume(key), **self.stack_kwargs)
         except ValueError as error:
             raise ValueError(f"Cannot segment layer '{self.name}': {error}") from error
+        stack.samscope_layer = self.layer_id[0]  # for forget_layer
         with _STACKS_LOCK:
             _STACKS[image_key] = stack
             while len(_STACKS) > MAX_STACKS:

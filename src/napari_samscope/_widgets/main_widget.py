@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QWidget
 from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
-from napari_samscope._napari.images import ImageSettings, PlaneSource
+from napari_samscope._napari.images import ImageSettings, PlaneSource, forget_layer
 from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
@@ -78,6 +78,7 @@ class SegmentAnythingWidget(QWidget):
         self._commit_when_ready = False
         self._active_image: Any = None
         self._shut = False
+        self._quiet = False
         self._docked = False
         self.destroyed.connect(partial(SegmentAnythingWidget.shutdown, self))
         self._timer = QTimer(self)
@@ -166,6 +167,7 @@ class SegmentAnythingWidget(QWidget):
             self.ui.status.setText("; ".join(prompts.skipped))
         planes = prompts.prompted_planes
         if not planes:
+            self.preview_runner.cancel()  # a run still in flight is now stale
             self._show_preview(None, image)
             return
         if self.session.sam is None:  # load the chosen model first, then segment
@@ -221,7 +223,11 @@ class SegmentAnythingWidget(QWidget):
 
     def clear_prompts(self) -> None:
         """Remove every prompt (``Shift+C``); the preview clears with them."""
-        plugin_layers.clear_prompts(self.points_layer, self.shapes_layer)
+        self._quiet = True  # one preview update for both layers, not one per layer
+        try:
+            plugin_layers.clear_prompts(self.points_layer, self.shapes_layer)
+        finally:
+            self._quiet = False
         self._schedule_preview()
 
     def toggle_polarity(self) -> None:
@@ -382,7 +388,7 @@ class SegmentAnythingWidget(QWidget):
         while a run is pending or in flight restart the debounce timer, and the run
         it triggers supersedes the one in flight.
         """
-        if not self.ui.live.isChecked() or self._shut:
+        if not self.ui.live.isChecked() or self._shut or self._quiet:
             return
         if self._timer.isActive() or self.preview_runner.busy:
             self._timer.start()
@@ -420,6 +426,7 @@ class SegmentAnythingWidget(QWidget):
     def _layer_removed(self, event: Any) -> None:
         layer = event.value
         self.wiring.forget(layer)
+        forget_layer(layer)
         if layer.name == plugin_layers.PREVIEW_NAME:
             self._drawn = []
         if layer is self._active_image:
