@@ -25,9 +25,10 @@ from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
 from napari_samscope._widgets.layer_wiring import LayerWiring
-from napari_samscope._widgets.main_ui import PROPAGATION_LABELS, MainControls
+from napari_samscope._widgets.main_ui import MainControls
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
+from napari_samscope._widgets.stack_actions import StackActions
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 
 __all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
@@ -49,7 +50,7 @@ def _layers_of(viewer: Any, kind: str):
     return choices
 
 
-class SegmentAnythingWidget(QWidget):
+class SegmentAnythingWidget(StackActions, QWidget):
     """Interactive SAM segmentation of napari image layers (2D, stacks, time series).
 
     Drive it from code with :meth:`set_model`, :meth:`segment`, :meth:`commit`,
@@ -236,38 +237,6 @@ class SegmentAnythingWidget(QWidget):
             self.ui.status.setText(plugin_layers.toggle_polarity(self.points_layer))
             self._schedule_preview()
 
-    def segment_all_slices(self) -> None:
-        """Propagate the prompted object through the stack into the preview (``Shift+S``)."""
-        try:
-            image, source, prompts = self._snapshot()
-            predictor = self.session.new_predictor()
-        except ValueError as error:
-            notify_error(error)
-            return
-        mode = PROPAGATION_LABELS[self.ui.mode.currentText()]
-        iou = float(self.ui.iou.value())
-        cache = self.session.cache
-        self.preview_runner.cancel()
-        self._start(lambda: engine.propagate_prompts_iter(
-            predictor, cache, source, prompts, mode=mode, iou_threshold=iou),
-            lambda seg: self._show_preview(seg, image))
-
-    def precompute(self) -> None:
-        """Encode every plane of the stack through the current plane (cancellable)."""
-        try:
-            image, source, _ = self._snapshot(prompts=False)
-            predictor = self.session.new_predictor()
-        except ValueError as error:
-            notify_error(error)
-            return
-        cache = self.session.cache
-
-        def done(count: int) -> None:
-            self._check_alive(image)
-            self.ui.status.setText(f"{count} plane(s) encoded and cached")
-
-        self._start(lambda: engine.precompute_iter(predictor, cache, source), done)
-
     def cancel(self) -> None:
         """Stop every running job of this widget (between two steps)."""
         self._timer.stop()
@@ -438,6 +407,3 @@ class SegmentAnythingWidget(QWidget):
 
     def _model_changed(self, _sam: Any) -> None:
         self._schedule_preview()
-
-    def _show_cache(self, nbytes: int, limit: int) -> None:
-        self.ui.cache_label.setText(f"embeddings: {nbytes / 2**20:.1f} MB of {limit / 2**20:.0f} MB")

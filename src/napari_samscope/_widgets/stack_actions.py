@@ -1,0 +1,59 @@
+"""The stack actions of the main widget: precompute embeddings, segment all slices.
+
+A mixin of :class:`~napari_samscope._widgets.main_widget.SegmentAnythingWidget` (it
+uses the widget's session, runner, snapshot and preview), kept apart so that each
+file stays small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari_samscope._napari import engine
+from napari_samscope._widgets.main_ui import PROPAGATION_LABELS
+from napari_samscope._widgets.workers import notify_error
+
+__all__ = ["StackActions"]
+
+
+class StackActions:
+    """``segment_all_slices`` (``Shift+S``), ``precompute`` and the cache figure."""
+
+    session: Any
+    ui: Any
+    preview_runner: Any
+
+    def segment_all_slices(self) -> None:
+        """Propagate the prompted object through the stack into the preview (``Shift+S``)."""
+        try:
+            image, source, prompts = self._snapshot()
+            predictor = self.session.new_predictor()
+        except ValueError as error:
+            notify_error(error)
+            return
+        mode = PROPAGATION_LABELS[self.ui.mode.currentText()]
+        iou = float(self.ui.iou.value())
+        cache = self.session.cache
+        self.preview_runner.cancel()
+        self._start(lambda: engine.propagate_prompts_iter(
+            predictor, cache, source, prompts, mode=mode, iou_threshold=iou),
+            lambda seg: self._show_preview(seg, image))
+
+    def precompute(self) -> None:
+        """Encode every plane of the stack through the current plane (cancellable)."""
+        try:
+            image, source, _ = self._snapshot(prompts=False)
+            predictor = self.session.new_predictor()
+        except ValueError as error:
+            notify_error(error)
+            return
+        cache = self.session.cache
+
+        def done(count: int) -> None:
+            self._check_alive(image)
+            self.ui.status.setText(f"{count} plane(s) encoded and cached")
+
+        self._start(lambda: engine.precompute_iter(predictor, cache, source), done)
+
+    def _show_cache(self, nbytes: int, limit: int) -> None:
+        self.ui.cache_label.setText(f"embeddings: {nbytes / 2**20:.1f} MB of {limit / 2**20:.0f} MB")
