@@ -1,0 +1,392 @@
+"""The "Fine-tune SAM" dock widget: train a model on the image + Labels pairs you annotated.
+
+Training runs ``core.training.train_iter`` in a napari worker (the GUI stays live),
+plots the loss and the first-prompt IoU as it goes, stops between two steps on Cancel
+(nothing is written then), and at the end writes a checkpoint and adds it to the model
+dropdown of every samscope widget of the viewer (through the shared model session).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox
+from qtpy.QtCore import QEvent, QPointF, Qt, Signal
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samscope._widgets.panels import ProgressRow
+from napari_samscope._widgets.session import get_session, unwrap_viewer
+from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
+from napari_samscope.core.progress import Progress
+
+__all__ = ["FineTuneWidget", "LossPlot"]
+
+_TRAINABLE = {
+    "mask decoder": "decoder",
+    "decoder + prompt encoder": "decoder+prompt",
+    "everything (slow)": "all",
+}
+
+
+class LossPlot(QWidget):
+    """Per-step training loss (orange, 0..max) and first-prompt IoU (blue, 0..1)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.ious: list[float] = []
+        self.setMinimumHeight(110)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.setToolTip("Training loss (orange) and IoU of the first prompt (blue, 0 to 1)")
+
+    def clear(self) -> None:
+        self.steps, self.losses, self.ious = [], [], []
+        self.update()
+
+    def add(self, step: int, loss: float, iou: float) -> None:
+        self.steps.append(int(step))
+        self.losses.append(float(loss))
+        self.ious.append(float(iou))
+        self.update()
+
+    def _line(self, values: list[float], top: float, rect: Any) -> QPolygonF:
+        last, top = max(self.steps[-1], 1), top if top > 0 else 1.0
+        return QPolygonF([
+            QPointF(rect.left() + rect.width() * s / last,
+                    rect.bottom() - rect.height() * min(max(v / top, 0.0), 1.0))
+            for s, v in zip(self.steps, values)
+        ])
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = self.rect().adjusted(34, 8, -14, -18)
+        painter.setPen(QPen(self.palette().mid().color()))
+        painter.drawRect(rect)
+        painter.setPen(self.palette().text().color())
+        if not self.steps:
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "loss / IoU appear here")
+        else:
+            top = max(self.losses)
+            painter.drawText(2, rect.top() + 10, f"{top:.2g}")
+            painter.drawText(2, rect.bottom(), "0")
+            painter.drawText(rect.left(), rect.bottom() + 15, f"step {self.steps[-1]}")
+            for values, colour, scale in ((self.losses, QColor(255, 140, 0), top),
+                                          (self.ious, QColor(60, 170, 255), 1.0)):
+                painter.setPen(QPen(colour, 1.5))
+                painter.drawPolyline(self._line(values, scale, rect))
+        painter.end()
+
+
+def _layer_arrays(image: Any, labels: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Copies of the 2D planes of an Image layer and its Labels layer that hold objects."""
+    data = image.data[0] if getattr(image, "multiscale", False) else image.data
+    pixels = np.array(data)
+    label_data = np.array(labels.data[0] if getattr(labels, "multiscale", False) else labels.data)
+    spatial = pixels.shape[:-1] if image.rgb else pixels.shape
+    if spatial != label_data.shape:
+        raise ValueError(
+            f"The image '{image.name}' is {spatial} but the labels '{labels.name}' are "
+            f"{label_data.shape}; choose a Labels layer drawn on this image."
+        )
+    if label_data.ndim < 2:
+        raise ValueError(f"The labels '{labels.name}' are not an image.")
+    plane_shape = label_data.shape[-2:]
+    pixels = pixels.reshape(-1, *plane_shape, *pixels.shape[len(spatial):])
+    label_data = label_data.reshape(-1, *plane_shape)
+    keep = [z for z in range(label_data.shape[0]) if label_data[z].any()]
+    if not keep:
+        raise ValueError(
+            f"The labels '{labels.name}' hold no objects yet; paint some objects of "
+            f"'{image.name}' (each with its own label id) first."
+        )
+    return [pixels[z] for z in keep], [label_data[z] for z in keep]
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a SAM-family model on image + Labels layer pairs of the viewer.
+
+    Drive it from code: :meth:`add_pair`, then :meth:`train` (optionally with a model
+    object and :class:`~napari_samscope.core.training.TrainConfig` overrides).
+    ``finished`` is emitted with the checkpoint path once the model is registered.
+    """
+
+    #: Emitted with the written checkpoint path after a successful run.
+    finished = Signal(object)
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self.pairs: list[tuple[Any, Any]] = []
+        self.result: Any = None
+        self.progress = ProgressRow()
+        self.plot = LossPlot()
+        self.runner = JobRunner(self._on_progress, self._set_busy)
+        self._shut = self._docked = False
+        self.destroyed.connect(partial(FineTuneWidget.shutdown, self))
+
+        import napari.layers as nl
+
+        def layers_of(kind: type) -> Any:
+            return lambda _w: [(la.name, la) for la in napari_viewer.layers if isinstance(la, kind)]
+
+        self.image = ComboBox(label="image", choices=layers_of(nl.Image))
+        self.labels = ComboBox(label="labels", choices=layers_of(nl.Labels))
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(80)
+        self.add_button = QPushButton("Add pair")
+        self.remove_button = QPushButton("Remove")
+        self.model_box = QComboBox()
+        self.model_box.setToolTip("The model to start from")
+        self.trainable = QComboBox()
+        self.trainable.addItems(list(_TRAINABLE))
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.steps.setValue(200)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1e-1)
+        self.lr.setSingleStep(1e-5)
+        self.lr.setValue(1e-4)
+        self.name = QLineEdit(self._free_name())
+        self.out = QLineEdit()
+        self.browse = QPushButton("...")
+        self.use_now = QCheckBox("use the trained model right away")
+        self.use_now.setChecked(True)
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("Train in the background; Cancel stops between two steps")
+
+        layout = QVBoxLayout(self)
+        data_box = QGroupBox("Training data (image + Labels pairs)")
+        form = QFormLayout(data_box)
+        form.addRow("image", self.image.native)
+        form.addRow("labels", self.labels.native)
+        row = QHBoxLayout()
+        row.addWidget(self.add_button)
+        row.addWidget(self.remove_button)
+        form.addRow(row)
+        form.addRow(self.pair_list)
+        layout.addWidget(data_box)
+        options = QGroupBox("Training")
+        form = QFormLayout(options)
+        form.addRow("start from", self.model_box)
+        form.addRow("train", self.trainable)
+        form.addRow("steps", self.steps)
+        form.addRow("learning rate", self.lr)
+        form.addRow("model name", self.name)
+        row = QHBoxLayout()
+        row.addWidget(self.out, 1)
+        row.addWidget(self.browse)
+        form.addRow("save to", row)
+        form.addRow(self.use_now)
+        form.addRow(self.train_button)
+        layout.addWidget(options)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.progress)
+        layout.addStretch(1)
+
+        self.add_button.clicked.connect(lambda: self.add_pair(self.image.value, self.labels.value))
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.browse.clicked.connect(self._choose_output)
+        self.name.textChanged.connect(self._default_output)
+        self.train_button.clicked.connect(lambda: self.train())
+        self.progress.cancel_button.clicked.connect(self.cancel)
+        self.session.models_changed.connect(self.refresh_models)
+        events = napari_viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.reset_choices)
+        self._default_output()
+        self.refresh_models()
+        self.reset_choices()
+
+    # ------------------------------------------------------------------ public API
+
+    def add_pair(self, image: Any, labels: Any) -> None:
+        """Add an Image layer and the Labels layer annotating it to the training data."""
+        if image is None or labels is None:
+            notify_error("Choose an image layer and a Labels layer first.")
+            return
+        if any(i is image and la is labels for i, la in self.pairs):
+            return
+        self.pairs.append((image, labels))
+        self.pair_list.addItem(f"{image.name}  +  {labels.name}")
+
+    def refresh_models(self) -> None:
+        """Re-read the registry; the session's current model is preselected."""
+        current = self.model_box.currentData() or self.session.model_name
+        self.model_box.clear()
+        for choice in self.session.models():
+            self.model_box.addItem(choice.name, choice.name)
+        index = self.model_box.findData(current) if current else -1
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+
+    def train(self, model: Any = None, **config: Any) -> None:
+        """Start training on the pairs (or the chosen image + labels when none was added).
+
+        Args:
+            model: what to start from: a ``Sam`` module (copied), a ``SamConfig`` (fresh)
+                or a registry name / path; default: the model chosen in the widget.
+            **config: :class:`~napari_samscope.core.training.TrainConfig` fields that
+                override the widget's values (e.g. ``objects_per_image=4``).
+        """
+        from napari_samscope.core.training import TrainConfig, TrainingData, train_iter
+
+        try:
+            pairs = self.pairs or [(self.image.value, self.labels.value)]
+            if any(i is None or la is None for i, la in pairs):
+                raise ValueError("Choose an image layer and its Labels layer (or add pairs) first.")
+            images, labels, names = [], [], []
+            for image, label_layer in pairs:
+                planes, label_planes = _layer_arrays(image, label_layer)
+                images += planes
+                labels += label_planes
+                names += [f"{image.name} [{i}]" for i in range(len(planes))]
+            name = self.name.text().strip()
+            if not name:
+                raise ValueError("Give the trained model a name.")
+            out = Path(self.out.text().strip()).expanduser()
+            if not out.name:
+                raise ValueError("Choose where to save the trained model.")
+            options = {"steps": int(self.steps.value()), "lr": float(self.lr.value()),
+                       "trainable": _TRAINABLE[self.trainable.currentText()],
+                       "device": self._device(), **config}
+            settings = TrainConfig(**options)
+            start = self._start_model(model)
+        except (ValueError, TypeError) as error:
+            notify_error(error)
+            return
+
+        def job():
+            data = TrainingData(images, labels, names=names)
+            return (yield from train_iter(start, data, settings, out, meta={"name": name}))
+
+        self.plot.clear()
+        try:
+            self.runner.start(job, partial(self._done, name))
+        except RuntimeError as error:
+            notify_error(str(error))
+
+    def cancel(self) -> None:
+        """Stop training between two steps; nothing is written."""
+        self.runner.cancel()
+
+    def reset_choices(self, event: Any = None) -> None:
+        self.image.reset_choices()
+        self.labels.reset_choices()
+        alive = set(map(id, self.viewer.layers))
+        if any(id(i) not in alive or id(la) not in alive for i, la in self.pairs):
+            kept = [(i, la) for i, la in self.pairs if id(i) in alive and id(la) in alive]
+            self.pairs = []
+            self.pair_list.clear()
+            for image, labels in kept:
+                self.add_pair(image, labels)
+
+    def shutdown(self) -> None:
+        """Stop the worker and disconnect from the viewer (also when Qt destroys the widget)."""
+        if self._shut:
+            return
+        self._shut = True
+        self.runner.shutdown()
+        self.session.models_changed.disconnect(self.refresh_models)
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.disconnect(self.reset_choices)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.shutdown()
+        super().closeEvent(event)
+
+    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        """napari closes a dock by taking the widget out of it: shut down then."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shutdown()
+        super().changeEvent(event)
+
+    # ------------------------------------------------------------------ internals
+
+    def _device(self) -> str:
+        return "auto" if self.session.device in (None, "", "auto") else str(self.session.device)
+
+    def _start_model(self, model: Any) -> Any:
+        if model is not None:
+            from napari_samscope.core.modeling.sam import Sam
+
+            return copy.deepcopy(model) if isinstance(model, Sam) else model
+        chosen = self.model_box.currentData()
+        if chosen is None:
+            raise ValueError("Choose the model to start from.")
+        if self.session.sam is not None and chosen == self.session.model_name:
+            return copy.deepcopy(self.session.sam.model)  # never train the model in use
+        return str(chosen)
+
+    def _free_name(self) -> str:
+        from napari_samscope.core.registry import model_names
+
+        taken = {n.lower() for n in model_names()}
+        index = 1
+        while f"finetuned_{index}" in taken:
+            index += 1
+        return f"finetuned_{index}"
+
+    def _default_output(self) -> None:
+        from napari_samscope.core.download import cache_dir
+
+        name = self.name.text().strip() or "finetuned"
+        self.out.setText(str(cache_dir() / "finetuned" / f"{name}.pt"))
+
+    def _choose_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the trained model", self.out.text(),
+                                              "PyTorch checkpoint (*.pt)")
+        if path:
+            self.out.setText(path)
+
+    def _remove_selected(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self.pairs):
+            del self.pairs[row]
+            self.pair_list.takeItem(row)
+
+    def _on_progress(self, report: Progress) -> None:
+        self.progress.show_progress(report)
+        if report.message == "training" and report.info:
+            self.plot.add(report.done, report.info["loss"], report.info["iou"])
+
+    def _set_busy(self, busy: bool) -> None:
+        self.progress.set_busy(busy, "training")
+        self.train_button.setEnabled(not busy)
+
+    def _done(self, name: str, result: Any) -> None:
+        self.result = result
+        description = f"fine-tuned in napari ({len(result.history)} steps)"
+        self.session.add_model(name, result.checkpoint, description)
+        if self.use_now.isChecked():
+            self.session.set_model(result.sam, name=name)
+        notify_info(f"Model '{name}' trained and saved to {result.checkpoint}.")
+        self.name.setText(self._free_name())
+        self.finished.emit(result.checkpoint)

@@ -1,0 +1,139 @@
+"""``samscope train`` and ``samscope evaluate`` on tiny data (their own parser and through main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samscope.cli import evaluate as evaluate_cli
+from napari_samscope.cli import train as train_cli
+from napari_samscope.core.build import tiny_config
+from napari_samscope.core.synthetic import make_nuclei_2d
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samscope")
+    subparsers = parser.add_subparsers(dest="command")
+    train_cli.register(subparsers)
+    evaluate_cli.register(subparsers)
+    return parser
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training steps are tiny: one thread avoids thread contention on a busy machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+@pytest.fixture
+def folders(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(2):
+        image, label = make_nuclei_2d((64, 64), n=3, radius_range=(10, 14), touching=False, seed=i)
+        tifffile.imwrite(images / f"cells_{i}.tif", image)
+        tifffile.imwrite(labels / f"cells_{i}_labels.tif", label)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config("tiny_vit", img_size=64).to_dict()))
+    return images, labels, config
+
+
+def test_train_then_evaluate_from_folders(folders, tmp_path, capsys):
+    images, labels, config = folders
+    out = tmp_path / "model.pt"
+    args = _parser().parse_args([
+        "train", "--images", str(images), "--labels", str(labels), "--config", str(config),
+        "--out", str(out), "--steps", "3", "--trainable", "all", "--batch-images", "2",
+        "--objects-per-image", "2", "--seed", "1",
+    ])
+    assert args.func(args) == 0
+    assert out.is_file() and (tmp_path / "model.pt.json").is_file()
+    printed = capsys.readouterr().out
+    assert "trained 3 steps" in printed and str(out) in printed
+    meta = json.loads((tmp_path / "model.pt.json").read_text())["meta"]
+    assert meta["training"]["seed"] == 1 and meta["data"]["planes"] == 2
+
+    args = _parser().parse_args([
+        "evaluate", "--model", str(out), "--images", str(images), "--labels", str(labels),
+        "--json", "--device", "cpu",
+    ])
+    assert args.func(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["images"] == 2 and figures["objects"] >= 4
+    for key in ("point_iou", "point_multimask_iou", "box_iou"):
+        assert 0.0 <= figures[key] <= 1.0
+
+
+def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
+    _, _, config = folders
+    out = tmp_path / "m.pt"
+    args = _parser().parse_args(["train", "--synthetic", "1", "--config", str(config),
+                                 "--out", str(out), "--steps", "1", "--objects-per-image", "1"])
+    assert args.func(args) == 0
+    args = _parser().parse_args(["evaluate", "--model", str(out), "--synthetic", "1",
+                                 "--seed", "5", "--size", "128", "--uint16", "--low-snr",
+                                 "--device", "cpu"])
+    assert args.func(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "point IoU" in line and "box IoU" in line and "in 1 images" in line
+
+
+def test_main_runs_the_subcommands(folders, tmp_path):
+    from napari_samscope.cli.main import main
+
+    images, labels, config = folders
+    out = tmp_path / "via_main.pt"
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--config",
+                 str(config), "--out", str(out), "--steps", "1", "--objects-per-image", "1"])
+    assert code == 0 and out.is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--out", "x.pt"], "--images and --labels are both required"),
+        (["train", "--images", "a", "--synthetic", "2", "--out", "x.pt"], "either --synthetic"),
+        (["train", "--synthetic", "1", "--model", "vit_t", "--config", "c.json", "--out", "x.pt"],
+         "either --model"),
+        (["evaluate", "--images", "a", "--labels", "b", "--uint16"], "only apply to --synthetic"),
+    ],
+)
+def test_bad_usage_exits_with_2(argv, message, capsys):
+    from napari_samscope.cli.main import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_mismatched_names_fail_with_a_clear_message(folders, tmp_path, capsys):
+    from napari_samscope.cli.main import main
+
+    images, labels, config = folders
+    (labels / "cells_1_labels.tif").rename(labels / "other_labels.tif")
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--config",
+                 str(config), "--out", str(tmp_path / "x.pt"), "--steps", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "do not match" in err and "cells_1" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_empty_label_image_fails_with_a_clear_message(folders, tmp_path, capsys):
+    from napari_samscope.cli.main import main
+
+    images, labels, config = folders
+    tifffile.imwrite(labels / "cells_0_labels.tif", np.zeros((64, 64), np.uint16))
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--config",
+                 str(config), "--out", str(tmp_path / "x.pt"), "--steps", "1"])
+    assert code == 1
+    assert "no objects" in capsys.readouterr().err
