@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,11 +46,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, C, H, W)``."""
-        x32 = x.float()
-        mean = x32.mean(1, keepdim=True)
-        centred = x32 - mean
-        var = centred.pow(2).mean(1, keepdim=True)
-        normed = centred / torch.sqrt(var + self.eps)
-        out = self.weight.float()[:, None, None] * normed + self.bias.float()[:, None, None]
-        return out.to(x.dtype)
+        """``(B, C, H, W) -> (B, C, H, W)``, in channels-last memory layout (the channels
+        of a pixel are contiguous), which the convolutions around it take as they are."""
+        channels_last = x.float().permute(0, 2, 3, 1)  # B,C,H,W -> B,H,W,C (a view if possible)
+        out = F.layer_norm(
+            channels_last, (self.weight.shape[0],), self.weight.float(), self.bias.float(), self.eps
+        )
+        return out.to(x.dtype).permute(0, 3, 1, 2)

@@ -93,7 +93,8 @@ class ImageEncoderViT(nn.Module):
             x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))  # B,H,W,C -> B,C,H,W
+        # B,H,W,C -> B,C,H,W; the neck works channels-last, the embedding is returned contiguous
+        return self.neck(x.permute(0, 3, 1, 2)).contiguous()
 
 
 class PatchEmbed(nn.Module):
@@ -186,12 +187,10 @@ class Attention(nn.Module):
         # B, N, 3*C -> 3, B, heads, N, head_dim
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(
-                q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width)
-            ).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out = rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (height, width))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         # B, heads, N, head_dim -> B, H, W, C
         out = out.permute(0, 2, 1, 3).reshape(batch, height, width, -1)
         return self.proj(out)
@@ -244,14 +243,14 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     return table[relative.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_terms(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
-) -> torch.Tensor:
-    """Additive attention bias of decomposed relative positions (MViTv2).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the decomposed relative-position bias (MViTv2).
 
     Args:
         q: unscaled queries ``(B, heads, q_h * q_w, C)``.
@@ -259,15 +258,97 @@ def decomposed_rel_pos_bias(
         q_size, k_size: query and key grids ``(h, w)``.
 
     Returns:
-        ``(B, heads, q_h * q_w, k_h * k_w)`` bias, to be added to the scaled logits.
+        ``rel_h (B, heads, q_h, q_w, k_h)`` and ``rel_w (B, heads, q_h, q_w, k_w)``,
+        contiguous: the bias of query ``(i, j)`` and key ``(y, x)`` is
+        ``rel_h[..., i, j, y] + rel_w[..., i, j, x]``.
     """
     q_h, q_w = q_size
     k_h, k_w = k_size
-    table_h = relative_position_table(q_h, k_h, rel_pos_h)
-    table_w = relative_position_table(q_w, k_w, rel_pos_w)
+    table_h = relative_position_table(q_h, k_h, rel_pos_h).to(q.dtype)
+    table_w = relative_position_table(q_w, k_w, rel_pos_w).to(q.dtype)
     batch, heads, _, dim = q.shape
-    grid_q = q.reshape(batch, heads, q_h, q_w, dim)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
-    bias = rel_h[..., :, None] + rel_w[..., None, :]  # B, heads, qh, qw, kh, kw
+    grid_q = q.reshape(batch * heads, q_h, q_w, dim)
+    # rows: for each query row i, (q_w, C) @ (C, k_h); the table is broadcast over B*heads
+    rel_h = torch.matmul(grid_q, table_h.transpose(1, 2))  # B*heads, q_h, q_w, k_h
+    rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, table_w).contiguous()
+    return (
+        rel_h.reshape(batch, heads, q_h, q_w, k_h),
+        rel_w.reshape(batch, heads, q_h, q_w, k_w),
+    )
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> torch.Tensor:
+    """Additive attention bias of decomposed relative positions, materialised.
+
+    Same arguments as :func:`decomposed_rel_pos_terms`. Returns the contiguous
+    ``(B, heads, q_h * q_w, k_h * k_w)`` bias, to be added to the scaled logits.
+    """
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    batch, heads, q_h, q_w, k_h = rel_h.shape
+    k_w = rel_w.shape[-1]
+    if _exporting() or torch.is_grad_enabled():  # traceable / differentiable
+        bias = rel_h[..., :, None] + rel_w[..., None, :]
+    else:  # written straight into contiguous memory (no strided result, no copy)
+        bias = q.new_empty((batch, heads, q_h, q_w, k_h, k_w))
+        torch.add(rel_h[..., :, None], rel_w[..., None, :], out=bias)
     return bias.reshape(batch, heads, q_h * q_w, k_h * k_w)
+
+
+def _exporting() -> bool:
+    """Tracing for TorchScript / ONNX export: only plain, traceable operations."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+#: How :func:`rel_pos_attention` computes attention on the CPU: "sdpa" (fused kernel
+#: with the materialised bias as mask) or "explicit" (matrix products, bias added in
+#: place, softmax), in chunks of heads.
+CPU_ATTENTION = {torch.float32: "sdpa", torch.bfloat16: "explicit"}
+_CHUNK_LOGITS = 1 << 24  # attention logits held at once by the explicit path (elements)
+
+
+def rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Softmax attention with decomposed relative-position biases on an ``(h, w)`` grid.
+
+    Args:
+        q, k, v: ``(B, heads, h * w, C)``.
+        rel_pos_h, rel_pos_w: the position tables of the block.
+        size: ``(h, w)``, the grid of queries and keys.
+
+    Returns:
+        ``(B, heads, h * w, C)``.
+    """
+    mode = CPU_ATTENTION.get(q.dtype, "sdpa") if q.device.type == "cpu" else "sdpa"
+    if mode == "sdpa" or _exporting() or torch.is_grad_enabled():
+        bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, size, size)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, size, size)
+    batch, heads, tokens, dim = q.shape
+    height, width = size
+    flat = batch * heads
+    q, k, v = (t.reshape(flat, tokens, dim) for t in (q, k, v))
+    rel_h = rel_h.reshape(flat, height, width, height, 1)
+    rel_w = rel_w.reshape(flat, height, width, 1, width)
+    out = q.new_empty((flat, tokens, dim))
+    step = max(1, _CHUNK_LOGITS // (tokens * tokens))
+    scale = dim**-0.5
+    for start in range(0, flat, step):
+        part = slice(start, start + step)
+        logits = torch.bmm(q[part] * scale, k[part].transpose(1, 2))
+        grid = logits.view(-1, height, width, height, width)
+        grid += rel_h[part]
+        grid += rel_w[part]
+        torch.bmm(logits.softmax(-1), v[part], out=out[part])
+    return out.reshape(batch, heads, tokens, dim)

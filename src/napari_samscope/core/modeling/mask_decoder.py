@@ -94,25 +94,42 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
 
-        src = _broadcast_batch(image_embeddings, batch, "image_embeddings") + dense_prompt_embeddings
+        image_embeddings = _broadcast_batch(image_embeddings, batch, "image_embeddings")
         pos_src = _broadcast_batch(image_pe, batch, "image_pe")
+        if not torch.is_grad_enabled() and _is_shared(image_embeddings) and _is_shared(
+            dense_prompt_embeddings
+        ):
+            # One image and no mask prompts: the image tokens are the same for every
+            # prompt set, so the transformer works on them once until they diverge.
+            src = image_embeddings[:1] + dense_prompt_embeddings[:1]
+        else:
+            src = image_embeddings + dense_prompt_embeddings
+        if _is_shared(pos_src):
+            pos_src = pos_src[:1]
         _, channels, height, width = src.shape
 
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(batch, channels, height, width)
-        upscaled = self.output_upscaling(src)
+        # B,HW,C is the channels-last layout of B,C,H,W: a view, no copy
+        src = src.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        upscaled = self.output_upscaling(src)  # B, C/8, 4H, 4W (channels last)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
-        )
+        )  # B, M, C/8
         _, up_channels, up_height, up_width = upscaled.shape
-        masks = hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, up_height * up_width, up_channels)
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).contiguous()  # B, M, 4H*4W
         masks = masks.reshape(batch, -1, up_height, up_width)
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred
+
+
+def _is_shared(x: torch.Tensor) -> bool:
+    """Whether every batch entry of ``x`` is the same memory (batch 1 or an expanded view)."""
+    return x.shape[0] == 1 or x.stride(0) == 0
 
 
 def _broadcast_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:

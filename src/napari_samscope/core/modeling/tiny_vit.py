@@ -284,4 +284,4 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()  # the neck's LayerNorm2d works channels-last

@@ -1,4 +1,23 @@
-"""SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+
+Inference (no autograd) takes a faster, algebraically equal route through the
+cross attentions, because there are few prompt tokens ``T`` (about 7) and many
+image tokens ``N`` (4096):
+
+- The key/value projections of the ``N`` image tokens are folded into the ``T``
+  queries (``q . (W x + b) = (W^T q) . x + q . b``; the ``q . b`` term is the same
+  for every key, so softmax ignores it), and the value projection is applied after
+  the weighted sum (softmax weights sum to 1). The same folding is used when image
+  tokens query the prompt tokens, together with the output projection. This does
+  ``T * heads`` (56) instead of ``internal_dim`` (128) multiply-adds per image token
+  and channel, and avoids projecting the image tokens at all.
+- With one image embedding for a batch of prompt sets (point grids of
+  segment-everything, several boxes), the image tokens stay batch-1 until the first
+  image-to-token update, so the work of the first block that does not depend on the
+  prompts is done once for the whole batch.
+
+Training (autograd on) keeps the plain projections, exactly as the official model.
+"""
 
 from __future__ import annotations
 
@@ -55,8 +74,10 @@ class TwoWayTransformer(nn.Module):
         """Run the transformer.
 
         Args:
-            image_embedding: ``(B, C, h, w)``.
-            image_pe: ``(B, C, h, w)`` positional encoding of the image tokens.
+            image_embedding: ``(B, C, h, w)``, or ``(1, C, h, w)`` shared by all ``B``
+                prompt sets.
+            image_pe: ``(B, C, h, w)`` or ``(1, C, h, w)`` positional encoding of the
+                image tokens.
             point_embedding: ``(B, T, C)`` prompt (and output) tokens.
 
         Returns:
@@ -67,10 +88,14 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
-        attn_out = self.final_attn_token_to_image(
-            q=queries + point_embedding, k=keys + key_pe, v=keys
-        )
+        q = queries + point_embedding
+        if _use_folded_attention():
+            attn_out = self.final_attn_token_to_image.tokens_to_image(q, keys + key_pe, keys)
+        else:
+            attn_out = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
         queries = self.norm_final_attn(queries + attn_out)
+        if keys.shape[0] != queries.shape[0]:  # depth 0: image tokens never got the batch
+            keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
 
 
@@ -105,7 +130,8 @@ class TwoWayAttentionBlock(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, T, C)`` queries, ``(B, N, C)`` keys -> updated queries and keys."""
+        """``(B, T, C)`` queries, ``(B, N, C)`` (or shared ``(1, N, C)``) keys -> updated
+        queries ``(B, T, C)`` and keys ``(B, N, C)``."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -113,15 +139,20 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
-        q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
-
-        queries = self.norm3(queries + self.mlp(queries))
-
-        q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        if _use_folded_attention():
+            image_k = keys + key_pe  # used by both cross attentions (keys do not change between)
+            attn_out = self.cross_attn_token_to_image.tokens_to_image(queries + query_pe, image_k, keys)
+            queries = self.norm2(queries + attn_out)
+            queries = self.norm3(queries + self.mlp(queries))
+            attn = self.cross_attn_image_to_token
+            keys = self.norm4(attn.image_to_tokens(image_k, queries + query_pe, queries, residual=keys))
+        else:
+            q = queries + query_pe
+            k = keys + key_pe
+            queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+            queries = self.norm3(queries + self.mlp(queries))
+            q = queries + query_pe
+            keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
 
@@ -157,3 +188,81 @@ class Attention(nn.Module):
         batch, _, tokens, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, tokens, self.internal_dim)
         return self.out_proj(out)
+
+    def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
+        """``(heads, d, C)`` view of a projection's ``(heads * d, C)`` weight."""
+        return linear.weight.reshape(self.num_heads, -1, linear.weight.shape[1])
+
+    def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``forward(q, k, v)`` for few queries and many keys, without projecting the keys
+        or the values (inference).
+
+        Args:
+            q: ``(B, T, C)`` prompt-token queries.
+            k, v: ``(B, N, C)`` image tokens, or ``(1, N, C)`` shared by the batch.
+
+        Returns:
+            ``(B, T, C)``.
+        """
+        batch, tokens, _ = q.shape
+        heads, channels = self.num_heads, k.shape[-1]
+        rows = heads * tokens
+        scale = (self.internal_dim // heads) ** -0.5
+        qh = self._separate_heads(self.q_proj(q))  # B, heads, T, d
+        # q . (Wk x + bk) = (Wk^T q) . x + q . bk, and q . bk is the same for every key,
+        # which softmax ignores.
+        folded = torch.matmul(qh, self._head_weights(self.k_proj)) * scale  # B, heads, T, C
+        if k.shape[0] == 1 and v.shape[0] == 1:  # one image for every prompt set
+            weights = (folded.reshape(batch * rows, channels) @ k[0].transpose(0, 1)).softmax(-1)
+            mixed = weights @ v[0]  # B*rows, C
+        else:
+            logits = torch.matmul(folded.reshape(batch, rows, channels), k.transpose(1, 2))
+            mixed = torch.matmul(logits.softmax(-1), v)  # B, rows, C
+        # softmax rows sum to 1, so sum_n w_n (Wv x_n + bv) = Wv (sum_n w_n x_n) + bv
+        mixed = mixed.reshape(batch, heads, tokens, channels)
+        wv = self._head_weights(self.v_proj).transpose(1, 2)  # heads, C, d
+        out = torch.matmul(mixed, wv) + self.v_proj.bias.reshape(heads, 1, -1)
+        out = out.transpose(1, 2).reshape(batch, tokens, self.internal_dim)
+        return self.out_proj(out)
+
+    def image_to_tokens(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """``residual + forward(q, k, v)`` for many queries and few keys, without
+        projecting the queries (inference).
+
+        Args:
+            q: ``(B, N, C)`` image-token queries, or ``(1, N, C)`` shared by the batch.
+            k, v: ``(B, T, C)`` prompt-token keys and values.
+            residual: ``(B, N, C)`` or ``(1, N, C)``, added to the output.
+
+        Returns:
+            ``(B, N, C)``.
+        """
+        batch, tokens, _ = k.shape
+        heads, channels = self.num_heads, q.shape[-1]
+        rows = heads * tokens
+        scale = (self.internal_dim // heads) ** -0.5
+        kh = self._separate_heads(self.k_proj(k))  # B, heads, T, d
+        vh = self._separate_heads(self.v_proj(v))
+        # (Wq x + bq) . k = x . (Wq^T k) + bq . k
+        folded = torch.matmul(kh, self._head_weights(self.q_proj)) * scale  # B, heads, T, C
+        offset = (kh @ self.q_proj.bias.reshape(heads, -1, 1)) * scale  # B, heads, T, 1
+        # Wo (sum_t w_t v_t) + bo = sum_(h,t) w_ht (Wo_h v_ht + bo / heads), because the
+        # weights of each head sum to 1.
+        wo = self.out_proj.weight.reshape(channels, heads, -1).permute(1, 2, 0)  # heads, d, C
+        values = (torch.matmul(vh, wo) + self.out_proj.bias / heads).reshape(batch, rows, channels)
+        if q.shape[0] == 1:  # one image for every prompt set: one large matrix product
+            logits = folded.reshape(batch * rows, channels) @ q[0].transpose(0, 1)
+            logits = logits.reshape(batch, heads, tokens, -1) + offset
+        else:
+            logits = torch.matmul(folded.reshape(batch, rows, channels), q.transpose(1, 2))
+            logits = logits.reshape(batch, heads, tokens, -1) + offset
+        # softmax over the T prompt tokens of each head; the image axis stays innermost
+        weights = logits.softmax(2).reshape(batch, rows, -1)  # B, heads*T, N
+        return torch.baddbmm(residual, weights.transpose(1, 2), values)
+
+
+def _use_folded_attention() -> bool:
+    """The folded cross attentions serve inference; training keeps the plain graph."""
+    return not torch.is_grad_enabled()

@@ -1,0 +1,101 @@
+"""bfloat16 inference: results stay float32 and masks agree with float32.
+
+The quality bar of the performance issue is measured on the trained default model
+(when its weights are installed): for the parity prompt kinds, the bf16 masks must agree
+with the float32 ones at IoU >= 0.97. Without it, a tiny model with well-separated
+logits checks the same plumbing end to end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samscope.core.modeling import image_encoder as vit
+from napari_samscope.core.predictor import Predictor
+
+IOU_BAR = 0.97
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _default_installed() -> bool:
+    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+
+    return any(m.name == DEFAULT_MODEL and m.cached for m in list_models())
+
+
+def _prompts(labels: np.ndarray) -> list[dict]:
+    """Point (multimask on/off), point + negative point, box, box + point, 3 boxes."""
+    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    boxes, centres = [], []
+    for i in ids[np.argsort(-areas)][:5]:
+        ys, xs = np.nonzero(labels == i)
+        boxes.append([xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2])
+        k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+        centres.append([float(xs[k]), float(ys[k])])
+    return [
+        {"points": [centres[0]], "labels": [1], "multimask_output": True},
+        {"points": [centres[1]], "labels": [1]},
+        {"points": [centres[0], centres[1]], "labels": [1, 0]},
+        {"bboxes": boxes[2]},
+        {"bboxes": boxes[3], "points": [centres[3]], "labels": [1]},
+        {"bboxes": boxes[2:5]},
+    ]
+
+
+def _agreement(sam, image: np.ndarray, labels: np.ndarray) -> list[float]:
+    fp32, bf16 = Predictor(sam, dtype=None), Predictor(sam, dtype="bfloat16")
+    fp32.set_image(image)
+    bf16.set_image(image)
+    assert bf16.get_embedding().features.dtype == torch.float32
+    ious = []
+    for prompt in _prompts(labels):
+        a, b = fp32.predict(**prompt), bf16.predict(**prompt)
+        assert b.logits.dtype == np.float32 and b.scores.dtype == np.float32
+        ious += [_iou(x, y) for x, y in zip(a.masks, b.masks)]
+    return ious
+
+
+@pytest.mark.skipif(not _default_installed(), reason="the trained default model is not installed")
+def test_default_model_bf16_masks_agree_with_float32():
+    from napari_samscope.core.registry import DEFAULT_MODEL
+    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.synthetic import make_nuclei_2d
+
+    sam = SAM(DEFAULT_MODEL, device="cpu").model
+    image, labels = make_nuclei_2d((384, 512), seed=5)
+    ious = _agreement(sam, image, labels)
+    assert min(ious) >= IOU_BAR, ious
+
+
+def test_bf16_predictor_runs_end_to_end_and_mostly_agrees(randomize, tiny_sam_factory):
+    from napari_samscope.core.synthetic import make_nuclei_2d
+
+    # Random weights give unstable masks (logits near the threshold everywhere), so a
+    # few masks may differ a lot; this checks the plumbing and that most masks agree.
+    sam = randomize(tiny_sam_factory("vit", 96), seed=21)
+    image, labels = make_nuclei_2d((120, 160), radius_range=(10, 16), seed=2)
+    ious = _agreement(sam, image, labels)
+    assert len(ious) == 10
+    assert np.median(ious) >= 0.95, ious
+
+
+def test_bf16_explicit_attention_is_close_to_float32(monkeypatch):
+    torch.manual_seed(8)
+    attn = vit.Attention(dim=32, num_heads=2, use_rel_pos=True, input_size=(6, 6))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(std=0.2)
+        attn.rel_pos_w.normal_(std=0.2)
+        x = torch.randn(2, 6, 6, 32)
+        reference = attn(x)
+        monkeypatch.setitem(vit.CPU_ATTENTION, torch.bfloat16, "explicit")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = attn(x)
+    assert low.dtype == torch.bfloat16
+    error = (low.float() - reference).abs().max() / reference.abs().max()
+    assert error < 0.03

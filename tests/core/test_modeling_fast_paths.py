@@ -1,0 +1,146 @@
+"""The inference fast paths of the model code equal the plain (training) computation.
+
+Inference (autograd off) folds the decoder's cross-attention projections into the few
+prompt tokens, shares the prompt-independent decoder work across a batch of prompt
+sets that use one image, and on the CPU may compute the encoder's relative-position
+attention explicitly in chunks. Training (autograd on) runs the plain graph, which is
+the official computation; these tests compare the two on fully random weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samscope.core.modeling import image_encoder as vit
+from napari_samscope.core.modeling.transformer import Attention
+
+TOL = dict(atol=2e-5, rtol=1e-4)
+
+
+def _decode(model, embedding, **prompts):
+    sparse, dense = model.prompt_encoder(**prompts)
+    return model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+
+
+def _both_paths(model, embedding, **prompts):
+    model.requires_grad_(False)  # autograd on, but no graph: the plain path
+    with torch.enable_grad():
+        plain = _decode(model, embedding, **prompts)
+    with torch.no_grad():
+        fast = _decode(model, embedding, **prompts)
+    return plain, fast
+
+
+def _prompt_cases(size: int, batch: int, lowres: int) -> dict[str, dict]:
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(batch, 3, 2, generator=g) * size
+    labels = torch.tensor([[1, 0, 1]] * batch)
+    corners = torch.rand(batch, 2, 2, generator=g) * size
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
+    masks = torch.randn(batch, 1, lowres, lowres, generator=g)
+    return {
+        "points": dict(points=(points, labels), boxes=None, masks=None),
+        "boxes": dict(points=None, boxes=boxes, masks=None),
+        "points+boxes": dict(points=(points[:, :1], labels[:, :1]), boxes=boxes, masks=None),
+        "masks": dict(points=(points, labels), boxes=None, masks=masks),
+    }
+
+
+@pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
+@pytest.mark.parametrize("case", ["points", "boxes", "points+boxes", "masks"])
+@pytest.mark.parametrize("images", ["shared", "one per prompt set"])
+def test_decoder_fast_path_equals_plain(randomize, tiny_sam_factory, encoder, case, images):
+    model = randomize(tiny_sam_factory(encoder, 64), seed=11)
+    side = model.embedding_size
+    batch = 3
+    prompts = _prompt_cases(model.img_size, batch, 4 * side)[case]
+    count = 1 if images == "shared" else batch
+    embedding = torch.randn(count, model.prompt_encoder.embed_dim, side, side)
+    (plain_low, plain_iou), (fast_low, fast_iou) = _both_paths(model, embedding, **prompts)
+    assert fast_low.shape == plain_low.shape == (batch, 3, 4 * side, 4 * side)
+    torch.testing.assert_close(fast_low, plain_low, **TOL)
+    torch.testing.assert_close(fast_iou, plain_iou, **TOL)
+
+
+def test_shared_batch_decodes_like_one_prompt_at_a_time(randomize, tiny_sam_factory):
+    model = randomize(tiny_sam_factory("vit", 64), seed=12)
+    embedding = torch.randn(1, 32, 4, 4)
+    prompts = _prompt_cases(64, 5, 16)["points"]
+    coords, labels = prompts["points"]
+    with torch.no_grad():
+        batched = _decode(model, embedding, points=(coords, labels), boxes=None, masks=None)
+        single = [
+            _decode(model, embedding, points=(coords[i : i + 1], labels[i : i + 1]), boxes=None,
+                    masks=None)
+            for i in range(5)
+        ]
+    torch.testing.assert_close(batched[0], torch.cat([s[0] for s in single]), **TOL)
+    torch.testing.assert_close(batched[1], torch.cat([s[1] for s in single]), **TOL)
+
+
+@pytest.mark.parametrize("heads,tokens,shared", [(2, 5, True), (2, 5, False), (4, 1, True)])
+def test_folded_cross_attentions_equal_projected_attention(heads, tokens, shared):
+    torch.manual_seed(3)
+    attn = Attention(16, heads, downsample_rate=2)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    batch, n_img = 3, 20
+    prompt = torch.randn(batch, tokens, 16)
+    image = torch.randn(1 if shared else batch, n_img, 16)
+    image_k = image + torch.randn(1, n_img, 16)
+    with torch.no_grad():
+        expected = attn(prompt, image_k.expand(batch, -1, -1), image.expand(batch, -1, -1))
+        torch.testing.assert_close(attn.tokens_to_image(prompt, image_k, image), expected, **TOL)
+        residual = torch.randn_like(image)
+        expected = residual + attn(image_k.expand(batch, -1, -1), prompt, prompt)
+        got = attn.image_to_tokens(image_k, prompt, prompt, residual=residual)
+        assert got.shape == (batch, n_img, 16)
+        torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (4, 4)])
+def test_explicit_cpu_attention_equals_fused(monkeypatch, size):
+    torch.manual_seed(5)
+    attn = vit.Attention(dim=16, num_heads=2, use_rel_pos=True, input_size=size)
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+        x = torch.randn(3, *size, 16)
+        monkeypatch.setitem(vit.CPU_ATTENTION, torch.float32, "sdpa")
+        fused = attn(x)
+        monkeypatch.setitem(vit.CPU_ATTENTION, torch.float32, "explicit")
+        monkeypatch.setattr(vit, "_CHUNK_LOGITS", 2 * (size[0] * size[1]) ** 2)  # several chunks
+        explicit = attn(x)
+    torch.testing.assert_close(explicit, fused, **TOL)
+
+
+def test_rel_pos_bias_terms_match_materialised_bias():
+    torch.manual_seed(6)
+    q = torch.randn(2, 3, 4 * 5, 8)
+    table_h, table_w = torch.randn(7, 8), torch.randn(9, 8)
+    rel_h, rel_w = vit.decomposed_rel_pos_terms(q, table_h, table_w, (4, 5), (4, 5))
+    assert rel_h.is_contiguous() and rel_w.is_contiguous()
+    bias = vit.decomposed_rel_pos_bias(q, table_h, table_w, (4, 5), (4, 5))
+    grid = q.reshape(2, 3, 4, 5, 8)
+    for qy, qx, ky, kx in [(0, 0, 3, 4), (2, 1, 0, 3), (3, 4, 3, 4)]:
+        expected = grid[:, :, qy, qx] @ (table_h[qy - ky + 3] + table_w[qx - kx + 4])
+        torch.testing.assert_close(bias[:, :, qy * 5 + qx, ky * 5 + kx], expected, **TOL)
+
+
+@pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
+def test_encoder_output_is_contiguous_and_autograd_path_agrees(randomize, tiny_sam_factory, encoder):
+    model = randomize(tiny_sam_factory(encoder, 64), seed=13).requires_grad_(False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = model.image_encoder(x)
+    with torch.enable_grad():
+        plain = model.image_encoder(x)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, **TOL)
