@@ -20,11 +20,31 @@ _LAZY: dict[str, str] = {
     "MaskGenerator": "napari_samscope.core.everything:MaskGenerator",
     "auto_annotate": "napari_samscope.core.annotate:auto_annotate",
     "list_models": "napari_samscope.core.registry:list_models",
+    # napari console helpers (import napari when first used)
+    "segment_image_layer": "napari_samscope._napari.api:segment_image_layer",
+    "segment_everything_layer": "napari_samscope._napari.api:segment_everything_layer",
+    "segment_stack_layer": "napari_samscope._napari.api:segment_stack_layer",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "SAM",
+    "Predictor",
+    "Prediction",
+    "MaskGenerator",
+    "auto_annotate",
+    "list_models",
+    "segment_image_layer",
+    "segment_everything_layer",
+    "segment_stack_layer",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from napari_samscope._napari.api import (
+        segment_everything_layer,
+        segment_image_layer,
+        segment_stack_layer,
+    )
     from napari_samscope.core.annotate import auto_annotate
     from napari_samscope.core.everything import MaskGenerator
     from napari_samscope.core.predictor import Predictor
