@@ -47,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"napari_samscope.cli.{name}")
-        except ModuleNotFoundError as exc:  # TEMPORARY until helper D's train/evaluate land
-            if name in ("train", "evaluate") and exc.name == f"napari_samscope.cli.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"napari_samscope.cli.{name}").register(subparsers)
     return parser
 
 
