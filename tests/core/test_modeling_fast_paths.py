@@ -106,19 +106,33 @@ def test_folded_cross_attentions_equal_projected_attention(heads, tokens, shared
 
 
 @pytest.mark.parametrize("size", [(5, 7), (4, 4)])
-def test_explicit_cpu_attention_equals_fused(monkeypatch, size):
+@pytest.mark.parametrize(
+    "mode,chunks",
+    [
+        ("sdpa", {"_SDPA_CHUNK": 1 << 25}),  # the whole bias at once
+        ("sdpa", {"_SDPA_CHUNK": 3 * 2 * 7 * 5 * 7 * 2}),  # 2 query rows per chunk, one partial
+        ("explicit", {"_EXPLICIT_CHUNK": 1 << 21}),  # all heads in one tile
+        ("explicit", {"_EXPLICIT_CHUNK": 4 * 35 * 35}),  # 4 heads per tile, then a partial group
+        ("explicit", {"_EXPLICIT_CHUNK": 2 * 7 * 35}),  # one head, 2 query rows per tile
+    ],
+)
+@pytest.mark.parametrize("dim", [16, 64])  # 64: head width 32, the bias joins the product
+def test_cpu_attention_paths_equal_plain_attention(monkeypatch, size, mode, chunks, dim):
     torch.manual_seed(5)
-    attn = vit.Attention(dim=16, num_heads=2, use_rel_pos=True, input_size=size)
+    attn = vit.Attention(dim=dim, num_heads=2, use_rel_pos=True, input_size=size)
     with torch.no_grad():
         attn.rel_pos_h.normal_()
         attn.rel_pos_w.normal_()
-        x = torch.randn(3, *size, 16)
-        monkeypatch.setitem(vit.CPU_ATTENTION, torch.float32, "sdpa")
-        fused = attn(x)
-        monkeypatch.setitem(vit.CPU_ATTENTION, torch.float32, "explicit")
-        monkeypatch.setattr(vit, "_CHUNK_LOGITS", 2 * (size[0] * size[1]) ** 2)  # several chunks
-        explicit = attn(x)
-    torch.testing.assert_close(explicit, fused, **TOL)
+    x = torch.randn(3, *size, dim)
+    attn.requires_grad_(False)
+    with torch.enable_grad():  # autograd on: the plain path (whole bias, fused kernel)
+        plain = attn(x)
+    monkeypatch.setitem(vit.CPU_ATTENTION, torch.float32, mode)
+    for name, value in chunks.items():
+        monkeypatch.setattr(vit, name, value)
+    with torch.no_grad():
+        fast = attn(x)
+    torch.testing.assert_close(fast, plain, **TOL)
 
 
 def test_rel_pos_bias_terms_match_materialised_bias():

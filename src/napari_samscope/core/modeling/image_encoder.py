@@ -305,11 +305,13 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-#: How :func:`rel_pos_attention` computes attention on the CPU: "sdpa" (fused kernel
-#: with the materialised bias as mask) or "explicit" (matrix products, bias added in
-#: place, softmax), in chunks of heads.
+#: How :func:`rel_pos_attention` computes attention on the CPU, per dtype: "sdpa" (the
+#: fused kernel, with the bias materialised a chunk of queries at a time) or "explicit"
+#: (matrix product, bias added in place, softmax, matrix product, on tiles that stay in
+#: the cache). The CPU's fused kernel is fast in float32 but slow in bfloat16.
 CPU_ATTENTION = {torch.float32: "sdpa", torch.bfloat16: "explicit"}
-_CHUNK_LOGITS = 1 << 24  # attention logits held at once by the explicit path (elements)
+_SDPA_CHUNK = 1 << 25  # bias elements materialised at once by the "sdpa" path
+_EXPLICIT_CHUNK = 1 << 23  # attention logits per tile of the "explicit" path
 
 
 def rel_pos_attention(
@@ -330,25 +332,95 @@ def rel_pos_attention(
     Returns:
         ``(B, heads, h * w, C)``.
     """
-    mode = CPU_ATTENTION.get(q.dtype, "sdpa") if q.device.type == "cpu" else "sdpa"
-    if mode == "sdpa" or _exporting() or torch.is_grad_enabled():
+    if q.device.type != "cpu" or _exporting() or torch.is_grad_enabled():
         bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, size, size)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, size, size)
+    if CPU_ATTENTION.get(q.dtype, "sdpa") == "explicit":
+        return _explicit_attention(q, k, v, rel_h, rel_w)
+    return _chunked_sdpa(q, k, v, rel_h, rel_w)
+
+
+def _row_chunks(height: int, rows: int) -> list[tuple[int, int]]:
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+def _chunked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """Fused attention, materialising the bias for a few query rows at a time (bounded
+    memory: 128 MB in float32 instead of 805 MB for ViT-B's global blocks)."""
+    batch, heads, height, width, k_h = rel_h.shape
+    k_w = rel_w.shape[-1]
+    per_row = batch * heads * width * k_h * k_w
+    rows = max(1, _SDPA_CHUNK // per_row)
+    if rows >= height:
+        bias = q.new_empty((batch, heads, height, width, k_h, k_w))
+        torch.add(rel_h[..., :, None], rel_w[..., None, :], out=bias)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.view(batch, heads, height * width, k_h * k_w)
+        )
+    out = q.new_empty(q.shape)
+    buffers: dict[int, torch.Tensor] = {}
+    for r0, r1 in _row_chunks(height, rows):
+        n = r1 - r0
+        if n not in buffers:
+            buffers[n] = q.new_empty((batch, heads, n, width, k_h, k_w))
+        bias = buffers[n]
+        torch.add(rel_h[:, :, r0:r1, :, :, None], rel_w[:, :, r0:r1, :, None, :], out=bias)
+        queries = slice(r0 * width, r1 * width)
+        out[:, :, queries] = F.scaled_dot_product_attention(
+            q[:, :, queries], k, v, attn_mask=bias.view(batch, heads, n * width, k_h * k_w)
+        )
+    return out
+
+
+def _explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(C) + bias) v`` on tiles of (heads, query rows) whose logits
+    stay in the cache; the tile buffers are reused (no page faults, no fresh memory)."""
     batch, heads, tokens, dim = q.shape
-    height, width = size
+    _, _, height, width, k_h = rel_h.shape
+    k_w = rel_w.shape[-1]
+    keys = k_h * k_w
     flat = batch * heads
-    q, k, v = (t.reshape(flat, tokens, dim) for t in (q, k, v))
-    rel_h = rel_h.reshape(flat, height, width, height, 1)
-    rel_w = rel_w.reshape(flat, height, width, 1, width)
+    queries = (q * dim**-0.5).reshape(flat, tokens, dim)
+    keys_t = k.reshape(flat, keys, dim).transpose(1, 2)
+    values = v.reshape(flat, keys, dim)
+    # Small grids (windows): the bias joins the matrix product, as extra query features
+    # rel_h, rel_w against one-hot key row/column features (a few more multiply-adds
+    # instead of two slow broadcast passes over the logits).
+    augmented = k_h + k_w <= dim // 2
+    if augmented:
+        queries = torch.cat(
+            [queries, rel_h.reshape(flat, tokens, k_h), rel_w.reshape(flat, tokens, k_w)], dim=-1
+        )
+        eye_h = torch.eye(k_h, dtype=q.dtype, device=q.device)
+        eye_w = torch.eye(k_w, dtype=q.dtype, device=q.device)
+        one_hot = torch.cat([eye_h.repeat_interleave(k_w, 0), eye_w.repeat(k_h, 1)], dim=1)
+        keys_t = torch.cat([keys_t, one_hot.t().expand(flat, -1, -1)], dim=1)
+    rel_h = rel_h.reshape(flat, height, width, k_h, 1)
+    rel_w = rel_w.reshape(flat, height, width, 1, k_w)
+    if tokens * keys <= _EXPLICIT_CHUNK:  # whole maps, several heads per tile
+        group, rows = max(1, _EXPLICIT_CHUNK // (tokens * keys)), height
+    else:  # one head, a few query rows per tile
+        group, rows = 1, max(1, _EXPLICIT_CHUNK // (width * keys))
     out = q.new_empty((flat, tokens, dim))
-    step = max(1, _CHUNK_LOGITS // (tokens * tokens))
-    scale = dim**-0.5
-    for start in range(0, flat, step):
-        part = slice(start, start + step)
-        logits = torch.bmm(q[part] * scale, k[part].transpose(1, 2))
-        grid = logits.view(-1, height, width, height, width)
-        grid += rel_h[part]
-        grid += rel_w[part]
-        torch.bmm(logits.softmax(-1), v[part], out=out[part])
+    logits = q.new_empty((group, rows * width, keys))
+    weights = torch.empty_like(logits)
+    for h0 in range(0, flat, group):
+        heads_part = slice(h0, min(h0 + group, flat))
+        g = heads_part.stop - h0
+        for r0, r1 in _row_chunks(height, rows):
+            n = (r1 - r0) * width
+            tile, probs = logits[:g, :n], weights[:g, :n]
+            rows_part = slice(r0 * width, r1 * width)
+            torch.bmm(queries[heads_part, rows_part], keys_t[heads_part], out=tile)
+            if not augmented:
+                grid = tile.view(g, r1 - r0, width, k_h, k_w)
+                grid += rel_h[heads_part, r0:r1]
+                grid += rel_w[heads_part, r0:r1]
+            torch.softmax(tile, -1, out=probs)
+            torch.bmm(probs, values[heads_part], out=out[heads_part, rows_part])
     return out.reshape(batch, heads, tokens, dim)

@@ -42,6 +42,17 @@ class ConvBN(nn.Sequential):
         nn.init.zeros_(bn.bias)
         self.add_module("bn", bn)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, C', H', W')``. For inference (eval mode, no autograd) the
+        BatchNorm is folded into the convolution: one pass over the activations."""
+        conv, bn = self.c, self.bn
+        if self.training or torch.is_grad_enabled() or not bn.track_running_stats:
+            return bn(conv(x))
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
 
 class PatchEmbed(nn.Module):
     """Two stride-2 3x3 convolutions: ``(B, 3, S, S) -> (B, embed_dim, S/4, S/4)``."""
@@ -154,7 +165,8 @@ class Attention(nn.Module):
             .permute(0, 2, 1, 3)
             .split(self.key_dim, dim=3)
         )
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        # heads, N, N -> 1, heads, N, N: a 4D mask lets the CPU use the fused kernel
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype).unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj(out)
@@ -280,8 +292,13 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` float -> ``(B, out_chans, S/16, S/16)``."""
-        x = self.patch_embed(x)
+        """``(B, 3, S, S)`` float -> ``(B, out_chans, S/16, S/16)``.
+
+        The activations are kept channels-last (the channels of a pixel contiguous):
+        the convolutions run faster on it, and the attention stages, which work on
+        ``(B, H, W, C)`` tokens, get them without copies.
+        """
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
         return self.neck(x).contiguous()  # the neck's LayerNorm2d works channels-last
