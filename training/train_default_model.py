@@ -1,0 +1,172 @@
+"""Train napari-samscope's default model ``samscope_nuclei`` from scratch on synthetic data.
+
+Usage (from the repository root; the figures in training/README.md came from this
+exact command on a 2-core CPU)::
+
+    python training/train_default_model.py --out training/runs/default --seed 20240601
+
+The run has three phases (all with ``core.training.train_iter``, trainable "all"):
+
+1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
+   the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
+   object; few, well-separated objects make following the prompt pay off quickly);
+2. ``dense`` - 256x256 images with the full variety of ``synthetic.random_style`` at the
+   native pixel scale (many, small, touching, dim, noisy nuclei; uint8 and uint16);
+3. ``full`` - the model at its final input size 512 on 512x512 images of the full variety.
+
+TinyViT has no absolute position table, so the weights carry over from input size 256
+to 512 unchanged (``resize_model``); phase 3 then adapts them to the larger frame. Each phase writes ``<phase>.pt`` (project format)
+and the final model is ``samscope_nuclei.pt`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_samscope.core.build import DecoderConfig, SamConfig, TinyViTConfig, build_sam
+from napari_samscope.core.checkpoint import save_checkpoint
+from napari_samscope.core.synthetic import (
+    make_membrane_cells_2d,
+    random_style,
+    render_nuclei_2d,
+)
+from napari_samscope.core.training import TrainConfig, prepare_pair, train_iter
+
+PE_SCALE_AT_256 = 1.0
+
+
+def model_config(img_size: int) -> SamConfig:
+    """The default model's architecture at a given input size."""
+    return SamConfig(
+        encoder=TinyViTConfig(
+            img_size=img_size, embed_dims=(32, 64, 128, 160), depths=(1, 2, 2, 1),
+            num_heads=(1, 2, 4, 5), window_sizes=(7, 8, 16, 16), out_chans=128,
+        ),
+        prompt_embed_dim=128,
+        decoder=DecoderConfig(transformer_mlp_dim=512, transformer_heads=4, iou_head_hidden_dim=128),
+    )
+
+
+def pool(kind: str, n: int, size: int, rng: np.random.Generator) -> list:
+    """``n`` prepared synthetic planes of one phase's kind at ``size`` x ``size``."""
+    samples = []
+    while len(samples) < n:
+        if kind == "localise":
+            style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
+            style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
+            image, labels = render_nuclei_2d(style, (size, size), rng)
+        elif rng.random() < 0.08:  # a few membrane-stained cells for variety
+            image, labels = make_membrane_cells_2d(
+                (size, size), radius_range=tuple(rng.uniform(10, 24) * np.array([1, 1.6])),
+                dtype="uint16" if rng.random() < 0.5 else "uint8",
+                snr=float(rng.uniform(4, 30)), blur=float(rng.uniform(0.5, 2)), seed=rng)
+        else:
+            image, labels = render_nuclei_2d(random_style(rng), (size, size), rng)
+        sample = prepare_pair(image, labels, size, name=f"{kind} {len(samples)}")
+        if len(sample.ids):
+            samples.append(sample)
+    return samples
+
+
+PHASES = {
+    # name: (input size, pool size, TrainConfig overrides)
+    "localise": (256, 300, dict(steps=500, lr=2e-3, batch_images=8, objects_per_image=6,
+                                corrective_rounds=0, warmup_steps=30)),
+    "dense": (256, 800, dict(steps=1000, lr=1.5e-3, batch_images=4, objects_per_image=16,
+                             corrective_rounds=1, warmup_steps=30)),
+    "full": (512, 400, dict(steps=1200, lr=1e-3, batch_images=2, objects_per_image=32,
+                            corrective_rounds=1, warmup_steps=30)),
+}
+
+
+def resize_model(sam, img_size: int):
+    """The same weights in a model of another input size (TinyViT has no position table).
+
+    The prompt encoder's Fourier matrix is kept as it is: rescaling it to keep its
+    wavelengths in pixels moves every absolute phase, which the trained decoder relies
+    on (measured: IoU 0.18 after such a rescale, 0.37-0.51 without, before retraining).
+    """
+    bigger = build_sam(model_config(img_size))
+    bigger.load_state_dict(sam.state_dict())
+    return bigger
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="training/runs/default")
+    parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--phases", default="localise,dense,full")
+    parser.add_argument("--resume", default=None,
+                        help="checkpoint of an earlier phase (<phase>.pt) to continue from")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a busy 2-core machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.txt", "a", buffering=1)
+    torch.manual_seed(args.seed)
+    sam = build_sam(model_config(256))
+    with torch.no_grad():
+        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(PE_SCALE_AT_256)
+    if args.resume:  # a checkpoint written by an earlier phase (project format)
+        from napari_samscope.core.build import sam_from_state_dict
+        from napari_samscope.core.checkpoint import read_checkpoint
+
+        contents = read_checkpoint(args.resume)
+        sam = sam_from_state_dict(contents.state_dict, contents.config)
+    history = {}
+    for phase in args.phases.split(","):
+        index = list(PHASES).index(phase)  # seeds depend on the phase, not on the command
+        size, n_pool, overrides = PHASES[phase]
+        if sam.img_size != size:
+            sam = resize_model(sam, size)
+        rng = np.random.default_rng(args.seed + 1000 * (index + 1))
+        start = time.time()
+        samples = pool(phase, n_pool, size, rng)
+        print(f"[{phase}] pool of {len(samples)} planes in {time.time() - start:.0f} s", file=log)
+        config = TrainConfig(
+            trainable="all", autocast="bfloat16", weight_decay=0.05, focal_alpha=0.75,
+            seed=args.seed + index, **overrides,
+        )
+        losses, ious = [], []
+        job = train_iter(sam, samples, config)
+        while True:
+            try:
+                report = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if report.message == "training":
+                losses.append(report.info["loss"])
+                ious.append(report.info["iou"])
+                if report.done % 20 == 0:
+                    print(f"[{phase}] step {report.done}/{report.total} loss "
+                          f"{np.mean(losses[-20:]):.4f} iou {np.mean(ious[-20:]):.3f} "
+                          f"{time.time() - start:.0f} s", file=log)
+                if report.done % 100 == 0:
+                    torch.save(result_state(sam), out / f"{phase}_latest.pt")
+        sam = result.sam
+        history[phase] = {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])),
+                          "final_iou": float(np.mean(ious[-20:])), "seconds": round(time.time() - start)}
+        save_checkpoint(out / f"{phase}.pt", sam, meta={"phase": phase, "seed": args.seed})
+        print(f"[{phase}] done {history[phase]}", file=log)
+    meta = {"name": "samscope_nuclei", "seed": args.seed, "phases": history,
+            "recipe": "training/train_default_model.py"}
+    save_checkpoint(out / "samscope_nuclei.pt", sam, meta=meta)
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+
+
+def result_state(sam) -> dict:
+    return {k: v.detach().clone() for k, v in sam.state_dict().items()}
+
+
+if __name__ == "__main__":
+    main()
