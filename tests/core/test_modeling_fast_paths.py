@@ -158,3 +158,43 @@ def test_encoder_output_is_contiguous_and_autograd_path_agrees(randomize, tiny_s
         plain = model.image_encoder(x)
     assert fast.is_contiguous()
     torch.testing.assert_close(fast, plain, **TOL)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_min_iou_skips_only_the_masks_of_prompt_sets_below_it(randomize, tiny_sam_factory, multimask):
+    model = randomize(tiny_sam_factory("vit", 64), seed=14)
+    embedding = torch.randn(1, 32, 4, 4)
+    coords = torch.rand(8, 1, 2) * 64
+    labels = torch.ones(8, 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        pe = model.prompt_encoder.get_dense_pe()
+        full_low, full_iou = model.mask_decoder(embedding, pe, sparse, dense, multimask)
+        threshold = float(full_iou.max(dim=1).values.median())
+        low, iou = model.mask_decoder(embedding, pe, sparse, dense, multimask, min_iou=threshold)
+        nothing, _ = model.mask_decoder(embedding, pe, sparse, dense, multimask, min_iou=1e9)
+    kept = (full_iou > threshold).any(dim=1)
+    assert 0 < int(kept.sum()) < 8
+    torch.testing.assert_close(iou, full_iou)
+    torch.testing.assert_close(low[kept], full_low[kept], **TOL)
+    assert not low[~kept].any() and not nothing.any()
+    assert low.shape == full_low.shape
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_inference_leaves_the_callers_tensors_unchanged(randomize, tiny_sam_factory, batch):
+    model = randomize(tiny_sam_factory("vit", 64), seed=15)
+    embedding = torch.randn(1, 32, 4, 4)
+    pe = model.prompt_encoder.get_dense_pe()
+    tokens = torch.randn(batch, 5, 32)
+    copies = [t.clone() for t in (embedding, pe, tokens)]
+    with torch.no_grad():
+        model.mask_decoder.transformer(embedding, pe, tokens)
+        sparse, dense = model.prompt_encoder(
+            points=(torch.rand(batch, 1, 2) * 64, torch.ones(batch, 1)), boxes=None, masks=None
+        )
+        dense_copy = dense.clone()
+        model.mask_decoder(embedding, pe, sparse, dense, True)
+    for original, copy in zip((embedding, pe, tokens), copies):
+        assert torch.equal(original, copy)
+    assert torch.equal(dense, dense_copy)

@@ -48,8 +48,11 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``, in channels-last memory layout (the channels
         of a pixel are contiguous), which the convolutions around it take as they are."""
+        shape = (self.weight.shape[0],)
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            # the CPU kernel accumulates bfloat16 input in float32 by itself
+            out = F.layer_norm(x.permute(0, 2, 3, 1), shape, self.weight, self.bias, self.eps)
+            return out.permute(0, 3, 1, 2)
         channels_last = x.float().permute(0, 2, 3, 1)  # B,C,H,W -> B,H,W,C (a view if possible)
-        out = F.layer_norm(
-            channels_last, (self.weight.shape[0],), self.weight.float(), self.bias.float(), self.eps
-        )
+        out = F.layer_norm(channels_last, shape, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype).permute(0, 3, 1, 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,8 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        *,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks for ``B`` prompt sets.
 
@@ -70,15 +74,31 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings: ``(B, C, E, E)`` (or ``(1, C, E, E)``).
             multimask_output: return the ``num_multimask_outputs`` candidates instead of
                 the single-mask output.
+            min_iou: only prompt sets with a returned candidate whose predicted IoU is
+                above ``min_iou`` get mask logits; the others get zeros, and the mask
+                upscaling (about 40% of the decoder's work) is skipped for them. For
+                callers that drop every candidate at or below ``min_iou`` anyway
+                (segment-everything's ``pred_iou_thresh``). None: every mask.
 
         Returns:
             low-resolution mask logits ``(B, K, 4E, 4E)`` and IoU predictions ``(B, K)``,
             ``K = num_multimask_outputs`` if ``multimask_output`` else 1.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        wanted = None
+        if min_iou is not None:
+            threshold = float(min_iou)
+
+            def wanted(iou: torch.Tensor) -> torch.Tensor:
+                return (iou[:, mask_slice] > threshold).any(dim=1)
+
+        masks, iou_pred = self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            wanted_rows=wanted,
+        )
         return masks[:, mask_slice], iou_pred[:, mask_slice]
 
     def predict_masks(
@@ -87,8 +107,14 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        *,
+        wanted_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` masks ``(B, M, 4E, 4E)`` and IoU scores ``(B, M)``."""
+        """All ``num_mask_tokens`` masks ``(B, M, 4E, 4E)`` and IoU scores ``(B, M)``.
+
+        ``wanted_rows`` maps the IoU scores to a ``(B,)`` bool tensor of the prompt sets
+        whose masks are computed; the other rows are zeros. None: all of them.
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
@@ -108,23 +134,37 @@ class MaskDecoder(nn.Module):
             pos_src = pos_src[:1]
         _, channels, height, width = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
+        hs, keys = self.transformer(src, pos_src, tokens)  # keys: B, HW, C
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        if wanted_rows is None:
+            return self._upscale_masks(keys, mask_tokens_out, height, width), iou_pred
+        rows = wanted_rows(iou_pred).nonzero()[:, 0]
+        size = (4 * height, 4 * width)
+        if rows.numel() == 0:
+            masks = keys.new_zeros((batch, self.num_mask_tokens, *size))
+            return masks, iou_pred
+        chosen = self._upscale_masks(keys[rows], mask_tokens_out[rows], height, width)
+        masks = chosen.new_zeros((batch, self.num_mask_tokens, *size))
+        masks[rows] = chosen
+        return masks, iou_pred
 
+    def _upscale_masks(
+        self, keys: torch.Tensor, mask_tokens: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``(B, HW, C)`` image tokens and ``(B, M, C)`` mask tokens -> ``(B, M, 4H, 4W)``."""
+        batch, _, channels = keys.shape
         # B,HW,C is the channels-last layout of B,C,H,W: a view, no copy
-        src = src.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        src = keys.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         upscaled = self.output_upscaling(src)  # B, C/8, 4H, 4W (channels last)
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # B, M, C/8
         _, up_channels, up_height, up_width = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, up_height * up_width, up_channels)
         masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).contiguous()  # B, M, 4H*4W
-        masks = masks.reshape(batch, -1, up_height, up_width)
-        iou_pred = self.iou_prediction_head(iou_token_out)
-        return masks, iou_pred
+        return masks.reshape(batch, -1, up_height, up_width)
 
 
 def _is_shared(x: torch.Tensor) -> bool:

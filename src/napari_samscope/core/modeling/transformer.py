@@ -86,10 +86,14 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).permute(0, 2, 1)  # B,C,H,W -> B,HW,C
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
+        for i, layer in enumerate(self.layers):
+            # after the first block the keys are the transformer's own tensor
+            queries, keys = layer(
+                queries, keys, query_pe=point_embedding, key_pe=key_pe, keys_owned=i > 0
+            )
         q = queries + point_embedding
         if _use_folded_attention():
+            key_pe = key_pe.to(keys.dtype)  # under autocast: no float32 copy of the keys
             attn_out = self.final_attn_token_to_image.tokens_to_image(q, keys + key_pe, keys)
         else:
             attn_out = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
@@ -128,10 +132,17 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        *,
+        keys_owned: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, C)`` queries, ``(B, N, C)`` (or shared ``(1, N, C)``) keys -> updated
-        queries ``(B, T, C)`` and keys ``(B, N, C)``."""
+        queries ``(B, T, C)`` and keys ``(B, N, C)``. ``keys_owned``: the keys may be
+        overwritten (inference saves a copy of the batch's image tokens)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -140,12 +151,18 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         if _use_folded_attention():
-            image_k = keys + key_pe  # used by both cross attentions (keys do not change between)
+            # used by both cross attentions (keys do not change between); in the keys'
+            # dtype, so that under autocast no float32 copy of the batch's keys is made
+            image_k = keys + key_pe.to(keys.dtype)
             attn_out = self.cross_attn_token_to_image.tokens_to_image(queries + query_pe, image_k, keys)
             queries = self.norm2(queries + attn_out)
             queries = self.norm3(queries + self.mlp(queries))
             attn = self.cross_attn_image_to_token
-            keys = self.norm4(attn.image_to_tokens(image_k, queries + query_pe, queries, residual=keys))
+            keys = self.norm4(
+                attn.image_to_tokens(
+                    image_k, queries + query_pe, queries, residual=keys, in_place=keys_owned
+                )
+            )
         else:
             q = queries + query_pe
             k = keys + key_pe
@@ -226,7 +243,13 @@ class Attention(nn.Module):
         return self.out_proj(out)
 
     def image_to_tokens(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor,
+        *,
+        in_place: bool = False,
     ) -> torch.Tensor:
         """``residual + forward(q, k, v)`` for many queries and few keys, without
         projecting the queries (inference).
@@ -235,6 +258,8 @@ class Attention(nn.Module):
             q: ``(B, N, C)`` image-token queries, or ``(1, N, C)`` shared by the batch.
             k, v: ``(B, T, C)`` prompt-token keys and values.
             residual: ``(B, N, C)`` or ``(1, N, C)``, added to the output.
+            in_place: accumulate into ``residual`` (when it has the batch) instead of a
+                new tensor.
 
         Returns:
             ``(B, N, C)``.
@@ -260,6 +285,9 @@ class Attention(nn.Module):
             logits = logits.reshape(batch, heads, tokens, -1) + offset
         # softmax over the T prompt tokens of each head; the image axis stays innermost
         weights = logits.softmax(2).reshape(batch, rows, -1)  # B, heads*T, N
+        if in_place and residual.shape[0] == batch:
+            dtype = residual.dtype  # under autocast the products come out in its dtype
+            return residual.baddbmm_(weights.transpose(1, 2).to(dtype), values.to(dtype))
         return torch.baddbmm(residual, weights.transpose(1, 2), values)
 
 
