@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tifffile
@@ -302,3 +304,32 @@ def test_bad_training_options_are_refused():
     with pytest.raises(TypeError, match="model must be"):
         images, labels = _pairs(1)
         train(42, TrainingData(images, labels), TrainConfig(steps=1))
+
+
+@pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
+def test_every_part_trains_for_both_encoder_families(encoder):
+    from napari_samscope.core.build import build_sam
+
+    images, labels = _pairs(1)
+    torch.manual_seed(0)
+    start = build_sam(tiny_config(encoder, img_size=64))
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    result = train(start, TrainingData(images, labels), _quick_config(steps=2, autocast="bfloat16"))
+    changed = {k.split(".")[0] for k, v in result.sam.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])}
+    assert changed == {"image_encoder", "prompt_encoder", "mask_decoder"}
+
+
+def test_a_frozen_encoder_encodes_each_plane_once():
+    from napari_samscope.core.build import build_sam
+
+    images, labels = _pairs(2)
+    sam = build_sam(tiny_config("tiny_vit", img_size=64))
+    calls = []
+    sam.image_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    config = _quick_config(steps=5, trainable="decoder+prompt", augment=False, batch_images=2)
+    train(sam, TrainingData(images, labels), config)
+    assert calls == [2]  # both planes once, then the cached embeddings
+    calls.clear()
+    train(sam, TrainingData(images, labels), replace(config, trainable="all"))
+    assert calls == [2] * 5  # a trained encoder runs every step
