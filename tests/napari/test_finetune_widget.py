@@ -84,14 +84,14 @@ def test_training_does_not_touch_the_model_in_use(viewer, finetune_widget, tiny_
     image, labels = _add_nuclei(viewer)
     in_use = build_sam(tiny_model)
     finetune_widget.session.set_model(in_use, name="in-use")
-    finetune_widget.refresh_models()
+    assert finetune_widget.model_box.currentText() == "model in use (in-use)"
     before = {k: v.clone() for k, v in in_use.state_dict().items()}
     finetune_widget.use_now.setChecked(False)
     finetune_widget.reset_choices()
     finetune_widget.image.value = image
     finetune_widget.labels.value = labels
     with qtbot.waitSignal(finetune_widget.finished, timeout=120_000):
-        finetune_widget.train(in_use, steps=2, batch_images=1, objects_per_image=2, trainable="all")
+        finetune_widget.train(steps=2, batch_images=1, objects_per_image=2, trainable="all")
     for key, value in in_use.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert finetune_widget.session.model_name == "in-use"

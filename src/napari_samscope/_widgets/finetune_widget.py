@@ -41,6 +41,9 @@ from napari_samscope.core.progress import Progress
 
 __all__ = ["FineTuneWidget", "LossPlot"]
 
+#: Dropdown entry for the model the session is using.
+CURRENT_MODEL = "<model in use>"
+
 _TRAINABLE = {
     "mask decoder": "decoder",
     "decoder + prompt encoder": "decoder+prompt",
@@ -214,6 +217,7 @@ class FineTuneWidget(QWidget):
         self.train_button.clicked.connect(lambda: self.train())
         self.progress.cancel_button.clicked.connect(self.cancel)
         self.session.models_changed.connect(self.refresh_models)
+        self.session.model_changed.connect(self._model_changed)
         events = napari_viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self.reset_choices)
@@ -233,15 +237,22 @@ class FineTuneWidget(QWidget):
         self.pairs.append((image, labels))
         self.pair_list.addItem(f"{image.name}  +  {labels.name}")
 
+    def _model_changed(self, sam: Any) -> None:
+        """A model was loaded (or trained) elsewhere: offer it first and preselect it."""
+        self.refresh_models()
+        if sam is not None:
+            self.model_box.setCurrentIndex(0)
+
     def refresh_models(self) -> None:
-        """Re-read the registry; the session's current model is preselected."""
-        current = self.model_box.currentData() or self.session.model_name
+        """Re-read the registry; the model in use (if any) comes first and is preselected."""
+        current = self.model_box.currentData()
         self.model_box.clear()
+        if self.session.sam is not None:
+            self.model_box.addItem(f"model in use ({self.session.model_name})", CURRENT_MODEL)
         for choice in self.session.models():
             self.model_box.addItem(choice.name, choice.name)
         index = self.model_box.findData(current) if current else -1
-        if index >= 0:
-            self.model_box.setCurrentIndex(index)
+        self.model_box.setCurrentIndex(max(index, 0))
 
     def train(self, model: Any = None, **config: Any) -> None:
         """Start training on the pairs (or the chosen image + labels when none was added).
@@ -311,6 +322,7 @@ class FineTuneWidget(QWidget):
         self._shut = True
         self.runner.shutdown()
         self.session.models_changed.disconnect(self.refresh_models)
+        self.session.model_changed.disconnect(self._model_changed)
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
@@ -341,8 +353,9 @@ class FineTuneWidget(QWidget):
         chosen = self.model_box.currentData()
         if chosen is None:
             raise ValueError("Choose the model to start from.")
-        if self.session.sam is not None and chosen == self.session.model_name:
-            return copy.deepcopy(self.session.sam.model)  # never train the model in use
+        if chosen == CURRENT_MODEL:
+            sam = self.session.require_model()
+            return copy.deepcopy(sam.model)  # never train the model the other widgets use
         return str(chosen)
 
     def _free_name(self) -> str:
