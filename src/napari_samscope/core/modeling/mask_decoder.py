@@ -115,6 +115,38 @@ class MaskDecoder(nn.Module):
         ``wanted_rows`` maps the IoU scores to a ``(B,)`` bool tensor of the prompt sets
         whose masks are computed; the other rows are zeros. None: all of them.
         """
+        iou_pred, mask_tokens, keys, (height, width) = self.transform(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        if wanted_rows is None:
+            return self.upscale_masks(keys, mask_tokens, height, width), iou_pred
+        batch = iou_pred.shape[0]
+        rows = wanted_rows(iou_pred).nonzero()[:, 0]
+        size = (4 * height, 4 * width)
+        if rows.numel() == 0:
+            return keys.new_zeros((batch, self.num_mask_tokens, *size)), iou_pred
+        chosen = self.upscale_masks(keys[rows], mask_tokens[rows], height, width)
+        masks = chosen.new_zeros((batch, self.num_mask_tokens, *size))
+        masks[rows] = chosen
+        return masks, iou_pred
+
+    def transform(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The first stage: the two-way transformer and the IoU head.
+
+        The IoU scores do not depend on the mask stage, so a caller that filters
+        candidates by predicted IoU can run :meth:`upscale_masks` only for the survivors.
+        Arguments as in :meth:`forward`.
+
+        Returns:
+            ``iou_pred (B, M)``, mask tokens ``(B, M, C)``, image tokens ``(B, h*w, C)``
+            and the embedding grid ``(h, w)``.
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
@@ -132,27 +164,16 @@ class MaskDecoder(nn.Module):
             src = image_embeddings + dense_prompt_embeddings
         if _is_shared(pos_src):
             pos_src = pos_src[:1]
-        _, channels, height, width = src.shape
-
+        height, width = src.shape[-2:]
         hs, keys = self.transformer(src, pos_src, tokens)  # keys: B, HW, C
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        if wanted_rows is None:
-            return self._upscale_masks(keys, mask_tokens_out, height, width), iou_pred
-        rows = wanted_rows(iou_pred).nonzero()[:, 0]
-        size = (4 * height, 4 * width)
-        if rows.numel() == 0:
-            masks = keys.new_zeros((batch, self.num_mask_tokens, *size))
-            return masks, iou_pred
-        chosen = self._upscale_masks(keys[rows], mask_tokens_out[rows], height, width)
-        masks = chosen.new_zeros((batch, self.num_mask_tokens, *size))
-        masks[rows] = chosen
-        return masks, iou_pred
+        return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
 
-    def _upscale_masks(
+    def upscale_masks(
         self, keys: torch.Tensor, mask_tokens: torch.Tensor, height: int, width: int
     ) -> torch.Tensor:
-        """``(B, HW, C)`` image tokens and ``(B, M, C)`` mask tokens -> ``(B, M, 4H, 4W)``."""
+        """The mask stage: ``(B, h*w, C)`` image tokens and ``(B, M, C)`` mask tokens (from
+        :meth:`transform`, any subset of rows) -> low-resolution logits ``(B, M, 4h, 4w)``."""
         batch, _, channels = keys.shape
         # B,HW,C is the channels-last layout of B,C,H,W: a view, no copy
         src = keys.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
