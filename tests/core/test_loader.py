@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -159,8 +160,16 @@ def test_default_model_not_installed():
         load_sam(device="cpu")
 
 
-def test_default_model_installed(tmp_path, tiny_sam):
-    save_checkpoint(tmp_path / "pkg" / "models" / "samscope_nuclei.pt", tiny_sam)
+def test_default_model_installed(tmp_path, tiny_sam, monkeypatch):
+    path = save_checkpoint(tmp_path / "pkg" / "models" / "samscope_nuclei.pt", tiny_sam)
+    data = path.read_bytes()  # the packaged file is checked against its size and sha256
+    builtin = tuple(
+        dataclasses.replace(s, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        if s.name == registry.DEFAULT_MODEL
+        else s
+        for s in registry._BUILTIN
+    )
+    monkeypatch.setattr(registry, "_BUILTIN", builtin)
     loaded = load_sam(None, device="cpu")
     assert loaded.name == "samscope_nuclei" and loaded.spec.source == "package"
     assert_same_weights(loaded.sam, tiny_sam)
