@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -40,6 +40,8 @@ from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
+
+from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES"]
 
@@ -94,7 +96,7 @@ def _spin(kind: type, low: float, high: float, value: float, tip: str) -> Any:
     return box
 
 
-class AutoAnnotateWidget(QWidget):
+class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
     """Auto-annotate an image layer's current plane or stack (drive it with :meth:`run`)."""
 
     #: Emitted when "SAM auto-annotate" shows a new result.
@@ -197,19 +199,6 @@ class AutoAnnotateWidget(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        self.shutdown()
-        super().closeEvent(event)
-
-    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        """napari closes a dock by taking the widget out of it: shut down then."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:
-                self.shutdown()
-        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 

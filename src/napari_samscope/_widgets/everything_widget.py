@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -33,6 +33,8 @@ from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error
 
+from .dock_lifecycle import ShutsDownWithDock
+
 __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
 
 EVERYTHING_NAME = "SAM everything"
@@ -49,7 +51,7 @@ def _spin(kind: type, low: float, high: float, value: float, tip: str, step: flo
     return box
 
 
-class SegmentEverythingWidget(QWidget):
+class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
     """Segment everything in an image layer's current plane or whole stack.
 
     Drive it from code with :meth:`run` (``scope="plane"`` or ``"stack"``).
@@ -183,19 +185,6 @@ class SegmentEverythingWidget(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        self.shutdown()
-        super().closeEvent(event)
-
-    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        """napari closes a dock by taking the widget out of it: shut down then."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:
-                self.shutdown()
-        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import QEvent, QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -38,6 +38,8 @@ from napari_samscope._widgets.panels import ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
+
+from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["FineTuneWidget", "LossPlot"]
 
@@ -127,7 +129,7 @@ def _layer_arrays(image: Any, labels: Any) -> tuple[list[np.ndarray], list[np.nd
     return [pixels[z] for z in keep], [label_data[z] for z in keep]
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(ShutsDownWithDock, QWidget):
     """Fine-tune a SAM-family model on image + Labels layer pairs of the viewer.
 
     Drive it from code: :meth:`add_pair`, then :meth:`train` (optionally with a model
@@ -326,19 +328,6 @@ class FineTuneWidget(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.disconnect(self.reset_choices)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        self.shutdown()
-        super().closeEvent(event)
-
-    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        """napari closes a dock by taking the widget out of it: shut down then."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:
-                self.shutdown()
-        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 

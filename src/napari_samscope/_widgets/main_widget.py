@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_samscope._napari import engine
@@ -30,6 +30,8 @@ from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.stack_actions import StackActions
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
+
+from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
 
@@ -50,7 +52,7 @@ def _layers_of(viewer: Any, kind: str):
     return choices
 
 
-class SegmentAnythingWidget(StackActions, QWidget):
+class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
     """Interactive SAM segmentation of napari image layers (2D, stacks, time series).
 
     Drive it from code with :meth:`set_model`, :meth:`segment`, :meth:`commit`,
@@ -269,19 +271,6 @@ class SegmentAnythingWidget(StackActions, QWidget):
         events.removed.disconnect(self._layer_removed)
         self.session.cache_changed.disconnect(self._show_cache)
         self.session.model_changed.disconnect(self._model_changed)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        self.shutdown()
-        super().closeEvent(event)
-
-    def changeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        """napari closes a dock by taking the widget out of it: shut down then."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif self._docked:
-                self.shutdown()
-        super().changeEvent(event)
 
     # ------------------------------------------------------------------ internals
 
