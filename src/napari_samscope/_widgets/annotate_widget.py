@@ -36,7 +36,7 @@ from napari_samscope._napari.images import ImageSettings, PlaneSource
 from napari_samscope._napari.labels import write_planes
 from napari_samscope._napari.prompts import ObjectPrompt, collect_prompts
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow
+from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
@@ -86,14 +86,6 @@ def annotate_planes_iter(
     return planes
 
 
-def _spin(kind: type, low: float, high: float, value: float, tip: str) -> Any:
-    box = kind()
-    box.setRange(low, high)
-    if kind is QDoubleSpinBox:
-        box.setSingleStep(0.05)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
 
 
 class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
@@ -123,10 +115,10 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
         self.source.addItems(list(SOURCES))
         self.normalization = QComboBox()
         self.normalization.addItems(list(NORMALIZATION_LABELS))
-        self.conf = _spin(QDoubleSpinBox, 0.0, 1.0, 0.25, "Blob detector: minimum score (contrast "
-                          "above the background noise)")
-        self.max_det = _spin(QSpinBox, 1, 100_000, 300, "At most this many objects per plane")
-        self.min_distance = _spin(QSpinBox, 1, 500, 6, "Blob detector: smallest distance between "
+        self.conf = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.25, "Blob detector: minimum score (contrast "
+                              "above the background noise)", step=0.05)
+        self.max_det = spin_box(QSpinBox, 1, 100_000, 300, "At most this many objects per plane")
+        self.min_distance = spin_box(QSpinBox, 1, 500, 6, "Blob detector: smallest distance between "
                                   "two nucleus centres (about the smallest radius), pixels")
         self.scope = QComboBox()
         self.scope.addItems(list(_SCOPES))

@@ -29,7 +29,7 @@ from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
 from napari_samscope._napari.labels import write_planes
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow
+from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error
 
@@ -41,14 +41,6 @@ EVERYTHING_NAME = "SAM everything"
 _SCOPES = ("current plane", "all planes of the stack (ids linked through z)")
 
 
-def _spin(kind: type, low: float, high: float, value: float, tip: str, step: float = 0.01) -> Any:
-    box = kind()
-    box.setRange(low, high)
-    if kind is QDoubleSpinBox:
-        box.setSingleStep(step)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
 
 
 class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
@@ -78,14 +70,14 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
             (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Image)])
         self.normalization = QComboBox()
         self.normalization.addItems(list(NORMALIZATION_LABELS))
-        self.points_per_side = _spin(QSpinBox, 1, 128, 32, "Grid of point prompts per side")
-        self.pred_iou = _spin(QDoubleSpinBox, 0.0, 1.0, 0.88, "Keep masks whose predicted IoU is above")
-        self.stability = _spin(QDoubleSpinBox, 0.0, 1.0, 0.95, "Keep masks at least this stable")
-        self.nms = _spin(QDoubleSpinBox, 0.0, 1.0, 0.7, "Drop a mask overlapping a better one more")
-        self.min_area = _spin(QSpinBox, 0, 1_000_000, 0, "Remove holes and islands smaller (pixels)")
+        self.points_per_side = spin_box(QSpinBox, 1, 128, 32, "Grid of point prompts per side")
+        self.pred_iou = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.88, "Keep masks whose predicted IoU is above")
+        self.stability = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.95, "Keep masks at least this stable")
+        self.nms = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.7, "Drop a mask overlapping a better one more")
+        self.min_area = spin_box(QSpinBox, 0, 1_000_000, 0, "Remove holes and islands smaller (pixels)")
         self.scope = QComboBox()
         self.scope.addItems(list(_SCOPES))
-        self.link_iou = _spin(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
+        self.link_iou = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
                               "overlapping at least this much (stack)")
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("Run in the background; Cancel stops it between batches")

@@ -7,6 +7,7 @@ from typing import Any
 
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -185,3 +186,14 @@ class ModelPanel(QGroupBox):
             self.status.setText("No model loaded")
         else:
             self.status.setText(f"Loaded: {sam.name} on {sam.device}")
+
+
+def spin_box(kind: type, low: float, high: float, value: float, tip: str, step: float = 0.01) -> Any:
+    """A ``QSpinBox``/``QDoubleSpinBox`` with its range, value, tooltip (and step for doubles)."""
+    box = kind()
+    box.setRange(low, high)
+    if kind is QDoubleSpinBox:
+        box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
