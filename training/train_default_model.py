@@ -83,7 +83,11 @@ PHASES = {
                              corrective_rounds=1, warmup_steps=30)),
     "full": (512, 400, dict(steps=1200, lr=1e-3, batch_images=2, objects_per_image=32,
                             corrective_rounds=1, warmup_steps=30)),
+    "tighten": (512, 400, dict(steps=600, lr=5e-4, batch_images=2, objects_per_image=32,
+                               corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
 }
+#: Phases stopped before the end of their learning-rate schedule (at this step).
+STOP_AFTER = {"full": 400}
 
 
 def resize_model(sam, img_size: int):
@@ -132,17 +136,17 @@ def main() -> None:
         start = time.time()
         samples = pool(phase, n_pool, size, rng)
         print(f"[{phase}] pool of {len(samples)} planes in {time.time() - start:.0f} s", file=log)
+        options = {"focal_alpha": 0.75, **overrides}
         config = TrainConfig(
-            trainable="all", autocast="bfloat16", weight_decay=0.05, focal_alpha=0.75,
-            seed=args.seed + index, **overrides,
+            trainable="all", autocast="bfloat16", weight_decay=0.05, seed=args.seed + index,
+            **options,
         )
         losses, ious = [], []
         job = train_iter(sam, samples, config)
         while True:
             try:
                 report = next(job)
-            except StopIteration as stop:
-                result = stop.value
+            except StopIteration:
                 break
             if report.message == "training":
                 losses.append(report.info["loss"])
@@ -153,7 +157,10 @@ def main() -> None:
                           f"{time.time() - start:.0f} s", file=log)
                 if report.done % 100 == 0:
                     torch.save(result_state(sam), out / f"{phase}_latest.pt")
-        sam = result.sam
+                if report.done >= STOP_AFTER.get(phase, report.total):
+                    job.close()  # stop early: the model keeps the weights of this step
+                    break
+        sam.eval()
         history[phase] = {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])),
                           "final_iou": float(np.mean(ious[-20:])), "seconds": round(time.time() - start)}
         save_checkpoint(out / f"{phase}.pt", sam, meta={"phase": phase, "seed": args.seed})
