@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from napari_samscope.core.modeling import image_encoder as vit
+from napari_samscope.core.modeling import mask_decoder as decoder_module
 from napari_samscope.core.modeling.transformer import Attention
 
 TOL = dict(atol=2e-5, rtol=1e-4)
@@ -198,3 +199,19 @@ def test_inference_leaves_the_callers_tensors_unchanged(randomize, tiny_sam_fact
     for original, copy in zip((embedding, pe, tokens), copies):
         assert torch.equal(original, copy)
     assert torch.equal(dense, dense_copy)
+
+
+@pytest.mark.parametrize("case", ["points", "masks"])
+@pytest.mark.parametrize("images", ["shared", "one per prompt set"])
+def test_decoder_in_small_steps_equals_one_batch(monkeypatch, randomize, tiny_sam_factory, case, images):
+    model = randomize(tiny_sam_factory("vit", 64), seed=16)
+    batch = 5
+    prompts = _prompt_cases(64, batch, 16)[case]
+    embedding = torch.randn(1 if images == "shared" else batch, 32, 4, 4)
+    with torch.no_grad():
+        whole = _decode(model, embedding, **prompts)
+        # 3 prompt sets per transformer step, 1 per upscaling step (a partial last step)
+        monkeypatch.setattr(decoder_module, "_CHUNK_BYTES", 3 * 16 * 32 * 4)
+        steps = _decode(model, embedding, **prompts)
+    torch.testing.assert_close(steps[0], whole[0], **TOL)
+    torch.testing.assert_close(steps[1], whole[1], **TOL)

@@ -148,6 +148,24 @@ class MaskDecoder(nn.Module):
             and the embedding grid ``(h, w)``.
         """
         batch = sparse_prompt_embeddings.shape[0]
+        height, width = image_embeddings.shape[-2:]
+        step = _inference_chunk(height * width * sparse_prompt_embeddings.shape[-1], image_pe)
+        if batch > step:  # inference on many prompt sets: a few at a time (see _CHUNK_BYTES)
+            parts = []
+            for start in range(0, batch, step):
+                rows = slice(start, start + step)
+                parts.append(
+                    self.transform(
+                        image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[rows],
+                        image_pe if image_pe.shape[0] == 1 else image_pe[rows],
+                        sparse_prompt_embeddings[rows],
+                        dense_prompt_embeddings
+                        if dense_prompt_embeddings.shape[0] == 1
+                        else dense_prompt_embeddings[rows],
+                    )
+                )
+            iou, tokens, keys, grid = zip(*parts)
+            return torch.cat(iou), torch.cat(tokens), torch.cat(keys), grid[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
@@ -164,7 +182,6 @@ class MaskDecoder(nn.Module):
             src = image_embeddings + dense_prompt_embeddings
         if _is_shared(pos_src):
             pos_src = pos_src[:1]
-        height, width = src.shape[-2:]
         hs, keys = self.transformer(src, pos_src, tokens)  # keys: B, HW, C
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
@@ -175,6 +192,15 @@ class MaskDecoder(nn.Module):
         """The mask stage: ``(B, h*w, C)`` image tokens and ``(B, M, C)`` mask tokens (from
         :meth:`transform`, any subset of rows) -> low-resolution logits ``(B, M, 4h, 4w)``."""
         batch, _, channels = keys.shape
+        upscaled_size = (channels // 8) * 16 * height * width
+        step = _inference_chunk(upscaled_size, keys)
+        if batch > step:
+            return torch.cat(
+                [
+                    self.upscale_masks(keys[i : i + step], mask_tokens[i : i + step], height, width)
+                    for i in range(0, batch, step)
+                ]
+            )
         # B,HW,C is the channels-last layout of B,C,H,W: a view, no copy
         src = keys.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         upscaled = self.output_upscaling(src)  # B, C/8, 4H, 4W (channels last)
@@ -186,6 +212,22 @@ class MaskDecoder(nn.Module):
         pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, up_height * up_width, up_channels)
         masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).contiguous()  # B, M, 4H*4W
         return masks.reshape(batch, -1, up_height, up_width)
+
+
+#: Inference decodes a batch of prompt sets a few at a time, so that the image-sized
+#: tensors of one step (about this many bytes) stay in the CPU cache: the decoder is
+#: limited by memory traffic, and this makes it up to twice as fast for segment-everything.
+_CHUNK_BYTES = 8 << 20
+
+
+def _inference_chunk(elements_per_prompt: int, like: torch.Tensor) -> int:
+    """Prompt sets per step for tensors of ``elements_per_prompt`` (CPU inference only:
+    no limit in training or on a GPU, which wants large batches)."""
+    if torch.is_grad_enabled() or like.device.type != "cpu":
+        return 1 << 62
+    low = torch.is_autocast_enabled("cpu") or like.dtype in (torch.float16, torch.bfloat16)
+    size = 2 if low else 4
+    return max(1, _CHUNK_BYTES // (elements_per_prompt * size))
 
 
 def _is_shared(x: torch.Tensor) -> bool:
