@@ -215,3 +215,17 @@ def test_decoder_in_small_steps_equals_one_batch(monkeypatch, randomize, tiny_sa
         steps = _decode(model, embedding, **prompts)
     torch.testing.assert_close(steps[0], whole[0], **TOL)
     torch.testing.assert_close(steps[1], whole[1], **TOL)
+
+
+def test_tiny_vit_bias_cache_follows_weight_changes(randomize, tiny_sam_factory):
+    model = randomize(tiny_sam_factory("tiny_vit", 64), seed=17).requires_grad_(False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.image_encoder(x)  # fills the caches
+        for name, tensor in model.state_dict().items():
+            if name.endswith("attention_biases"):
+                tensor.add_(torch.randn_like(tensor))  # in place, as load_state_dict does
+        cached = model.image_encoder(x)
+    with torch.enable_grad():
+        plain = model.image_encoder(x)
+    torch.testing.assert_close(cached, plain, **TOL)

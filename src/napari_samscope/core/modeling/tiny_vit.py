@@ -140,6 +140,7 @@ class Attention(nn.Module):
         self.register_buffer(
             "attention_bias_idxs", torch.empty(0, dtype=torch.long), persistent=False
         )
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
         self.reset_constant_buffers()
 
     @torch.no_grad()
@@ -165,11 +166,24 @@ class Attention(nn.Module):
             .permute(0, 2, 1, 3)
             .split(self.key_dim, dim=3)
         )
-        # heads, N, N -> 1, heads, N, N: a 4D mask lets the CPU use the fused kernel
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype).unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(q.dtype))
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj(out)
+
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(1, heads, N, N)`` attention bias (4D: the CPU then uses its fused kernel).
+
+        For inference it is gathered once and reused while the parameter, the index
+        buffer, the device and the dtype stay the same (as MobileSAM does in eval mode).
+        """
+        table, idxs = self.attention_biases, self.attention_bias_idxs
+        if self.training or torch.is_grad_enabled() or torch.jit.is_tracing():
+            return table[:, idxs].to(dtype).unsqueeze(0)
+        key = (table._version, table.data_ptr(), idxs.data_ptr(), table.device, dtype)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, table[:, idxs].to(dtype).unsqueeze(0))
+        return self._bias_cache[1]
 
 
 class Mlp(nn.Module):
