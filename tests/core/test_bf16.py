@@ -104,3 +104,21 @@ def test_bf16_explicit_attention_is_close_to_float32(monkeypatch):
     assert low.dtype == torch.bfloat16
     error = (low.float() - reference).abs().max() / reference.abs().max()
     assert error < 0.03
+
+
+def test_decoder_transformer_stays_float32_under_autocast_unless_asked(randomize, tiny_sam_factory):
+    model = randomize(tiny_sam_factory("vit", 64), seed=22)
+    embedding = torch.randn(1, 32, 4, 4)
+    coords, labels = torch.rand(3, 2, 2) * 64, torch.ones(3, 2)
+    decoder = model.mask_decoder
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        pe = model.prompt_encoder.get_dense_pe()
+        iou32, tokens32, keys32, _ = decoder.transform(embedding, pe, sparse, dense)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            iou, tokens, keys, _ = decoder.transform(embedding, pe, sparse, dense)
+            low = decoder.transform(embedding, pe, sparse, dense, low_precision=True)
+            masks = decoder.upscale_masks(keys, tokens, 4, 4)
+    assert keys.dtype == torch.float32 and torch.equal(keys, keys32) and torch.equal(iou, iou32)
+    assert low[2].dtype == torch.bfloat16
+    assert masks.dtype == torch.bfloat16  # the mask stage keeps the autocast dtype
