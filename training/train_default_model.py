@@ -5,14 +5,17 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has three phases (all with ``core.training.train_iter``, trainable "all"):
+The run has four phases (all with ``core.training.train_iter``, trainable "all"):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
    the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
    object; few, well-separated objects make following the prompt pay off quickly);
 2. ``dense`` - 256x256 images with the full variety of ``synthetic.random_style`` at the
    native pixel scale (many, small, touching, dim, noisy nuclei; uint8 and uint16);
-3. ``full`` - the model at its final input size 512 on 512x512 images of the full variety.
+3. ``full`` - the model at its final input size 512 on 512x512 images of the full variety
+   (stopped at step 400 of its 1,200-step schedule, ``STOP_AFTER``);
+4. ``tighten`` - 600 more steps at 512 with a lower learning rate and focal alpha 0.25,
+   which penalises spilling into neighbouring nuclei (the main error after ``full``).
 
 TinyViT has no absolute position table, so the weights carry over from input size 256
 to 512 unchanged (``resize_model``); phase 3 then adapts them to the larger frame. Each phase writes ``<phase>.pt`` (project format)
@@ -106,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="training/runs/default")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--phases", default="localise,dense,full")
+    parser.add_argument("--phases", default="localise,dense,full,tighten")
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
     parser.add_argument("--threads", type=int, default=1,

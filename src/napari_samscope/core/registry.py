@@ -43,9 +43,9 @@ __all__ = [
 #: Path of the shipped default weights, relative to the ``napari_samscope`` package.
 SAMSCOPE_NUCLEI_FILE = "models/samscope_nuclei.pt"
 #: Exact byte size of the shipped file (None until the trained model is committed).
-SAMSCOPE_NUCLEI_SIZE: int | None = 7483515
+SAMSCOPE_NUCLEI_SIZE: int | None = 7484091
 #: Hex sha256 of the shipped file (None until the trained model is committed).
-SAMSCOPE_NUCLEI_SHA256: str | None = "cdc7020d530f6cad7d7a27d01cc04fbdafc29bec84086520d3d26d21a24bb5d5"
+SAMSCOPE_NUCLEI_SHA256: str | None = "8982d4ef825b08bc0f7d194ccf304e721d1a1336adcc4fbf9fef8e6c365bb75c"
 #: Informational architecture label; loading always reads the config stored in the file.
 SAMSCOPE_NUCLEI_ARCH = "custom"
 
