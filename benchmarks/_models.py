@@ -5,7 +5,7 @@
   Official checkpoints are used instead when they are in the model cache.
 - ``default``: the project's default model (``samscope_nuclei``) when its weights are
   installed; otherwise a stand-in of the same kind of architecture (a small TinyViT at
-  256 px, prompt width 128), untrained, and the results say so.
+  512 px, prompt width 128), untrained, and the results say so.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from napari_samscope.core.modeling.sam import Sam
 #: Stand-in for the default model while its trained weights are not installed.
 DEFAULT_STAND_IN = SamConfig(
     encoder=TinyViTConfig(
-        img_size=256, embed_dims=(32, 64, 128, 160), depths=(1, 2, 2, 1),
+        img_size=512, embed_dims=(32, 64, 128, 160), depths=(1, 2, 2, 1),
         num_heads=(1, 2, 4, 5), window_sizes=(7, 8, 16, 16), out_chans=128,
     ),
     prompt_embed_dim=128,

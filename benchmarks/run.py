@@ -51,6 +51,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _load(value) -> str:
+    return str(tuple(round(x, 2) for x in value)) if value else "?"
+
+
 def _napari_figures(python: str | None) -> dict | None:
     """Helper E's ``bench_napari.py`` in an interpreter that has napari (JSON figures)."""
     script = HERE / "bench_napari.py"
@@ -77,17 +81,17 @@ def _napari_rows(figures: dict) -> list:
 
     if "error" in figures:
         return [Row("napari", "bench_napari.py", None, "ms", note=figures["error"])]
+    preview = figures.get("prompt_to_preview_median_ms")
+    stall = figures.get("longest_stall_ms")
+    decoder = figures.get("decoder_alone_median_ms", figures.get("decoder_in_preview_median_ms"))
     return [
-        Row("napari", f"prompt-to-preview median ({figures['model']})",
-            figures["prompt_to_preview_median_ms"], "ms", target="<= 50 ms",
-            met=figures["prompt_to_preview_median_ms"] <= 50,
-            note=f"p90 {figures['prompt_to_preview_p90_ms']} ms, decoder alone "
-                 f"{figures['decoder_alone_median_ms']} ms"),
-        Row("napari", "longest event-loop stall while encoding a stack",
-            figures["longest_stall_ms"], "ms", target="<= 100 ms",
-            met=figures["longest_stall_ms"] <= 100,
-            note=f"{figures['stack_planes']} planes {figures['stack_plane_size']}px; idle "
-                 f"baseline {figures['idle_longest_stall_ms']} ms"),
+        Row("napari", f"prompt-to-preview median ({figures.get('model', '?')})", preview, "ms",
+            target="<= 50 ms", met=None if preview is None else preview <= 50,
+            note=f"p90 {figures.get('prompt_to_preview_p90_ms')} ms, decoder {decoder} ms"),
+        Row("napari", "longest event-loop stall while encoding a stack", stall, "ms",
+            target="<= 100 ms", met=None if stall is None else stall <= 100,
+            note=f"{figures.get('stack_planes')} planes {figures.get('stack_plane_size')}px; idle "
+                 f"baseline {figures.get('idle_longest_stall_ms')} ms"),
     ]
 
 
@@ -118,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     table = ""
 
+    section_loads: list[str] = []
+
     def log(section: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f} s] {section} (load {load_average()})",
-              flush=True)
+        load = load_average()
+        section_loads.append(f"{section}: {tuple(round(x, 2) for x in load) if load else '?'}")
+        print(f"[{time.perf_counter() - started:7.1f} s] {section} (load {load})", flush=True)
 
     if "encoder" in sections:
         import bench_encoder
@@ -167,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table)
     if not args.no_write:
-        _write(Path(args.out), rows, table, env, models, load_start, load_end, args, started)
+        _write(Path(args.out), rows, table, env, models, (load_start, section_loads, load_end), args, started)
         print(f"\nwrote {args.out}")
     return 0
 
 
-def _write(path, rows, table, env, models, load_start, load_end, args, started) -> None:
+def _write(path, rows, table, env, models, loads, args, started) -> None:
     from _common import markdown_table
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -187,7 +194,8 @@ def _write(path, rows, table, env, models, load_start, load_end, args, started) 
         "## Environment",
         "",
         *(f"- {k}: {v}" for k, v in env.items()),
-        f"- load average (1, 5, 15 min) at start: {load_start}, at end: {load_end}",
+        f"- load average (1, 5, 15 min) at start: {_load(loads[0])}, at end: {_load(loads[2])}",
+        f"- load average when each section started: {'; '.join(loads[1])}",
         "",
         "## Models",
         "",
@@ -200,6 +208,13 @@ def _write(path, rows, table, env, models, load_start, load_end, args, started) 
     ]
     if table:
         lines += ["## Comparison table (as on the Ultralytics SAM page)", "", table, ""]
+    details = [r for r in rows if "per_prompt" in r.extra]
+    if details:
+        lines += ["## bf16 against float32, per prompt kind (mask IoU, worst candidate)", ""]
+        for r in details:
+            cells = ", ".join(f"{k} {v:.3f}" for k, v in r.extra["per_prompt"].items())
+            lines += [f"- {r.workload.split(' bf16')[0]}: {cells}"]
+        lines += [""]
     notes = HERE / "RESULTS_NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
