@@ -36,6 +36,7 @@ import torch
 from napari_samscope.core.build import DecoderConfig, SamConfig, TinyViTConfig, build_sam
 from napari_samscope.core.checkpoint import save_checkpoint
 from napari_samscope.core.synthetic import (
+    SyntheticStyle,
     make_membrane_cells_2d,
     random_style,
     render_nuclei_2d,
@@ -57,6 +58,24 @@ def model_config(img_size: int) -> SamConfig:
     )
 
 
+def plain_nuclei_style(rng: np.random.Generator) -> SyntheticStyle:
+    """Nuclei near the generator's default look (``make_nuclei_2d``: dense, some touching),
+    with wide contrast, noise, blur and dtype: the most common kind of image users bring."""
+    lo = float(rng.uniform(6.0, 12.0))
+    return replace(
+        SyntheticStyle(),
+        radius_range=(lo, lo * float(rng.uniform(1.6, 2.6))),
+        density=float(rng.uniform(0.2, 0.4)),
+        touching=float(rng.uniform(0.2, 0.5)),
+        dtype="uint16" if rng.random() < 0.5 else "uint8",
+        snr=float(np.exp(rng.uniform(np.log(2.5), np.log(40.0)))),
+        blur=float(rng.uniform(0.3, 2.0)),
+        read_noise=float(rng.uniform(1.0, 8.0)),
+        background_photons=float(np.exp(rng.uniform(np.log(5.0), np.log(60.0)))),
+        uint16_gain=float(np.exp(rng.uniform(np.log(0.5), np.log(20.0)))),
+    )
+
+
 def pool(kind: str, n: int, size: int, rng: np.random.Generator) -> list:
     """``n`` prepared synthetic planes of one phase's kind at ``size`` x ``size``."""
     samples = []
@@ -65,6 +84,8 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator) -> list:
             style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
             style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
             image, labels = render_nuclei_2d(style, (size, size), rng)
+        elif kind == "polish" and rng.random() < 0.5:
+            image, labels = render_nuclei_2d(plain_nuclei_style(rng), (size, size), rng)
         elif rng.random() < 0.08:  # a few membrane-stained cells for variety
             image, labels = make_membrane_cells_2d(
                 (size, size), radius_range=tuple(rng.uniform(10, 24) * np.array([1, 1.6])),
@@ -88,6 +109,8 @@ PHASES = {
                             corrective_rounds=1, warmup_steps=30)),
     "tighten": (512, 400, dict(steps=600, lr=5e-4, batch_images=2, objects_per_image=32,
                                corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
+    "polish": (512, 800, dict(steps=2200, lr=3e-4, batch_images=2, objects_per_image=32,
+                              corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
 }
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400}
@@ -109,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="training/runs/default")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--phases", default="localise,dense,full,tighten")
+    parser.add_argument("--phases", default="localise,dense,full,tighten,polish")
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
     parser.add_argument("--threads", type=int, default=1,
