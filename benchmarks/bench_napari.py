@@ -4,9 +4,10 @@ Measures, in a real napari viewer (under Xvfb when there is no display):
 
 1. **prompt-to-preview latency**: from a point added to "SAM points" (as a click
    does) to the "SAM preview" layer showing the new mask, with the plane already
-   encoded; median and 90th percentile over ``--repeats`` prompts. It includes the
-   widget's debounce (``PREVIEW_DEBOUNCE_MS``), the worker hand-off, reading the
-   prompts, the decoder, upsampling, and writing the preview layer.
+   encoded, on a ``--prompt-shape`` image (512x512 by default); median and 90th
+   percentile over ``--repeats`` prompts. It includes napari's own work for the added
+   point, the hand-off to the preview worker and back, reading the prompts, the
+   decoder, upsampling, and writing the preview layer.
 2. **longest event-loop stall while a stack is encoded**: a 5 ms ``QTimer``
    heartbeat runs on the GUI thread while "Precompute embeddings" encodes a stack in
    its worker; the longest gap between two heartbeats, minus the 5 ms period, is the
@@ -61,8 +62,14 @@ def _wait(app: Any, predicate: Any, timeout: float) -> bool:
     return True
 
 
+def _preview_idle(widget: Any) -> bool:
+    timer = getattr(widget, "_timer", None)  # older widgets debounced with a QTimer
+    return not widget.preview_runner.busy and not (timer is not None and timer.isActive())
+
+
 def measure(
-    model: str = "auto", repeats: int = 30, planes: int = 8, size: int = 512, idle_s: float = 10.0
+    model: str = "auto", repeats: int = 30, planes: int = 8, size: int = 512, idle_s: float = 10.0,
+    prompt_shape: tuple[int, int] = (512, 512),
 ) -> dict[str, Any]:
     """Run both measurements; returns a dict of figures (milliseconds)."""
     import numpy as np
@@ -78,7 +85,7 @@ def measure(
     try:
         _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
         widget.set_model(sam)
-        image, truth = make_nuclei_2d((768, 1024), dtype="uint16", seed=3)
+        image, truth = make_nuclei_2d(tuple(prompt_shape), dtype="uint16", seed=3)
         layer = viewer.add_image(image, name="nuclei")
         _wait(app, lambda: widget.points_layer is not None, 30)
         points = widget.points_layer
@@ -111,7 +118,7 @@ def measure(
         predictor.predict = timed_predict
         first = prompt(centres[0])  # encodes the plane
         widget.clear_prompts()
-        _wait(app, lambda: not widget.preview_runner.busy and not widget._timer.isActive(), 60)
+        _wait(app, lambda: _preview_idle(widget), 60)
         latencies, decoder, overhead = [], [], []
         for i in range(repeats):
             decoder_ms.clear()
@@ -119,7 +126,7 @@ def measure(
             decoder.append(sum(decoder_ms))
             overhead.append(latencies[-1] - decoder[-1])
             widget.clear_prompts()
-            _wait(app, lambda: not widget.preview_runner.busy and not widget._timer.isActive(), 60)
+            _wait(app, lambda: _preview_idle(widget), 60)
         predictor.predict = stock_predict
 
         viewer.layers.remove(layer)
@@ -156,6 +163,7 @@ def measure(
     gaps.sort()
     return {
         "model": sam.name,
+        "prompt_image_shape": "x".join(str(int(s)) for s in prompt_shape),
         "first_prompt_with_encoding_ms": round(first, 1),
         "prompt_to_preview_median_ms": round(statistics.median(latencies), 1),
         "prompt_to_preview_p90_ms": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 1),
@@ -183,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--planes", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--prompt-shape", default="512x512",
+                        help="rows x columns of the image of the latency measurement (512x512)")
     parser.add_argument("--idle", type=float, default=10.0,
                         help="seconds of heartbeat with nothing running, as a baseline")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -194,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp("xvfb-run", ["xvfb-run", "-a", sys.executable, *sys.argv])
         print("No display: run under xvfb-run.", file=sys.stderr)
         return 2
-    figures = measure(args.model, args.repeats, args.planes, args.size, args.idle)
+    try:
+        shape = tuple(int(v) for v in args.prompt_shape.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 64:
+        parser.error(f"--prompt-shape must look like 512x512 (at least 64 each), not {args.prompt_shape!r}")
+    figures = measure(args.model, args.repeats, args.planes, args.size, args.idle, shape)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")

@@ -1,10 +1,10 @@
-"""JobRunner: progress, supersede, stale results, cancel, errors as notifications."""
+"""JobRunner and PreviewRunner: progress, supersede, stale results, cancel, errors as notifications."""
 
 import threading
 
 import pytest
 
-from napari_samscope._widgets.workers import JobRunner, user_message
+from napari_samscope._widgets.workers import JobRunner, PreviewRunner, user_message
 from napari_samscope.core.progress import Progress
 
 
@@ -21,19 +21,24 @@ def _job(value, gate=None, steps=3, fail=None):
     return job
 
 
-def test_progress_and_result(qtbot):
+@pytest.fixture(params=[JobRunner, PreviewRunner], ids=["JobRunner", "PreviewRunner"])
+def Runner(request):  # noqa: N802 (a class)
+    return request.param
+
+
+def test_progress_and_result(qtbot, Runner):
     reports, results, busy = [], [], []
-    runner = JobRunner(reports.append, busy.append)
+    runner = Runner(reports.append, busy.append)
     runner.start(_job(7), results.append)
     qtbot.waitUntil(lambda: not runner.busy)
     assert results == [7] and busy == [True, False]
     assert [r.done for r in reports] == [0, 1, 2]
 
 
-def test_a_newer_request_supersedes_and_stale_results_are_dropped(qtbot):
+def test_a_newer_request_supersedes_and_stale_results_are_dropped(qtbot, Runner):
     gate, results = threading.Event(), []
-    runner = JobRunner()
-    runner.start(_job("old", gate), results.append)
+    runner = Runner()
+    runner.start(_job("old", gate), results.append, supersede=True)
     runner.start(_job("newer"), results.append, supersede=True)
     runner.start(_job("newest"), results.append, supersede=True)  # replaces the pending one
     gate.set()
@@ -41,19 +46,19 @@ def test_a_newer_request_supersedes_and_stale_results_are_dropped(qtbot):
     assert results == ["newest"]
 
 
-def test_busy_runner_refuses_without_supersede(qtbot):
+def test_busy_runner_refuses_without_supersede(qtbot, Runner):
     gate = threading.Event()
-    runner = JobRunner()
-    runner.start(_job(1, gate), lambda _r: None)
+    runner = Runner()
+    runner.start(_job(1, gate), lambda _r: None, supersede=False)
     with pytest.raises(RuntimeError, match="already running"):
-        runner.start(_job(2), lambda _r: None)
+        runner.start(_job(2), lambda _r: None, supersede=False)
     gate.set()
     qtbot.waitUntil(lambda: not runner.busy)
 
 
-def test_cancel_stops_between_steps_and_delivers_nothing(qtbot):
+def test_cancel_stops_between_steps_and_delivers_nothing(qtbot, Runner):
     gate, results, reports = threading.Event(), [], []
-    runner = JobRunner(reports.append)
+    runner = Runner(reports.append)
     runner.start(_job("x", gate, steps=50), results.append)
     qtbot.waitUntil(lambda: len(reports) >= 1)
     runner.cancel()
@@ -62,12 +67,12 @@ def test_cancel_stops_between_steps_and_delivers_nothing(qtbot):
     assert results == [] and len(reports) < 50
 
 
-def test_errors_notify_and_the_next_run_works(qtbot, monkeypatch):
+def test_errors_notify_and_the_next_run_works(qtbot, monkeypatch, Runner):
     from napari_samscope._widgets import workers
 
     shown, errors, results = [], [], []
     monkeypatch.setattr(workers, "notify_error", lambda e: shown.append(user_message(e)))
-    runner = JobRunner(on_error=errors.append)
+    runner = Runner(on_error=errors.append)
     runner.start(_job(None, fail=ValueError("The file is not a SAM checkpoint.")), results.append)
     qtbot.waitUntil(lambda: not runner.busy)
     assert shown == ["The file is not a SAM checkpoint."] and len(errors) == 1
@@ -76,9 +81,9 @@ def test_errors_notify_and_the_next_run_works(qtbot, monkeypatch):
     assert results == [3]
 
 
-def test_shutdown_runner_delivers_nothing_and_refuses_new_jobs(qtbot):
+def test_shutdown_runner_delivers_nothing_and_refuses_new_jobs(qtbot, Runner):
     gate, results = threading.Event(), []
-    runner = JobRunner()
+    runner = Runner()
     runner.start(_job("late", gate), results.append)
     runner.shutdown()
     gate.set()
@@ -86,6 +91,47 @@ def test_shutdown_runner_delivers_nothing_and_refuses_new_jobs(qtbot):
     assert results == []
     with pytest.raises(RuntimeError, match="shut down"):
         runner.start(_job(1), results.append)
+
+
+def test_preview_runner_reuses_one_thread_and_runs_the_newest_request_next(qtbot):
+    gate, results, threads = threading.Event(), [], []
+
+    def job(value, wait=False):
+        def run():
+            threads.append(threading.get_ident())
+            if wait:
+                gate.wait(5)
+            yield from ()
+            return value
+
+        return run
+
+    runner = PreviewRunner()
+    runner.start(job("first"), results.append)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
+    runner.start(job("running", wait=True), results.append)
+    qtbot.waitUntil(lambda: len(threads) == 2, timeout=5_000)
+    runner.start(job("replaced"), results.append)
+    runner.start(job("newest"), results.append)
+    assert runner.busy
+    gate.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
+    assert results == ["first", "newest"]
+    assert len(threads) == 3 and len(set(threads)) == 1  # "replaced" never ran
+    assert threading.get_ident() not in threads
+    runner.cancel()  # idle: nothing to do, stays idle
+    assert not runner.busy
+
+
+def test_preview_runner_cancel_of_a_queued_request_leaves_it_idle(qtbot):
+    gate, results = threading.Event(), []
+    runner = PreviewRunner()
+    runner.start(_job("running", gate, steps=1), results.append)
+    runner.start(_job("queued"), results.append)
+    runner.cancel()
+    gate.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
+    assert results == []
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ toggle point polarity.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,11 @@ from napari_samscope._widgets.main_ui import MainControls
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.stack_actions import StackActions
-from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
+from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_error, notify_info
 
 from .dock_lifecycle import ShutsDownWithDock
 
-__all__ = ["SegmentAnythingWidget", "PREVIEW_DEBOUNCE_MS"]
-
-#: Quiet time after the last prompt change before a preview that supersedes a running
-#: one starts (a change while nothing runs is segmented at once).
-PREVIEW_DEBOUNCE_MS = 5
+__all__ = ["SegmentAnythingWidget"]
 
 
 def _layers_of(viewer: Any, kind: str):
@@ -73,7 +68,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self.ui = MainControls({k: _layers_of(napari_viewer, k)
                                 for k in ("image", "points", "shapes", "labels")})
         self.ui.build(self, self.model_panel, self.progress)
-        self.preview_runner = JobRunner(self.progress.show_progress, self._tracker("preview"))
+        self.preview_runner = PreviewRunner(self.progress.show_progress, self._tracker("preview"))
         self.runner = JobRunner(self.progress.show_progress, self._tracker("job"), background=True)
         self.preview: Segmentation | None = None
         self._drawn: list[Any] = []
@@ -84,10 +79,6 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self._quiet = False
         self._docked = False
         self.destroyed.connect(partial(SegmentAnythingWidget.shutdown, self))
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(PREVIEW_DEBOUNCE_MS)
-        self._timer.timeout.connect(self._auto_segment)
 
         ui = self.ui
         ui.image.changed.connect(self._image_changed)
@@ -158,7 +149,6 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
 
     def segment(self) -> None:
         """Segment the prompted plane(s) into the preview, in a worker (``S``)."""
-        self._timer.stop()
         if self._shut:
             return
         try:
@@ -195,7 +185,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         If a preview is still being computed, the commit happens when it arrives.
         Returns the ids written (empty when deferred or nothing to commit).
         """
-        if self._timer.isActive() or self.preview_runner.busy:
+        if self.preview_runner.busy:
             self._commit_when_ready = True
             return []
         return self._commit_now()
@@ -241,7 +231,6 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
 
     def cancel(self) -> None:
         """Stop every running job of this widget (between two steps)."""
-        self._timer.stop()
         for runner in (self.preview_runner, self.runner, self.model_panel.runner):
             runner.cancel()
 
@@ -261,8 +250,6 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self._shut = True
         for runner in (self.preview_runner, self.runner, self.model_panel.runner):
             runner.shutdown()
-        with suppress(RuntimeError):
-            self._timer.stop()
         self.wiring.unbind()
         self.wiring.watch([])
         events = self.viewer.layers.events
@@ -324,7 +311,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
             self._drawn = write_preview(layer, segmentation, self._drawn)
         self.preview = segmentation
         self.preview_updated.emit()
-        if self._commit_when_ready and not self._timer.isActive():
+        if self._commit_when_ready:
             self._commit_now()  # this is the newest result: stale ones never get here
 
     def _preview_layer(self, segmentation: Segmentation | None) -> Any:
@@ -340,18 +327,15 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
                 self.viewer.layers.selection.active = self.points_layer
         return layer
     def _schedule_preview(self) -> None:
-        """A prompt changed: segment at once when idle, else debounce.
+        """A prompt changed: segment now, with no delay.
 
-        The first change runs immediately (no added latency); changes that arrive
-        while a run is pending or in flight restart the debounce timer, and the run
-        it triggers supersedes the one in flight.
+        The request goes to the preview runner's one-slot queue: while a run is in
+        flight, a newer request replaces a waiting one and supersedes the running one,
+        so a burst of changes costs at most one run beyond the one in flight.
         """
         if not self.ui.live.isChecked() or self._shut or self._quiet:
             return
-        if self._timer.isActive() or self.preview_runner.busy:
-            self._timer.start()
-        else:
-            self._auto_segment()
+        self._auto_segment()
 
     def _auto_segment(self) -> None:
         """The live preview: like ``segment`` but silent while there is nothing to do."""

@@ -11,6 +11,11 @@ A job is a generator that yields ``core.progress.Progress`` and returns a result
   stop, the new one starts as soon as the old one has ended (never two at once),
   and only the newest request's result is delivered (a generation counter drops
   stale results).
+
+:class:`PreviewRunner` has the same interface for the live preview's short jobs but runs
+them in one long-lived thread: no thread is started per request, a request made while
+one runs waits in a one-slot queue (a newer one replaces it) and starts as soon as the
+running one ends, without a round trip through the GUI thread.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 
 from napari_samscope.core.progress import Progress
 
-__all__ = ["JobRunner", "user_message", "notify_error", "notify_info", "BACKGROUND_NICE"]
+__all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info",
+           "BACKGROUND_NICE"]
 
 Job = Callable[[], Generator[Progress, None, Any]]
 
@@ -226,3 +232,162 @@ class JobRunner:
             return
         if self._on_busy is not None and not self._closed:
             self._on_busy(False)
+
+
+class PreviewRunner:
+    """Runs short jobs (the live preview) one at a time in one long-lived thread.
+
+    Same interface and guarantees as :class:`JobRunner` with ``supersede=True``: only
+    the newest request's result reaches ``on_done``, a superseded or cancelled job is
+    stopped at its next yield, errors become notifications, and ``busy`` is True from
+    ``start`` until the last request has ended. Results, progress and errors reach the
+    GUI thread through a queued Qt signal.
+    """
+
+    def __init__(
+        self,
+        on_progress: Callable[[Progress], Any] | None = None,
+        on_busy: Callable[[bool], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        from qtpy.QtCore import QObject, Signal
+
+        class _Relay(QObject):
+            event = Signal(object)
+
+        self._on_progress = on_progress
+        self._on_busy = on_busy
+        self._on_error = on_error
+        self._relay = _Relay()  # lives in the GUI thread: worker emits arrive queued there
+        self._relay.event.connect(self._deliver)
+        self._cond = threading.Condition()
+        self._request: tuple[Job, Callable[[Any], Any], int] | None = None
+        self._running: int | None = None  # generation of the job the thread runs now
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._closed = False
+        self.generation = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = True) -> int:
+        """Queue ``job()``; ``on_done(result)`` gets its result on the GUI thread.
+
+        A running job is superseded (asked to stop at its next yield; its result is
+        dropped). ``supersede=False`` refuses with ``RuntimeError`` while busy.
+
+        Returns:
+            The request's generation number.
+        """
+        if self._closed:
+            raise RuntimeError("This runner was shut down.")
+        if self._busy and not supersede:
+            raise RuntimeError("A job is already running; wait for it or press Cancel.")
+        self.generation += 1
+        with self._cond:
+            self._request = (job, on_done, self.generation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="samscope-preview",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        self._set_busy(True)
+        return self.generation
+
+    def cancel(self) -> None:
+        """Drop a queued request; ask the running job to stop at its next yield."""
+        self.generation += 1
+        with self._cond:
+            self._request = None
+            running = self._running is not None
+        if not running:
+            self._set_busy(False)
+
+    def shutdown(self) -> None:
+        """Cancel and never start again; the thread ends after its current job."""
+        self.cancel()
+        self._closed = True
+        with self._cond:
+            self._cond.notify()
+
+    def wait(self, timeout_ms: int = 10_000) -> bool:
+        """Block until the runner is idle (tests, shutdown); True if idle."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self._busy and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+        return not self._busy
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._request is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    self._running = None
+                    return
+                (job, on_done, generation), self._request = self._request, None
+                self._running = generation
+            outcome = self._run(job, generation)
+            with self._cond:
+                self._running = None
+            self._emit(("end", generation, on_done, outcome))
+
+    def _run(self, job: Job, generation: int) -> tuple[str, Any]:
+        try:
+            steps = job()
+            while True:
+                if generation != self.generation or self._closed:
+                    steps.close()
+                    return ("stale", None)
+                try:
+                    report = next(steps)
+                except StopIteration as stop:
+                    return ("returned", stop.value)
+                self._emit(("progress", generation, None, report))
+        except Exception as error:  # shown to the user on the GUI thread
+            return ("errored", error)
+
+    def _emit(self, message: tuple[str, int, Any, Any]) -> None:
+        with suppress(RuntimeError):  # the relay is gone: napari is closing
+            self._relay.event.emit(message)
+
+    # ------------------------------------------------------------------ GUI thread
+
+    def _deliver(self, message: tuple[str, int, Any, Any]) -> None:
+        kind, generation, on_done, payload = message
+        current = not self._closed and generation == self.generation
+        if kind == "progress":
+            if current and self._on_progress is not None and isinstance(payload, Progress):
+                self._on_progress(payload)
+            return
+        status, value = payload
+        if current and status == "returned":
+            try:
+                on_done(value)
+            except Exception as error:  # a failure while showing results is the user's to see
+                self._report(error)
+        elif current and status == "errored":
+            self._report(value)
+        with self._cond:
+            idle = self._request is None and self._running is None
+        if idle:
+            self._set_busy(False)
+
+    def _report(self, error: BaseException) -> None:
+        notify_error(error)
+        if self._on_error is not None:
+            self._on_error(error)
+
+    def _set_busy(self, state: bool) -> None:
+        if state == self._busy:
+            return
+        self._busy = state
+        if self._on_busy is not None and not self._closed:
+            self._on_busy(state)
