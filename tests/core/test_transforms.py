@@ -148,3 +148,31 @@ def test_mask_upsampler_threshold_and_bad_shape():
     assert not up.masks(low, threshold=10.0).any()
     with pytest.raises(ValueError, match="low-resolution"):
         up.logits(torch.zeros(1, 8, 8))
+
+
+def _straight_banded(up, low):
+    """The plain banded evaluation: gathers along the last axis, all rows at once."""
+    (row_idx, row_w), (col_idx, col_w) = up._rows.on(low.device), up._cols.on(low.device)
+    cols = low[..., col_idx[0]] * col_w[0]
+    for t in range(1, col_idx.shape[0]):
+        cols.addcmul_(low[..., col_idx[t]], col_w[t])
+    full = cols[..., row_idx[0], :] * row_w[0][:, None]
+    for t in range(1, row_idx.shape[0]):
+        full.addcmul_(cols[..., row_idx[t], :], row_w[t][:, None])
+    return full
+
+
+@pytest.mark.parametrize("band", [None, 1])
+@pytest.mark.parametrize(("original", "input_size"), [((768, 1024), (48, 64)), ((37, 300), (8, 64))])
+def test_mask_upsampler_bands_equal_the_plain_banded_evaluation(monkeypatch, band, original, input_size):
+    import napari_samscope.core.transforms as transforms
+
+    if band is not None:  # many small row bands (the floor of 16 rows applies)
+        monkeypatch.setattr(transforms, "_BAND_ELEMENTS", band)
+    torch.manual_seed(3)
+    low = 3 * torch.randn(2, 3, 16, 16)
+    up = MaskUpsampler(original, input_size, 64, 16)
+    expected = _straight_banded(up, low)
+    logits = up.logits(low)
+    assert torch.equal(logits, expected)
+    assert torch.equal(up.masks(low, threshold=0.5), expected > 0.5)

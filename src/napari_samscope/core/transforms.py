@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 _CHUNK_ELEMENTS = 1 << 25  # full-resolution float32 logits held at once (128 MB)
+_BAND_ELEMENTS = 1 << 18  # float32 output values per row band (1 MB: stays in the CPU cache)
 
 __all__ = [
     "resize_longest_side_shape",
@@ -233,19 +234,34 @@ class MaskUpsampler:
         col_idx, col_w = self._cols.on(low.device)
         for start in range(0, flat.shape[0], self.chunk):
             part = flat[start : start + self.chunk]
-            # columns first, on the small (n, L, L) tensor: (n, L, L) -> (n, L, W)
-            cols = part[:, :, col_idx[0]] * col_w[0]
-            for t in range(1, col_idx.shape[0]):
-                cols.addcmul_(part[:, :, col_idx[t]], col_w[t])
-            # then rows, gathering whole contiguous rows: (n, L, W) -> (n, H, W)
-            full = cols.index_select(1, row_idx[0]).mul_(row_w[0][:, None])
-            for t in range(1, row_idx.shape[0]):
-                full.addcmul_(cols.index_select(1, row_idx[t]), row_w[t][:, None])
-            if threshold is None:
-                out[start : start + part.shape[0]] = full
-            else:
-                torch.gt(full, threshold, out=out[start : start + part.shape[0]])
+            cols = _upsample_columns(part, col_idx, col_w)  # (n, L, W)
+            # then rows, gathering whole contiguous rows: (n, L, W) -> (n, H, W), a band
+            # of output rows at a time so that the band's taps stay in the CPU cache
+            band = max(16, _BAND_ELEMENTS // (part.shape[0] * W))
+            for top in range(0, H, band):
+                rows = slice(top, min(H, top + band))
+                full = cols.index_select(1, row_idx[0, rows]).mul_(row_w[0, rows, None])
+                for t in range(1, row_idx.shape[0]):
+                    full.addcmul_(cols.index_select(1, row_idx[t, rows]), row_w[t, rows, None])
+                target = out[start : start + part.shape[0], rows]
+                if threshold is None:
+                    target.copy_(full)
+                else:
+                    torch.gt(full, threshold, out=target)
         return out.reshape(*lead, H, W)
+
+
+def _upsample_columns(
+    part: torch.Tensor, col_idx: torch.Tensor, col_w: torch.Tensor
+) -> torch.Tensor:
+    """``(n, L, L)`` logits -> ``(n, L, W)``: the column taps, applied on the transposed
+    logits so that every gather copies whole contiguous rows (a gather along the last
+    axis is several times slower); the same products and sums, in the same order."""
+    low_t = part.transpose(1, 2).contiguous()  # (n, L columns, L rows)
+    cols_t = low_t.index_select(1, col_idx[0]).mul_(col_w[0][:, None])
+    for t in range(1, col_idx.shape[0]):
+        cols_t.addcmul_(low_t.index_select(1, col_idx[t]), col_w[t][:, None])
+    return cols_t.transpose(1, 2).contiguous()
 
 
 @lru_cache(maxsize=32)
