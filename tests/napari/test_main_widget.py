@@ -206,3 +206,28 @@ def test_prompts_on_a_layer_with_other_dims_notify(viewer, main_widget, qtbot, n
     add_points(sam_points, [[30, 40]])
     wait_idle(qtbot, main_widget)
     assert viewer.layers["SAM preview"].data[30, 40] > 0
+
+
+def test_an_encoded_plane_is_decoded_inline_and_the_same_as_in_the_worker(viewer, main_widget,
+                                                                          qtbot):
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    points = main_widget.points_layer
+    add_points(points, [[30, 40]])  # the plane is not encoded yet: the worker encodes it
+    assert main_widget.preview_runner.busy
+    wait_idle(qtbot, main_widget)
+    updates = []
+    main_widget.preview_updated.connect(lambda: updates.append(1))
+    add_points(points, [[60, 95]])  # encoded: the preview is there when add() returns
+    assert updates == [1] and not main_widget.preview_runner.busy
+    inline = viewer.layers["SAM preview"].data.copy()
+    assert inline[30, 40] > 0 and inline[60, 95] > 0
+
+    main_widget.inline_decode_ms = 0  # never inline: the same result from the worker
+    main_widget.clear_prompts()
+    wait_idle(qtbot, main_widget)
+    add_points(points, [[30, 40]])
+    add_points(points, [[60, 95]])
+    assert main_widget.preview_runner.busy
+    wait_idle(qtbot, main_widget)
+    np.testing.assert_array_equal(viewer.layers["SAM preview"].data, inline)

@@ -76,3 +76,47 @@ def test_preview_draws_small_objects_on_top_and_clears_previous_planes():
     write_preview(preview, None, drawn)
     assert preview.data.max() == 0
     assert not preview.undo_history if hasattr(preview, "undo_history") else True
+
+
+def _reference(seg, shape):
+    out = np.zeros(shape, np.uint8)
+    for key in seg.planes:
+        plane = seg.label_plane(key)
+        flipped = seg.geometry.row_axis > seg.geometry.col_axis
+        out[seg.geometry.labels_index(key)] = plane.T if flipped else plane
+    return out
+
+
+@pytest.mark.parametrize("side", [8, 40], ids=["small change (partial)", "large change (refresh)"])
+def test_preview_updates_match_whole_plane_drawing_and_leave_no_undo(side):
+    shape = (64, 64)
+    g = _geometry(shape)
+    preview = Labels(np.zeros(shape, np.uint8))
+    drawn = []
+    for r, c in [(2, 3), (10, 20), (12, 22), (20, 1)]:
+        a = np.zeros(shape, bool)
+        a[r:r + side, c:c + side] = True
+        b = np.zeros(shape, bool)
+        b[r + 2:r + 5, c + 2:c + 6] = True  # smaller: drawn on top
+        seg = Segmentation(g, [{(): a}, {(): b}])
+        drawn = write_preview(preview, seg, drawn)
+        np.testing.assert_array_equal(preview.data, _reference(seg, shape))
+    before = preview.data.copy()
+    preview.undo()  # the preview keeps no history: nothing to undo
+    np.testing.assert_array_equal(preview.data, before)
+    write_preview(preview, None, drawn)
+    assert preview.data.max() == 0
+
+
+def test_preview_in_a_transposed_view_writes_rows_and_columns_right():
+    layer = Image(np.zeros((3, 10, 12)))
+    g = current_geometry(layer, (0, 2, 1), (1.0, 1.0, 1.0))  # displayed: columns, rows
+    assert g.row_axis > g.col_axis
+    preview = Labels(np.zeros((3, 10, 12), np.uint8))
+    mask = np.zeros(g.plane_shape, bool)
+    mask[1:3, 4:9] = True
+    drawn = write_preview(preview, Segmentation(g, [{(2,): mask}]))
+    np.testing.assert_array_equal(preview.data, _reference(Segmentation(g, [{(2,): mask}]),
+                                                           (3, 10, 12)))
+    write_preview(preview, None, drawn)
+    assert preview.data.max() == 0

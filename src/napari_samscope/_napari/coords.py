@@ -123,6 +123,13 @@ class PlaneGeometry:
         """Fancy indices (one int array per Labels axis) of the ``True`` pixels of a
         ``(H, W)`` bool ``mask`` on plane ``key``."""
         rows, cols = np.nonzero(mask)
+        return self.labels_indices_at(key, rows, cols)
+
+    def labels_indices_at(
+        self, key: PlaneKey, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """Fancy indices (one int array per Labels axis) of pixels ``(rows, cols)`` of
+        plane ``key`` (``(H, W)`` plane coordinates, equal-length int arrays)."""
         by_axis: dict[int, np.ndarray] = {self.row_axis: rows, self.col_axis: cols}
         for axis, i in zip(self.key_axes, key):
             by_axis[axis] = np.full(rows.shape, int(i), dtype=rows.dtype)

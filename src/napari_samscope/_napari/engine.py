@@ -30,7 +30,9 @@ from napari_samscope.core.progress import Progress
 __all__ = [
     "PROPAGATION_MODES",
     "embedding_iter",
+    "cached_embeddings",
     "decode_objects",
+    "decode_planes",
     "segment_plane_iter",
     "precompute_iter",
     "propagate_prompts_iter",
@@ -60,6 +62,37 @@ def embedding_iter(
     stack = yield from _stack_iter(source, key)
     found = yield from encode_planes_iter(predictor, stack, [z], cache=cache, image_key=image_key)
     return found[z]
+
+
+def cached_embeddings(
+    predictor: Any, cache: Any, source: PlaneSource, keys: Sequence[PlaneKey]
+) -> dict[PlaneKey, Any] | None:
+    """The cached embeddings of planes ``keys``, or ``None`` unless every one is cached."""
+    if cache is None:
+        return None
+    found = {}
+    for key in keys:
+        hit = cache.get((source.image_key(key), source.z_of(key), predictor.model_key))
+        if hit is None:
+            return None
+        found[key] = hit
+    return found
+
+
+def decode_planes(
+    predictor: Any,
+    embeddings: dict[PlaneKey, Any],
+    prompts: PromptSet,
+    geometry: Any,
+    lock: threading.Lock | None = None,
+) -> Segmentation:
+    """Decode the objects prompted on each plane of ``embeddings`` (all already encoded):
+    the same result as :func:`segment_plane_iter` plane by plane, with no encoding."""
+    objects: list[dict[PlaneKey, np.ndarray]] = []
+    for key, embedding in embeddings.items():
+        masks = decode_objects(predictor, embedding, prompts.on(key).objects(), lock)
+        objects.extend({key: m} for m in masks)
+    return Segmentation(geometry, objects)
 
 
 def _stack_iter(source: PlaneSource, key: PlaneKey) -> Generator[Progress, None, Any]:

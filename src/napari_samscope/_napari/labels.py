@@ -122,28 +122,123 @@ def commit(layer: Any, segmentation: Segmentation, overwrite: bool = False) -> l
     return [label for _idx, label in planned]
 
 
+#: Above this fraction of a plane's pixels changing, the preview is redrawn whole
+#: (one texture upload) rather than pixel by pixel.
+PARTIAL_REDRAW_FRACTION = 0.25
+
+Region = tuple[int, int, int, int]  # r0, r1, c0, c1 on a (H, W) plane; empty when r0 == r1
+
+
+def _bbox(mask: np.ndarray) -> Region:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def _union(a: Region, b: Region) -> Region:
+    if a[0] == a[1]:
+        return b
+    if b[0] == b[1]:
+        return a
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+
+
+def _plane_view(data: np.ndarray, geometry: PlaneGeometry, key: PlaneKey) -> np.ndarray:
+    """Writable ``(H, W)`` view of plane ``key`` of a numpy Labels array."""
+    view = data[geometry.labels_index(key)]
+    return view.T if geometry.row_axis > geometry.col_axis else view
+
+
+def _label_region(
+    segmentation: Segmentation, key: PlaneKey, region: Region, dtype: Any
+) -> np.ndarray:
+    """:meth:`Segmentation.label_plane` cut to ``region`` (computed only there)."""
+    r0, r1, c0, c1 = region
+    out = np.zeros((r1 - r0, c1 - c0), dtype=dtype)
+    cut = {k: obj[key][r0:r1, c0:c1] for k, obj in enumerate(segmentation.objects) if key in obj}
+    for _area, k in sorted(((int(m.sum()), k) for k, m in cut.items()), reverse=True):
+        out[cut[k]] = k + 1  # larger objects first: small ones stay visible on top
+    return out
+
+
+def _without_history(layer: Any) -> Any:
+    """napari's undo deque of ``layer`` when it has one we can trim, else ``None``."""
+    history = getattr(layer, "_undo_history", None)
+    return history if hasattr(history, "pop") and hasattr(layer, "data_setitem") else None
+
+
 def write_preview(
     layer: Any, segmentation: Segmentation | None, previous: Iterable[tuple[Any, ...]] = ()
 ) -> list[tuple[Any, ...]]:
     """Show ``segmentation`` in the preview Labels ``layer`` (no undo history).
 
-    ``previous`` lists the Labels indices (one per plane) that the last preview drew;
-    they are cleared first, so only the planes that change are touched.
+    ``previous`` is what the last call returned: the ``(plane key, region)`` pairs it
+    drew. Only the pixels that change, inside the bounding boxes of the old and new
+    masks, are written; when few change they go through ``Labels.data_setitem``
+    (napari then uploads only that part of the texture, and the history entry it makes
+    is dropped), else the planes are written in place and the layer is refreshed once.
 
     Returns:
-        The Labels indices drawn now (pass them as ``previous`` next time).
+        The ``(plane key, region)`` pairs drawn now (pass them as ``previous`` next time).
     """
     data = layer.data
-    for index in previous:
-        data[index] = 0
+    regions: dict[PlaneKey, Region] = {}
+    previous = list(previous)
+    geometry = segmentation.geometry if segmentation is not None else None
+    if geometry is None and previous:
+        geometry = previous[-1][2]
+    if geometry is None:
+        return []
+    if segmentation is not None:
+        check_labels_layer(layer, geometry)
+    elif tuple(data.shape) != geometry.labels_shape:
+        return []  # not the layer those regions were drawn on: nothing of ours to clear
+    refresh = False
+    for key, region, old_geometry in previous:
+        if old_geometry == geometry:
+            regions[key] = _union(regions.get(key, (0, 0, 0, 0)), region)
+        elif tuple(data.shape) == old_geometry.labels_shape:  # drawn for another image
+            r0, r1, c0, c1 = region
+            _plane_view(data, old_geometry, key)[r0:r1, c0:c1] = 0
+            refresh = True
     drawn: list[tuple[Any, ...]] = []
     if segmentation is not None:
-        geometry = segmentation.geometry
-        check_labels_layer(layer, geometry)
         for key in sorted(segmentation.planes):
-            index = geometry.labels_index(key)
-            data[index] = segmentation.label_plane(key, data.dtype)
-            drawn.append(index)
+            box = (0, 0, 0, 0)
+            for obj in segmentation.objects:
+                if key in obj:
+                    box = _union(box, _bbox(obj[key]))
+            regions[key] = _union(regions.get(key, (0, 0, 0, 0)), box)
+            drawn.append((key, box, segmentation.geometry))
+    changes = []  # (key, rows, cols, values) in plane coordinates
+    for key, region in regions.items():
+        r0, r1, c0, c1 = region
+        if r0 == r1:
+            continue
+        old = _plane_view(data, geometry, key)[r0:r1, c0:c1]
+        new = (_label_region(segmentation, key, region, data.dtype)
+               if segmentation is not None and key in segmentation.planes
+               else np.zeros_like(old))
+        rows, cols = np.nonzero(old != new)
+        if rows.size:
+            changes.append((key, rows + r0, cols + c0, new[rows, cols]))
+    if not changes:
+        if refresh:
+            layer.refresh()
+        return drawn
+    total = sum(c[1].size for c in changes)
+    plane_size = int(np.prod(geometry.plane_shape))
+    history = _without_history(layer) if isinstance(data, np.ndarray) else None
+    if history is not None and not refresh and total <= PARTIAL_REDRAW_FRACTION * plane_size:
+        for key, rows, cols, values in changes:
+            kept = len(history)
+            layer.data_setitem(geometry.labels_indices_at(key, rows, cols), values)
+            while len(history) > kept:  # the preview has no undo
+                history.pop()
+        return drawn
+    for key, rows, cols, values in changes:
+        data[geometry.labels_indices_at(key, rows, cols)] = values
     layer.refresh()
     return drawn
 

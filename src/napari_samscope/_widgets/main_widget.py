@@ -2,7 +2,10 @@
 
 Qt glue only: prompts are read by ``_napari.prompts``, jobs are ``_napari.engine``
 generators run by :class:`~napari_samscope._widgets.workers.JobRunner`, results are
-written by ``_napari.labels``. Keys (on the plugin's layers only): ``S`` segment,
+written by ``_napari.labels``. When every prompted plane is already encoded and
+decoding has been quick (at most ``INLINE_DECODE_MS``), the live preview decodes on
+the GUI thread inside the prompt layer's event: the mask then lands before napari
+redraws the new prompt, with no thread hand-off either way. Keys (on the plugin's layers only): ``S`` segment,
 ``Shift+S`` segment all slices, ``C`` commit, ``Shift+C`` clear prompts, ``T``
 toggle point polarity.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from qtpy.QtCore import QTimer, Signal
@@ -32,7 +36,11 @@ from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_er
 
 from .dock_lifecycle import ShutsDownWithDock
 
-__all__ = ["SegmentAnythingWidget"]
+__all__ = ["SegmentAnythingWidget", "INLINE_DECODE_MS"]
+
+#: The longest decode (ms, the last one measured) for which the next preview is decoded
+#: on the GUI thread; slower decodes (huge images, many objects) stay in the worker.
+INLINE_DECODE_MS = 40.0
 
 
 def _layers_of(viewer: Any, kind: str):
@@ -71,6 +79,9 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self.preview_runner = PreviewRunner(self.progress.show_progress, self._tracker("preview"))
         self.runner = JobRunner(self.progress.show_progress, self._tracker("job"), background=True)
         self.preview: Segmentation | None = None
+        #: Decode on the GUI thread when the last decode took at most this (0: never).
+        self.inline_decode_ms = INLINE_DECODE_MS
+        self._decode_ms = float("inf")  # the last decode's duration, from either path
         self._drawn: list[Any] = []
         self.wiring = LayerWiring(self, self._schedule_preview)
         self._commit_when_ready = False
@@ -168,14 +179,17 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
                 self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
             return
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
+        if self._decode_inline(image, source, prompts, predictor, cache, lock):
+            return
 
         def job():
-            objects = []
+            embeddings = {}
             for key in planes:
-                seg = yield from engine.segment_plane_iter(
-                    predictor, cache, source, key, prompts.on(key).objects(), lock)
-                objects.extend(seg.objects)
-            return Segmentation(source.geometry, objects)
+                embeddings[key] = yield from engine.embedding_iter(predictor, cache, source, key)
+            started = perf_counter()
+            seg = engine.decode_planes(predictor, embeddings, prompts, source.geometry, lock)
+            self._decode_ms = (perf_counter() - started) * 1000.0
+            return seg
 
         self.preview_runner.start(job, lambda seg: self._show_preview(seg, image), supersede=True)
 
@@ -302,6 +316,31 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         if image not in self.viewer.layers:
             raise ValueError(f"The image layer '{image.name}' was removed while it was being "
                              "segmented; the result was discarded.")
+
+    def _decode_inline(self, image: Any, source: PlaneSource, prompts: Any, predictor: Any,
+                       cache: Any, lock: Any) -> bool:
+        """Decode on the GUI thread if every prompted plane is encoded, no preview runs,
+        the predictor is free and the last decode was quick; False: use the worker."""
+        if self.preview_runner.busy or self._decode_ms > self.inline_decode_ms:
+            return False
+        embeddings = engine.cached_embeddings(predictor, cache, source, prompts.prompted_planes)
+        if embeddings is None or not lock.acquire(blocking=False):
+            return False
+        try:
+            started = perf_counter()
+            seg = engine.decode_planes(predictor, embeddings, prompts, source.geometry)
+            self._decode_ms = (perf_counter() - started) * 1000.0
+        except Exception as error:  # as a worker would: a notification, napari goes on
+            notify_error(error)
+            return True
+        finally:
+            lock.release()
+        self.preview_runner.cancel()  # idle: only makes any late result stale
+        try:
+            self._show_preview(seg, image)
+        except ValueError as error:
+            notify_error(error)
+        return True
 
     def _show_preview(self, segmentation: Segmentation | None, image: Any) -> None:
         if segmentation is not None:
