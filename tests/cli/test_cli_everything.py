@@ -43,3 +43,48 @@ def test_out_of_range_parameter_is_reported(run_cli, tiny_checkpoint, nuclei_png
     assert code == 1 and "pred_iou_thresh" in err and "Traceback" not in err
     code, _, err = run_cli("everything", "--source", nuclei_png, "--points-per-side", "many")
     assert code == 2 and "invalid int value" in err
+
+
+def test_help_says_that_the_models_recommended_values_apply(run_cli):
+    from napari_samscope.core.registry import DEFAULT_MODEL, lookup
+
+    code, stdout, _ = run_cli("everything", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert "model's recommended values" in text and "[model's value, else 0.88]" in text
+    recommended = lookup(DEFAULT_MODEL).everything_params()
+    assert (f"{DEFAULT_MODEL} (the default model): pred_iou_thresh "
+            f"{recommended['pred_iou_thresh']:g}") in text
+
+
+def test_recommended_values_reach_the_generator_and_options_win(
+    run_cli, tiny_checkpoint, nuclei_png, tmp_path, monkeypatch
+):
+    from napari_samscope.cli import everything as cli_everything
+    from napari_samscope.core.checkpoint import read_checkpoint
+    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.sam_api import SAM
+
+    spec = ModelSpec(name="mine", arch="custom", filename="tiny.pt",
+                     everything_defaults=(("pred_iou_thresh", 0.0), ("stability_score_thresh", 0.0),
+                                          ("points_per_side", 3)))
+    path = tiny_checkpoint
+
+    def load_model(name, device=""):
+        model = SAM(path, device="cpu")
+        return SAM.from_sam(model.model, "mine", spec=spec)
+
+    monkeypatch.setattr(cli_everything, "load_model", load_model)
+    assert read_checkpoint(path).state_dict  # the stand-in loads the tiny checkpoint
+    code, stdout, err = run_cli("everything", "--source", nuclei_png, "--out", tmp_path / "a",
+                                "--records")
+    assert code == 0, err
+    assert "mine: using the model's recommended pred_iou_thresh 0, stability_score_thresh 0, " \
+           "points_per_side 3" in stdout
+    records = json.loads((tmp_path / "a" / "nuclei_masks.json").read_text())
+    assert 1 <= len(records) <= 3 * 3 * 3  # a 3x3 grid, thresholds off
+    code, stdout, err = run_cli("everything", "--source", nuclei_png, "--out", tmp_path / "b",
+                                "--points-per-side", "2", "--conf", "0.0",
+                                "--stability-score-thresh", "0.0")
+    assert code == 0, err
+    assert "using the model's recommended" not in stdout  # all were overridden

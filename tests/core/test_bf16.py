@@ -2,8 +2,10 @@
 
 The quality bar of the performance issue is measured on the trained default model
 (when its weights are installed): for the parity prompt kinds, the bf16 masks must agree
-with the float32 ones at IoU >= 0.97. Without it, a tiny model with well-separated
-logits checks the same plumbing end to end.
+with the float32 ones at IoU >= 0.97. That check, with the measured speed-up, is why the
+registry flags the default model ``auto_bf16`` (bf16 by default on native-bf16
+hardware); the default-dtype rule is guarded here too. Without the weights, a tiny model
+checks the same plumbing end to end.
 """
 
 from __future__ import annotations
@@ -67,15 +69,56 @@ def test_default_model_bf16_masks_agree_with_float32():
     from napari_samscope.core.sam_api import SAM
     from napari_samscope.core.synthetic import make_nuclei_2d
 
-    model = SAM(DEFAULT_MODEL, device="cpu")
+    model = SAM(DEFAULT_MODEL, device="cpu", dtype="float32")
     image, labels = make_nuclei_2d((384, 512), seed=5)
     ious = _agreement(model.model, image, labels)
-    # Measured on the shipped model: median ~0.99, worst prompt ~0.96. The worst case
-    # misses the 0.97 bar that bf16-by-default would need, so bf16 stays opt-in:
-    # the default dtype is float32, and this test guards both facts.
-    assert model.dtype in (None, torch.float32)
-    assert float(np.median(ious)) >= IOU_BAR, ious
-    assert min(ious) >= 0.95, ious
+    # Measured on the shipped model (decoder transformer kept in float32): median 0.999,
+    # worst prompt 0.996 on seeds 5, 11 and 23. This is the quality half of the
+    # registry's auto_bf16 flag of the default model: if it fails, drop the flag.
+    assert min(ious) >= IOU_BAR, ious
+
+
+@pytest.mark.skipif(not _default_installed(), reason="the trained default model is not installed")
+@pytest.mark.parametrize("native", [True, False])
+def test_default_dtype_rule_for_the_default_model(monkeypatch, native):
+    from napari_samscope.core import device
+    from napari_samscope.core.registry import DEFAULT_MODEL, resolve
+    from napari_samscope.core.sam_api import SAM
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    assert resolve(DEFAULT_MODEL).auto_bf16
+    # no dtype given: bf16 where the CPU computes it natively (auto), float32 elsewhere
+    assert SAM(DEFAULT_MODEL, device="cpu").dtype == (torch.bfloat16 if native else None)
+    # an explicit float32 request stays float32, and explicit bf16 is bf16 everywhere
+    assert SAM(DEFAULT_MODEL, device="cpu", dtype="float32").dtype is None
+    assert SAM(DEFAULT_MODEL, device="cpu", dtype=None).dtype is None
+    assert SAM(DEFAULT_MODEL, device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_default_request_resolves_per_model_flag(monkeypatch):
+    from napari_samscope.core import device
+    from napari_samscope.core.device import DEFAULT_DTYPE, resolve_dtype
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype(DEFAULT_DTYPE, "cpu", auto_bf16=True) == torch.bfloat16
+    assert resolve_dtype(DEFAULT_DTYPE, "cpu") is None  # unflagged models: float32
+    assert resolve_dtype(" Default ", "cpu", auto_bf16=False) is None
+    for explicit in (None, "float32", torch.float32):
+        assert resolve_dtype(explicit, "cpu", auto_bf16=True) is None
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype(DEFAULT_DTYPE, "cpu", auto_bf16=True) is None  # emulated: float32
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # explicit still works
+    with pytest.raises(ValueError, match="'default'"):
+        resolve_dtype("fastest", "cpu")
+
+
+def test_wrapped_modules_default_to_float32(tiny_sam_factory):
+    from napari_samscope.core.sam_api import SAM
+
+    sam = tiny_sam_factory("vit", 64)
+    assert SAM.from_sam(sam).dtype is None
+    assert SAM.from_sam(sam, dtype="default").dtype is None
+    assert Predictor(sam).dtype is None
 
 
 def test_bf16_predictor_runs_end_to_end_and_mostly_agrees(randomize, tiny_sam_factory):

@@ -377,3 +377,60 @@ def test_another_decoder_module_goes_through_predictor_decode(random_state_sam):
     assert len(stock) == len(wrapped) > 0
     np.testing.assert_array_equal(stock.masks, wrapped.masks)
     np.testing.assert_allclose(stock.scores, wrapped.scores, rtol=1e-6)
+
+
+# --- per-model recommended defaults ------------------------------------------------------
+
+
+def _spec(**everything):
+    from napari_samscope.core.registry import ModelSpec
+
+    return ModelSpec(name="mine", arch="custom", filename="mine.pt",
+                     everything_defaults=tuple(everything.items()))
+
+
+def test_without_a_registry_model_the_official_defaults_apply_exactly(segmenting, tiny_sam):
+    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+    from napari_samscope.core.sam_api import SAM
+
+    assert MaskGenerator(segmenting).params == EVERYTHING_DEFAULTS
+    assert MaskGenerator(tiny_sam).params == EVERYTHING_DEFAULTS
+    official = SAM.from_sam(tiny_sam, spec=_spec())  # e.g. vit_b: no recommendations
+    assert MaskGenerator(official).params == EVERYTHING_DEFAULTS
+
+
+def test_model_recommendations_fill_the_parameters_not_given(tiny_sam):
+    from napari_samscope.core.everything import EVERYTHING_DEFAULTS, model_everything_defaults
+    from napari_samscope.core.sam_api import SAM
+
+    spec = _spec(pred_iou_thresh=0.5, stability_score_thresh=0.85, points_per_side=24)
+    model = SAM.from_sam(tiny_sam, spec=spec)
+    assert model_everything_defaults(model) == model_everything_defaults(spec) == {
+        "pred_iou_thresh": 0.5, "stability_score_thresh": 0.85, "points_per_side": 24}
+    generator = MaskGenerator(model, stability_score_thresh=0.9, conf=0.7)
+    assert generator.params["pred_iou_thresh"] == 0.7  # given (through its alias) wins
+    assert generator.params["stability_score_thresh"] == 0.9
+    assert generator.params["points_per_side"] == 24  # the model's value
+    assert len(generator.point_grids[0]) == 24 * 24
+    assert generator.params["box_nms_thresh"] == EVERYTHING_DEFAULTS["box_nms_thresh"]
+    assert generator.model_defaults["points_per_side"] == 24
+    # an explicit mapping replaces the model's, {} forces the official defaults
+    assert MaskGenerator(model, model_defaults={}).params == EVERYTHING_DEFAULTS
+    assert MaskGenerator(model, model_defaults={"box_nms_thresh": 0.5}).params[
+        "pred_iou_thresh"] == EVERYTHING_DEFAULTS["pred_iou_thresh"]
+
+
+def test_recommended_thresholds_change_what_is_kept(segmenting):
+    # the segmenting double scores the region under a point 0.95, its dilation 0.8
+    image = disc_image()
+    strict = MaskGenerator(segmenting, points_per_side=16, model_defaults={"pred_iou_thresh": 0.96})
+    assert len(strict.generate(image)) == 0
+    loose = MaskGenerator(segmenting, points_per_side=16, model_defaults={"pred_iou_thresh": 0.9})
+    assert len(loose.generate(image)) == len(DISCS)
+
+
+def test_bad_model_recommendations_are_reported(segmenting):
+    with pytest.raises(ValueError, match="registry entry"):
+        MaskGenerator(segmenting, model_defaults={"pred_iou": 0.5})
+    with pytest.raises(ValueError, match="pred_iou_thresh must be between"):
+        MaskGenerator(segmenting, model_defaults={"pred_iou_thresh": 5.0})

@@ -92,6 +92,16 @@ def test_progress_and_dtype(tmp_path, tiny_sam):
     assert all(p.dtype == torch.float32 for p in loaded.sam.parameters())
 
 
+def test_default_dtype_of_a_file_is_float32_and_explicit_requests_hold(tmp_path, tiny_sam):
+    path = tmp_path / "sam_b.pt"  # a registry alias as file name: still a file, not vit_b
+    torch.save(tiny_sam.state_dict(), path)
+    assert load_sam(path, device="cpu").dtype is None
+    assert load_sam(str(path), device="cpu", dtype="default").dtype is None
+    assert load_sam(path, device="cpu", dtype="float32").dtype is None
+    assert load_sam(path, device="cpu", dtype=None).dtype is None
+    assert load_sam(path, device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+
+
 # --- the registry --------------------------------------------------------------------
 
 
@@ -126,6 +136,26 @@ def test_registry_name_downloads_once(served_model, tiny_sam, isolated):
     again = load_sam("test_sam", device="cpu")
     assert again.path == loaded.path
     assert server.requests == ["/test_sam.pt"], "a cached model must not be downloaded again"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_registry_default_dtype_follows_the_models_bf16_flag(
+    served_model, isolated, monkeypatch, native
+):
+    from napari_samscope.core import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    _, spec = served_model
+    assert load_sam("test_sam", device="cpu").dtype is None  # not flagged: float32
+    flagged = dataclasses.replace(spec, auto_bf16=True)
+    monkeypatch.setattr(registry, "_BUILTIN", (*registry._BUILTIN[:-1], flagged))
+    assert load_sam("test_sam", device="cpu").dtype == (torch.bfloat16 if native else None)
+    assert load_sam("test_sam", device="cpu", dtype="float32").dtype is None
+    assert load_sam("test_sam", device="cpu", dtype=None).dtype is None
+    assert load_sam("test_sam", device="cpu", dtype="bfloat16").dtype == torch.bfloat16
+    assert load_sam("test_sam", device="cpu", dtype="auto").dtype == (
+        torch.bfloat16 if native else None
+    )
 
 
 def test_registry_download_with_wrong_hash(served_model, monkeypatch, isolated):

@@ -235,3 +235,63 @@ def test_spec_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         resolve("vit_b").url = "http://example.invalid"
     assert isinstance(resolve("vit_b"), ModelSpec)
+
+
+# --- per-model recommended defaults --------------------------------------------------
+
+
+def test_official_models_keep_the_official_everything_defaults():
+    for name in OFFICIAL:
+        assert resolve(name).everything_params() == {}, name
+        assert resolve(name).everything_defaults == ()
+
+
+def test_recommended_everything_parameters_are_generator_parameters():
+    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+
+    for spec in registry._BUILTIN:
+        params = spec.everything_params()
+        assert set(params) <= set(EVERYTHING_DEFAULTS), spec.name
+        for key, value in params.items():
+            assert isinstance(value, type(EVERYTHING_DEFAULTS[key])), (spec.name, key)
+    nuclei = lookup(DEFAULT_MODEL).everything_params()
+    # the default model's IoU head is calibrated lower than Meta's: the official
+    # thresholds keep almost nothing (training/calibrate_everything.py)
+    assert nuclei["pred_iou_thresh"] < EVERYTHING_DEFAULTS["pred_iou_thresh"]
+
+
+def test_everything_params_is_a_copy_and_the_spec_stays_hashable():
+    spec = lookup(DEFAULT_MODEL)
+    params = spec.everything_params()
+    params["pred_iou_thresh"] = 0.0
+    assert spec.everything_params()["pred_iou_thresh"] != 0.0
+    assert hash(spec) == hash(dataclasses.replace(spec))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"pred_iou_thresh": 0.5}, [("pred_iou_thresh", 0.5)], (("pred_iou_thresh",),), ((1, 2),)]
+)
+def test_everything_defaults_must_be_pairs(bad):
+    with pytest.raises(TypeError, match="pairs"):
+        ModelSpec(name="x", arch="vit_b", filename="x.pt", everything_defaults=bad)
+
+
+def test_everything_defaults_may_not_repeat_a_parameter():
+    pairs = (("pred_iou_thresh", 0.5), ("pred_iou_thresh", 0.6))
+    with pytest.raises(ValueError, match="repeats"):
+        ModelSpec(name="x", arch="vit_b", filename="x.pt", everything_defaults=pairs)
+
+
+def test_auto_bf16_flags():
+    # measured faster in bf16 (see the comment above registry._BUILTIN); the default
+    # model's bf16 masks also agree with float32 (tests/core/test_bf16.py)
+    for name in ("samscope_nuclei", "vit_b", "vit_l", "vit_h", "vit_t"):
+        assert resolve(name).auto_bf16, name
+    assert ModelSpec(name="x", arch="vit_b", filename="x.pt").auto_bf16 is False
+
+
+def test_local_models_have_no_recommendations(tmp_path):
+    path = tmp_path / "mine.pt"
+    path.write_bytes(b"weights")
+    spec = register_local_model("mine", path)
+    assert spec.everything_params() == {} and spec.auto_bf16 is False

@@ -156,3 +156,52 @@ def test_loading_a_project_checkpoint_by_path(random_state_sam, tmp_path, image)
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises((ValueError, FileNotFoundError), match="not_a_model"):
         SAM("not_a_model", device="cpu")
+
+
+def test_everything_uses_the_models_recommended_parameters(random_state_sam, image, monkeypatch):
+    from napari_samscope.core import everything
+    from napari_samscope.core.registry import ModelSpec
+
+    spec = ModelSpec(name="mine", arch="custom", filename="mine.pt",
+                     everything_defaults=(("pred_iou_thresh", 0.0), ("points_per_side", 3)))
+    model = SAM.from_sam(random_state_sam, name="mine", spec=spec)
+    defaults = model.everything_defaults()
+    assert defaults == {**everything.EVERYTHING_DEFAULTS, "pred_iou_thresh": 0.0,
+                        "points_per_side": 3}
+    seen = []
+    original = everything.MaskGenerator.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(dict(self.params))
+
+    monkeypatch.setattr(everything.MaskGenerator, "__init__", spy)
+    model(image, stability_score_thresh=0.0)
+    model(image, stability_score_thresh=0.0, points_per_side=2)
+    assert seen[0]["points_per_side"] == 3 and seen[0]["pred_iou_thresh"] == 0.0
+    assert seen[1]["points_per_side"] == 2  # what the user gives wins
+    # an official model (no recommendations) and a wrapped module keep the official values
+    assert SAM.from_sam(random_state_sam).everything_defaults() == everything.EVERYTHING_DEFAULTS
+    model_official = SAM.from_sam(random_state_sam, spec=ModelSpec("o", "vit_b", "o.pt"))
+    model_official(image, points_per_side=2)
+    assert seen[2] == {**everything.EVERYTHING_DEFAULTS, "points_per_side": 2}
+
+
+def test_from_sam_with_a_spec_follows_its_bf16_flag(random_state_sam, monkeypatch):
+    from napari_samscope.core import device
+    from napari_samscope.core.registry import ModelSpec
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    flagged = ModelSpec("f", "vit_b", "f.pt", auto_bf16=True)
+    assert SAM.from_sam(random_state_sam, spec=flagged).dtype is None  # default None: float32
+    assert SAM.from_sam(random_state_sam, dtype="default", spec=flagged).dtype == torch.bfloat16
+    assert SAM.from_sam(random_state_sam, dtype="default").dtype is None
+    assert SAM.from_sam(random_state_sam, spec=flagged, path="x.pt").path.name == "x.pt"
+
+
+def test_default_dtype_of_a_checkpoint_path_is_float32(random_state_sam, tmp_path):
+    from napari_samscope.core.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "tiny.pt", random_state_sam)
+    assert SAM(path, device="cpu").dtype is None and SAM(path, device="cpu").spec is None
+    assert SAM(path, device="cpu", dtype="bfloat16").dtype == torch.bfloat16

@@ -73,3 +73,58 @@ def test_no_image_and_single_plane_stack_are_explained(viewer, everything_widget
     assert any("single plane" in m for m in notifications.errors())
     with pytest.raises(ValueError, match="scope must be"):
         everything_widget.run(scope="volume")
+
+
+# --- per-model recommended defaults --------------------------------------------------
+
+
+def _with_spec(sam, **everything):
+    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.sam_api import SAM
+
+    spec = ModelSpec(name="mine", arch="custom", filename="mine.pt",
+                     everything_defaults=tuple(everything.items()))
+    return SAM.from_sam(sam.model, "mine", spec=spec)
+
+
+def test_shown_official_defaults_match_the_generator():
+    from napari_samscope._widgets.everything_widget import OFFICIAL_SHOWN
+    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+
+    for name, value in OFFICIAL_SHOWN.items():
+        assert EVERYTHING_DEFAULTS[name] == value, name
+
+
+def test_recommended_params_of_loaded_and_registry_models(segmenting_sam):
+    from napari_samscope._widgets.everything_widget import recommended_params
+    from napari_samscope.core.registry import DEFAULT_MODEL, lookup
+
+    assert recommended_params() == lookup(DEFAULT_MODEL).everything_params() != {}
+    assert recommended_params(model_name="vit_b") == {}
+    assert recommended_params(model_name="no such model") == {}
+    assert recommended_params(segmenting_sam) == {}  # no registry entry
+    assert recommended_params(_with_spec(segmenting_sam, pred_iou_thresh=0.4)) == {
+        "pred_iou_thresh": 0.4}
+
+
+def test_fields_follow_the_model_unless_edited(everything_widget, segmenting_sam):
+    w = everything_widget
+    session = w.session
+    # the segmenting double has no registry entry: the official values
+    assert (w.pred_iou.value(), w.stability.value(), w.points_per_side.value()) == (0.88, 0.95, 32)
+    session.set_model(_with_spec(segmenting_sam, pred_iou_thresh=0.5, stability_score_thresh=0.85,
+                                 points_per_batch=16))
+    assert (w.pred_iou.value(), w.stability.value()) == (0.5, 0.85)
+    params = w.params()
+    assert params["pred_iou_thresh"] == 0.5 and params["stability_score_thresh"] == 0.85
+    assert params["points_per_batch"] == 16  # a recommended value without a field
+    # the user edits one field; the next model changes the others only
+    w.stability.setValue(0.9)
+    session.set_model(segmenting_sam)
+    assert w.pred_iou.value() == 0.88 and w.stability.value() == 0.9
+    assert "points_per_batch" not in w.params()
+    # "Model defaults" puts every field back to the current model's values
+    w.defaults_button.click()
+    assert w.stability.value() == 0.95
+    session.set_model(_with_spec(segmenting_sam, stability_score_thresh=0.8))
+    assert w.stability.value() == 0.8

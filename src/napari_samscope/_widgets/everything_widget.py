@@ -3,6 +3,12 @@
 Shares the viewer's model session with the main widget. On a stack, every plane is
 segmented and ids are linked across planes by overlap, so one object keeps one id
 through z. Results go to the plugin's Labels layer "SAM everything".
+
+Per-model defaults: the threshold fields start at the recommended values of the model
+in use (the registry's ``ModelSpec.everything_defaults``; the official values for
+official models). When another model is loaded, every field the user has not edited
+follows the new model's recommended value; a field the user changed keeps the user's
+value. "Model defaults" puts every field back to the current model's values.
 """
 
 from __future__ import annotations
@@ -39,6 +45,29 @@ __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
 
 EVERYTHING_NAME = "SAM everything"
 _SCOPES = ("current plane", "all planes of the stack (ids linked through z)")
+#: The official defaults of the parameters shown (``core.everything.EVERYTHING_DEFAULTS``,
+#: repeated so that building the widget does not import torch; a test checks they agree).
+OFFICIAL_SHOWN = {
+    "points_per_side": 32,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 0,
+}
+
+
+def recommended_params(sam: Any = None, model_name: str | None = None) -> dict[str, Any]:
+    """The recommended segment-everything parameters of the loaded ``sam`` (a ``SAM``),
+    or, when none is loaded, of the registry model ``model_name`` (default: the
+    project's default model). Only the model's own values: ``{}`` for official models,
+    models given by path and unknown names."""
+    from napari_samscope.core.registry import DEFAULT_MODEL, ModelSpec, lookup
+
+    if sam is not None:
+        spec = getattr(sam, "spec", None)
+    else:
+        spec = lookup(model_name or DEFAULT_MODEL)
+    return spec.everything_params() if isinstance(spec, ModelSpec) else {}
 
 
 
@@ -79,6 +108,20 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         self.scope.addItems(list(_SCOPES))
         self.link_iou = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
                               "overlapping at least this much (stack)")
+        self._fields = {
+            "points_per_side": self.points_per_side,
+            "pred_iou_thresh": self.pred_iou,
+            "stability_score_thresh": self.stability,
+            "box_nms_thresh": self.nms,
+            "min_mask_region_area": self.min_area,
+        }
+        #: values last put in the fields by a model change (a differing field was edited)
+        self._shown_defaults: dict[str, float] = {}
+        #: the model's recommended parameters that have no field (passed as they are)
+        self._hidden_defaults: dict[str, Any] = {}
+        self.defaults_button = QPushButton("Model defaults")
+        self.defaults_button.setToolTip(
+            "Put the thresholds back to the values recommended for the current model")
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("Run in the background; Cancel stops it between batches")
 
@@ -95,13 +138,17 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         form.addRow("min region area", self.min_area)
         form.addRow("scope", self.scope)
         form.addRow("link IoU (stack)", self.link_iou)
+        form.addRow(self.defaults_button)
         form.addRow(self.run_button)
         layout.addWidget(box)
         layout.addWidget(self.progress)
         layout.addStretch(1)
 
         self.run_button.clicked.connect(lambda: self.run())
+        self.defaults_button.clicked.connect(lambda: self.apply_model_defaults(keep_edits=False))
         self.progress.cancel_button.clicked.connect(self.cancel)
+        self.apply_model_defaults(keep_edits=False)
+        self.session.model_changed.connect(self._model_changed)
         events = napari_viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self.reset_choices)
@@ -109,9 +156,39 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
 
     # ------------------------------------------------------------------ public API
 
+    def model_defaults(self) -> dict[str, Any]:
+        """The values the fields show for the current model: official defaults updated
+        with its recommended ones (of the model selected to load when none is loaded)."""
+        if self.session.sam is not None:
+            recommended = recommended_params(self.session.sam)
+        else:
+            recommended = recommended_params(model_name=self.model_panel.selected_model())
+        return {**OFFICIAL_SHOWN, **recommended}
+
+    def apply_model_defaults(self, keep_edits: bool = True) -> None:
+        """Show the current model's recommended values.
+
+        With ``keep_edits`` a field whose value differs from what the previous model
+        put there (the user edited it) keeps its value.
+        """
+        values = self.model_defaults()
+        for name, box in self._fields.items():
+            previous = self._shown_defaults.get(name)
+            if keep_edits and previous is not None and not _same(box.value(), previous):
+                continue
+            box.setValue(values[name])
+            self._shown_defaults[name] = box.value()
+        if self.session.sam is not None:
+            hidden = recommended_params(self.session.sam)
+        else:
+            hidden = recommended_params(model_name=self.model_panel.selected_model())
+        self._hidden_defaults = {k: v for k, v in hidden.items() if k not in self._fields}
+
     def params(self) -> dict[str, Any]:
-        """The segment-everything parameters chosen in the widget."""
+        """The segment-everything parameters chosen in the widget (plus the model's
+        recommended values of parameters without a field)."""
         return {
+            **self._hidden_defaults,
             "points_per_side": int(self.points_per_side.value()),
             "pred_iou_thresh": float(self.pred_iou.value()),
             "stability_score_thresh": float(self.stability.value()),
@@ -172,6 +249,7 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         if self._shut:
             return
         self._shut = True
+        self.session.model_changed.disconnect(self._model_changed)
         self.runner.shutdown()
         self.model_panel.shutdown()
         events = self.viewer.layers.events
@@ -180,6 +258,9 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
 
     # ------------------------------------------------------------------ internals
 
+    def _model_changed(self, sam: Any) -> None:
+        self.apply_model_defaults(keep_edits=True)
+
     def _show(self, planes: dict[Any, Any], image: Any, geometry: Any) -> None:
         if image not in self.viewer.layers:
             raise ValueError(f"The image layer '{image.name}' was removed while it was being "
@@ -187,3 +268,7 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         layer, _ = plugin_layers.ensure_plugin_labels(self.viewer, EVERYTHING_NAME, image, geometry)
         write_planes(layer, geometry, planes)
         self.finished.emit()
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) < 1e-9

@@ -143,7 +143,9 @@ class ModelSession:
         from napari_samscope.core.sam_api import SAM
 
         if isinstance(model, LoadedModel):
-            sam = SAM.from_sam(model.sam, model.name, dtype=model.dtype)
+            sam = SAM.from_sam(
+                model.sam, model.name, dtype=model.dtype, spec=model.spec, path=model.path
+            )
         elif isinstance(model, Sam):
             sam = SAM.from_sam(model, name or "custom")
         elif isinstance(model, SAM):
@@ -162,14 +164,21 @@ class ModelSession:
         self.model_changed.emit(sam)
 
     def load_iter(
-        self, model: str | Path | None = None, device: str = "auto", dtype: Any = None
+        self, model: str | Path | None = None, device: str = "auto", dtype: Any = "default"
     ) -> Generator[Progress, None, Any]:
-        """The loading job (downloads if needed): yields progress, returns a ``LoadedModel``."""
+        """The loading job (downloads if needed): yields progress, returns a ``LoadedModel``.
+
+        ``dtype`` as in ``core.loader.load_sam``: ``"default"`` is bf16 autocast on
+        hardware that computes it natively for registry models verified in bf16
+        (``ModelSpec.auto_bf16``), float32 otherwise; ``"float32"`` forces float32.
+        """
         from napari_samscope.core.loader import load_sam_iter
 
         return (yield from load_sam_iter(model, device=device, dtype=dtype))
 
-    def load(self, model: str | Path | None = None, device: str = "auto", dtype: Any = None) -> Any:
+    def load(
+        self, model: str | Path | None = None, device: str = "auto", dtype: Any = "default"
+    ) -> Any:
         """A napari worker (not started) that loads ``model`` and then sets it.
 
         Connect to its ``yielded`` (``Progress``) and ``errored`` signals, then

@@ -21,8 +21,26 @@ Segment everything in an image (or every image of a folder) by prompting the mod
 a grid of points, as the official automatic mask generator does. Writes per image
 <stem>_labels.tif, <stem>_overlay.png and, with --records, <stem>_masks.json (one record
 per mask: area, bbox x,y,w,h, predicted_iou, stability_score, point, crop_box).
-Unset options keep the official defaults (shown in brackets).
+Unset options take the model's recommended values when its registry entry has some
+(below), else the official defaults (shown in brackets).
 """
+
+
+def _model_defaults_help() -> str:
+    """One line per registry model with recommended segment-everything values."""
+    from napari_samscope.core.registry import DEFAULT_MODEL, lookup, model_names
+
+    lines = []
+    for name in model_names():
+        spec = lookup(name)
+        values = spec.everything_params() if spec is not None else {}
+        if values:
+            shown = ", ".join(f"{k} {v:g}" for k, v in values.items())
+            default = " (the default model)" if name == DEFAULT_MODEL else ""
+            lines.append(f"  {name}{default}: {shown}")
+    if not lines:
+        return ""
+    return "\nRecommended values of models (used for the options you do not set):\n" + "\n".join(lines) + "\n"
 
 # option -> (type, default shown in --help, help). The defaults that apply are those of
 # core.everything.EVERYTHING_DEFAULTS (a test checks that these copies agree); they are
@@ -45,7 +63,7 @@ PARAMETERS: dict[str, tuple[type, float, str]] = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "everything", help="segment everything (automatic mask generation)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION + _model_defaults_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model(parser)
     parser.add_argument("--source", required=True, help="an image file or a folder of images")
@@ -58,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             flags.append("--conf")
         if name == "points_per_side":
             flags.append("--points-stride")  # Ultralytics' name
-        group.add_argument(*flags, dest=name, type=kind, default=None, help=f"{text} [{shown}]")
+        group.add_argument(*flags, dest=name, type=kind, default=None,
+                           help=f"{text} [model's value, else {shown}]")
     group.add_argument("--single-mask", action="store_true",
                        help="one candidate per grid point instead of 3")
     parser.add_argument("--records", action="store_true", help="also write <stem>_masks.json")
@@ -78,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         params["multimask_output"] = False
     model = load_model(args.model, args.device)
     generator = MaskGenerator(model, **params)  # checks the values before any work
+    applied = {k: v for k, v in generator.model_defaults.items() if k not in params}
+    if applied:
+        shown = ", ".join(f"{k} {v:g}" for k, v in applied.items())
+        print(f"{model.name}: using the model's recommended {shown} (set the options to change)")
     out = Path(args.out)
     total = 0
     for path, stem in zip(files, output_stems(files)):

@@ -3,7 +3,10 @@
 ``device="auto"`` picks CUDA, then Apple's MPS, then the CPU. ``dtype`` selects
 mixed precision: ``None`` (or ``"float32"``) runs plain float32; ``"bfloat16"`` /
 ``"float16"`` run the model under :func:`torch.autocast`; ``"auto"`` picks bfloat16
-where the hardware computes it natively and float32 elsewhere.
+where the hardware computes it natively and float32 elsewhere; ``"default"`` (the
+default of ``load_sam`` and ``SAM``) is the model's own choice: ``"auto"`` for registry
+models whose bf16 speed and quality were verified (``ModelSpec.auto_bf16``), float32
+for everything else (checkpoint paths, fresh or tiny configurations).
 
 The model's weights always stay float32; autocast only lowers the precision of the
 matrix products inside the ``with`` block, so masks thresholded at 0 agree with
@@ -21,6 +24,7 @@ from functools import lru_cache
 import torch
 
 __all__ = [
+    "DEFAULT_DTYPE",
     "DeviceLike",
     "DtypeLike",
     "autocast",
@@ -33,6 +37,9 @@ DeviceLike = str | torch.device | None
 DtypeLike = str | torch.dtype | None
 
 _SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+#: The dtype request meaning "what the model recommends" (see :func:`resolve_dtype`).
+DEFAULT_DTYPE = "default"
 
 _DTYPE_NAMES: dict[str, torch.dtype | None] = {
     "float32": None,
@@ -153,14 +160,18 @@ def _cuda_supports_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
-def resolve_dtype(dtype: DtypeLike, device: torch.device | str) -> torch.dtype | None:
+def resolve_dtype(
+    dtype: DtypeLike, device: torch.device | str, *, auto_bf16: bool = False
+) -> torch.dtype | None:
     """Decide the autocast dtype for ``device``; ``None`` means plain float32.
 
     Args:
         dtype: ``None``, ``"float32"``/``"fp32"`` (plain float32), ``"bfloat16"``/``"bf16"``,
-            ``"float16"``/``"fp16"``, ``"auto"``, or a ``torch.dtype``
-            (``torch.float32``, ``torch.bfloat16``, ``torch.float16``).
+            ``"float16"``/``"fp16"``, ``"auto"``, ``"default"`` (:data:`DEFAULT_DTYPE`), or a
+            ``torch.dtype`` (``torch.float32``, ``torch.bfloat16``, ``torch.float16``).
         device: the device the model runs on (from :func:`select_device`).
+        auto_bf16: what ``"default"`` means: ``"auto"`` when True (the model's registry
+            entry has ``auto_bf16``), plain float32 when False. Other requests ignore it.
 
     Returns:
         ``torch.bfloat16`` or ``torch.float16`` to run under autocast, or ``None`` for
@@ -178,6 +189,8 @@ def resolve_dtype(dtype: DtypeLike, device: torch.device | str) -> torch.dtype |
         return None
     if isinstance(dtype, str):
         key = dtype.strip().lower()
+        if key == DEFAULT_DTYPE:
+            key = "auto" if auto_bf16 else "float32"
         if key == "auto":
             if device.type == "cuda":
                 return torch.bfloat16 if _cuda_supports_bf16(device) else None
@@ -187,7 +200,7 @@ def resolve_dtype(dtype: DtypeLike, device: torch.device | str) -> torch.dtype |
         if key not in _DTYPE_NAMES:
             raise ValueError(
                 f"dtype {dtype!r} is not supported; use None/'float32', 'bfloat16', "
-                "'float16' or 'auto'."
+                "'float16', 'auto' or 'default'."
             )
         chosen = _DTYPE_NAMES[key]
     elif isinstance(dtype, torch.dtype):

@@ -25,7 +25,7 @@ official records, so ``bbox = (x0, y0, x1 - x0, y1 - y0)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,17 @@ from .mask_records import EverythingResult, MaskRecord
 from .progress import Progress
 from .windowed_upsampler import WindowedUpsampler
 
-__all__ = ["EVERYTHING_DEFAULTS", "EverythingResult", "MaskGenerator", "MaskRecord"]
+__all__ = [
+    "EVERYTHING_DEFAULTS",
+    "EverythingResult",
+    "MaskGenerator",
+    "MaskRecord",
+    "model_everything_defaults",
+]
 
 #: Parameters of :class:`MaskGenerator` and their defaults (those of the official generator).
+#: A model's registry entry may recommend other values (``ModelSpec.everything_defaults``),
+#: which then apply to the parameters the user does not set.
 EVERYTHING_DEFAULTS: dict[str, Any] = {
     "points_per_side": 32,
     "points_per_batch": 64,
@@ -62,6 +70,20 @@ ALIASES = {
 }
 EDGE_TOLERANCE = 20.0
 _MASK_CHUNK = 16  # prompts whose masks are upscaled together (~0.2 GB for 1024-input models)  # pixels: masks this close to an inner crop edge are dropped
+
+
+def model_everything_defaults(model: Any) -> dict[str, Any]:
+    """The recommended segment-everything parameters of ``model``'s registry entry.
+
+    ``model`` is anything with a ``spec`` attribute holding a registry ``ModelSpec``
+    (a ``SAM`` loaded by name, a ``LoadedModel``) or a ``ModelSpec`` itself. Returns
+    ``{}`` for official models, for models given by path, for bare ``Sam`` modules and
+    for anything else (so they keep the official defaults).
+    """
+    from .registry import ModelSpec
+
+    spec = model if isinstance(model, ModelSpec) else getattr(model, "spec", None)
+    return spec.everything_params() if isinstance(spec, ModelSpec) else {}
 
 
 def _as_predictor(model: Any) -> Any:
@@ -93,9 +115,37 @@ class MaskGenerator:
         multimask_output: 3 candidates per point (else 1).
         point_grids: explicit normalised ``(n, 2)`` ``(x, y)`` grids, one per crop layer,
             instead of ``points_per_side``.
+        model_defaults: the model's recommended values, used for the parameters not
+            given here (then the official defaults). None (default): taken from the
+            registry entry of ``model`` when it is a ``SAM`` loaded by name (its
+            ``spec.everything_params()``; see :func:`model_everything_defaults`); official
+            models have none, so they keep the official defaults exactly. ``{}`` forces
+            the official defaults.
+
+    Attributes:
+        params: every parameter's value in use (given > model's recommended > official).
+        model_defaults: the recommended values that applied (a dict, maybe empty).
     """
 
-    def __init__(self, model: Any, *, point_grids: list[np.ndarray] | None = None, **params: Any):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        point_grids: list[np.ndarray] | None = None,
+        model_defaults: Mapping[str, Any] | None = None,
+        **params: Any,
+    ):
+        if model_defaults is None:
+            model_defaults = model_everything_defaults(model)
+        model_defaults = dict(model_defaults)
+        unknown = sorted(set(model_defaults) - set(EVERYTHING_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"The model's recommended segment-everything parameters {unknown} are not "
+                f"parameters of the generator (valid ones: {sorted(EVERYTHING_DEFAULTS)}); "
+                "fix the model's registry entry."
+            )
+        self.model_defaults = model_defaults
         for alias, name in ALIASES.items():
             if alias in params:
                 if name in params:
@@ -107,7 +157,7 @@ class MaskGenerator:
                 f"Unknown segment-everything parameter(s) {unknown}; "
                 f"valid ones are {sorted(EVERYTHING_DEFAULTS)} and aliases {sorted(ALIASES)}."
             )
-        self.params = {**EVERYTHING_DEFAULTS, **params}
+        self.params = {**EVERYTHING_DEFAULTS, **model_defaults, **params}
         p = self.params
         for name in (
             "pred_iou_thresh",

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from napari_samscope.core.checkpoint import CheckpointError, read_checkpoint
-from napari_samscope.core.device import DeviceLike, DtypeLike, resolve_dtype, select_device
+from napari_samscope.core.device import (
+    DEFAULT_DTYPE,
+    DeviceLike,
+    DtypeLike,
+    resolve_dtype,
+    select_device,
+)
 from napari_samscope.core.download import download_iter
 from napari_samscope.core.progress import Progress, run
 from napari_samscope.core.registry import (
@@ -108,14 +114,18 @@ def _locate(model: ModelLike) -> tuple[ModelSpec | None, Path, bool]:
 
 
 def load_sam_iter(
-    model: ModelLike = None, device: DeviceLike = "auto", dtype: DtypeLike = None
+    model: ModelLike = None, device: DeviceLike = "auto", dtype: DtypeLike = DEFAULT_DTYPE
 ) -> Generator[Progress, None, LoadedModel]:
     """Find, download if needed, read and build a model; yields progress.
 
     Args:
         model: registry name/alias, path of a weights file, or None for the default.
         device: ``"auto"`` (cuda, mps, cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
-        dtype: autocast dtype request (see ``core.device.resolve_dtype``).
+        dtype: autocast dtype request (see ``core.device.resolve_dtype``). The default,
+            ``"default"``, is ``"auto"`` (bf16 on CPUs and GPUs that compute it natively,
+            else float32) for registry models with ``ModelSpec.auto_bf16`` and plain
+            float32 for everything else (files given by path included). ``None`` or
+            ``"float32"`` always give float32.
 
     Yields:
         Byte progress while downloading, then ``Progress("loading <name>", step, 3)``.
@@ -128,8 +138,9 @@ def load_sam_iter(
             to put the file by hand).
     """
     target = select_device(device)
-    autocast_dtype = resolve_dtype(dtype, target)
+    resolve_dtype(dtype, target)  # a bad request fails before any download
     spec, path, needs_download = _locate(model)
+    autocast_dtype = resolve_dtype(dtype, target, auto_bf16=spec is not None and spec.auto_bf16)
     if needs_download and spec is not None:
         path = yield from download_iter(spec)
     name = spec.name if spec is not None else path.name
@@ -160,7 +171,7 @@ def _build(state_dict: dict[str, torch.Tensor], config: dict[str, Any] | None, p
 def load_sam(
     model: ModelLike = None,
     device: DeviceLike = "auto",
-    dtype: DtypeLike = None,
+    dtype: DtypeLike = DEFAULT_DTYPE,
     progress: Callable[[Progress], Any] | str | None = None,
 ) -> LoadedModel:
     """Headless :func:`load_sam_iter`; ``progress`` is None, ``"tqdm"`` or a callback."""

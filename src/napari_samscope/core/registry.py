@@ -48,6 +48,16 @@ SAMSCOPE_NUCLEI_SIZE: int | None = 7484091
 SAMSCOPE_NUCLEI_SHA256: str | None = "8982d4ef825b08bc0f7d194ccf304e721d1a1336adcc4fbf9fef8e6c365bb75c"
 #: Informational architecture label; loading always reads the config stored in the file.
 SAMSCOPE_NUCLEI_ARCH = "custom"
+#: Segment-everything parameters recommended for the default model (its IoU head is
+#: calibrated differently from Meta's, so the official 0.88 / 0.95 keep almost nothing).
+#: Paste the pairs printed by ``python training/calibrate_everything.py`` here after
+#: retraining the model. Measured on the shipped file (sha256 8982d4ef...) with 3+3
+#: held-out images (seed 6000, uint8 and uint16 low-SNR), masks matched at IoU >= 0.5:
+#: official 0.88 / 0.95 -> F1 0.004 (1 mask per image); 0.5 / 0.89 -> F1 0.721
+#: (precision 0.72, recall 0.73, mean IoU of matches 0.82). A 64-point grid was worse.
+SAMSCOPE_NUCLEI_EVERYTHING: tuple[tuple[str, float | int], ...] = (
+    ("pred_iou_thresh", 0.5), ("stability_score_thresh", 0.89),
+)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -71,6 +81,15 @@ class ModelSpec:
         package_file: path relative to the ``napari_samscope`` package, for models
             shipped inside it.
         local_path: absolute path of a model registered at run time.
+        everything_defaults: the model's recommended segment-everything parameters,
+            as ``(name, value)`` pairs of ``core.everything.EVERYTHING_DEFAULTS`` keys
+            (immutable, so the spec stays hashable). They replace the official defaults
+            for the parameters a user does not set; empty for official models, which
+            keep the official defaults exactly. Read them with :meth:`everything_params`.
+        auto_bf16: bfloat16 autocast was measured faster than float32 for this model
+            and its masks agree with float32 (IoU >= 0.97), so the default dtype request
+            resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
+            :func:`default_dtype_request`.
     """
 
     name: str
@@ -83,6 +102,24 @@ class ModelSpec:
     description: str = ""
     package_file: str | None = None
     local_path: Path | None = None
+    everything_defaults: tuple[tuple[str, float | int], ...] = ()
+    auto_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        pairs = self.everything_defaults
+        if not isinstance(pairs, tuple) or not all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+        ):
+            raise TypeError(
+                f"everything_defaults of model {self.name!r} must be a tuple of "
+                "(parameter name, value) pairs."
+            )
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise ValueError(f"everything_defaults of model {self.name!r} repeats a parameter.")
+
+    def everything_params(self) -> dict[str, float | int]:
+        """The recommended segment-everything parameters (a new dict; empty if none)."""
+        return dict(self.everything_defaults)
 
     @property
     def source(self) -> str:
@@ -117,6 +154,17 @@ class ModelStatus:
     source: str
 
 
+# auto_bf16: bf16 autocast vs float32, Predictor.set_image on this project's 2-core CPU
+# (AMD EPYC with AVX512-BF16, torch 2.13, OMP_NUM_THREADS=2, measured 2026-11-26 while
+# another job shared the machine, so ratios matter more than absolute times):
+#   samscope_nuclei 512x512: min 0.164 -> 0.119 s, median 0.275 -> 0.218 s (x1.3);
+#     masks of points/boxes on synthetic nuclei (tests/core/test_bf16.py prompts, 3 images)
+#     agree with float32 at IoU >= 0.996 (median 0.999);
+#   vit_t (random weights) 1024x1024: median 3.3 -> 2.3 s, min 3.1 -> 1.8 s (x1.4-1.8);
+#   vit_b (random weights) 1024x1024: 16.3 -> 11.5 s (x1.4).
+# ViT-L/H run the same blocks as ViT-B with more of them: bf16 pays at least as much.
+# The decoder's two-way transformer stays float32 under autocast (modeling), which is
+# what keeps bf16 masks on the trained model within the 0.97 IoU bar of issue 6.
 _BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="samscope_nuclei",
@@ -127,6 +175,8 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         aliases=("default", "samscope_nuclei.pt"),
         description="napari-samscope's default: a small SAM fine-tuned for fluorescent nuclei",
         package_file=SAMSCOPE_NUCLEI_FILE,
+        everything_defaults=SAMSCOPE_NUCLEI_EVERYTHING,
+        auto_bf16=True,
     ),
     ModelSpec(
         name="vit_b",
@@ -137,6 +187,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         aliases=("sam_b.pt", "sam_vit_b_01ec64.pth", "sam_vit_b"),
         description="SAM ViT-B (Meta, 91M parameters, 375 MB)",
+        auto_bf16=True,
     ),
     ModelSpec(
         name="vit_l",
@@ -147,6 +198,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         aliases=("sam_l.pt", "sam_vit_l_0b3195.pth", "sam_vit_l"),
         description="SAM ViT-L (Meta, 308M parameters, 1.2 GB)",
+        auto_bf16=True,
     ),
     ModelSpec(
         name="vit_h",
@@ -157,6 +209,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         aliases=("sam_h.pt", "sam_vit_h_4b8939.pth", "sam_vit_h"),
         description="SAM ViT-H (Meta, 636M parameters, 2.6 GB)",
+        auto_bf16=True,
     ),
     ModelSpec(
         name="vit_t",
@@ -168,6 +221,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         sha256=None,
         aliases=("mobile_sam.pt", "mobilesam", "mobile_sam"),
         description="MobileSAM ViT-T (TinyViT encoder, 10M parameters, 41 MB)",
+        auto_bf16=True,
     ),
 )
 

@@ -47,7 +47,10 @@ class SAM:
             ``"sam_vit_b_01ec64.pth"``, ``"mobile_sam.pt"``, ...), a local checkpoint
             path, or None for the project's default model. Downloaded once when needed.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
-        dtype: autocast dtype: None (float32), ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+        dtype: autocast dtype: ``"default"`` (the model's choice: ``"auto"`` for registry
+            models verified in bf16, ``ModelSpec.auto_bf16``, float32 for files given by
+            path), None or ``"float32"`` (float32), ``"bfloat16"``, ``"float16"`` or
+            ``"auto"`` (bf16 where the hardware computes it natively, else float32).
         progress: download/loading progress, passed to ``core.loader.load_sam``
             (None, ``"tqdm"`` or a callable receiving ``core.progress.Progress``).
 
@@ -57,13 +60,15 @@ class SAM:
         device: the ``torch.device`` it runs on.
         dtype: the autocast dtype (None for float32).
         path: the checkpoint file, when loaded from one.
+        spec: the registry entry (``core.registry.ModelSpec``), or None for a file given
+            by path or a wrapped module.
     """
 
     def __init__(
         self,
         model: str | Path | None = None,
         device: Any = "auto",
-        dtype: Any = None,
+        dtype: Any = "default",
         progress: Any = None,
     ) -> None:
         from .loader import load_sam
@@ -72,10 +77,22 @@ class SAM:
         self._init(loaded.sam, loaded.name, loaded.device, loaded.dtype, loaded.path, loaded.spec)
 
     @classmethod
-    def from_sam(cls, sam: Sam, name: str = "custom", device: Any = None, dtype: Any = None) -> SAM:
+    def from_sam(
+        cls,
+        sam: Sam,
+        name: str = "custom",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        spec: Any = None,
+        path: str | Path | None = None,
+    ) -> SAM:
         """Wrap an in-memory :class:`Sam` (tests, training); no file is read.
 
-        ``device`` moves the module (default: where it is); ``dtype`` as in ``SAM``.
+        ``device`` moves the module (default: where it is); ``dtype`` as in ``SAM``, but
+        the default here is None (float32). ``spec`` is the registry entry the weights
+        came from (a ``LoadedModel``'s): it brings the model's recommended
+        segment-everything parameters and what ``dtype="default"`` means.
         """
         from .device import resolve_dtype, select_device
 
@@ -85,7 +102,8 @@ class SAM:
         if sam.device != target:
             sam.to(target)
         obj = cls.__new__(cls)
-        obj._init(sam, name, target, resolve_dtype(dtype, target), None, None)
+        auto_bf16 = bool(getattr(spec, "auto_bf16", False))
+        obj._init(sam, name, target, resolve_dtype(dtype, target, auto_bf16=auto_bf16), path, spec)
         return obj
 
     def _init(
@@ -147,6 +165,14 @@ class SAM:
             )
         return summary
 
+    def everything_defaults(self) -> dict[str, Any]:
+        """Segment-everything parameters used when not given: the official defaults
+        (``core.everything.EVERYTHING_DEFAULTS``) updated with this model's recommended
+        values (``spec.everything_params()``; none for official models)."""
+        from .everything import EVERYTHING_DEFAULTS, model_everything_defaults
+
+        return {**EVERYTHING_DEFAULTS, **model_everything_defaults(self)}
+
     def predictor(self) -> Predictor:
         """A new :class:`Predictor` on this model (encode once, prompt many times)."""
         return Predictor(self)
@@ -174,7 +200,8 @@ class SAM:
         :meth:`Predictor.predict`) it returns a :class:`Prediction`. Without prompts it
         segments everything with :class:`~napari_samscope.core.everything.MaskGenerator`,
         to which ``everything_kwargs`` go (``points_per_side``, ``pred_iou_thresh``, ...),
-        and returns its result. ``channel_axis``, ``channels``, ``normalization`` and
+        and returns its result; parameters not given take the model's recommended values
+        (:meth:`everything_defaults`), then the official ones. ``channel_axis``, ``channels``, ``normalization`` and
         ``contrast_limits`` choose how the image becomes 8-bit RGB
         (:func:`~napari_samscope.core.image.to_rgb_uint8`).
         """
@@ -207,9 +234,13 @@ class SAM:
                 )
             finally:
                 predictor.reset_image()
-        from .everything import MaskGenerator
+        from .everything import MaskGenerator, model_everything_defaults
 
-        return MaskGenerator(self._shared_predictor(), **everything_kwargs).generate(rgb)
+        generator = MaskGenerator(
+            self._shared_predictor(), model_defaults=model_everything_defaults(self),
+            **everything_kwargs,
+        )
+        return generator.generate(rgb)
 
     def export(self, format: str = "onnx", out_dir: str | Path = ".", **kwargs: Any) -> list[Path]:
         """Export the model (``format="onnx"``) into ``out_dir``; returns the written files.
