@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import PreparedImage, TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -53,6 +55,7 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        self._image_memo = _ImageMemo()
 
     def forward(
         self,
@@ -190,8 +193,13 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
 
+        prepared = self._prepared_image(image_embeddings, image_pe, dense_prompt_embeddings)
         image_embeddings = _broadcast_batch(image_embeddings, batch, "image_embeddings")
         pos_src = _broadcast_batch(image_pe, batch, "image_pe")
+        if prepared is not None:
+            hs, keys = self.transformer.forward_prepared(prepared, tokens)
+            iou_pred = self.iou_prediction_head(hs[:, 0, :])
+            return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
         if not torch.is_grad_enabled() and _is_shared(image_embeddings) and _is_shared(
             dense_prompt_embeddings
         ):
@@ -205,6 +213,40 @@ class MaskDecoder(nn.Module):
         hs, keys = self.transformer(src, pos_src, tokens)  # keys: B, HW, C
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
+
+    def _prepared_image(
+        self, image: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> PreparedImage | None:
+        """The transformer's prepared image for inference on one image without a mask
+        prompt (the dense embedding is one vector everywhere), kept while the inputs stay
+        the same; None when this does not apply (training, autocast, per-prompt images or
+        mask prompts)."""
+        if (
+            torch.is_grad_enabled()
+            or _autocast_enabled(image.device.type)
+            or not (_is_shared(image) and _is_shared(image_pe) and _is_shared(dense))
+            or dense.stride(-1) != 0
+            or dense.stride(-2) != 0
+        ):
+            return None
+        # the callers' own tensors (not views made here), so that their identity is kept
+        image = image if image.shape[0] == 1 else image[:1]
+        image_pe = image_pe if image_pe.shape[0] == 1 else image_pe[:1]
+        vector = dense[0, :, 0, 0]
+        block = self.transformer.layers[0] if self.transformer.depth else None
+        weights = [] if block is None else [
+            block.cross_attn_token_to_image.k_proj.weight,
+            block.cross_attn_token_to_image.k_proj.bias,
+            block.cross_attn_token_to_image.v_proj.weight,
+            block.cross_attn_token_to_image.v_proj.bias,
+            block.cross_attn_image_to_token.q_proj.weight,
+            block.cross_attn_image_to_token.q_proj.bias,
+        ]
+
+        def prepare() -> PreparedImage:
+            return self.transformer.prepare_image(image + vector[None, :, None, None], image_pe)
+
+        return self._image_memo.get((image, image_pe, vector), weights, prepare)
 
     def upscale_masks(
         self, keys: torch.Tensor, mask_tokens: torch.Tensor, height: int, width: int
@@ -271,6 +313,65 @@ def _broadcast_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(
         f"{name} has batch size {x.shape[0]} but there are {batch} prompt sets; "
         "pass one embedding shared by all prompt sets or one per prompt set."
+    )
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """``tensor._version`` (bumped by every in-place change), None for inference tensors."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
+class _ImageMemo:
+    """The last prepared image of a decoder, reused while its inputs are unchanged.
+
+    An entry is reused when each input tensor is the same object at the same version (an
+    in-place change bumps it), or else equal in value to the snapshot taken when the
+    entry was made; and when the weights it was projected with are the same objects at
+    the same versions and memory. Not copied or pickled with the module.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[Any, ...] | None = None
+
+    def __deepcopy__(self, memo: dict) -> _ImageMemo:
+        return _ImageMemo()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_ImageMemo, ())
+
+    def clear(self) -> None:
+        """Forget the entry (frees its memory)."""
+        self._entry = None
+
+    def get(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        weights: list[torch.Tensor],
+        compute: Callable[[], PreparedImage],
+    ) -> PreparedImage:
+        stamp = tuple((id(w), w.data_ptr(), _version(w), w.device) for w in weights)
+        entry = self._entry
+        if entry is not None and entry[0] == stamp and all(
+            _same(x, ref, version, snapshot) for x, (ref, version, snapshot) in zip(inputs, entry[1])
+        ):
+            return entry[2]
+        value = compute()
+        keys = tuple((weakref.ref(x), _version(x), x.detach().clone()) for x in inputs)
+        self._entry = (stamp, keys, value)
+        return value
+
+
+def _same(x: torch.Tensor, ref: weakref.ref, version: int | None, snapshot: torch.Tensor) -> bool:
+    if ref() is x and version is not None and _version(x) == version:
+        return True
+    return (
+        x.shape == snapshot.shape
+        and x.dtype == snapshot.dtype
+        and x.device == snapshot.device
+        and torch.equal(x, snapshot)
     )
 
 
