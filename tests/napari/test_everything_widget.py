@@ -128,3 +128,17 @@ def test_fields_follow_the_model_unless_edited(everything_widget, segmenting_sam
     assert w.stability.value() == 0.95
     session.set_model(_with_spec(segmenting_sam, stability_score_thresh=0.8))
     assert w.stability.value() == 0.8
+
+
+def test_session_predictors_carry_the_models_registry_entry(everything_widget, segmenting_sam):
+    from napari_samscope.core.everything import MaskGenerator
+
+    session = everything_widget.session
+    model = _with_spec(segmenting_sam, pred_iou_thresh=0.5)
+    session.set_model(model)
+    for predictor in (session.predictor, session.new_predictor()):
+        assert predictor.spec is model.spec
+        assert MaskGenerator(predictor).params["pred_iou_thresh"] == 0.5
+    session.set_model(segmenting_sam)
+    assert session.new_predictor().spec is None
+    assert MaskGenerator(session.new_predictor()).params["pred_iou_thresh"] == 0.88

@@ -160,7 +160,7 @@ class ModelSession:
         with self.decode_lock:
             self.sam = sam
             self._factory = factory
-            self.predictor = factory(sam)
+            self.predictor = _with_spec(factory(sam), sam)
         self.model_changed.emit(sam)
 
     def load_iter(
@@ -193,7 +193,8 @@ class ModelSession:
 
     def new_predictor(self) -> Any:
         """A separate predictor on the same model (for long jobs that set their own image)."""
-        return self._factory(self.require_model())
+        sam = self.require_model()
+        return _with_spec(self._factory(sam), sam)
 
     def require_model(self) -> Any:
         """The current ``SAM``; raises ``ValueError`` with what to do when none is loaded."""
@@ -231,6 +232,15 @@ class ModelSession:
     def notify_cache(self) -> None:
         """Emit ``cache_changed`` with the current figures."""
         self.cache_changed.emit(self.cache_nbytes(), self._cache_bytes)
+
+
+def _with_spec(predictor: Any, sam: Any) -> Any:
+    """``predictor`` carrying ``sam``'s registry entry as ``predictor.spec`` (when it has
+    none), so that segment-everything on it uses the model's recommended parameters
+    (``core.everything.model_everything_defaults``)."""
+    if getattr(predictor, "spec", None) is None:
+        predictor.spec = getattr(sam, "spec", None)
+    return predictor
 
 
 def unwrap_viewer(viewer: Any) -> Any:
