@@ -229,3 +229,18 @@ def test_tiny_vit_bias_cache_follows_weight_changes(randomize, tiny_sam_factory)
     with torch.enable_grad():
         plain = model.image_encoder(x)
     torch.testing.assert_close(cached, plain, **TOL)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3 * 4 * 16 * 8 * 4, 1 << 20])  # 1, 3, all rows
+def test_mask_upscaling_in_row_bands_equals_plain(monkeypatch, randomize, tiny_sam_factory, band_bytes):
+    model = randomize(tiny_sam_factory("vit", 64), seed=18).requires_grad_(False)
+    decoder = model.mask_decoder
+    keys = torch.randn(2, 8 * 8, 32)  # an 8x8 embedding grid, 2 prompt sets
+    tokens = torch.randn(2, decoder.num_mask_tokens, 32)
+    with torch.enable_grad():  # the plain path: the whole upscaling at once
+        plain = decoder.upscale_masks(keys, tokens, 8, 8)
+    monkeypatch.setattr(decoder_module, "_BAND_BYTES", band_bytes)
+    with torch.no_grad():
+        banded = decoder.upscale_masks(keys, tokens, 8, 8)
+    assert banded.shape == plain.shape == (2, decoder.num_mask_tokens, 32, 32)
+    torch.testing.assert_close(banded, plain, **TOL)

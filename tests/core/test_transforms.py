@@ -129,12 +129,10 @@ def test_mask_upsampler_matches_two_step_interpolation(original, img_size, lowre
     assert (masks == (ref > 0)).float().mean().item() > 0.9999
 
 
-def test_mask_upsampler_chunking_and_dense_matrices_agree():
+def test_mask_upsampler_dense_matrices_agree():
     torch.manual_seed(1)
     low = torch.randn(5, 16, 16)
-    a = MaskUpsampler((30, 45), (43, 64), 64, 16, chunk=2).logits(low)
-    b = MaskUpsampler((30, 45), (43, 64), 64, 16).logits(low)
-    torch.testing.assert_close(a, b)
+    a = MaskUpsampler((30, 45), (43, 64), 64, 16).logits(low)
     ah, aw = MaskUpsampler((30, 45), (43, 64), 64, 16).matrices
     dense = torch.from_numpy(ah).float() @ low @ torch.from_numpy(aw).float().T
     torch.testing.assert_close(a, dense, atol=1e-4, rtol=0)

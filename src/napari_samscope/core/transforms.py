@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-_CHUNK_ELEMENTS = 1 << 25  # full-resolution float32 logits held at once (128 MB)
+_CHUNK_ELEMENTS = 1 << 25  # full-resolution float32 logits held at once off the CPU (128 MB)
 _BAND_ELEMENTS = 1 << 18  # float32 output values per row band (1 MB: stays in the CPU cache)
 
 __all__ = [
@@ -174,8 +174,6 @@ class MaskUpsampler:
         input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
         img_size: ``S``, the model input side.
         lowres_size: ``L``, the side of the low-resolution logits (``4 * E``).
-        chunk: at most this many masks are upsampled at a time; by default as many as
-            fit in about 128 MB of float32 full-resolution logits (bounds memory).
     """
 
     def __init__(
@@ -184,14 +182,11 @@ class MaskUpsampler:
         input_size: tuple[int, int],
         img_size: int,
         lowres_size: int,
-        chunk: int | None = None,
     ) -> None:
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.img_size = int(img_size)
         self.lowres_size = int(lowres_size)
-        pixels = self.original_size[0] * self.original_size[1]
-        self.chunk = max(1, int(chunk) if chunk is not None else _CHUNK_ELEMENTS // pixels)
         self._rows = _band(
             self.lowres_size, self.img_size, self.input_size[0], self.original_size[0]
         )
@@ -232,22 +227,25 @@ class MaskUpsampler:
         )
         row_idx, row_w = self._rows.on(low.device)
         col_idx, col_w = self._cols.on(low.device)
-        for start in range(0, flat.shape[0], self.chunk):
-            part = flat[start : start + self.chunk]
-            cols = _upsample_columns(part, col_idx, col_w)  # (n, L, W)
-            # then rows, gathering whole contiguous rows: (n, L, W) -> (n, H, W), a band
-            # of output rows at a time so that the band's taps stay in the CPU cache
-            band = max(16, _BAND_ELEMENTS // (part.shape[0] * W))
+        if low.device.type == "cpu":
+            # one mask at a time, in bands of output rows: every intermediate stays in the
+            # CPU cache and none is image-sized (fresh pages cost about as much as the sums)
+            step, band = 1, max(16, _BAND_ELEMENTS // W)
+        else:  # an accelerator wants few large kernels; memory bounded by _CHUNK_ELEMENTS
+            step, band = max(1, _CHUNK_ELEMENTS // (H * W)), H
+        for start in range(0, flat.shape[0], step):
+            masks = slice(start, start + step)
+            cols = _upsample_columns(flat[masks], col_idx, col_w)  # (n, L, W)
             for top in range(0, H, band):
                 rows = slice(top, min(H, top + band))
+                # rows: gathers of whole contiguous rows of the column-upsampled logits
                 full = cols.index_select(1, row_idx[0, rows]).mul_(row_w[0, rows, None])
                 for t in range(1, row_idx.shape[0]):
                     full.addcmul_(cols.index_select(1, row_idx[t, rows]), row_w[t, rows, None])
-                target = out[start : start + part.shape[0], rows]
                 if threshold is None:
-                    target.copy_(full)
+                    out[masks, rows] = full
                 else:
-                    torch.gt(full, threshold, out=target)
+                    torch.gt(full, threshold, out=out[masks, rows])
         return out.reshape(*lead, H, W)
 
 

@@ -254,6 +254,8 @@ class MaskDecoder(nn.Module):
         """The mask stage: ``(B, h*w, C)`` image tokens and ``(B, M, C)`` mask tokens (from
         :meth:`transform`, any subset of rows) -> low-resolution logits ``(B, M, 4h, 4w)``."""
         batch, _, channels = keys.shape
+        if not torch.is_grad_enabled() and keys.device.type == "cpu":
+            return self._upscale_masks_in_bands(keys, mask_tokens, height, width)
         upscaled_size = (channels // 8) * 16 * height * width
         step = _inference_chunk(upscaled_size, keys)
         if batch > step:
@@ -266,20 +268,58 @@ class MaskDecoder(nn.Module):
         # B,HW,C is the channels-last layout of B,C,H,W: a view, no copy
         src = keys.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         upscaled = self.output_upscaling(src)  # B, C/8, 4H, 4W (channels last)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
-        )  # B, M, C/8
+        hyper_in = self._hypernetwork(mask_tokens)  # B, M, C/8
         _, up_channels, up_height, up_width = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(batch, up_height * up_width, up_channels)
         masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).contiguous()  # B, M, 4H*4W
         return masks.reshape(batch, -1, up_height, up_width)
+
+    def _hypernetwork(self, mask_tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, M, C)`` mask tokens -> ``(B, M, C/8)`` weights of the upscaled channels."""
+        return torch.stack(
+            [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+            dim=1,
+        )
+
+    def _upscale_masks_in_bands(
+        self, keys: torch.Tensor, mask_tokens: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """:meth:`upscale_masks` for CPU inference, one prompt set and a band of embedding
+        rows at a time (the upscaling works on each 2x2 block independently): the band's
+        upscaled activations (about ``_BAND_BYTES``) stay in the CPU cache and the GELUs
+        run in place, so no image-sized buffer is allocated (fresh pages of those cost
+        about as much as the arithmetic)."""
+        conv1, norm, gelu1, conv2, gelu2 = self.output_upscaling
+        batch, _, channels = keys.shape
+        hyper_in = self._hypernetwork(mask_tokens)  # B, M, C/8
+        src = keys.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # channels last
+        per_row = (channels // 8) * 16 * width * keys.element_size()
+        rows = max(1, _BAND_BYTES // per_row)
+        out: torch.Tensor | None = None
+        for b in range(batch):
+            for top in range(0, height, rows):
+                x = norm(conv1(src[b : b + 1, :, top : top + rows]))
+                x = torch.ops.aten.gelu_(x, approximate=gelu1.approximate)
+                x = torch.ops.aten.gelu_(conv2(x), approximate=gelu2.approximate)
+                _, up_channels, up_rows, up_width = x.shape
+                pixels = x.permute(0, 2, 3, 1).reshape(up_rows * up_width, up_channels)
+                band = (hyper_in[b] @ pixels.transpose(0, 1)).view(-1, up_rows, up_width)
+                if out is None:
+                    out = band.new_empty((batch, band.shape[0], 4 * height, up_width))
+                out[b, :, 4 * top : 4 * top + up_rows] = band
+        if out is None:  # an empty embedding grid
+            return keys.new_zeros((batch, hyper_in.shape[1], 0, 4 * width))
+        return out
 
 
 #: Inference decodes a batch of prompt sets a few at a time, so that the image-sized
 #: tensors of one step (about this many bytes) stay in the CPU cache: the decoder is
 #: limited by memory traffic, and this makes it up to twice as fast for segment-everything.
 _CHUNK_BYTES = 8 << 20
+
+#: CPU inference upscales the masks in bands of embedding rows of about this many bytes
+#: of upscaled activations (see ``MaskDecoder._upscale_masks_in_bands``).
+_BAND_BYTES = 1 << 20
 
 
 def _inference_chunk(elements_per_prompt: int, like: torch.Tensor) -> int:
