@@ -197,3 +197,16 @@ def test_forward_prepared_refuses_training_and_prepare_image_one_image(model):
         transformer.forward_prepared(prepared, torch.randn(1, 7, 32))
     with pytest.raises(ValueError, match="one image"):
         transformer.prepare_image(torch.randn(2, 32, 4, 4), pe)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_transformer_outputs_are_the_leading_rows_of_all_tokens(model, grad):
+    transformer = model.mask_decoder.transformer.requires_grad_(False)
+    embedding, pe = torch.randn(2, 32, 4, 4), model.prompt_encoder.get_dense_pe()
+    tokens = torch.randn(2, 7, 32)
+    with torch.set_grad_enabled(grad):
+        every, keys = transformer(embedding, pe, tokens)
+        some, some_keys = transformer(embedding, pe, tokens, outputs=5)
+    assert every.shape == (2, 7, 32) and some.shape == (2, 5, 32)
+    torch.testing.assert_close(some, every[:, :5], **TOL)
+    torch.testing.assert_close(some_keys, keys, **TOL)

@@ -194,10 +194,11 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
 
         prepared = self._prepared_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        outputs = 1 + self.num_mask_tokens  # the IoU and mask tokens
         image_embeddings = _broadcast_batch(image_embeddings, batch, "image_embeddings")
         pos_src = _broadcast_batch(image_pe, batch, "image_pe")
         if prepared is not None:
-            hs, keys = self.transformer.forward_prepared(prepared, tokens)
+            hs, keys = self.transformer.forward_prepared(prepared, tokens, outputs=outputs)
             iou_pred = self.iou_prediction_head(hs[:, 0, :])
             return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
         if not torch.is_grad_enabled() and _is_shared(image_embeddings) and _is_shared(
@@ -210,7 +211,7 @@ class MaskDecoder(nn.Module):
             src = image_embeddings + dense_prompt_embeddings
         if _is_shared(pos_src):
             pos_src = pos_src[:1]
-        hs, keys = self.transformer(src, pos_src, tokens)  # keys: B, HW, C
+        hs, keys = self.transformer(src, pos_src, tokens, outputs=outputs)  # keys: B, HW, C
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
 

@@ -78,7 +78,12 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        *,
+        outputs: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -88,9 +93,13 @@ class TwoWayTransformer(nn.Module):
             image_pe: ``(B, C, h, w)`` or ``(1, C, h, w)`` positional encoding of the
                 image tokens.
             point_embedding: ``(B, T, C)`` prompt (and output) tokens.
+            outputs: only the first ``outputs`` tokens are wanted (the decoder's output
+                tokens): the final attention is then computed for those rows only (each
+                row's result is independent of the others). None: all ``T``.
 
         Returns:
-            processed tokens ``(B, T, C)`` and image tokens ``(B, h * w, C)``.
+            processed tokens ``(B, T, C)`` (``(B, outputs, C)``) and image tokens
+            ``(B, h * w, C)``.
         """
         keys = image_embedding.flatten(2).permute(0, 2, 1)  # B,C,H,W -> B,HW,C
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
@@ -98,7 +107,7 @@ class TwoWayTransformer(nn.Module):
             # Token-major memory once (a view, no copy, for channels-last inputs): every
             # elementwise op and LayerNorm below on the transposed view costs ~10x more.
             keys, key_pe = keys.contiguous(), key_pe.contiguous()
-        return self._run(keys, key_pe, point_embedding, None)
+        return self._run(keys, key_pe, point_embedding, None, outputs)
 
     @torch.no_grad()
     def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> PreparedImage:
@@ -126,13 +135,13 @@ class TwoWayTransformer(nn.Module):
         )
 
     def forward_prepared(
-        self, image: PreparedImage, point_embedding: torch.Tensor
+        self, image: PreparedImage, point_embedding: torch.Tensor, *, outputs: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` on an image from :meth:`prepare_image` (inference only): the
         same results for ``B`` prompt sets ``(B, T, C)`` sharing that image."""
         if not _use_folded_attention():
             raise RuntimeError("forward_prepared is for inference: call it with autograd off.")
-        return self._run(image.keys, image.key_pe, point_embedding, image)
+        return self._run(image.keys, image.key_pe, point_embedding, image, outputs)
 
     def _run(
         self,
@@ -140,6 +149,7 @@ class TwoWayTransformer(nn.Module):
         key_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         prepared: PreparedImage | None,
+        outputs: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         queries = point_embedding
         for i, layer in enumerate(self.layers):
@@ -152,6 +162,8 @@ class TwoWayTransformer(nn.Module):
                 keys_owned=i > 0,
                 prepared=prepared if i == 0 else None,
             )
+        if outputs is not None:  # the other rows of the final attention are not wanted
+            queries, point_embedding = queries[:, :outputs], point_embedding[:, :outputs]
         q = queries + point_embedding
         if _use_folded_attention():
             key_pe = key_pe.to(keys.dtype)  # under autocast: no float32 copy of the keys
