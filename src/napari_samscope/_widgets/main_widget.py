@@ -2,12 +2,15 @@
 
 Qt glue only: prompts are read by ``_napari.prompts``, jobs are ``_napari.engine``
 generators run by :class:`~napari_samscope._widgets.workers.JobRunner`, results are
-written by ``_napari.labels``. When every prompted plane is already encoded and
-decoding has been quick (at most ``INLINE_DECODE_MS``), the live preview decodes on
-the GUI thread inside the prompt layer's event: the mask then lands before napari
-redraws the new prompt, with no thread hand-off either way. Keys (on the plugin's layers only): ``S`` segment,
+written by ``_napari.labels``. Keys (on the plugin's layers only): ``S`` segment,
 ``Shift+S`` segment all slices, ``C`` commit, ``Shift+C`` clear prompts, ``T``
 toggle point polarity.
+
+Latency of the live preview: when every prompted plane is already encoded and the last
+decode was quick (at most ``INLINE_DECODE_MS``), the preview is decoded on the GUI
+thread inside the prompt layer's event, so the mask lands before napari redraws the new
+prompt and no thread hand-off is paid either way. Otherwise (encoding needed, a decode
+that was slow, the predictor busy) it runs in the preview runner's long-lived thread.
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         return self.points_layer, self.shapes_layer
 
     def segment(self) -> None:
-        """Segment the prompted plane(s) into the preview, in a worker (``S``)."""
+        """Segment the prompted plane(s) into the preview (``S``): at once when they are
+        encoded and decoding is quick, else in the preview worker."""
         if self._shut:
             return
         try:
@@ -338,7 +342,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self.preview_runner.cancel()  # idle: only makes any late result stale
         try:
             self._show_preview(seg, image)
-        except ValueError as error:
+        except Exception as error:  # as the runner does with a failure showing a result
             notify_error(error)
         return True
 
