@@ -61,3 +61,17 @@ def test_annotate_usage_and_failures(run_cli, tiny_checkpoint, tmp_path):
     data = _folder(tmp_path)
     code, _, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--det-model", "yolov8n.pt")
     assert code == 1 and "ultralytics" in err and err.count("\n") == 1
+
+
+def test_annotate_with_an_explicit_precision_gives_the_same_files(run_cli, tiny_checkpoint, tmp_path):
+    """``--dtype float32`` loads the model in the command; a checkpoint defaults to float32 too."""
+    data = _folder(tmp_path)
+    code, _, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, _, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--out", tmp_path / "b",
+                           "--dtype", "float32")
+    assert code == 0, err
+    for name in ("img1.txt", "img2.txt"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    code, _, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--dtype", "half")
+    assert code == 2 and "invalid choice" in err

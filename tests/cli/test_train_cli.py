@@ -86,6 +86,29 @@ def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "point IoU" in line and "box IoU" in line and "in 1 images" in line
+    assert "(float32)" in line  # a checkpoint path runs float32 by default
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_evaluate_reports_the_requested_precision(folders, tmp_path, capsys, dtype):
+    _, _, config = folders
+    out = tmp_path / "m.pt"
+    args = _parser().parse_args(["train", "--synthetic", "1", "--config", str(config),
+                                 "--out", str(out), "--steps", "1", "--objects-per-image", "1"])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    args = _parser().parse_args(["evaluate", "--model", str(out), "--synthetic", "1",
+                                 "--size", "128", "--device", "cpu", "--dtype", dtype, "--json"])
+    assert args.func(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["dtype"] == dtype and figures["objects"] > 0
+
+
+def test_an_unknown_dtype_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(["evaluate", "--synthetic", "1", "--dtype", "float8"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'float8'" in capsys.readouterr().err
 
 
 def test_main_runs_the_subcommands(folders, tmp_path):

@@ -54,8 +54,17 @@ def add_model(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
     )
 
 
+DTYPES = ("default", "float32", "bfloat16", "auto")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` (the compute precision) of the commands that load a model."""
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1, mps; default: automatic")
+    parser.add_argument(
+        "--dtype", default="default", choices=DTYPES,
+        help="compute precision: 'default' (bfloat16 autocast for registry models on hardware "
+             "with native bf16, else float32), 'float32', 'bfloat16' or 'auto' [default]",
+    )
 
 
 def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -199,12 +208,13 @@ class ProgressBar:
             self._bar = None
 
 
-def load_model(name: str | None, device: str = "") -> Any:
-    """``SAM(name)`` on ``device`` (automatic when empty), with a progress bar if it takes time."""
+def load_model(name: str | None, device: str = "", dtype: str = "default") -> Any:
+    """``SAM(name)`` on ``device`` (automatic when empty) with the ``dtype`` request, with a
+    progress bar if it takes time."""
     from napari_samscope.core.sam_api import SAM
 
     with ProgressBar() as bar:
-        return SAM(name, device=device or "auto", progress=bar)
+        return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -51,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
         from ._common import UsageError
 
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
+    sam_model = args.sam_model
+    if args.dtype != "default":  # an explicit precision: load the model here with it
+        from ._common import load_model
+
+        sam_model = load_model(args.sam_model, args.device, args.dtype)
     with ProgressBar() as bar:
         summary = auto_annotate(
-            args.data, det_model=args.det_model, sam_model=args.sam_model, device=args.device,
+            args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,
             output_dir=args.output_dir, conf=args.conf, classes=args.classes, max_det=args.max_det,
             overwrite=args.overwrite, save_tiff=args.save_tiff, save_coco=args.save_coco,
             split_parts=args.split_parts, progress=bar, verbose=False,

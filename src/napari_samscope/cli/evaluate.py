@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import UsageError, add_debug
+from ._common import UsageError, add_debug, add_device
 
 DESCRIPTION = """\
 Prompt every labelled object once with a single positive point at a random interior
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--low-snr", action="store_true", help="synthetic images with low SNR")
     parser.add_argument("--min-area", type=int, default=10, help="skip smaller objects (pixels)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--device", default="", help="cpu, cuda, mps; default: automatic")
+    add_device(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -76,17 +76,18 @@ def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.training.evaluate import evaluate
 
     images, labels = _pairs(args)
-    model = SAM(args.model, device=args.device or "auto", progress="tqdm")
+    model = SAM(args.model, device=args.device or "auto", dtype=args.dtype, progress="tqdm")
     result = evaluate(
         model, images, labels, seed=args.seed, min_area=args.min_area,
         n_images=len(images), progress="tqdm",
     )
-    figures = {"model": str(args.model or "default"), **result.as_dict()}
+    precision = "float32" if model.dtype is None else str(model.dtype).replace("torch.", "")
+    figures = {"model": str(args.model or "default"), "dtype": precision, **result.as_dict()}
     if args.json:
         print(json.dumps(figures))
     else:
         print(
-            f"{figures['model']}: point IoU {result.point_iou:.4f} "
+            f"{figures['model']} ({precision}): point IoU {result.point_iou:.4f} "
             f"(best of 3: {result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} "
             f"over {result.objects} objects in {result.images} images"
         )

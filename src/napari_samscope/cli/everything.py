@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     params = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None}
     if args.single_mask:
         params["multimask_output"] = False
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     generator = MaskGenerator(model, **params)  # checks the values before any work
     applied = {k: v for k, v in generator.model_defaults.items() if k not in params}
     if applied:

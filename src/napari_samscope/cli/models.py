@@ -83,7 +83,7 @@ def run_info(args: argparse.Namespace) -> int:
             return 0
     from ._common import load_model
 
-    load_model(name, args.device).info(verbose=True)
+    load_model(name, args.device, args.dtype).info(verbose=True)
     return 0
 
 

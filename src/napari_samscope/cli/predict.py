@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts(args)
     files, _ = list_images(args.source)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}
