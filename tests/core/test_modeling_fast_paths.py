@@ -244,3 +244,23 @@ def test_mask_upscaling_in_row_bands_equals_plain(monkeypatch, randomize, tiny_s
         banded = decoder.upscale_masks(keys, tokens, 8, 8)
     assert banded.shape == plain.shape == (2, decoder.num_mask_tokens, 32, 32)
     torch.testing.assert_close(banded, plain, **TOL)
+
+
+def test_decoder_in_small_steps_keeps_the_min_iou_selection(monkeypatch, randomize, tiny_sam_factory):
+    model = randomize(tiny_sam_factory("vit", 64), seed=19)
+    embedding = torch.randn(1, 32, 4, 4)
+    prompts = _prompt_cases(64, 7, 16)["points"]
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(**prompts)
+        pe = model.prompt_encoder.get_dense_pe()
+        whole_low, whole_iou = model.mask_decoder(embedding, pe, sparse, dense, True)
+        threshold = float(whole_iou.max(dim=1).values.median())
+        monkeypatch.setattr(decoder_module, "_CHUNK_BYTES", 2 * 16 * 32 * 4)  # 2 per step
+        low, iou = model.mask_decoder(embedding, pe, sparse, dense, True, min_iou=threshold)
+    kept = (whole_iou > threshold).any(dim=1)
+    assert 0 < int(kept.sum()) < 7
+    torch.testing.assert_close(iou, whole_iou, **TOL)
+    torch.testing.assert_close(low[kept], whole_low[kept], **TOL)
+    assert not low[~kept].any()
+    with pytest.raises(ValueError, match="batch size"):
+        model.mask_decoder(torch.randn(3, 32, 4, 4), pe, sparse, dense, True)

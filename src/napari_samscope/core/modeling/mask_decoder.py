@@ -117,7 +117,31 @@ class MaskDecoder(nn.Module):
 
         ``wanted_rows`` maps the IoU scores to a ``(B,)`` bool tensor of the prompt sets
         whose masks are computed; the other rows are zeros. None: all of them.
+
+        CPU inference decodes a few prompt sets at a time from start to end (see
+        ``_CHUNK_BYTES``), so the image-sized tokens of the whole batch are never gathered.
         """
+        batch = sparse_prompt_embeddings.shape[0]
+        step = _inference_chunk(
+            image_embeddings.shape[-2] * image_embeddings.shape[-1] * sparse_prompt_embeddings.shape[-1],
+            image_pe,
+        )
+        if batch > step:
+            inputs = (image_embeddings, image_pe, dense_prompt_embeddings)
+            for x, name in zip(inputs, ("image_embeddings", "image_pe", "dense_prompt_embeddings")):
+                _broadcast_batch(x, batch, name)  # checks the batch sizes
+            masks = iou = None
+            for start in range(0, batch, step):
+                rows = slice(start, start + step)
+                image, pe, dense = (x if x.shape[0] == 1 else x[rows] for x in inputs)
+                part_masks, part_iou = self.predict_masks(
+                    image, pe, sparse_prompt_embeddings[rows], dense, wanted_rows=wanted_rows
+                )
+                if masks is None or iou is None:
+                    masks = part_masks.new_empty((batch, *part_masks.shape[1:]))
+                    iou = part_iou.new_empty((batch, *part_iou.shape[1:]))
+                masks[rows], iou[rows] = part_masks, part_iou
+            return masks, iou
         iou_pred, mask_tokens, keys, (height, width) = self.transform(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
