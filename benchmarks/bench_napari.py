@@ -7,7 +7,8 @@ Measures, in a real napari viewer (under Xvfb when there is no display):
    encoded, on a ``--prompt-shape`` image (512x512 by default); median and 90th
    percentile over ``--repeats`` prompts. It includes napari's own work for the added
    point, the hand-off to the preview worker and back, reading the prompts, the
-   decoder, upsampling, and writing the preview layer.
+   decoder, upsampling, and writing the preview layer; the median of each of these
+   stages is reported too (``stage_*``, see ``STAGES``).
 2. **longest event-loop stall while a stack is encoded**: a 5 ms ``QTimer``
    heartbeat runs on the GUI thread while "Precompute embeddings" encodes a stack in
    its worker; the longest gap between two heartbeats, minus the 5 ms period, is the
@@ -62,6 +63,27 @@ def _wait(app: Any, predicate: Any, timeout: float) -> bool:
     return True
 
 
+#: Stages of one prompt-to-preview (medians reported): name -> (from mark, to mark).
+STAGES = {
+    "napari_add": ("start", "handler"),  # napari's own Points.add work before our handler
+    "to_decoder": ("handler", "predict"),  # reading prompts, hand-off to the worker
+    "decoder": ("predict", "predict_end"),  # Predictor.predict: decoder + upsampling
+    "back_to_gui": ("predict_end", "show"),  # result waiting for the GUI thread
+    "write_preview": ("show", "end"),  # writing the preview Labels layer
+}
+
+
+def _mark_calls(owner: Any, name: str, marks: dict[str, float], mark: str) -> None:
+    """Record in ``marks[mark]`` when ``owner.name`` is first called (per prompt)."""
+    stock = getattr(owner, name)
+
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        marks.setdefault(mark, time.perf_counter())
+        return stock(*args, **kwargs)
+
+    setattr(owner, name, marked)
+
+
 def _preview_idle(widget: Any) -> bool:
     timer = getattr(widget, "_timer", None)  # older widgets debounced with a QTimer
     return not widget.preview_runner.busy and not (timer is not None and timer.isActive())
@@ -92,10 +114,16 @@ def measure(
         centres = [np.argwhere(truth == i).mean(0) for i in np.unique(truth)[1:]]
         updated: list[float] = []
         widget.preview_updated.connect(lambda: updated.append(time.perf_counter()))
+        # stage marks of the current prompt: the widget's prompt handler is reached, the
+        # decoder starts and ends, the preview starts being written
+        marks: dict[str, float] = {}
+        _mark_calls(widget.wiring, "_on_change", marks, "handler")
+        _mark_calls(widget, "_show_preview", marks, "show")
 
         def prompt(rc: Any, timeout: float = 600) -> float:
             count = len(updated)
-            start = time.perf_counter()
+            marks.clear()
+            start = marks["start"] = time.perf_counter()
             points.add(np.asarray(rc, float)[None])
             if not _wait(app, lambda: len(updated) > count and not widget.preview_runner.busy,
                          timeout):
@@ -110,19 +138,26 @@ def measure(
 
         def timed_predict(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
+            marks.setdefault("predict", start)
             try:
                 return stock_predict(*args, **kwargs)
             finally:
-                decoder_ms.append((time.perf_counter() - start) * 1000.0)
+                marks["predict_end"] = time.perf_counter()
+                decoder_ms.append((marks["predict_end"] - start) * 1000.0)
 
         predictor.predict = timed_predict
         first = prompt(centres[0])  # encodes the plane
         widget.clear_prompts()
         _wait(app, lambda: _preview_idle(widget), 60)
         latencies, decoder, overhead = [], [], []
+        stages: dict[str, list[float]] = {name: [] for name in STAGES}
         for i in range(repeats):
             decoder_ms.clear()
             latencies.append(prompt(centres[(i + 1) % len(centres)], 60))
+            marks["end"] = updated[-1]
+            for name, (a, b) in STAGES.items():
+                if a in marks and b in marks:
+                    stages[name].append((marks[b] - marks[a]) * 1000.0)
             decoder.append(sum(decoder_ms))
             overhead.append(latencies[-1] - decoder[-1])
             widget.clear_prompts()
@@ -169,6 +204,8 @@ def measure(
         "prompt_to_preview_p90_ms": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 1),
         "decoder_in_preview_median_ms": round(statistics.median(decoder), 1),
         "widget_overhead_median_ms": round(statistics.median(overhead), 1),
+        **{f"stage_{name}_median_ms": round(statistics.median(v), 1) if v else None
+           for name, v in stages.items()},
         "repeats": repeats,
         "stack_planes": planes,
         "stack_plane_size": size,
