@@ -124,3 +124,27 @@ def test_closing_the_widget_mid_run_stops_its_workers(viewer, qtbot, segmenting_
     assert runner._closed
     viewer.layers["SAM points"].add(np.array([[60.0, 95.0]]))  # no callbacks into a dead widget
     qtbot.wait(50)
+
+
+def test_an_error_in_an_inline_decode_notifies_and_the_next_run_works(viewer, main_widget, qtbot,
+                                                                       monkeypatch, notifications):
+    from napari_samscope._napari import engine
+
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    points = main_widget.points_layer
+    add_points(points, [[30, 40]])
+    wait_idle(qtbot, main_widget)  # the plane is encoded now: the next preview is inline
+    original = engine.decode_objects
+
+    def broken(*args, **kwargs):
+        raise ValueError("These prompts cannot be decoded; remove the last one.")
+
+    monkeypatch.setattr(engine, "decode_objects", broken)
+    add_points(points, [[60, 95]])
+    assert any("cannot be decoded" in m for m in notifications.errors())
+    assert not main_widget.preview_runner.busy and not main_widget.session.decode_lock.locked()
+    monkeypatch.setattr(engine, "decode_objects", original)
+    add_points(points, [[62, 97]])
+    wait_idle(qtbot, main_widget)
+    assert viewer.layers["SAM preview"].data[60, 95] > 0

@@ -6,13 +6,12 @@ import numpy as np
 
 
 def wait_idle(qtbot, widget, timeout=30_000):
-    """Wait until the widget's debounce timer and every runner are idle."""
+    """Wait until every runner of the widget is idle."""
     runners = [r for r in (getattr(widget, "preview_runner", None), getattr(widget, "runner", None),
                            widget.model_panel.runner) if r is not None]
-    timer = getattr(widget, "_timer", None)
 
     def idle():
-        return not any(r.busy for r in runners) and (timer is None or not timer.isActive())
+        return not any(r.busy for r in runners)
 
     qtbot.waitUntil(idle, timeout=timeout)
     qtbot.wait(10)  # let queued result signals land
