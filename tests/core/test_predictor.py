@@ -391,3 +391,16 @@ def test_cached_positional_encoding_follows_the_weights(predictor, image):
     after = predictor.predict(points=[[30, 20]], multimask_output=True)
     assert not np.allclose(before.logits, after.logits)
     _check_against_reference(after, _reference(predictor.model, image, [[30, 20]], [1]))
+
+
+def test_set_image_prepares_the_decoder_for_the_first_prompt(predictor, image):
+    memo = predictor.model.mask_decoder._image_memo
+    prepared = memo._entry[2]  # made by set_image
+    first = predictor.predict(points=[[20, 15]], multimask_output=True)
+    assert memo._entry[2] is prepared  # the first prompt used it
+    memo.clear()  # the decoder prepares the image again by itself
+    again = predictor.predict(points=[[20, 15]], multimask_output=True)
+    np.testing.assert_array_equal(again.masks, first.masks)
+    np.testing.assert_allclose(again.logits, first.logits, atol=1e-6, rtol=0)
+    predictor.set_image(image[::-1].copy())  # a new image replaces it
+    assert memo._entry[2] is not prepared

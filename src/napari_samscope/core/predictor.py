@@ -185,6 +185,7 @@ class Predictor:
             allow_constant=False,
         )
         self._embedding = embedding
+        self._prepare_decoder()
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
@@ -377,6 +378,16 @@ class Predictor:
         if self._pe_cache is None or self._pe_cache[0] != stamp:
             self._pe_cache = (stamp, self.model.prompt_encoder.get_dense_pe())
         return self._pe_cache[1]
+
+    def _prepare_decoder(self) -> None:
+        """Let the mask decoder do its prompt-independent work on the current image now
+        (a few milliseconds, next to seconds of encoding), so the first prompt is fast."""
+        emb = self._require_image()
+        encoder = self.model.prompt_encoder
+        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            1, -1, *emb.features.shape[-2:]
+        )
+        self.model.mask_decoder.prepare_image(emb.features, self._dense_pe(), dense)
 
     def _require_image(self) -> ImageEmbedding:
         if self._embedding is None:

@@ -239,6 +239,23 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
 
+    @torch.no_grad()
+    def prepare_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> PreparedImage | None:
+        """Do (and keep) the prompt-independent work of decoding prompts on one image now,
+        e.g. right after encoding it, so that the first prompt is as fast as the next.
+
+        Arguments as in :meth:`forward`, with the dense embedding of "no mask prompt".
+        Returns the prepared image, or None where decoding does not use one (see
+        ``_prepared_image``). Decoding prepares it by itself anyway when needed.
+        """
+        with torch.autocast(device_type=image_embeddings.device.type, enabled=False):
+            return self._prepared_image(image_embeddings, image_pe, dense_prompt_embeddings)
+
     def _prepared_image(
         self, image: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
     ) -> PreparedImage | None:
