@@ -2,7 +2,7 @@
 
 With one image embedding and no mask prompt, the mask decoder projects the first
 transformer block's image side once (``TwoWayTransformer.prepare_image``) and keeps it
-while its inputs stay the same (``mask_decoder._ImageMemo``). These tests compare that
+while its inputs stay the same (``image_memo.ImageMemo``). These tests compare that
 path with the plain (autograd) computation, which is the official one, and check that
 the kept image is dropped whenever an input or a weight it depends on changes.
 """

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
-from .transformer import PreparedImage, TwoWayTransformer
+from .image_memo import ImageMemo, PreparedImage
+from .transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -55,7 +54,7 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
-        self._image_memo = _ImageMemo()
+        self._image_memo = ImageMemo()
 
     def forward(
         self,
@@ -395,65 +394,6 @@ def _broadcast_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     raise ValueError(
         f"{name} has batch size {x.shape[0]} but there are {batch} prompt sets; "
         "pass one embedding shared by all prompt sets or one per prompt set."
-    )
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """``tensor._version`` (bumped by every in-place change), None for inference tensors."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return None
-
-
-class _ImageMemo:
-    """The last prepared image of a decoder, reused while its inputs are unchanged.
-
-    An entry is reused when each input tensor is the same object at the same version (an
-    in-place change bumps it), or else equal in value to the snapshot taken when the
-    entry was made; and when the weights it was projected with are the same objects at
-    the same versions and memory. Not copied or pickled with the module.
-    """
-
-    def __init__(self) -> None:
-        self._entry: tuple[Any, ...] | None = None
-
-    def __deepcopy__(self, memo: dict) -> _ImageMemo:
-        return _ImageMemo()
-
-    def __reduce__(self) -> tuple[type, tuple]:
-        return (_ImageMemo, ())
-
-    def clear(self) -> None:
-        """Forget the entry (frees its memory)."""
-        self._entry = None
-
-    def get(
-        self,
-        inputs: tuple[torch.Tensor, ...],
-        weights: list[torch.Tensor],
-        compute: Callable[[], PreparedImage],
-    ) -> PreparedImage:
-        stamp = tuple((id(w), w.data_ptr(), _version(w), w.device) for w in weights)
-        entry = self._entry
-        if entry is not None and entry[0] == stamp and all(
-            _same(x, ref, version, snapshot) for x, (ref, version, snapshot) in zip(inputs, entry[1])
-        ):
-            return entry[2]
-        value = compute()
-        keys = tuple((weakref.ref(x), _version(x), x.detach().clone()) for x in inputs)
-        self._entry = (stamp, keys, value)
-        return value
-
-
-def _same(x: torch.Tensor, ref: weakref.ref, version: int | None, snapshot: torch.Tensor) -> bool:
-    if ref() is x and version is not None and _version(x) == version:
-        return True
-    return (
-        x.shape == snapshot.shape
-        and x.dtype == snapshot.dtype
-        and x.device == snapshot.device
-        and torch.equal(x, snapshot)
     )
 
 

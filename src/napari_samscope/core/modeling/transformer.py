@@ -21,20 +21,19 @@ image tokens ``N`` (4096):
   per image (keys, values and queries of the first block's cross attentions, in head-major
   layout), and :meth:`TwoWayTransformer.forward_prepared` then does a few million
   multiply-adds there per prompt set instead of about 175 million. The mask decoder keeps
-  the prepared image while its inputs stay the same (see ``mask_decoder._ImageMemo``).
+  the prepared image while its inputs stay the same (see ``image_memo.ImageMemo``).
 
 Training (autograd on) keeps the plain projections, exactly as the official model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
+from .image_memo import PreparedImage
 
 
 class TwoWayTransformer(nn.Module):
@@ -174,30 +173,6 @@ class TwoWayTransformer(nn.Module):
         if keys.shape[0] != queries.shape[0]:  # depth 0: image tokens never got the batch
             keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
-
-
-@dataclass
-class PreparedImage:
-    """The prompt-independent inputs of the transformer for one image (inference).
-
-    ``keys`` / ``key_pe``: ``(1, N, C)`` image tokens and positional encoding, token-major.
-    ``first_keys`` / ``first_values``: ``(heads, N, d)`` keys ``k_proj(keys + key_pe)`` and
-    values ``v_proj(keys)`` of the first block's token-to-image attention;
-    ``first_queries``: ``(heads, d, N)`` (transposed) queries ``q_proj(keys + key_pe)`` of its
-    image-to-token attention (None when the transformer has no blocks).
-    """
-
-    keys: torch.Tensor
-    key_pe: torch.Tensor
-    first_keys: torch.Tensor | None
-    first_values: torch.Tensor | None
-    first_queries: torch.Tensor | None
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the tensors."""
-        tensors = (self.keys, self.key_pe, self.first_keys, self.first_values, self.first_queries)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 class TwoWayAttentionBlock(nn.Module):
