@@ -210,3 +210,21 @@ def test_transformer_outputs_are_the_leading_rows_of_all_tokens(model, grad):
     assert every.shape == (2, 7, 32) and some.shape == (2, 5, 32)
     torch.testing.assert_close(some, every[:, :5], **TOL)
     torch.testing.assert_close(some_keys, keys, **TOL)
+
+
+def test_same_tensors_are_recognised_without_reading_their_values(monkeypatch, model):
+    from napari_samscope.core.modeling import image_memo
+
+    embedding = torch.randn(1, 32, 4, 4)
+    pe = model.prompt_encoder.get_dense_pe()
+    prompts = _prompts("points", 2)
+    with torch.no_grad():
+        _decode(model, embedding, pe, prompts)
+        prepared = _memo_value(model)
+
+        def no_value_reads(*args):  # would synchronise with an accelerator
+            raise AssertionError("the kept image was checked by value")
+
+        monkeypatch.setattr(image_memo.torch, "equal", no_value_reads)
+        _decode(model, embedding, pe, prompts)  # the no-mask embedding is a new view each time
+    assert _memo_value(model) is prepared

@@ -48,10 +48,11 @@ def _version(tensor: torch.Tensor) -> int | None:
 class ImageMemo:
     """The last prepared image of a decoder, reused while its inputs are unchanged.
 
-    An entry is reused when each input tensor is the same object at the same version (an
-    in-place change bumps it), or else equal in value to the snapshot taken when the
-    entry was made; and when the weights it was projected with are the same objects at
-    the same versions and memory. Not copied or pickled with the module.
+    An entry is reused when each input tensor is the same memory (the same tensor, or a
+    view at the same place of the same base) at the same version (an in-place change
+    bumps it), or else equal in value to the snapshot taken when the entry was made; and when the weights it was projected with are the same objects at
+    the same versions and memory. Not copied or pickled with the module. Changes made
+    through ``tensor.data`` bypass version counters: call :meth:`clear` after them.
     """
 
     def __init__(self) -> None:
@@ -76,17 +77,37 @@ class ImageMemo:
         stamp = tuple((id(w), w.data_ptr(), _version(w), w.device) for w in weights)
         entry = self._entry
         if entry is not None and entry[0] == stamp and all(
-            _same(x, ref, version, snapshot) for x, (ref, version, snapshot) in zip(inputs, entry[1])
+            _same(x, key) for x, key in zip(inputs, entry[1])
         ):
             return entry[2]
         value = compute()
-        keys = tuple((weakref.ref(x), _version(x), x.detach().clone()) for x in inputs)
-        self._entry = (stamp, keys, value)
+        self._entry = (stamp, tuple(_key(x) for x in inputs), value)
         return value
 
 
-def _same(x: torch.Tensor, ref: weakref.ref, version: int | None, snapshot: torch.Tensor) -> bool:
-    if ref() is x and version is not None and _version(x) == version:
+def _root(x: torch.Tensor) -> torch.Tensor:
+    """The tensor that owns ``x``'s memory (``x`` unless it is a view)."""
+    return x if x._base is None else x._base
+
+
+def _key(x: torch.Tensor) -> tuple[Any, ...]:
+    """What identifies ``x``'s values: its memory's owner (weakly) at its version, where
+    in that memory ``x`` is, and a snapshot of the values for tensors made anew."""
+    view = (x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, x.device)
+    return weakref.ref(_root(x)), _version(x), view, x.detach().clone()
+
+
+def _same(x: torch.Tensor, key: tuple[Any, ...]) -> bool:
+    """Whether ``x`` holds the values ``key`` was made from. Views of the same memory at
+    the same version (a view shares its base's version) are recognised without reading
+    the values: no device synchronisation on an accelerator."""
+    ref, version, view, snapshot = key
+    if (
+        ref() is _root(x)
+        and version is not None
+        and _version(x) == version
+        and view == (x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, x.device)
+    ):
         return True
     return (
         x.shape == snapshot.shape
