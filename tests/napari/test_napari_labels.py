@@ -5,7 +5,13 @@ import pytest
 from napari.layers import Image, Labels
 
 from napari_samscope._napari.coords import current_geometry
-from napari_samscope._napari.labels import Segmentation, commit, next_free_id, write_preview
+from napari_samscope._napari.labels import (
+    Segmentation,
+    commit,
+    next_free_id,
+    write_planes,
+    write_preview,
+)
 
 
 def _geometry(shape=(4, 10, 12)):
@@ -120,3 +126,6 @@ def test_preview_in_a_transposed_view_writes_rows_and_columns_right():
                                                            (3, 10, 12)))
     write_preview(preview, None, drawn)
     assert preview.data.max() == 0
+    plane = np.arange(120, dtype=np.uint8).reshape(g.plane_shape)  # (12, 10): rows, columns
+    write_planes(preview, g, {(1,): plane})
+    np.testing.assert_array_equal(preview.data[1], plane.T)

@@ -244,8 +244,10 @@ def write_preview(
 
 
 def write_planes(layer: Any, geometry: PlaneGeometry, planes: dict[PlaneKey, np.ndarray]) -> None:
-    """Replace whole planes of a plugin-owned Labels ``layer`` with ``(H, W)`` label images."""
+    """Replace whole planes of a plugin-owned Labels ``layer`` with ``(H, W)`` label images
+    (also when the view shows the columns axis before the rows axis)."""
     check_labels_layer(layer, geometry)
+    flipped = geometry.row_axis > geometry.col_axis
     for key, plane in planes.items():
-        layer.data[geometry.labels_index(key)] = plane
+        layer.data[geometry.labels_index(key)] = plane.T if flipped else plane
     layer.refresh()
