@@ -418,6 +418,12 @@ def test_model_recommendations_fill_the_parameters_not_given(tiny_sam):
     assert MaskGenerator(model, model_defaults={}).params == EVERYTHING_DEFAULTS
     assert MaskGenerator(model, model_defaults={"box_nms_thresh": 0.5}).params[
         "pred_iou_thresh"] == EVERYTHING_DEFAULTS["pred_iou_thresh"]
+    # a Predictor made from the SAM wrapper carries the same recommendations
+    from napari_samscope.core.predictor import Predictor
+
+    assert Predictor(model).spec is spec
+    assert MaskGenerator(Predictor(model)).params["points_per_side"] == 24
+    assert Predictor(tiny_sam).spec is None
 
 
 def test_recommended_thresholds_change_what_is_kept(segmenting):

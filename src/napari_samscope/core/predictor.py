@@ -109,6 +109,9 @@ class Predictor:
                 model.device = self.device
         self.dtype = resolve_dtype(dtype if dtype is not None else default_dtype, self.device)
         self.model = sam.eval()
+        #: the registry entry of a registry model (its recommended segment-everything
+        #: parameters), else None
+        self.spec = getattr(model, "spec", None)
         self._embedding: ImageEmbedding | None = None
         self._key: str | None = None
         self._pe_cache: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
