@@ -14,9 +14,12 @@ work is done:
   of a batch ever exists, so a 4096 x 4096 image needs little more than its own RGB copy.
 - **Crops are re-encoded from the original image** (8-bit RGB after normalisation),
   never upsampled from the model input.
-- The decoder call is :meth:`MaskGenerator._decode`, the one place to change for
-  other dtypes or devices. It runs the mask decoder in two stages so that the mask
-  upscaling only runs for prompts with a candidate that passes the IoU filter.
+- The decoder call is :meth:`MaskGenerator._decode`
+  (:func:`~.everything_decode.decode_points`), the one place to change for other dtypes
+  or devices. It runs the mask decoder in two stages so that the mask upscaling only
+  runs for prompts with a candidate that passes the IoU filter, and it takes the
+  decoder's inference fast paths: the first transformer block's image side is prepared
+  once per image (or crop) and reused for every batch of grid points.
 
 Coordinates follow SAM: points ``(x, y)``; ``bbox`` and ``crop_box`` are ``XYWH``;
 boxes from masks are inclusive (``x1`` is the last column of the mask), as in the
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from . import mask_ops as mo
+from .everything_decode import decode_points, keep_masks
 from .mask_records import EverythingResult, MaskRecord
 from .progress import Progress
 from .windowed_upsampler import WindowedUpsampler
@@ -68,8 +72,6 @@ ALIASES = {
     "points_batch_size": "points_per_batch",
     "crop_downscale_factor": "crop_n_points_downscale_factor",
 }
-EDGE_TOLERANCE = 20.0
-_MASK_CHUNK = 16  # prompts whose masks are upscaled together (~0.2 GB for 1024-input models)  # pixels: masks this close to an inner crop edge are dropped
 
 
 def model_everything_defaults(model: Any) -> dict[str, Any]:
@@ -305,78 +307,13 @@ class MaskGenerator:
             records = [records[i] for i in keep.tolist()]
         return records
 
-    @torch.no_grad()
     def _decode(
         self, model_points: np.ndarray
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """The one decoder call, in two stages.
+        """The one decoder call: ``(B, 2)`` ``(x, y)`` points in the model's input frame ->
+        ``(iou (B, K), lowres)``; see :func:`~.everything_decode.decode_points`."""
+        return decode_points(self.predictor, model_points, bool(self.params["multimask_output"]))
 
-        Args:
-            model_points: ``(B, 2)`` ``(x, y)`` points in the model's input frame.
-
-        Returns:
-            ``(iou, lowres)``: the predicted IoU ``(B, K)`` of every candidate, and a
-            function that returns the low-resolution logits ``(n, K, L, L)`` of the
-            prompts it is given (int64 indices). With the stock ``Predictor.decode`` the
-            mask stage (output upscaling and hypernetworks) only runs for those prompts:
-            the IoU head does not depend on it, so prompts whose candidates all fail the
-            IoU filter cost only the transformer. The operations are those of
-            ``MaskDecoder.predict_masks``; a stand-in predictor's own ``decode`` (or a
-            model with another decoder module) is used as it is.
-        """
-        from .device import autocast
-        from .modeling.mask_decoder import MaskDecoder
-        from .predictor import Predictor
-
-        pred = self.predictor
-        device = pred.device
-        multimask = bool(self.params["multimask_output"])
-        coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-        if type(pred).decode is not Predictor.decode or not isinstance(
-            getattr(pred.model, "mask_decoder", None), MaskDecoder
-        ):
-            low, iou = pred.decode(coords, labels, None, None, multimask_output=multimask)
-            return iou, lambda index: low[index]
-        sam, features = pred.model, pred.get_embedding().features
-        decoder = sam.mask_decoder
-        pick = slice(1, None) if multimask else slice(0, 1)
-        with autocast(device, pred.dtype):
-            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            batch = sparse.shape[0]
-            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-            tokens = torch.cat((tokens.expand(batch, -1, -1).to(sparse.dtype), sparse), dim=1)
-            # one image and no mask prompt: the image tokens are shared by every prompt
-            # until the transformer makes them diverge (as MaskDecoder.predict_masks does)
-            src = features + dense[:1]
-            pos = sam.prompt_encoder.get_dense_pe()
-            hs, src = decoder.transformer(src, pos, tokens)  # B,T,C and B,HW,C
-            iou = decoder.iou_prediction_head(hs[:, 0, :])[:, pick].float()
-        side = features.shape[-1]
-
-        @torch.no_grad()
-        def lowres(index: torch.Tensor) -> torch.Tensor:
-            parts = []
-            for start in range(0, len(index), _MASK_CHUNK):  # bounds the upscaling's memory
-                chunk = index[start : start + _MASK_CHUNK]
-                with autocast(device, pred.dtype):
-                    image = src[chunk].transpose(1, 2).reshape(len(chunk), -1, side, side)
-                    upscaled = decoder.output_upscaling(image)
-                    hyper = torch.stack(
-                        [
-                            mlp(hs[chunk, 1 + i, :])
-                            for i, mlp in enumerate(decoder.output_hypernetworks_mlps)
-                        ],
-                        dim=1,
-                    )
-                    n, channels, height, width = upscaled.shape
-                    masks = hyper @ upscaled.reshape(n, channels, height * width)
-                parts.append(masks.reshape(n, -1, height, width)[:, pick].float())
-            return torch.cat(parts)
-
-        return iou, lowres
-
-    @torch.no_grad()
     def _keep_masks(
         self,
         iou: torch.Tensor,
@@ -386,64 +323,10 @@ class MaskGenerator:
         crop: list[int],
         fields: dict[str, Any],
     ) -> list[MaskRecord]:
-        """Filter one batch of candidates (the official order of filters) into records."""
-        p = self.params
+        """Filter one batch of candidates (the official order of filters) into records;
+        see :func:`~.everything_decode.keep_masks`."""
         threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
-        offset = float(p["stability_score_offset"])
-        k = iou.shape[1]
-        iou = iou.flatten()
-        keep = torch.arange(iou.shape[0], device=iou.device)
-        if float(p["pred_iou_thresh"]) > 0.0:
-            keep = (iou > float(p["pred_iou_thresh"])).nonzero()[:, 0]
-        if keep.numel() == 0:
-            return []
-        prompts, position = torch.unique(keep // k, return_inverse=True)
-        low = lowres(prompts)[position, keep % k]  # (n, L, L), the kept candidates only
-        iou = iou[keep]
-        point_index = (keep // k).cpu().numpy()
-        # Outside the low-res box of logits > (threshold - offset) nothing can pass any
-        # threshold at full resolution either (bilinear weights are convex).
-        above = low > threshold - offset
-        rows_any, cols_any = above.any(dim=2).cpu().numpy(), above.any(dim=1).cpu().numpy()
-        iou_host = iou.cpu().numpy()
-        stab_thresh = np.float32(p["stability_score_thresh"])
-        image_box = [0, 0, fields["image_shape"][1], fields["image_shape"][0]]
-        out: list[MaskRecord] = []
-        for j in range(low.shape[0]):
-            rows, cols = np.flatnonzero(rows_any[j]), np.flatnonzero(cols_any[j])
-            if rows.size:
-                wy, wx, logits = upsampler.window(low[j], (rows[0], rows[-1]), (cols[0], cols[-1]))
-            else:
-                wy, wx, logits = 0, 0, low.new_zeros((0, 0))
-            values = logits.numpy() if logits.device.type == "cpu" else logits  # no copy on CPU
-            high_count = int(_count(values > threshold + offset))
-            low_count = int(_count(values > threshold - offset))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                stability = np.float32(high_count) / np.float32(low_count)
-            if stab_thresh > 0 and not stability >= stab_thresh:
-                continue
-            mask = values > threshold
-            mask = mask if isinstance(mask, np.ndarray) else mask.cpu().numpy()
-            record = MaskRecord.from_mask(
-                mask,
-                crop[1] + wy,
-                crop[0] + wx,
-                predicted_iou=float(iou_host[j]),
-                stability_score=float(stability),
-                point_coords=tuple(
-                    float(v) for v in mo.uncrop_points(points[point_index[j]], crop)
-                ),
-                **fields,
-            )
-            if (
-                crop != image_box
-                and mo.is_box_near_crop_edge(
-                    np.array([record.box_xyxy]), crop, image_box, EDGE_TOLERANCE
-                )[0]
-            ):
-                continue
-            out.append(record)
-        return out
+        return keep_masks(self.params, threshold, iou, lowres, points, upsampler, crop, fields)
 
     # ------------------------------------------------------------------ all crops
 
@@ -476,11 +359,6 @@ class MaskGenerator:
         threshold = max(float(self.params["box_nms_thresh"]), float(self.params["crop_nms_thresh"]))
         keep = mo.nms(boxes, torch.tensor(unchanged), threshold)
         return [cleaned[i] for i in keep.tolist()]
-
-
-def _count(flags: np.ndarray | torch.Tensor) -> int:
-    """Number of True values (numpy on the host, torch on a device)."""
-    return np.count_nonzero(flags) if isinstance(flags, np.ndarray) else torch.count_nonzero(flags)
 
 
 _RECORD_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box", "image_shape")

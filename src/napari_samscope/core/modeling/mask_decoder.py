@@ -238,6 +238,28 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return iou_pred, hs[:, 1 : 1 + self.num_mask_tokens, :], keys, (height, width)
 
+    def transform_step(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+    ) -> int:
+        """The most prompt sets :meth:`transform` (default precision) decodes in one step.
+
+        CPU inference decodes a larger batch a few prompt sets at a time and concatenates
+        the results (see ``_CHUNK_BYTES``); a caller with many prompt sets (e.g.
+        segment-everything) that passes batches of at most this size avoids copying the
+        image tokens into one tensor. Arguments as in :meth:`forward`; no limit (a huge
+        number) in training or on a GPU.
+        """
+        elements = image_embeddings.shape[-2] * image_embeddings.shape[-1]
+        elements *= sparse_prompt_embeddings.shape[-1]
+        device = image_pe.device.type
+        if not torch.is_grad_enabled() and _autocast_enabled(device):  # transform runs float32
+            with torch.autocast(device_type=device, enabled=False):
+                return _inference_chunk(elements, image_pe.float())
+        return _inference_chunk(elements, image_pe)
+
     @torch.no_grad()
     def prepare_image(
         self,

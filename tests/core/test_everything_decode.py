@@ -1,0 +1,119 @@
+"""Segment-everything through the decoder's inference fast paths (``core.everything_decode``)
+gives the records of the plain decoder graph: masks, IoU predictions, stability scores
+and boxes, on a tiny random SAM, with one or several crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samscope.core.everything import MaskGenerator
+from napari_samscope.core.modeling import mask_decoder as md
+from napari_samscope.core.modeling.transformer import TwoWayTransformer
+from napari_samscope.core.predictor import Predictor
+
+# keeps many candidates (thresholds off, no box NMS) so every record is compared
+LOW = dict(
+    points_per_side=6,
+    points_per_batch=10,
+    pred_iou_thresh=0.0,
+    stability_score_thresh=0.0,
+    box_nms_thresh=1.0,
+    crop_nms_thresh=1.0,
+)
+
+
+class PlainGraphGenerator(MaskGenerator):
+    """Decodes with autograd on: the decoder's training graph (plain projections, no
+    prepared image, no folded attention, no mask bands), the official computation."""
+
+    def _decode(self, model_points):
+        pred = self.predictor
+        sam = pred.model
+        coords = torch.as_tensor(model_points, dtype=torch.float32)[:, None, :]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int)
+        with torch.enable_grad():
+            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            low, iou = sam.mask_decoder(
+                image_embeddings=pred.get_embedding().features,
+                image_pe=sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=bool(self.params["multimask_output"]),
+            )
+        low, iou = low.detach(), iou.detach()
+        return iou, lambda index: low[index]
+
+
+def _assert_same_records(ours, reference):
+    assert len(ours) == len(reference) > 20
+    for a, b in zip(ours, reference):
+        assert a.point_coords == b.point_coords and a.crop_box == b.crop_box
+    np.testing.assert_allclose(ours.scores, reference.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.stability_scores, reference.stability_scores, atol=1e-3)
+    boxes_differ = sum(a.bbox != b.bbox for a, b in zip(ours, reference))
+    assert boxes_differ <= 1  # a pixel at a logit within rounding of the threshold
+    masks, expected = ours.masks, reference.masks
+    assert (masks != expected).mean() < 1e-4
+    inter = (masks & expected).reshape(len(ours), -1).sum(1)
+    union = (masks | expected).reshape(len(ours), -1).sum(1)
+    assert (inter / np.maximum(union, 1)).min() > 0.99
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+@pytest.mark.parametrize("transform_step", [None, 3])
+def test_fast_paths_give_the_plain_graph_records(
+    monkeypatch, random_state_sam, crop_n_layers, transform_step
+):
+    image = np.random.default_rng(3).integers(0, 255, (56, 72, 3), dtype=np.uint8)
+    params = dict(LOW, crop_n_layers=crop_n_layers)
+    if transform_step is not None:  # the CPU's few-prompts-per-step decoding, 3 per step
+        grid = random_state_sam.image_encoder.img_size // 16
+        channels = random_state_sam.mask_decoder.transformer_dim
+        monkeypatch.setattr(md, "_CHUNK_BYTES", transform_step * grid * grid * channels * 4)
+    prepared = []
+    original = TwoWayTransformer.prepare_image
+
+    def counting(self, *args, **kwargs):
+        prepared.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TwoWayTransformer, "prepare_image", counting)
+    batches = []
+    transform = md.MaskDecoder.transform
+
+    def recording(self, features, pe, sparse, *args, **kwargs):
+        batches.append(sparse.shape[0])
+        return transform(self, features, pe, sparse, *args, **kwargs)
+
+    monkeypatch.setattr(md.MaskDecoder, "transform", recording)
+    ours = MaskGenerator(Predictor(random_state_sam), **params).generate(image)
+    crops = 1 if crop_n_layers == 0 else 5
+    # the first block's image side is prepared once per crop, whatever the batches
+    assert len(prepared) == crops
+    # batches of 10 prompts, decoded in the decoder's steps (never concatenated)
+    assert max(batches) == (10 if transform_step is None else 3)
+    reference = PlainGraphGenerator(Predictor(random_state_sam), **params).generate(image)
+    _assert_same_records(ours, reference)
+
+
+def test_transform_step_is_unlimited_with_autograd(random_state_sam):
+    decoder = random_state_sam.mask_decoder
+    features = torch.zeros(1, decoder.transformer_dim, 4, 4)
+    sparse = torch.zeros(5, 2, decoder.transformer_dim)
+    with torch.no_grad():
+        assert 5 < decoder.transform_step(features, features, sparse) < 1 << 62
+    with torch.enable_grad():
+        assert decoder.transform_step(features, features, sparse) == 1 << 62
+
+
+def test_mask_stage_for_no_prompt_is_empty(random_state_sam):
+    predictor = Predictor(random_state_sam)
+    predictor.set_image(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    iou, lowres = MaskGenerator(predictor)._decode(np.array([[3.0, 4.0], [20.0, 30.0]]))
+    assert iou.shape == (2, 3)
+    low = lowres(torch.zeros(0, dtype=torch.int64))
+    side = predictor.lowres_size
+    assert low.shape == (0, 3, side, side) and low.dtype == torch.float32
+    assert lowres(torch.tensor([1])).shape == (1, 3, side, side)
