@@ -117,3 +117,19 @@ def test_mask_stage_for_no_prompt_is_empty(random_state_sam):
     side = predictor.lowres_size
     assert low.shape == (0, 3, side, side) and low.dtype == torch.float32
     assert lowres(torch.tensor([1])).shape == (1, 3, side, side)
+
+
+def test_bfloat16_keeps_the_transformer_stage_in_float32(random_state_sam):
+    """Under bfloat16 autocast only the mask stage runs in bfloat16: the predicted IoUs
+    (transformer + IoU head) are the float32 ones."""
+    predictor = Predictor(random_state_sam)
+    predictor.set_image(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    points = np.random.default_rng(2).uniform(0, 64, (12, 2))
+    iou32, low32 = MaskGenerator(predictor)._decode(points)
+    predictor.dtype = torch.bfloat16
+    iou16, low16 = MaskGenerator(predictor)._decode(points)
+    torch.testing.assert_close(iou16, iou32, rtol=1e-5, atol=1e-6)
+    some = torch.tensor([0, 5, 11])
+    assert low16(some).dtype == torch.float32
+    assert (low16(some) - low32(some)).abs().max() > 0  # the mask stage did run in bfloat16
+    torch.testing.assert_close(low16(some), low32(some), rtol=0.1, atol=0.1)
