@@ -133,3 +133,27 @@ def test_bfloat16_keeps_the_transformer_stage_in_float32(random_state_sam):
     assert low16(some).dtype == torch.float32
     assert (low16(some) - low32(some)).abs().max() > 0  # the mask stage did run in bfloat16
     torch.testing.assert_close(low16(some), low32(some), rtol=0.1, atol=0.1)
+
+
+@torch.no_grad()
+def test_mask_groups_pick_the_same_rows_per_prompt_or_in_chunks(monkeypatch, random_state_sam):
+    """The CPU's one-view-per-prompt grouping and the device grouping (chunks of indices,
+    several steps concatenated) upscale the same prompts in the order asked."""
+    from napari_samscope.core import everything_decode as ed
+
+    monkeypatch.setattr(ed, "_MASK_CHUNK", 2)
+    sam = random_state_sam
+    decoder, encoder = sam.mask_decoder, sam.prompt_encoder
+    features = torch.randn(1, decoder.transformer_dim, 4, 4)
+    points = torch.rand(7, 1, 2) * 64
+    sparse, dense = encoder(points=(points, torch.ones(7, 1, dtype=torch.int)), boxes=None, masks=None)
+    pe = encoder.get_dense_pe()
+    steps = [decoder.transform(features, pe, sparse[s : s + 3], dense[s : s + 3]) for s in (0, 3, 6)]
+    whole = decoder.transform(features, pe, sparse, dense)
+    index = torch.tensor([6, 0, 4, 2, 5])
+    expected = decoder.upscale_masks(whole[2][index], whole[1][index], 4, 4)
+    for per_prompt in (True, False):
+        groups = ed._mask_groups(steps, 3, index, per_prompt=per_prompt)
+        assert len(groups) == (5 if per_prompt else 3)
+        got = torch.cat([decoder.upscale_masks(k[r], t[r], 4, 4) for t, k, r in groups])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -83,11 +83,7 @@ def decode_points(
 
     @torch.no_grad()
     def lowres(index: torch.Tensor) -> torch.Tensor:
-        if on_cpu:  # one prompt at a time (in bands): views, no gathered copy of its tokens
-            groups = [(*steps[i // step][1:3], slice(i % step, i % step + 1)) for i in index.tolist()]
-        else:  # one step (no step limit off the CPU): a few prompts at a time
-            _, tokens, keys, _ = steps[0]
-            groups = [(tokens, keys, index[s : s + _MASK_CHUNK]) for s in range(0, len(index), _MASK_CHUNK)]
+        groups = _mask_groups(steps, step, index, per_prompt=on_cpu)
         parts = []
         for tokens, keys, rows in groups:
             with autocast(device, dtype):
@@ -98,6 +94,23 @@ def decode_points(
         return torch.cat(parts)
 
     return iou, lowres
+
+
+def _mask_groups(
+    steps: list[tuple[torch.Tensor, ...]], step: int, index: torch.Tensor, *, per_prompt: bool
+) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """``(mask tokens, image tokens, rows)`` to upscale for the prompts ``index`` of the
+    ``transform`` outputs ``steps`` (``step`` prompts each). ``per_prompt`` (the CPU, which
+    upscales one prompt at a time in bands): one view per prompt, no gathered copy of its
+    image tokens. Otherwise (one step: no step limit off the CPU) ``_MASK_CHUNK`` prompts
+    at a time, indexed on the device (no host synchronisation)."""
+    if per_prompt:
+        return [(*steps[i // step][1:3], slice(i % step, i % step + 1)) for i in index.tolist()]
+    if len(steps) == 1:
+        tokens, keys = steps[0][1:3]
+    else:  # not reached by decode_points; correct anyway
+        tokens, keys = (torch.cat([part[j] for part in steps]) for j in (1, 2))
+    return [(tokens, keys, index[s : s + _MASK_CHUNK]) for s in range(0, len(index), _MASK_CHUNK)]
 
 
 def _dense_pe(predictor: Any) -> torch.Tensor:
