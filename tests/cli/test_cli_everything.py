@@ -70,7 +70,7 @@ def test_recommended_values_reach_the_generator_and_options_win(
                                           ("points_per_side", 3)))
     path = tiny_checkpoint
 
-    def load_model(name, device=""):
+    def load_model(name, device="", dtype="default"):
         model = SAM(path, device="cpu")
         return SAM.from_sam(model.model, "mine", spec=spec)
 
