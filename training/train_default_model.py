@@ -109,7 +109,7 @@ PHASES = {
                             corrective_rounds=1, warmup_steps=30)),
     "tighten": (512, 400, dict(steps=600, lr=5e-4, batch_images=2, objects_per_image=32,
                                corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
-    "polish": (512, 800, dict(steps=2200, lr=3e-4, batch_images=2, objects_per_image=32,
+    "polish": (512, 500, dict(steps=900, lr=1.5e-4, batch_images=2, objects_per_image=32,
                               corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
 }
 #: Phases stopped before the end of their learning-rate schedule (at this step).
