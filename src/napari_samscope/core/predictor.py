@@ -22,7 +22,6 @@ import torch
 from .device import autocast, resolve_dtype, select_device
 from .image import load_image, to_rgb_uint8
 from .modeling.sam import Sam
-from .parallel_encode import encode_images
 from .prompts import parse_prompts
 from .results import Prediction
 from .transforms import (
@@ -240,9 +239,7 @@ class Predictor:
     ) -> list[ImageEmbedding]:
         """Encode several images without changing the current image.
 
-        Images of the same size are encoded together, ``batch_size`` at a time (on a CPU,
-        a small encoder runs them one image per core instead: see
-        :mod:`~napari_samscope.core.parallel_encode`). Unlike
+        Images of the same size are encoded together, ``batch_size`` at a time. Unlike
         :meth:`set_image`, constant images (blank planes, empty crops) are encoded rather
         than refused, unless ``allow_constant=False`` is passed.
 
@@ -278,7 +275,8 @@ class Predictor:
                 batch = preprocess_batch(
                     resized, self.model.pixel_mean, self.model.pixel_std, self.img_size
                 )
-                features = encode_images(self.model.image_encoder, batch, self.device, self.dtype)
+                with autocast(self.device, self.dtype):
+                    features = self.model.image_encoder(batch)
                 features = features.float()
                 for j, i in enumerate(chunk):
                     out[i] = ImageEmbedding(features[j : j + 1].clone(), size, input_size, key)
