@@ -1,6 +1,9 @@
 """Peak memory of one segment-everything run, measured in a fresh process.
 
-Usage: ``python _rss_probe.py {ours|official} {vit_b|vit_t|default} SIZE [--cap-gb G]``.
+Usage: ``python _rss_probe.py {ours|official} {vit_b|vit_t|default} SIZE [--cap-gb G]
+[--image FILE.npy]``; ``python _rss_probe.py prepare - SIZE --image FILE.npy`` writes the
+image once (generating a 4096 x 4096 synthetic image takes minutes and more memory than
+segmenting it, so the measured processes load it instead of generating it).
 Prints one JSON line: ``maxrss_mb`` (``resource.getrusage`` peak RSS), ``masks``,
 ``seconds``; or ``error`` when the run failed (for example under the address-space cap
 ``--cap-gb``, which keeps a run that would exhaust the machine from doing so).
@@ -17,11 +20,12 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("side", choices=["ours", "official"])
+    parser.add_argument("side", choices=["ours", "official", "prepare"])
     parser.add_argument("model")
     parser.add_argument("size", type=int)
     parser.add_argument("--cap-gb", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image", default=None, help="an (H, W, 3) uint8 .npy to segment")
     args = parser.parse_args()
 
     import torch
@@ -31,8 +35,19 @@ def main() -> int:
     from _data import rgb_image
     from _models import load_model
 
+    if args.side == "prepare":
+        import numpy as np
+
+        np.save(args.image, rgb_image(args.size, args.size)[0])
+        print(json.dumps({"prepared": args.image}))
+        return 0
     model = load_model(args.model)
-    image, _ = rgb_image(args.size, args.size)
+    if args.image:
+        import numpy as np
+
+        image = np.load(args.image)
+    else:
+        image, _ = rgb_image(args.size, args.size)
     baseline = peak_rss_mb()
     if args.cap_gb:
         limit = int(args.cap_gb * 1024**3)

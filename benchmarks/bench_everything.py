@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,21 @@ def peak_rss(models: list[BenchModel], official: bool, side: int = 4096,
              official_cap_gb: float = 12.0) -> list[Row]:
     """Peak RSS of segment-everything on a ``side x side`` image, each in a fresh process."""
     rows = []
+    image = Path(tempfile.gettempdir()) / f"samscope_bench_rgb_{side}.npy"
+    if not image.exists():
+        say(f"writing the {side} x {side} test image once")
+        _probe("prepare", "-", side, image=image)
     for model in models:
         say(f"{model.name}: peak memory, {side} x {side}")
-        mine = _probe("ours", model.key, side)
+        mine = _probe("ours", model.key, side, image=image)
         theirs = None
         if official:
             import _official
 
             if _official.supports(model.config):
-                theirs = _probe("official", model.key, side, official_cap_gb)
-        note = f"{mine.get('masks', '?')} masks in {mine.get('seconds', 0):.0f} s"
+                theirs = _probe("official", model.key, side, official_cap_gb, image=image)
+        note = (f"{mine.get('masks', '?')} masks in {mine.get('seconds', 0):.0f} s; "
+                f"{mine.get('before_run_mb', '?')} MB before the run (model and image)")
         official_mb = None
         if theirs is not None:
             if "error" in theirs:
@@ -164,11 +170,14 @@ def peak_rss(models: list[BenchModel], official: bool, side: int = 4096,
     return rows
 
 
-def _probe(side_name: str, model_key: str, size: int, cap_gb: float | None = None) -> dict[str, Any]:
+def _probe(side_name: str, model_key: str, size: int, cap_gb: float | None = None,
+           image: Path | None = None) -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     cmd = [sys.executable, str(here / "_rss_probe.py"), side_name, model_key, str(size)]
     if cap_gb:
         cmd += ["--cap-gb", str(cap_gb)]
+    if image is not None:
+        cmd += ["--image", str(image)]
     env = {**os.environ, "PYTHONPATH": str(here) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
