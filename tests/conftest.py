@@ -106,3 +106,15 @@ def randomize():
 def tiny_sam_factory():
     """The :func:`make_tiny_sam` helper (``factory(encoder, img_size, seed, **overrides)``)."""
     return make_tiny_sam
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (tiny training steps and single-image figures:
+    one thread avoids thread contention on a busy machine); restores the setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

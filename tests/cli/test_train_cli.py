@@ -24,15 +24,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps are tiny: one thread avoids thread contention on a busy machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def folders(tmp_path):

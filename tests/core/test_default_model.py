@@ -11,7 +11,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 
 from napari_samscope.core import registry
 from napari_samscope.core.loader import load_sam
@@ -21,12 +20,7 @@ from napari_samscope.core.training.evaluate import evaluate
 HELD_OUT_SEED = 424242
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_default_model_is_shipped_and_registered():

@@ -25,14 +25,7 @@ from napari_samscope.core.training.prompts import (
     random_points_in,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps are tiny: one thread avoids thread contention on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(n: int, size: int = 64, seed: int = 0):

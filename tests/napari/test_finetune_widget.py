@@ -12,15 +12,7 @@ PLUGIN = "napari-samscope"
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training steps are tiny: one thread avoids thread contention on a busy machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(autouse=True)
 def no_leftover_models(monkeypatch):
