@@ -31,9 +31,11 @@ prefix ``PYTHONPATH=src`` when the installed package is not this checkout)::
     python training/calibrate_everything.py --model path/to/model.pt --n 6
     python training/calibrate_everything.py --points-per-side 32,64   # 4x slower
 
-Figures for the model shipped on 2026-11-26 (sha256 8982d4ef...), 3 + 3 images: the
-official 0.88 / 0.95 keep 1 mask per image (F1 0.004); best 0.5 / 0.89 with a 32-point
-grid (F1 0.721, mean IoU of matches 0.82); every 64-point setting was worse (best F1 0.686).
+Figures for the model shipped on 2026-11-26 (sha256 8c538d66..., input 1024), 3 + 3
+images, 43 s: the official 0.88 / 0.95 give F1 0.633 (precision 0.95 / 0.97, recall
+0.53 / 0.42); best 0.6 / 0.95 with a 32-point grid (F1 0.849, mean IoU of matches 0.915).
+(Its input-512 predecessor: official F1 0.004, best 0.5 / 0.89, F1 0.721; every
+64-point setting was worse.)
 """
 
 from __future__ import annotations

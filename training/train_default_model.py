@@ -5,7 +5,7 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has four phases (all with ``core.training.train_iter``, trainable "all"):
+The run has seven phases (all with ``core.training.train_iter``, trainable "all"):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
    the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
@@ -15,11 +15,20 @@ The run has four phases (all with ``core.training.train_iter``, trainable "all")
 3. ``full`` - the model at its final input size 512 on 512x512 images of the full variety
    (stopped at step 400 of its 1,200-step schedule, ``STOP_AFTER``);
 4. ``tighten`` - 600 more steps at 512 with a lower learning rate and focal alpha 0.25,
-   which penalises spilling into neighbouring nuclei (the main error after ``full``).
+   which penalises spilling into neighbouring nuclei (the main error after ``full``);
+5. ``polish`` - 900 steps at 512 with a still lower learning rate, half of the images
+   near the generator's default nuclei look;
+6. ``upscale`` - the model at input **1024** on 512x512 images, which the preprocessing
+   upsamples 2x exactly as the predictor does: every nucleus spans 4x as many tokens and
+   the low-resolution logits get 2 px per cell instead of 4 (the boundary errors of one
+   or two pixels were the main loss of the 512-input model);
+7. ``lowsnr`` - 260 steps at input 1024 with a lower learning rate, 60% of the images
+   dim and noisy (``low_snr_style``).
 
-TinyViT has no absolute position table, so the weights carry over from input size 256
-to 512 unchanged (``resize_model``); phase 3 then adapts them to the larger frame. Each phase writes ``<phase>.pt`` (project format)
-and the final model is ``samscope_nuclei.pt`` in ``--out``.
+TinyViT has no absolute position table, so the weights carry over between input sizes
+unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
+phase writes ``<phase>.pt`` (project format) and the final model is
+``samscope_nuclei.pt`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -76,23 +85,39 @@ def plain_nuclei_style(rng: np.random.Generator) -> SyntheticStyle:
     )
 
 
-def pool(kind: str, n: int, size: int, rng: np.random.Generator) -> list:
-    """``n`` prepared synthetic planes of one phase's kind at ``size`` x ``size``."""
+def low_snr_style(rng: np.random.Generator) -> SyntheticStyle:
+    """:func:`plain_nuclei_style` at a low signal-to-noise ratio (SNR 2-6, read noise
+    3-10 photons, mostly uint16): dim, noisy acquisitions, where boundaries are hardest."""
+    return replace(
+        plain_nuclei_style(rng),
+        snr=float(np.exp(rng.uniform(np.log(2.0), np.log(6.0)))),
+        read_noise=float(rng.uniform(3.0, 10.0)),
+        background_photons=float(np.exp(rng.uniform(np.log(5.0), np.log(30.0)))),
+        dtype="uint16" if rng.random() < 0.7 else "uint8",
+    )
+
+
+def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | None = None) -> list:
+    """``n`` synthetic planes of one phase's kind, rendered at ``render`` x ``render``
+    (default ``size``) and prepared for a model of input size ``size``."""
     samples = []
+    render = render or size
     while len(samples) < n:
         if kind == "localise":
             style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
             style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
             image, labels = render_nuclei_2d(style, (size, size), rng)
-        elif kind == "polish" and rng.random() < 0.5:
-            image, labels = render_nuclei_2d(plain_nuclei_style(rng), (size, size), rng)
+        elif kind == "lowsnr" and rng.random() < 0.6:
+            image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
+        elif kind in ("polish", "upscale", "lowsnr") and rng.random() < 0.5:
+            image, labels = render_nuclei_2d(plain_nuclei_style(rng), (render, render), rng)
         elif rng.random() < 0.08:  # a few membrane-stained cells for variety
             image, labels = make_membrane_cells_2d(
-                (size, size), radius_range=tuple(rng.uniform(10, 24) * np.array([1, 1.6])),
+                (render, render), radius_range=tuple(rng.uniform(10, 24) * np.array([1, 1.6])),
                 dtype="uint16" if rng.random() < 0.5 else "uint8",
                 snr=float(rng.uniform(4, 30)), blur=float(rng.uniform(0.5, 2)), seed=rng)
         else:
-            image, labels = render_nuclei_2d(random_style(rng), (size, size), rng)
+            image, labels = render_nuclei_2d(random_style(rng), (render, render), rng)
         sample = prepare_pair(image, labels, size, name=f"{kind} {len(samples)}")
         if len(sample.ids):
             samples.append(sample)
@@ -111,7 +136,14 @@ PHASES = {
                                corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
     "polish": (512, 500, dict(steps=900, lr=1.5e-4, batch_images=2, objects_per_image=32,
                               corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
+    "upscale": (1024, 500, dict(steps=1100, lr=3e-4, batch_images=2, objects_per_image=16,
+                                corrective_rounds=1, warmup_steps=30, focal_alpha=0.25)),
+    "lowsnr": (1024, 300, dict(steps=260, lr=1e-4, batch_images=2, objects_per_image=16,
+                               corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
 }
+#: Phases whose planes are rendered smaller than the model's input (and upsampled by
+#: the preprocessing, as the predictor does for a 512x512 image at input 1024).
+RENDER_SIZE = {"upscale": 512, "lowsnr": 512}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400}
 
@@ -132,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="training/runs/default")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--phases", default="localise,dense,full,tighten,polish")
+    parser.add_argument("--phases", default="localise,dense,full,tighten,polish,upscale,lowsnr")
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
     parser.add_argument("--threads", type=int, default=1,
@@ -160,7 +192,7 @@ def main() -> None:
             sam = resize_model(sam, size)
         rng = np.random.default_rng(args.seed + 1000 * (index + 1))
         start = time.time()
-        samples = pool(phase, n_pool, size, rng)
+        samples = pool(phase, n_pool, size, rng, RENDER_SIZE.get(phase))
         print(f"[{phase}] pool of {len(samples)} planes in {time.time() - start:.0f} s", file=log)
         options = {"focal_alpha": 0.75, **overrides}
         config = TrainConfig(

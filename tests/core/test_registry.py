@@ -256,7 +256,7 @@ def test_recommended_everything_parameters_are_generator_parameters():
             assert isinstance(value, type(EVERYTHING_DEFAULTS[key])), (spec.name, key)
     nuclei = lookup(DEFAULT_MODEL).everything_params()
     # the default model's IoU head is calibrated lower than Meta's: the official
-    # thresholds keep almost nothing (training/calibrate_everything.py)
+    # thresholds miss about half the nuclei (training/calibrate_everything.py)
     assert nuclei["pred_iou_thresh"] < EVERYTHING_DEFAULTS["pred_iou_thresh"]
 
 
