@@ -31,9 +31,10 @@ prefix ``PYTHONPATH=src`` when the installed package is not this checkout)::
     python training/calibrate_everything.py --model path/to/model.pt --n 6
     python training/calibrate_everything.py --points-per-side 32,64   # 4x slower
 
-Figures for the model shipped on 2026-11-26 (sha256 8c538d66..., input 1024), 3 + 3
-images, 43 s: the official 0.88 / 0.95 give F1 0.633 (precision 0.95 / 0.97, recall
-0.53 / 0.42); best 0.6 / 0.95 with a 32-point grid (F1 0.849, mean IoU of matches 0.915).
+Figures for the model shipped on 2026-11-26 (sha256 1396436c..., input 1024), 3 + 3
+images, 43 s: the official 0.88 / 0.95 give F1 0.652 (precision 0.95 / 0.97, recall
+0.55 / 0.44); best 0.3 / 0.95 with a 32-point grid (F1 0.853, mean IoU of matches 0.919;
+0.6 / 0.95 gives 0.851).
 (Its input-512 predecessor: official F1 0.004, best 0.5 / 0.89, F1 0.721; every
 64-point setting was worse.)
 """
