@@ -31,10 +31,11 @@ prefix ``PYTHONPATH=src`` when the installed package is not this checkout)::
     python training/calibrate_everything.py --model path/to/model.pt --n 6
     python training/calibrate_everything.py --points-per-side 32,64   # 4x slower
 
-Figures for the model shipped on 2026-11-26 (sha256 1396436c..., input 1024), 3 + 3
-images, 43 s: the official 0.88 / 0.95 give F1 0.652 (precision 0.95 / 0.97, recall
-0.55 / 0.44); best 0.3 / 0.95 with a 32-point grid (F1 0.853, mean IoU of matches 0.919;
-0.6 / 0.95 gives 0.851).
+Figures for the model shipped on 2026-11-26 (sha256 4160cab7..., phase ``steady``,
+input 1024), 3 + 3 images, 43 s: the official 0.88 / 0.95 give F1 0.671 (precision
+0.95 / 0.95, recall 0.58 / 0.46); best 0.7 / 0.95 with a 32-point grid (F1 0.864, mean
+IoU of matches 0.920; 0.3 / 0.95 gives 0.861, 0.6 / 0.95 0.862). The ``settle`` state
+shipped before it: best 0.3 / 0.95, F1 0.853.
 (Its input-512 predecessor: official F1 0.004, best 0.5 / 0.89, F1 0.721; every
 64-point setting was worse.)
 """

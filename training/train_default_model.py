@@ -5,7 +5,7 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has eight phases (all with ``core.training.train_iter``, trainable "all"):
+The run has nine phases (all with ``core.training.train_iter``, trainable "all"):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
    the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
@@ -24,7 +24,9 @@ The run has eight phases (all with ``core.training.train_iter``, trainable "all"
    or two pixels were the main loss of the 512-input model);
 7. ``lowsnr`` - 260 steps at input 1024 with a lower learning rate, 60% of the images
    dim and noisy (``low_snr_style``);
-8. ``settle`` - 200 more steps like ``lowsnr`` on new images at half its learning rate.
+8. ``settle`` - 200 more steps like ``lowsnr`` on new images at half its learning rate;
+9. ``steady`` - 700 more steps like ``lowsnr`` on 400 new images (the low-SNR box IoU
+   was still rising at the end of ``lowsnr`` and ``settle``).
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
@@ -108,9 +110,9 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
             style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
             image, labels = render_nuclei_2d(style, (size, size), rng)
-        elif kind in ("lowsnr", "settle") and rng.random() < 0.6:
+        elif kind in ("lowsnr", "settle", "steady") and rng.random() < 0.6:
             image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
-        elif kind in ("polish", "upscale", "lowsnr", "settle") and rng.random() < 0.5:
+        elif kind in ("polish", "upscale", "lowsnr", "settle", "steady") and rng.random() < 0.5:
             image, labels = render_nuclei_2d(plain_nuclei_style(rng), (render, render), rng)
         elif rng.random() < 0.08:  # a few membrane-stained cells for variety
             image, labels = make_membrane_cells_2d(
@@ -143,10 +145,12 @@ PHASES = {
                                corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
     "settle": (1024, 300, dict(steps=200, lr=5e-5, batch_images=2, objects_per_image=16,
                                corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
+    "steady": (1024, 400, dict(steps=700, lr=1e-4, batch_images=2, objects_per_image=16,
+                               corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
 }
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, "lowsnr": 512, "settle": 512}
+RENDER_SIZE = {"upscale": 512, "lowsnr": 512, "settle": 512, "steady": 512}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400}
 
@@ -167,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="training/runs/default")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--phases", default="localise,dense,full,tighten,polish,upscale,lowsnr,settle")
+    parser.add_argument("--phases", default="localise,dense,full,tighten,polish,upscale,lowsnr,settle,steady")
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
     parser.add_argument("--threads", type=int, default=1,
