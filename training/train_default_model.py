@@ -100,6 +100,12 @@ def low_snr_style(rng: np.random.Generator) -> SyntheticStyle:
     )
 
 
+#: The phases at input 1024 that train on dim, noisy images (60% ``low_snr_style``).
+LOW_SNR_PHASES = ("lowsnr", "settle", "steady")
+#: The phases whose other images are half ``plain_nuclei_style``.
+PLAIN_MIX_PHASES = ("polish", "upscale", *LOW_SNR_PHASES)
+
+
 def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | None = None) -> list:
     """``n`` synthetic planes of one phase's kind, rendered at ``render`` x ``render``
     (default ``size``) and prepared for a model of input size ``size``."""
@@ -110,9 +116,9 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
             style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
             image, labels = render_nuclei_2d(style, (size, size), rng)
-        elif kind in ("lowsnr", "settle", "steady") and rng.random() < 0.6:
+        elif kind in LOW_SNR_PHASES and rng.random() < 0.6:
             image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
-        elif kind in ("polish", "upscale", "lowsnr", "settle", "steady") and rng.random() < 0.5:
+        elif kind in PLAIN_MIX_PHASES and rng.random() < 0.5:
             image, labels = render_nuclei_2d(plain_nuclei_style(rng), (render, render), rng)
         elif rng.random() < 0.08:  # a few membrane-stained cells for variety
             image, labels = make_membrane_cells_2d(
@@ -126,6 +132,10 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             samples.append(sample)
     return samples
 
+
+#: What the low-SNR phases share; they differ in steps, learning rate and pool size.
+_LOW_SNR_STEP = dict(batch_images=2, objects_per_image=16, corrective_rounds=1, warmup_steps=10,
+                     focal_alpha=0.25)
 
 PHASES = {
     # name: (input size, pool size, TrainConfig overrides)
@@ -141,16 +151,13 @@ PHASES = {
                               corrective_rounds=1, warmup_steps=20, focal_alpha=0.25)),
     "upscale": (1024, 500, dict(steps=1100, lr=3e-4, batch_images=2, objects_per_image=16,
                                 corrective_rounds=1, warmup_steps=30, focal_alpha=0.25)),
-    "lowsnr": (1024, 300, dict(steps=260, lr=1e-4, batch_images=2, objects_per_image=16,
-                               corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
-    "settle": (1024, 300, dict(steps=200, lr=5e-5, batch_images=2, objects_per_image=16,
-                               corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
-    "steady": (1024, 400, dict(steps=700, lr=1e-4, batch_images=2, objects_per_image=16,
-                               corrective_rounds=1, warmup_steps=10, focal_alpha=0.25)),
+    "lowsnr": (1024, 300, dict(steps=260, lr=1e-4, **_LOW_SNR_STEP)),
+    "settle": (1024, 300, dict(steps=200, lr=5e-5, **_LOW_SNR_STEP)),
+    "steady": (1024, 400, dict(steps=700, lr=1e-4, **_LOW_SNR_STEP)),
 }
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, "lowsnr": 512, "settle": 512, "steady": 512}
+RENDER_SIZE = {"upscale": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400}
 
