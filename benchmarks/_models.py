@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from napari_samscope.core.build import (
+from napari_samscope.core.modeling.build import (
     ARCHITECTURES,
     DecoderConfig,
     SamConfig,
@@ -67,11 +67,11 @@ def _serialised_bytes(sam: Sam) -> int:
 
 def _cached_official(name: str) -> Any:
     """The loaded official checkpoint if it is in the model cache, else None."""
-    from napari_samscope.core.registry import list_models
+    from napari_samscope.core.weights.registry import list_models
 
     for status in list_models():
         if status.name == name and status.cached:
-            from napari_samscope.core.loader import load_sam
+            from napari_samscope.core.weights.loader import load_sam
 
             return load_sam(name, device="cpu")
     return None
@@ -86,12 +86,12 @@ def load_model(key: str, seed: int = 0) -> BenchModel:
                               loaded.path.stat().st_size, True)
         torch.manual_seed(seed)
         sam = build_sam(ARCHITECTURES[key]).eval()
-        from napari_samscope.core.registry import lookup
+        from napari_samscope.core.weights.registry import lookup
 
         size = lookup(key).size or _serialised_bytes(sam)
         return BenchModel(key, key, sam, f"random (seed {seed})", size, False)
     if key == "default":
-        from napari_samscope.core.registry import DEFAULT_MODEL
+        from napari_samscope.core.weights.registry import DEFAULT_MODEL
 
         loaded = _cached_official(DEFAULT_MODEL)
         if loaded is not None:

@@ -55,7 +55,7 @@ def main() -> int:
     start = time.perf_counter()
     try:
         if args.side == "ours":
-            from napari_samscope.core.everything import MaskGenerator
+            from napari_samscope.core.everything.generator import MaskGenerator
 
             masks = len(MaskGenerator(model.sam).generate(image))
         else:

@@ -18,13 +18,13 @@ BF16_IOU_TARGET = 0.97
 
 
 def _ours(sam: Any, dtype: str | None) -> Any:
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
 
     return Predictor(sam, dtype=dtype)
 
 
 def _input_tensor(sam: Any, image: np.ndarray) -> torch.Tensor:
-    from napari_samscope.core.transforms import preprocess, resize_rgb_uint8
+    from napari_samscope.core.predict.transforms import preprocess, resize_rgb_uint8
 
     return preprocess(resize_rgb_uint8(image, sam.img_size), sam.pixel_mean, sam.pixel_std,
                       sam.img_size)

@@ -33,8 +33,8 @@ LOW_THRESHOLDS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nm
 
 
 def _ours(model: BenchModel, dtype: str | None, **params: Any) -> Any:
-    from napari_samscope.core.everything import MaskGenerator
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.predict.predictor import Predictor
 
     return MaskGenerator(Predictor(model.sam, dtype=dtype), **params)
 

@@ -41,9 +41,9 @@ HEARTBEAT_MS = 5
 
 
 def _load_model(name: str) -> Any:
-    from napari_samscope.core.build import build_sam
-    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.modeling.build import build_sam
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
     if name == "auto":
         installed = any(m.name == DEFAULT_MODEL and m.cached for m in list_models())

@@ -43,7 +43,7 @@ def _our_calls(pred: Any, point: list[float], boxes: np.ndarray) -> dict[str, An
 
 def run(models: list[BenchModel], official: bool, repeats: int, dtype: str | None = None) -> list[Row]:
     """Median latency in ms of each prompt kind, per model."""
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
 
     image, labels = rgb_image(*IMAGE_SHAPE)
     boxes = object_boxes(labels, 10)

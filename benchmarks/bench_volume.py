@@ -39,7 +39,7 @@ def _seed(pred: Any, volume: Any, z: int) -> np.ndarray:
 
 def run(models: list[BenchModel], official: bool, planes: int = 32, side: int = 512,
         batch_size: int = 4, dtype: str | None = None) -> list[Row]:
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
     from napari_samscope.core.progress import run as run_job
     from napari_samscope.core.volume import StackNormalizer, propagate_iter
 

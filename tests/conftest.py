@@ -2,7 +2,7 @@
 
 Core tests use tiny, randomly initialised configurations of the real
 architectures (``make_tiny_sam`` and the fixtures below, built with
-``napari_samscope.core.build.tiny_config``); nothing here downloads weights.
+``napari_samscope.core.modeling.build.tiny_config``); nothing here downloads weights.
 """
 
 import os
@@ -23,7 +23,7 @@ def make_tiny_sam(encoder: str = "vit", img_size: int = 64, seed: int = 0, **ove
     """A tiny, seeded, eval-mode ``Sam`` of the real architecture (CPU, float32)."""
     import torch
 
-    from napari_samscope.core.build import build_sam, tiny_config
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
 
     torch.manual_seed(seed)
     return build_sam(tiny_config(encoder, img_size, **overrides)).eval()
@@ -67,7 +67,7 @@ def randomize_state(model, seed: int = 0):
 @pytest.fixture
 def tiny_vit_config():
     """``SamConfig`` of a tiny SAM ViT (img_size 64, prompt width 32)."""
-    from napari_samscope.core.build import tiny_config
+    from napari_samscope.core.modeling.build import tiny_config
 
     return tiny_config("vit", 64)
 

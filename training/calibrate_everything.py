@@ -4,9 +4,9 @@ Why: the official thresholds (``pred_iou_thresh`` 0.88, ``stability_score_thresh
 0.95) suit Meta's IoU head. A model trained by the project predicts IoU on another
 scale, so with the official values segment-everything keeps almost nothing. This script
 finds the values that work for a model and prints the registry line to paste into
-``src/napari_samscope/core/registry.py`` (``ModelSpec.everything_defaults``).
+``src/napari_samscope/core/weights/registry.py`` (``ModelSpec.everything_defaults``).
 
-How (fast, and exact with respect to :class:`~napari_samscope.core.everything.MaskGenerator`):
+How (fast, and exact with respect to :class:`~napari_samscope.core.everything.generator.MaskGenerator`):
 
 1. For each image, segment-everything runs once per grid size with both thresholds at
    0 and box NMS off, which keeps *every* candidate with its predicted IoU and
@@ -110,7 +110,7 @@ def score(
     """``(true positives, kept masks, nuclei, summed IoU of matches)`` for one setting."""
     import torch
 
-    from napari_samscope.core.mask_ops import nms
+    from napari_samscope.core.everything.mask_ops import nms
 
     keep = np.ones(len(cands.predicted_iou), dtype=bool)
     if iou_thresh > 0:
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed in (7000, 9000):
         parser.error("seeds 7000 and 9000 are the reported evaluation sets; use another one")
 
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS, MaskGenerator
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.everything.generator import EVERYTHING_DEFAULTS, MaskGenerator
+    from napari_samscope.core.predict.sam_api import SAM
     from napari_samscope.core.training.evaluate import synthetic_eval_set
 
     model = SAM(args.model, device="cpu", dtype=args.dtype)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if grid != int(EVERYTHING_DEFAULTS["points_per_side"]):
         pairs.append(("points_per_side", grid))
     line = ", ".join(f"({key!r}, {value!r})" for key, value in pairs).replace("'", '"')
-    print("\nregistry line for this model's ModelSpec (src/napari_samscope/core/registry.py):")
+    print("\nregistry line for this model's ModelSpec (src/napari_samscope/core/weights/registry.py):")
     print(f"        everything_defaults=({line}),")
     if model.name == "samscope_nuclei":
         print("or, for the default model, the constant it uses:")

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from napari_samscope.core.loader import load_sam
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.synthetic import make_nuclei_2d
+from napari_samscope.core.weights.loader import load_sam
 
 
 def main() -> None:

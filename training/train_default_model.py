@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_samscope.core.build import DecoderConfig, SamConfig, TinyViTConfig, build_sam
-from napari_samscope.core.checkpoint import save_checkpoint
+from napari_samscope.core.modeling.build import DecoderConfig, SamConfig, TinyViTConfig, build_sam
 from napari_samscope.core.synthetic import (
     SyntheticStyle,
     make_membrane_cells_2d,
@@ -54,6 +53,7 @@ from napari_samscope.core.synthetic import (
     render_nuclei_2d,
 )
 from napari_samscope.core.training import TrainConfig, prepare_pair, train_iter
+from napari_samscope.core.weights.checkpoint import save_checkpoint
 
 PE_SCALE_AT_256 = 1.0
 
@@ -193,8 +193,8 @@ def main() -> None:
     with torch.no_grad():
         sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(PE_SCALE_AT_256)
     if args.resume:  # a checkpoint written by an earlier phase (project format)
-        from napari_samscope.core.build import sam_from_state_dict
-        from napari_samscope.core.checkpoint import read_checkpoint
+        from napari_samscope.core.modeling.build import sam_from_state_dict
+        from napari_samscope.core.weights.checkpoint import read_checkpoint
 
         contents = read_checkpoint(args.resume)
         sam = sam_from_state_dict(contents.state_dict, contents.config)

@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 # public name -> "module:attribute"
 _LAZY: dict[str, str] = {
-    "SAM": "napari_samscope.core.sam_api:SAM",
-    "Predictor": "napari_samscope.core.predictor:Predictor",
-    "Prediction": "napari_samscope.core.results:Prediction",
-    "MaskGenerator": "napari_samscope.core.everything:MaskGenerator",
-    "auto_annotate": "napari_samscope.core.annotate:auto_annotate",
-    "list_models": "napari_samscope.core.registry:list_models",
+    "SAM": "napari_samscope.core.predict.sam_api:SAM",
+    "Predictor": "napari_samscope.core.predict.predictor:Predictor",
+    "Prediction": "napari_samscope.core.predict.results:Prediction",
+    "MaskGenerator": "napari_samscope.core.everything.generator:MaskGenerator",
+    "auto_annotate": "napari_samscope.core.datasets.annotate:auto_annotate",
+    "list_models": "napari_samscope.core.weights.registry:list_models",
     # napari console helpers (import napari when first used)
     "segment_image_layer": "napari_samscope._napari.api:segment_image_layer",
     "segment_everything_layer": "napari_samscope._napari.api:segment_everything_layer",
@@ -45,12 +45,12 @@ if TYPE_CHECKING:  # pragma: no cover
         segment_image_layer,
         segment_stack_layer,
     )
-    from napari_samscope.core.annotate import auto_annotate
-    from napari_samscope.core.everything import MaskGenerator
-    from napari_samscope.core.predictor import Predictor
-    from napari_samscope.core.registry import list_models
-    from napari_samscope.core.results import Prediction
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.datasets.annotate import auto_annotate
+    from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.predict.predictor import Predictor
+    from napari_samscope.core.predict.results import Prediction
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.registry import list_models
 
 
 def __getattr__(name: str) -> Any:

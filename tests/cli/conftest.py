@@ -10,8 +10,8 @@ def tiny_checkpoint(tmp_path_factory):
     """Path of a tiny random SAM (ViT, img_size 64) saved in the project checkpoint format."""
     import torch
 
-    from napari_samscope.core.build import build_sam, tiny_config
-    from napari_samscope.core.checkpoint import save_checkpoint
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
+    from napari_samscope.core.weights.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny.pt"

@@ -9,7 +9,7 @@ import tifffile
 
 def test_help_defaults_match_the_generator():
     from napari_samscope.cli.everything import PARAMETERS
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+    from napari_samscope.core.everything.generator import EVERYTHING_DEFAULTS
 
     for name, (_, default, _) in PARAMETERS.items():
         assert EVERYTHING_DEFAULTS[name] == default, name
@@ -46,7 +46,7 @@ def test_out_of_range_parameter_is_reported(run_cli, tiny_checkpoint, nuclei_png
 
 
 def test_help_says_that_the_models_recommended_values_apply(run_cli):
-    from napari_samscope.core.registry import DEFAULT_MODEL, lookup
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, lookup
 
     code, stdout, _ = run_cli("everything", "--help")
     assert code == 0
@@ -61,9 +61,9 @@ def test_recommended_values_reach_the_generator_and_options_win(
     run_cli, tiny_checkpoint, nuclei_png, tmp_path, monkeypatch
 ):
     from napari_samscope.cli import everything as cli_everything
-    from napari_samscope.core.checkpoint import read_checkpoint
-    from napari_samscope.core.registry import ModelSpec
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.checkpoint import read_checkpoint
+    from napari_samscope.core.weights.registry import ModelSpec
 
     spec = ModelSpec(name="mine", arch="custom", filename="tiny.pt",
                      everything_defaults=(("pred_iou_thresh", 0.0), ("stability_score_thresh", 0.0),

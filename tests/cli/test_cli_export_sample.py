@@ -15,7 +15,7 @@ def test_export_writes_two_onnx_files_that_run(run_cli, tiny_checkpoint, tmp_pat
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["tiny_decoder.onnx", "tiny_encoder.onnx"]
     assert str(tmp_path / "tiny_encoder.onnx") in out
-    from napari_samscope.core.export_onnx import decoder_inputs
+    from napari_samscope.core.export.onnx import decoder_inputs
 
     (emb,) = ort.InferenceSession(str(tmp_path / "tiny_encoder.onnx")).run(
         None, {"image": np.zeros((1, 3, 64, 64), np.float32)})

@@ -40,7 +40,7 @@ def _server():
 
 
 def test_download_from_a_local_server(run_cli, monkeypatch, tmp_path):
-    from napari_samscope.core import registry
+    from napari_samscope.core.weights import registry
 
     payload = b"weights" * 1000
     http = _server()

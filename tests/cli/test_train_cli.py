@@ -11,7 +11,7 @@ import tifffile
 
 from napari_samscope.cli import evaluate as evaluate_cli
 from napari_samscope.cli import train as train_cli
-from napari_samscope.core.build import tiny_config
+from napari_samscope.core.modeling.build import tiny_config
 from napari_samscope.core.synthetic import make_nuclei_2d
 
 

@@ -9,27 +9,27 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_samscope.core.annotate import (
+from napari_samscope.core.datasets.annotate import (
     AnnotatedObject,
     annotate_plane,
     auto_annotate,
     auto_annotate_job,
     paint_labels,
 )
-from napari_samscope.core.annotate_io import read_planes, safe_stem
-from napari_samscope.core.detectors import Detections
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.datasets.annotate_io import read_planes, safe_stem
+from napari_samscope.core.datasets.detectors import Detections
+from napari_samscope.core.datasets.yolo_format import parse_yolo_segmentation
+from napari_samscope.core.predict.predictor import Predictor
+from napari_samscope.core.predict.sam_api import SAM
 from napari_samscope.core.progress import Progress, run
-from napari_samscope.core.sam_api import SAM
 from napari_samscope.core.synthetic import make_nuclei_2d, make_nuclei_3d
-from napari_samscope.core.yolo_format import parse_yolo_segmentation
 
 
 @pytest.fixture(scope="module")
 def model():
     import torch
 
-    from napari_samscope.core.build import build_sam, tiny_config
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
 
     torch.manual_seed(0)
     return SAM.from_sam(build_sam(tiny_config("vit", 64)).eval(), name="tiny")

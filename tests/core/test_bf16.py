@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from napari_samscope.core.modeling import image_encoder as vit
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.predict.predictor import Predictor
 
 IOU_BAR = 0.97
 
@@ -26,7 +26,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _default_installed() -> bool:
-    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
     return any(m.name == DEFAULT_MODEL and m.cached for m in list_models())
 
@@ -65,9 +65,9 @@ def _agreement(sam, image: np.ndarray, labels: np.ndarray) -> list[float]:
 
 @pytest.mark.skipif(not _default_installed(), reason="the trained default model is not installed")
 def test_default_model_bf16_masks_agree_with_float32():
-    from napari_samscope.core.registry import DEFAULT_MODEL
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
     from napari_samscope.core.synthetic import make_nuclei_2d
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL
 
     model = SAM(DEFAULT_MODEL, device="cpu", dtype="float32")
     image, labels = make_nuclei_2d((384, 512), seed=5)
@@ -82,8 +82,8 @@ def test_default_model_bf16_masks_agree_with_float32():
 @pytest.mark.parametrize("native", [True, False])
 def test_default_dtype_rule_for_the_default_model(monkeypatch, native):
     from napari_samscope.core import device
-    from napari_samscope.core.registry import DEFAULT_MODEL, resolve
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, resolve
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
     assert resolve(DEFAULT_MODEL).auto_bf16
@@ -113,7 +113,7 @@ def test_default_request_resolves_per_model_flag(monkeypatch):
 
 
 def test_wrapped_modules_default_to_float32(tiny_sam_factory):
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
 
     sam = tiny_sam_factory("vit", 64)
     assert SAM.from_sam(sam).dtype is None

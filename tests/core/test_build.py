@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from napari_samscope.core.build import (
+from napari_samscope.core.modeling.build import (
     ARCHITECTURES,
     DecoderConfig,
     SamConfig,
@@ -19,7 +19,7 @@ from napari_samscope.core.build import (
     sam_from_state_dict,
     tiny_config,
 )
-from napari_samscope.core.build import _construct as construct_model
+from napari_samscope.core.modeling.build import _construct as construct_model
 
 # Counted with the official segment_anything / MobileSAM builders (torch, meta device).
 OFFICIAL_PARAMETERS = {

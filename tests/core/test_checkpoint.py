@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samscope.core.checkpoint import (
+from napari_samscope.core.weights.checkpoint import (
     FORMAT,
     CheckpointError,
     UnsafeCheckpointError,
@@ -20,7 +20,7 @@ from napari_samscope.core.checkpoint import (
     sidecar_path,
     unwrap_checkpoint,
 )
-from napari_samscope.core.download import file_sha256
+from napari_samscope.core.weights.download import file_sha256
 
 
 def assert_same_state(actual: dict, expected: dict) -> None:
@@ -98,7 +98,7 @@ def test_save_checkpoint_project_format(tmp_path, tiny_mobile_sam):
 
 
 def test_sidecar_names_official_architectures(tmp_path):
-    from napari_samscope.core.build import ARCHITECTURES
+    from napari_samscope.core.modeling.build import ARCHITECTURES
 
     class FakeSam(torch.nn.Module):  # saving only needs state_dict() and .config
         def __init__(self):

@@ -12,10 +12,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from napari_samscope.core import registry
-from napari_samscope.core.loader import load_sam
 from napari_samscope.core.synthetic import make_nuclei_2d
 from napari_samscope.core.training.evaluate import evaluate
+from napari_samscope.core.weights import registry
+from napari_samscope.core.weights.loader import load_sam
 
 HELD_OUT_SEED = 424242
 
@@ -60,7 +60,7 @@ def test_default_model_loads_and_segments_unseen_nuclei():
     assert result.point_iou > 0.88, result.as_dict()
     assert result.box_iou > 0.90, result.as_dict()
     # a point on the background does not return a nucleus-sized blob everywhere
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
 
     predictor = Predictor(loaded.sam)
     predictor.set_image(image)

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from napari_samscope.core.detectors import (
+from napari_samscope.core.datasets.detectors import (
     BlobDetector,
     CallableDetector,
     Detections,

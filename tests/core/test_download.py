@@ -11,8 +11,9 @@ import pytest
 import torch
 from _http_server import FileServer, closed_port_url
 
-from napari_samscope.core import download as download_mod
-from napari_samscope.core.download import (
+from napari_samscope.core.progress import Cancelled, Progress, run
+from napari_samscope.core.weights import download as download_mod
+from napari_samscope.core.weights.download import (
     CACHE_ENV_VAR,
     DownloadError,
     cache_dir,
@@ -21,8 +22,7 @@ from napari_samscope.core.download import (
     download_iter,
     file_sha256,
 )
-from napari_samscope.core.progress import Cancelled, Progress, run
-from napari_samscope.core.registry import ModelSpec
+from napari_samscope.core.weights.registry import ModelSpec
 
 
 @pytest.fixture(autouse=True)
@@ -234,7 +234,7 @@ def test_download_does_not_import_torch():
     import subprocess
 
     code = (
-        "import sys; import napari_samscope.core.download, napari_samscope.core.registry; "
+        "import sys; import napari_samscope.core.weights.download, napari_samscope.core.weights.registry; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,8 +24,8 @@ import torch
 from scipy import ndimage as ndi  # noqa: F401  (skimage depends on scipy)
 from skimage.measure import label
 
-from napari_samscope.core.everything import EverythingResult, MaskGenerator, MaskRecord
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.everything.generator import EverythingResult, MaskGenerator, MaskRecord
+from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.progress import Progress
 
 DISCS = [(30, 30, 12), (30, 95, 10), (90, 40, 14), (95, 100, 9), (62, 68, 8)]  # (row, col, r)
@@ -287,8 +287,10 @@ def test_bad_parameters_raise_clear_errors(segmenting):
         MaskGenerator(segmenting, points_per_side=0)
     with pytest.raises(ValueError, match="point_grids"):
         MaskGenerator(segmenting, point_grids=[np.zeros((4, 3))])
-    with pytest.raises(TypeError, match="Predictor needs"):
-        MaskGenerator("not a model")
+    with pytest.raises(TypeError, match="Expected a model name"):
+        MaskGenerator(object())
+    with pytest.raises(ValueError, match="Unknown model 'not a model'"):
+        MaskGenerator("not a model")  # a name goes through the registry
     with pytest.raises(ValueError):
         MaskGenerator(segmenting).generate(np.zeros((10, 10)))  # constant image
 
@@ -303,8 +305,8 @@ def test_explicit_point_grids_and_points_stride_alias(segmenting):
 @pytest.mark.parametrize(("offset", "stability_thresh"), [(1.0, 0.0), (0.01, 0.3)])
 def test_equals_the_straightforward_computation(tiny_sam, offset, stability_thresh):
     """Windowed upsampling + compact records == full-size logits for every candidate."""
-    from napari_samscope.core import mask_ops as mo
-    from napari_samscope.core.transforms import apply_coords
+    from napari_samscope.core.everything import mask_ops as mo
+    from napari_samscope.core.predict.transforms import apply_coords
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (45, 70, 3), dtype=np.uint8)
@@ -383,15 +385,15 @@ def test_another_decoder_module_goes_through_predictor_decode(random_state_sam):
 
 
 def _spec(**everything):
-    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.weights.registry import ModelSpec
 
     return ModelSpec(name="mine", arch="custom", filename="mine.pt",
                      everything_defaults=tuple(everything.items()))
 
 
 def test_without_a_registry_model_the_official_defaults_apply_exactly(segmenting, tiny_sam):
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.everything.generator import EVERYTHING_DEFAULTS
+    from napari_samscope.core.predict.sam_api import SAM
 
     assert MaskGenerator(segmenting).params == EVERYTHING_DEFAULTS
     assert MaskGenerator(tiny_sam).params == EVERYTHING_DEFAULTS
@@ -400,8 +402,11 @@ def test_without_a_registry_model_the_official_defaults_apply_exactly(segmenting
 
 
 def test_model_recommendations_fill_the_parameters_not_given(tiny_sam):
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS, model_everything_defaults
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.everything.generator import (
+        EVERYTHING_DEFAULTS,
+        model_everything_defaults,
+    )
+    from napari_samscope.core.predict.sam_api import SAM
 
     spec = _spec(pred_iou_thresh=0.5, stability_score_thresh=0.85, points_per_side=24)
     model = SAM.from_sam(tiny_sam, spec=spec)
@@ -419,7 +424,7 @@ def test_model_recommendations_fill_the_parameters_not_given(tiny_sam):
     assert MaskGenerator(model, model_defaults={"box_nms_thresh": 0.5}).params[
         "pred_iou_thresh"] == EVERYTHING_DEFAULTS["pred_iou_thresh"]
     # a Predictor made from the SAM wrapper carries the same recommendations
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
 
     assert Predictor(model).spec is spec
     assert MaskGenerator(Predictor(model)).params["points_per_side"] == 24

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samscope.core.everything import MaskGenerator
+from napari_samscope.core.everything.generator import MaskGenerator
 from napari_samscope.core.modeling import mask_decoder as md
 from napari_samscope.core.modeling.transformer import TwoWayTransformer
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.predict.predictor import Predictor
 
 # keeps many candidates (thresholds off, no box NMS) so every record is compared
 LOW = dict(
@@ -139,7 +139,7 @@ def test_bfloat16_keeps_the_transformer_stage_in_float32(random_state_sam):
 def test_mask_groups_pick_the_same_rows_per_prompt_or_in_chunks(monkeypatch, random_state_sam):
     """The CPU's one-view-per-prompt grouping and the device grouping (chunks of indices,
     several steps concatenated) upscale the same prompts in the order asked."""
-    from napari_samscope.core import everything_decode as ed
+    from napari_samscope.core.everything import decode as ed
 
     monkeypatch.setattr(ed, "_MASK_CHUNK", 2)
     sam = random_state_sam

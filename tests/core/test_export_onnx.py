@@ -13,15 +13,15 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from napari_samscope.core.export_onnx import (  # noqa: E402
+from napari_samscope.core.export.onnx import (  # noqa: E402
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     decoder_inputs,
     export_onnx,
 )
-from napari_samscope.core.predictor import Predictor  # noqa: E402
-from napari_samscope.core.sam_api import SAM  # noqa: E402
-from napari_samscope.core.transforms import preprocess, resize_rgb_uint8  # noqa: E402
+from napari_samscope.core.predict.predictor import Predictor  # noqa: E402
+from napari_samscope.core.predict.sam_api import SAM  # noqa: E402
+from napari_samscope.core.predict.transforms import preprocess, resize_rgb_uint8  # noqa: E402
 
 TOL = 1e-4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_samscope.core.image import load_image, to_rgb_uint8
+from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 
 RNG = np.random.default_rng(0)
 

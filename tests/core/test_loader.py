@@ -10,13 +10,17 @@ import pytest
 import torch
 from _http_server import FileServer
 
-from napari_samscope.core import registry
-from napari_samscope.core.build import ARCHITECTURES, detect_config
-from napari_samscope.core.checkpoint import CheckpointError, UnsafeCheckpointError, save_checkpoint
-from napari_samscope.core.download import CACHE_ENV_VAR, DownloadError
-from napari_samscope.core.loader import LoadedModel, load_sam, load_sam_iter
+from napari_samscope.core.modeling.build import ARCHITECTURES, detect_config
 from napari_samscope.core.progress import Progress, run
-from napari_samscope.core.registry import ModelSpec, register_local_model
+from napari_samscope.core.weights import registry
+from napari_samscope.core.weights.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    save_checkpoint,
+)
+from napari_samscope.core.weights.download import CACHE_ENV_VAR, DownloadError
+from napari_samscope.core.weights.loader import LoadedModel, load_sam, load_sam_iter
+from napari_samscope.core.weights.registry import ModelSpec, register_local_model
 
 
 @pytest.fixture(autouse=True)

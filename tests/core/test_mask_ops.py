@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samscope.core import mask_ops as mo
+from napari_samscope.core.everything import mask_ops as mo
 
 
 def _brute_force_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
@@ -177,7 +177,7 @@ def test_batch_slices():
 
 @pytest.mark.parametrize("shape", [(300, 500), (37, 600), (1024, 768), (20, 20)])
 def test_windowed_upsampler_equals_full_postprocessing(shape):
-    from napari_samscope.core.transforms import MaskUpsampler, resize_longest_side_shape
+    from napari_samscope.core.predict.transforms import MaskUpsampler, resize_longest_side_shape
 
     gen = torch.Generator().manual_seed(0)
     input_size = resize_longest_side_shape(*shape, 256)
@@ -186,7 +186,7 @@ def test_windowed_upsampler_equals_full_postprocessing(shape):
     full = MaskUpsampler(shape, input_size, 256, 64).logits(low)
     rows = np.flatnonzero((low > -1).any(1).numpy())
     cols = np.flatnonzero((low > -1).any(0).numpy())
-    from napari_samscope.core.windowed_upsampler import WindowedUpsampler
+    from napari_samscope.core.everything.windowed_upsampler import WindowedUpsampler
 
     up = WindowedUpsampler(shape, input_size, 256, 64)
     y0, x0, win = up.window(low, (rows[0], rows[-1]), (cols[0], cols[-1]))

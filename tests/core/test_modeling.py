@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from napari_samscope.core.build import build_sam, tiny_config
+from napari_samscope.core.modeling.build import build_sam, tiny_config
 from napari_samscope.core.modeling.common import LayerNorm2d
 from napari_samscope.core.modeling.image_encoder import (
     Attention,

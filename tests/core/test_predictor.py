@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from napari_samscope.core.predictor import ImageEmbedding, Predictor, model_key
-from napari_samscope.core.results import Prediction
+from napari_samscope.core.predict.predictor import ImageEmbedding, Predictor, model_key
+from napari_samscope.core.predict.results import Prediction
 
 H, W = 48, 80  # non-square: the model input (64) is padded at the bottom
 
@@ -96,7 +96,7 @@ def test_set_image_from_a_file(predictor, image, tmp_path):
 
 
 def test_set_image_normalises_microscope_images(random_state_sam):
-    from napari_samscope.core.image import to_rgb_uint8
+    from napari_samscope.core.predict.image import to_rgb_uint8
 
     img = np.random.default_rng(3).integers(0, 4000, (2, 40, 40), dtype=np.uint16)
     a, b = Predictor(random_state_sam), Predictor(random_state_sam)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from napari_samscope.core import registry
-from napari_samscope.core.download import CACHE_ENV_VAR
-from napari_samscope.core.registry import (
+from napari_samscope.core.weights import registry
+from napari_samscope.core.weights.download import CACHE_ENV_VAR
+from napari_samscope.core.weights.registry import (
     DEFAULT_MODEL,
     ModelSpec,
     check_model_file,
@@ -89,7 +89,7 @@ def test_official_entries(name):
 
 
 def test_arch_names_match_the_builder_table():
-    from napari_samscope.core.build import ARCHITECTURES
+    from napari_samscope.core.modeling.build import ARCHITECTURES
 
     for name in OFFICIAL:
         assert resolve(name).arch in ARCHITECTURES
@@ -247,7 +247,7 @@ def test_official_models_keep_the_official_everything_defaults():
 
 
 def test_recommended_everything_parameters_are_generator_parameters():
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+    from napari_samscope.core.everything.generator import EVERYTHING_DEFAULTS
 
     for spec in registry._BUILTIN:
         params = spec.everything_params()

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 import napari_samscope
-from napari_samscope.core.predictor import Predictor
-from napari_samscope.core.results import Prediction
-from napari_samscope.core.sam_api import SAM
+from napari_samscope.core.predict.predictor import Predictor
+from napari_samscope.core.predict.results import Prediction
+from napari_samscope.core.predict.sam_api import SAM
 
 H, W = 40, 56
 
@@ -89,7 +89,7 @@ def test_call_normalises_microscope_images(model):
 
 
 def test_call_without_prompts_segments_everything(model, image):
-    from napari_samscope.core.everything import EverythingResult
+    from napari_samscope.core.everything.generator import EverythingResult
 
     result = model(image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert isinstance(result, EverythingResult)
@@ -122,7 +122,7 @@ def test_predictor_is_a_new_predictor_on_the_model(model):
 
 
 def test_export_delegates_to_export_onnx(model, tmp_path, monkeypatch):
-    import napari_samscope.core.export_onnx as export_module
+    import napari_samscope.core.export.onnx as export_module
 
     seen = {}
 
@@ -139,7 +139,7 @@ def test_export_delegates_to_export_onnx(model, tmp_path, monkeypatch):
 
 
 def test_loading_a_project_checkpoint_by_path(random_state_sam, tmp_path, image):
-    from napari_samscope.core.checkpoint import save_checkpoint
+    from napari_samscope.core.weights.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "tiny.pt", random_state_sam)
     loaded = SAM(path, device="cpu")
@@ -159,8 +159,8 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_everything_uses_the_models_recommended_parameters(random_state_sam, image, monkeypatch):
-    from napari_samscope.core import everything
-    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.everything import generator as everything
+    from napari_samscope.core.weights.registry import ModelSpec
 
     spec = ModelSpec(name="mine", arch="custom", filename="mine.pt",
                      everything_defaults=(("pred_iou_thresh", 0.0), ("points_per_side", 3)))
@@ -189,7 +189,7 @@ def test_everything_uses_the_models_recommended_parameters(random_state_sam, ima
 
 def test_from_sam_with_a_spec_follows_its_bf16_flag(random_state_sam, monkeypatch):
     from napari_samscope.core import device
-    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.weights.registry import ModelSpec
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     flagged = ModelSpec("f", "vit_b", "f.pt", auto_bf16=True)
@@ -200,7 +200,7 @@ def test_from_sam_with_a_spec_follows_its_bf16_flag(random_state_sam, monkeypatc
 
 
 def test_default_dtype_of_a_checkpoint_path_is_float32(random_state_sam, tmp_path):
-    from napari_samscope.core.checkpoint import save_checkpoint
+    from napari_samscope.core.weights.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "tiny.pt", random_state_sam)
     assert SAM(path, device="cpu").dtype is None and SAM(path, device="cpu").spec is None

@@ -10,8 +10,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from napari_samscope.core import registry
-from napari_samscope.core.build import tiny_config
+from napari_samscope.core.modeling.build import tiny_config
 from napari_samscope.core.progress import Progress
 from napari_samscope.core.synthetic import make_nuclei_2d, make_nuclei_3d
 from napari_samscope.core.training import TrainConfig, TrainingData, prepare_pair, train, train_iter
@@ -24,6 +23,7 @@ from napari_samscope.core.training.prompts import (
     jittered_boxes,
     random_points_in,
 )
+from napari_samscope.core.weights import registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,8 +45,8 @@ def test_prepare_pair_matches_inference_preprocessing():
     # longest side resized to 64, rounded as the official preprocessing
     assert sample.image.shape == (64, 38, 3) and sample.image.dtype == np.uint8
     assert sample.labels.shape == (64, 38) and sample.labels.dtype == np.uint32
-    from napari_samscope.core.image import to_rgb_uint8
-    from napari_samscope.core.transforms import resize_rgb_uint8
+    from napari_samscope.core.predict.image import to_rgb_uint8
+    from napari_samscope.core.predict.transforms import resize_rgb_uint8
 
     np.testing.assert_array_equal(sample.image, resize_rgb_uint8(to_rgb_uint8(image), 64))
     assert set(sample.ids.tolist()) <= set(np.unique(labels).tolist()) - {0}
@@ -238,7 +238,7 @@ def test_training_is_deterministic_and_freezes_what_it_should():
     for key, value in first.sam.state_dict().items():
         assert torch.equal(value, second.sam.state_dict()[key]), key
     # the frozen encoder is untouched by a decoder-only run
-    from napari_samscope.core.build import build_sam
+    from napari_samscope.core.modeling.build import build_sam
 
     torch.manual_seed(0)
     fresh = build_sam(tiny_config("vit", img_size=64))
@@ -263,8 +263,8 @@ def test_train_save_load_through_registry_and_predict(tmp_path, monkeypatch):
     assert sidecar["meta"]["training"]["steps"] == 2
     assert sidecar["meta"]["data"]["planes"] == 2 and sidecar["meta"]["note"] == "test"
     registry.register_local_model("mine", out)
-    from napari_samscope.core.loader import load_sam
-    from napari_samscope.core.predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
+    from napari_samscope.core.weights.loader import load_sam
 
     loaded = load_sam("mine", device="cpu")
     for key, value in result.sam.state_dict().items():
@@ -301,7 +301,7 @@ def test_bad_training_options_are_refused():
 
 @pytest.mark.parametrize("encoder", ["vit", "tiny_vit"])
 def test_every_part_trains_for_both_encoder_families(encoder):
-    from napari_samscope.core.build import build_sam
+    from napari_samscope.core.modeling.build import build_sam
 
     images, labels = _pairs(1)
     torch.manual_seed(0)
@@ -314,7 +314,7 @@ def test_every_part_trains_for_both_encoder_families(encoder):
 
 
 def test_a_frozen_encoder_encodes_each_plane_once():
-    from napari_samscope.core.build import build_sam
+    from napari_samscope.core.modeling.build import build_sam
 
     images, labels = _pairs(2)
     sam = build_sam(tiny_config("tiny_vit", img_size=64))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from napari_samscope.core.transforms import (
+from napari_samscope.core.predict.transforms import (
     MaskUpsampler,
     apply_boxes,
     apply_coords,
@@ -163,7 +163,7 @@ def _straight_banded(up, low):
 @pytest.mark.parametrize("band", [None, 1])
 @pytest.mark.parametrize(("original", "input_size"), [((768, 1024), (48, 64)), ((37, 300), (8, 64))])
 def test_mask_upsampler_bands_equal_the_plain_banded_evaluation(monkeypatch, band, original, input_size):
-    import napari_samscope.core.transforms as transforms
+    import napari_samscope.core.predict.transforms as transforms
 
     if band is not None:  # many small row bands (the floor of 16 rows applies)
         monkeypatch.setattr(transforms, "_BAND_ELEMENTS", band)

@@ -23,8 +23,8 @@ import pytest
 import torch
 from skimage.measure import label
 
-from napari_samscope.core.everything import MaskGenerator
-from napari_samscope.core.predictor import ImageEmbedding, Predictor
+from napari_samscope.core.everything.generator import MaskGenerator
+from napari_samscope.core.predict.predictor import ImageEmbedding, Predictor
 from napari_samscope.core.progress import run
 from napari_samscope.core.volume import (
     EmbeddingCache,

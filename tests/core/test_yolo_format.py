@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from skimage.draw import disk, ellipse
 
-from napari_samscope.core.coco_format import CocoWriter, coco_annotation
-from napari_samscope.core.yolo_format import (
+from napari_samscope.core.datasets.coco_format import CocoWriter, coco_annotation
+from napari_samscope.core.datasets.yolo_format import (
     mask_rings,
     masks_to_yolo_lines,
     parse_yolo_lines,

@@ -22,8 +22,8 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 
 
 def _model():
-    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
     if any(m.name == DEFAULT_MODEL and m.cached for m in list_models()):
         return SAM(DEFAULT_MODEL, device="cpu"), None

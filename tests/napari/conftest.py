@@ -23,7 +23,7 @@ def viewer(make_napari_viewer):
 @pytest.fixture
 def segmenting_sam():
     """The segmenting double's ``SAM``; decode it with ``SegmentingPredictor``."""
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
 
     return SAM.from_sam(make_segmenting_sam(256), "segmenting-double")
 
@@ -36,7 +36,7 @@ def segmenting_predictor(segmenting_sam):
 
 @pytest.fixture
 def tiny_random_sam(tiny_sam_factory):
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
 
     return SAM.from_sam(tiny_sam_factory("vit", 64, seed=3), "tiny-random")
 

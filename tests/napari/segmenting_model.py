@@ -2,7 +2,7 @@
 
 A tiny random SAM gives arbitrary masks, so "the mask covers the clicked nucleus" or
 "propagation follows the object through z" cannot be asserted with it. The stand-in
-is the real :class:`~napari_samscope.core.predictor.Predictor` (so preprocessing,
+is the real :class:`~napari_samscope.core.predict.predictor.Predictor` (so preprocessing,
 prompt transforms, upsampling, the widgets, the volume code and segment-everything all
 run unchanged) with two parts replaced by transparent rules:
 
@@ -32,7 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from napari_samscope.core.modeling.sam import Sam
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.predict.predictor import Predictor
 
 CHANNELS = 32  # >= 16 packed intensities
 

@@ -16,7 +16,7 @@ def annotate_widget(viewer, segmenting_sam):
 
 
 def test_loaded_through_the_manifest_with_the_shared_session(viewer, annotate_widget):
-    from napari_samscope._widgets.session import get_session
+    from napari_samscope._napari.session import get_session
 
     assert type(annotate_widget).__name__ == "AutoAnnotateWidget"
     assert annotate_widget.session is get_session(viewer)

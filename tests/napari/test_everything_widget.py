@@ -11,7 +11,7 @@ from widget_helpers import wait_idle
 @pytest.fixture
 def slow_decoder(monkeypatch):
     """Make every decoder batch of segment-everything take 40 ms (cancellable runs)."""
-    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.everything.generator import MaskGenerator
 
     original = MaskGenerator._decode
 
@@ -79,8 +79,8 @@ def test_no_image_and_single_plane_stack_are_explained(viewer, everything_widget
 
 
 def _with_spec(sam, **everything):
-    from napari_samscope.core.registry import ModelSpec
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
+    from napari_samscope.core.weights.registry import ModelSpec
 
     spec = ModelSpec(name="mine", arch="custom", filename="mine.pt",
                      everything_defaults=tuple(everything.items()))
@@ -89,7 +89,7 @@ def _with_spec(sam, **everything):
 
 def test_shown_official_defaults_match_the_generator():
     from napari_samscope._widgets.everything_widget import OFFICIAL_SHOWN
-    from napari_samscope.core.everything import EVERYTHING_DEFAULTS
+    from napari_samscope.core.everything.generator import EVERYTHING_DEFAULTS
 
     for name, value in OFFICIAL_SHOWN.items():
         assert EVERYTHING_DEFAULTS[name] == value, name
@@ -97,7 +97,7 @@ def test_shown_official_defaults_match_the_generator():
 
 def test_recommended_params_of_loaded_and_registry_models(segmenting_sam):
     from napari_samscope._widgets.everything_widget import recommended_params
-    from napari_samscope.core.registry import DEFAULT_MODEL, lookup
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, lookup
 
     assert recommended_params() == lookup(DEFAULT_MODEL).everything_params() != {}
     assert recommended_params(model_name="vit_b") == {}
@@ -131,7 +131,7 @@ def test_fields_follow_the_model_unless_edited(everything_widget, segmenting_sam
 
 
 def test_session_predictors_carry_the_models_registry_entry(everything_widget, segmenting_sam):
-    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.everything.generator import MaskGenerator
 
     session = everything_widget.session
     model = _with_spec(segmenting_sam, pred_iou_thresh=0.5)

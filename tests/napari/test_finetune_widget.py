@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_samscope.core import registry
 from napari_samscope.core.synthetic import make_nuclei_2d, make_nuclei_3d
+from napari_samscope.core.weights import registry
 
 PLUGIN = "napari-samscope"
 
@@ -28,7 +28,7 @@ def finetune_widget(viewer, tmp_path):
 
 @pytest.fixture
 def tiny_model():
-    from napari_samscope.core.build import tiny_config
+    from napari_samscope.core.modeling.build import tiny_config
 
     return tiny_config("tiny_vit", img_size=64)
 
@@ -71,7 +71,7 @@ def test_training_registers_the_model_and_plots(viewer, finetune_widget, tiny_mo
 def test_training_does_not_touch_the_model_in_use(viewer, finetune_widget, tiny_model, qtbot):
     import torch
 
-    from napari_samscope.core.build import build_sam
+    from napari_samscope.core.modeling.build import build_sam
 
     image, labels = _add_nuclei(viewer)
     in_use = build_sam(tiny_model)

@@ -35,8 +35,8 @@ def test_a_missing_file_and_an_unknown_name_notify(viewer, main_widget, qtbot, n
 
 def test_offline_download_notifies_where_to_put_the_file(viewer, main_widget, qtbot,
                                                          monkeypatch, notifications):
-    from napari_samscope.core import loader
-    from napari_samscope.core.download import DownloadError
+    from napari_samscope.core.weights import loader
+    from napari_samscope.core.weights.download import DownloadError
 
     def offline(model, device="auto", dtype=None):
         yield from ()
@@ -63,7 +63,7 @@ def test_loading_a_checkpoint_file_in_the_worker(viewer, main_widget, qtbot, tmp
 
 
 def test_add_model_shows_in_every_dropdown(viewer, main_widget, everything_widget, tmp_path):
-    from napari_samscope.core.registry import unregister_local_model
+    from napari_samscope.core.weights.registry import unregister_local_model
 
     path = tmp_path / "mine.pt"
     path.write_bytes(b"weights")

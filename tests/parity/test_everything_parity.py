@@ -32,9 +32,9 @@ import pytest
 import torch
 from _official import official_python, pack_state_dict, run_official, skip_reason
 
-from napari_samscope.core.build import build_sam, tiny_config
-from napari_samscope.core.everything import MaskGenerator
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.everything.generator import MaskGenerator
+from napari_samscope.core.modeling.build import build_sam, tiny_config
+from napari_samscope.core.predict.predictor import Predictor
 
 pytestmark = [
     pytest.mark.parity,

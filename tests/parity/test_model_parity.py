@@ -15,7 +15,7 @@ import pytest
 import torch
 from _official import official_python, pack_state_dict, run_official, skip_reason
 
-from napari_samscope.core.build import (
+from napari_samscope.core.modeling.build import (
     ARCHITECTURES,
     build_sam,
     detect_config,

@@ -18,8 +18,13 @@ import pytest
 import torch
 from _official import official_python, pack_state_dict, run_official, skip_reason
 
-from napari_samscope.core.build import ARCHITECTURES, build_sam, sam_from_state_dict, tiny_config
-from napari_samscope.core.predictor import Predictor
+from napari_samscope.core.modeling.build import (
+    ARCHITECTURES,
+    build_sam,
+    sam_from_state_dict,
+    tiny_config,
+)
+from napari_samscope.core.predict.predictor import Predictor
 
 pytestmark = [
     pytest.mark.parity,

@@ -29,6 +29,7 @@ from napari_samscope._napari.coords import PlaneGeometry, PlaneKey, current_geom
 from napari_samscope._napari.images import ImageSettings, Normalization, PlaneSource
 from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope._napari.session import get_session
 from napari_samscope.core.progress import run
 
 __all__ = ["segment_image_layer", "segment_everything_layer", "segment_stack_layer"]
@@ -47,20 +48,13 @@ def _viewer(viewer: Any) -> Any:
 
 
 def _predictor(model: Any, viewer: Any) -> Any:
-    from napari_samscope.core.predictor import Predictor
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.resolve import as_predictor
 
-    if hasattr(model, "decode") and hasattr(model, "set_embedding"):
-        return model  # a Predictor already
     if model is None and viewer is not None:
-        from napari_samscope._widgets.session import get_session
-
         session = get_session(viewer)
         if session.sam is not None:
             return session.new_predictor()
-    if model is None or isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-        model = SAM(model)
-    return Predictor(model)
+    return as_predictor(model)
 
 
 def _geometry(image: Any, viewer: Any, channel_axis: int | None) -> tuple[PlaneGeometry, Any]:

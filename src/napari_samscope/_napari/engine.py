@@ -236,7 +236,7 @@ def everything_plane_iter(
 
     A cached embedding of the plane is reused.
     """
-    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.everything.generator import MaskGenerator
 
     generator = MaskGenerator(predictor, **params)
     stack = yield from _stack_iter(source, key)
@@ -251,7 +251,7 @@ def everything_stack_iter(
 ) -> Generator[Progress, None, tuple[list[PlaneKey], np.ndarray]]:
     """Segment everything on every plane of the stack line through the current plane and
     link ids across planes by overlap: ``(keys, (Z, H, W) uint32)``."""
-    from napari_samscope.core.everything import MaskGenerator
+    from napari_samscope.core.everything.generator import MaskGenerator
     from napari_samscope.core.volume import segment_volume_everything_iter
 
     keys = source.stack_keys()

@@ -35,13 +35,12 @@ from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
 from napari_samscope._napari.labels import write_planes
 from napari_samscope._napari.prompts import ObjectPrompt, collect_prompts
+from napari_samscope._napari.session import get_session, unwrap_viewer
+from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
-from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
-
-from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES"]
 
@@ -223,7 +222,7 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
                 plane = prompts.on(key)
                 return [ObjectPrompt(empty, np.zeros(0, np.int32), b, m) for b, m in plane.boxes][:max_det]
         else:
-            from napari_samscope.core.detectors import BlobDetector
+            from napari_samscope.core.datasets.detectors import BlobDetector
 
             detector = BlobDetector(min_distance=int(self.min_distance.value()))
             conf = float(self.conf.value())

@@ -34,12 +34,11 @@ from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
 from napari_samscope._napari.labels import write_planes
+from napari_samscope._napari.session import get_session, unwrap_viewer
+from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
-from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error
-
-from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
 
@@ -61,7 +60,7 @@ def recommended_params(sam: Any = None, model_name: str | None = None) -> dict[s
     or, when none is loaded, of the registry model ``model_name`` (default: the
     project's default model). Only the model's own values: ``{}`` for official models,
     models given by path and unknown names."""
-    from napari_samscope.core.registry import DEFAULT_MODEL, ModelSpec, lookup
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, ModelSpec, lookup
 
     if sam is not None:
         spec = getattr(sam, "spec", None)

@@ -34,12 +34,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samscope._napari.session import get_session, unwrap_viewer
+from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
 from napari_samscope._widgets.panels import ProgressRow
-from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
-
-from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["FineTuneWidget", "LossPlot"]
 
@@ -348,7 +347,7 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         return str(chosen)
 
     def _free_name(self) -> str:
-        from napari_samscope.core.registry import model_names
+        from napari_samscope.core.weights.registry import model_names
 
         taken = {n.lower() for n in model_names()}
         index = 1
@@ -357,7 +356,7 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         return f"finetuned_{index}"
 
     def _default_output(self) -> None:
-        from napari_samscope.core.download import cache_dir
+        from napari_samscope.core.weights.download import cache_dir
 
         name = self.name.text().strip() or "finetuned"
         self.out.setText(str(cache_dir() / "finetuned" / f"{name}.pt"))

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_samscope._napari.images import ImageSettings, Normalization
-from napari_samscope._widgets.session import DEFAULT_CACHE_MB
+from napari_samscope._napari.session import DEFAULT_CACHE_MB
 
 __all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS"]
 

@@ -30,14 +30,13 @@ from napari_samscope._napari.images import ImageSettings, PlaneSource, forget_la
 from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope._napari.session import get_session, unwrap_viewer
+from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
 from napari_samscope._widgets.layer_wiring import LayerWiring
 from napari_samscope._widgets.main_ui import MainControls
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
-from napari_samscope._widgets.session import get_session, unwrap_viewer
 from napari_samscope._widgets.stack_actions import StackActions
 from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_error, notify_info
-
-from .dock_lifecycle import ShutsDownWithDock
 
 __all__ = ["SegmentAnythingWidget", "INLINE_DECODE_MS"]
 

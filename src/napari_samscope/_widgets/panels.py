@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samscope._widgets.session import DEVICES, ModelSession
+from napari_samscope._napari.session import DEVICES, ModelSession
 from napari_samscope._widgets.workers import JobRunner, notify_info
 from napari_samscope.core.progress import Progress
 

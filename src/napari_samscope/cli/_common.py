@@ -211,7 +211,7 @@ class ProgressBar:
 def load_model(name: str | None, device: str = "", dtype: str = "default") -> Any:
     """``SAM(name)`` on ``device`` (automatic when empty) with the ``dtype`` request, with a
     progress bar if it takes time."""
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
 
     with ProgressBar() as bar:
         return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
@@ -238,7 +238,7 @@ def write_results(out_dir: Path, stem: str, rgb: np.ndarray, labels: np.ndarray)
     """
     from PIL import Image
 
-    from napari_samscope.core.annotate_io import write_label_tiff
+    from napari_samscope.core.datasets.annotate_io import write_label_tiff
 
     out_dir.mkdir(parents=True, exist_ok=True)
     label_path = out_dir / f"{stem}_labels.tif"
@@ -251,7 +251,7 @@ def write_results(out_dir: Path, stem: str, rgb: np.ndarray, labels: np.ndarray)
 def image_planes(path: Path) -> list[tuple[str, np.ndarray]]:
     """``(suffix, plane)`` for each plane of an image file: ``""`` for a 2D image,
     ``"_z0003"`` for plane 3 of a stack (as ``auto_annotate`` names them)."""
-    from napari_samscope.core.annotate_io import read_planes
+    from napari_samscope.core.datasets.annotate_io import read_planes
 
     planes = read_planes(path)
     if len(planes) == 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
+from napari_samscope.cli._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
 
 DESCRIPTION = """\
 Detect objects (default: fluorescent nuclei with a blob detector, no weights needed),
@@ -45,15 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.annotate import auto_annotate
+    from napari_samscope.core.datasets.annotate import auto_annotate
 
     if not 0.0 <= args.conf <= 1.0:
-        from ._common import UsageError
+        from napari_samscope.cli._common import UsageError
 
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
     sam_model = args.sam_model
     if args.dtype != "default":  # an explicit precision: load the model here with it
-        from ._common import load_model
+        from napari_samscope.cli._common import load_model
 
         sam_model = load_model(args.sam_model, args.device, args.dtype)
     with ProgressBar() as bar:

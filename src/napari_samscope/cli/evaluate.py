@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import UsageError, add_debug, add_device
+from napari_samscope.cli._common import UsageError, add_debug, add_device
 
 DESCRIPTION = """\
 Prompt every labelled object once with a single positive point at a random interior
@@ -72,7 +72,7 @@ def _pairs(args: argparse.Namespace) -> tuple[list, list]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures. Returns the exit code."""
-    from napari_samscope.core.sam_api import SAM
+    from napari_samscope.core.predict.sam_api import SAM
     from napari_samscope.core.training.evaluate import evaluate
 
     images, labels = _pairs(args)

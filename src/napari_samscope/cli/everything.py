@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import (
+from napari_samscope.cli._common import (
     ProgressBar,
     add_debug,
     add_device,
@@ -28,7 +28,7 @@ Unset options take the model's recommended values when its registry entry has so
 
 def _model_defaults_help() -> str:
     """One line per registry model with recommended segment-everything values."""
-    from napari_samscope.core.registry import DEFAULT_MODEL, lookup, model_names
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, lookup, model_names
 
     lines = []
     for name in model_names():
@@ -87,9 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.annotate_io import list_images, output_stems
-    from napari_samscope.core.everything import MaskGenerator
-    from napari_samscope.core.image import to_rgb_uint8
+    from napari_samscope.core.datasets.annotate_io import list_images, output_stems
+    from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.predict.image import to_rgb_uint8
 
     files, _ = list_images(args.source)
     params = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None}

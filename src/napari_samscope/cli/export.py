@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import DEFAULT_MODEL_HELP, add_debug
+from napari_samscope.cli._common import DEFAULT_MODEL_HELP, add_debug
 
 DESCRIPTION = """\
 Export a model to ONNX as two files in --out: <name>_encoder.onnx (preprocessed image
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._common import load_model
+    from napari_samscope.cli._common import load_model
 
     model = load_model(args.model, "cpu")
     files = model.export(format=args.format, out_dir=args.out, name=args.name,

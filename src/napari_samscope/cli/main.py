@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ._common import UsageError, expand_key_values
+from napari_samscope.cli._common import UsageError, expand_key_values
 
 #: subcommand modules, each with ``register(subparsers)``; the order is the --help order
 SUBCOMMAND_MODULES = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
+from napari_samscope.cli._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def _size(nbytes: int | None) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
     rows = [("name", "aliases", "size", "cached", "description")]
     for status in list_models():
@@ -57,21 +57,21 @@ def run_models(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
-    from napari_samscope.core.download import cache_dir
+    from napari_samscope.core.weights.download import cache_dir
 
     print(f"\ncache folder: {cache_dir()} (set SAMSCOPE_CACHE_DIR to change it)")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from napari_samscope.core.registry import DEFAULT_MODEL, list_models, lookup
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models, lookup
 
     name = args.model if args.model is not None else DEFAULT_MODEL
     spec = None if Path(name).expanduser().is_file() else lookup(name)
     if spec is not None:
         status = next(s for s in list_models() if s.name == spec.name)
         if not status.cached and spec.url is not None:
-            from napari_samscope.core.build import ARCHITECTURES, parameter_count
+            from napari_samscope.core.modeling.build import ARCHITECTURES, parameter_count
 
             params = parameter_count(spec.arch) if spec.arch in ARCHITECTURES else None
             print(f"{spec.name} ({spec.description})")
@@ -81,15 +81,15 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"  url: {spec.url}")
             print(f"  sha256: {spec.sha256 or 'not published (size and strict load are checked)'}")
             return 0
-    from ._common import load_model
+    from napari_samscope.cli._common import load_model
 
     load_model(name, args.device, args.dtype).info(verbose=True)
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from napari_samscope.core.download import download
-    from napari_samscope.core.registry import model_path, resolve
+    from napari_samscope.core.weights.download import download
+    from napari_samscope.core.weights.registry import model_path, resolve
 
     spec = resolve(args.model)
     if spec.url is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (
+from napari_samscope.cli._common import (
     UsageError,
     add_debug,
     add_device,
@@ -73,8 +73,8 @@ def check_prompts(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.annotate_io import list_images, output_stems
-    from napari_samscope.core.image import to_rgb_uint8
+    from napari_samscope.core.datasets.annotate_io import list_images, output_stems
+    from napari_samscope.core.predict.image import to_rgb_uint8
 
     check_prompts(args)
     files, _ = list_images(args.source)

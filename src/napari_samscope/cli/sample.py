@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_debug
+from napari_samscope.cli._common import add_debug
 
 DESCRIPTION = """\
 Write the synthetic fluorescence samples that napari's File > Open Sample shows:
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from PIL import Image
 
-    from napari_samscope.core.annotate_io import write_label_tiff
-    from napari_samscope.core.image import to_rgb_uint8
+    from napari_samscope.core.datasets.annotate_io import write_label_tiff
+    from napari_samscope.core.predict.image import to_rgb_uint8
 
     out = Path(args.out)
     truth = out / "ground_truth"

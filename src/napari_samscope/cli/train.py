@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import UsageError, add_debug
+from napari_samscope.cli._common import UsageError, add_debug
 
 DESCRIPTION = """\
 Train on pairs of images and instance label images (0 = background, one integer id
@@ -88,12 +88,12 @@ def _data(args: argparse.Namespace):  # -> TrainingData
 
 def _model(args: argparse.Namespace):  # -> str | SamConfig | None
     if args.config is None:
-        from napari_samscope.core.registry import DEFAULT_MODEL
+        from napari_samscope.core.weights.registry import DEFAULT_MODEL
 
         return args.model or DEFAULT_MODEL
     if args.model is not None:
         raise UsageError("give either --model (fine-tune) or --config (fresh model), not both")
-    from napari_samscope.core.build import SamConfig
+    from napari_samscope.core.modeling.build import SamConfig
 
     path = Path(args.config)
     if not path.is_file():

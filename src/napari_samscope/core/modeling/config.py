@@ -1,7 +1,7 @@
 """Architecture configurations of the SAM family (plain frozen dataclasses).
 
 ``SamConfig.to_dict()`` / ``from_dict()`` give the JSON-able form stored in the
-project's own checkpoints. ``napari_samscope.core.build`` re-exports everything here.
+project's own checkpoints. ``napari_samscope.core.modeling.build`` re-exports everything here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .image_encoder import ImageEncoderViT
-from .tiny_vit import TinyViT
+from napari_samscope.core.modeling.image_encoder import ImageEncoderViT
+from napari_samscope.core.modeling.tiny_vit import TinyViT
 
 EMBEDDING_STRIDE = 16
 

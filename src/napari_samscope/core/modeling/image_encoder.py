@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from napari_samscope.core.modeling.common import LayerNorm2d, MLPBlock
 
 
 class ImageEncoderViT(nn.Module):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
-from .image_memo import ImageMemo, PreparedImage
-from .transformer import TwoWayTransformer
+from napari_samscope.core.modeling.common import LayerNorm2d
+from napari_samscope.core.modeling.image_memo import ImageMemo, PreparedImage
+from napari_samscope.core.modeling.transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):

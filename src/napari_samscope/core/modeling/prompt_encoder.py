@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from napari_samscope.core.modeling.common import LayerNorm2d
 
 
 class PromptEncoder(nn.Module):

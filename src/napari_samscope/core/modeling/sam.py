@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
+from napari_samscope.core.modeling.mask_decoder import MaskDecoder
+from napari_samscope.core.modeling.prompt_encoder import PromptEncoder
 
 if TYPE_CHECKING:
-    from .config import SamConfig
+    from napari_samscope.core.modeling.config import SamConfig
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -27,7 +27,7 @@ class Sam(nn.Module):
         pixel_mean, pixel_std: ``(3, 1, 1)`` float32 buffers (RGB, 0..255 scale); not
             part of the state dict, exactly as in the official model.
         mask_threshold: logit threshold that turns mask logits into masks.
-        config: the :class:`~napari_samscope.core.build.SamConfig` the model was built from.
+        config: the :class:`~napari_samscope.core.modeling.build.SamConfig` the model was built from.
 
     The model has no end-to-end ``forward``: callers run the three parts (the
     expensive image encoding once, the cheap prompt decoding many times).

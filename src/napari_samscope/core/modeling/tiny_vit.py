@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
-from .image_encoder import window_partition, window_unpartition
+from napari_samscope.core.modeling.common import LayerNorm2d
+from napari_samscope.core.modeling.image_encoder import window_partition, window_unpartition
 
 
 class ConvBN(nn.Sequential):

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock
-from .image_memo import PreparedImage
+from napari_samscope.core.modeling.common import MLPBlock
+from napari_samscope.core.modeling.image_memo import PreparedImage
 
 
 class TwoWayTransformer(nn.Module):

@@ -21,8 +21,13 @@ model trained on the output does not learn a single look. Everything is reproduc
 from ``seed`` (or a ``numpy.random.Generator``).
 """
 
-from .generators import make_membrane_cells_2d, make_nuclei_2d, make_nuclei_3d, render_nuclei_2d
-from .style import SyntheticStyle, random_style
+from napari_samscope.core.synthetic.generators import (
+    make_membrane_cells_2d,
+    make_nuclei_2d,
+    make_nuclei_3d,
+    render_nuclei_2d,
+)
+from napari_samscope.core.synthetic.style import SyntheticStyle, random_style
 
 __all__ = [
     "SyntheticStyle",

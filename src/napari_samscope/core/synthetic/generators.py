@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .render import (
+from napari_samscope.core.synthetic.render import (
     acquire,
     as_rng,
     check_shape,
@@ -19,7 +19,7 @@ from .render import (
     rasterise,
     smooth_noise,
 )
-from .style import Dtype, SyntheticStyle
+from napari_samscope.core.synthetic.style import Dtype, SyntheticStyle
 
 __all__ = ["render_nuclei_2d", "make_nuclei_2d", "make_membrane_cells_2d", "make_nuclei_3d"]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from .style import SyntheticStyle
+from napari_samscope.core.synthetic.style import SyntheticStyle
 
 __all__ = [
     "acquire",

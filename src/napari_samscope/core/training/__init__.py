@@ -8,8 +8,14 @@
 - :mod:`.evaluate` - mean IoU for one random interior point and for the box prompt.
 """
 
-from .data import PreparedSample, TrainingData, prepare_pair
-from .trainer import TRAINABLE_PARTS, TrainConfig, TrainResult, train, train_iter
+from napari_samscope.core.training.data import PreparedSample, TrainingData, prepare_pair
+from napari_samscope.core.training.trainer import (
+    TRAINABLE_PARTS,
+    TrainConfig,
+    TrainResult,
+    train,
+    train_iter,
+)
 
 __all__ = [
     "PreparedSample",

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..image import load_image, to_rgb_uint8
-from ..progress import Progress
-from ..transforms import resize_longest_side_shape, resize_rgb_uint8
+from napari_samscope.core.predict.image import load_image, to_rgb_uint8
+from napari_samscope.core.predict.transforms import resize_longest_side_shape, resize_rgb_uint8
+from napari_samscope.core.progress import Progress
 
 __all__ = ["IMAGE_SUFFIXES", "PreparedSample", "TrainingData", "prepare_pair"]
 
@@ -78,7 +78,7 @@ def prepare_pair(
         labels: ``(H, W)`` integer instance labels, 0 = background.
         img_size: the model's input side ``S``.
         name: used in messages.
-        channel_axis, normalization: passed to :func:`~napari_samscope.core.image.to_rgb_uint8`.
+        channel_axis, normalization: passed to :func:`~napari_samscope.core.predict.image.to_rgb_uint8`.
     """
     rgb = to_rgb_uint8(image, channel_axis=channel_axis, normalization=normalization)
     if rgb.shape[:2] != labels.shape:

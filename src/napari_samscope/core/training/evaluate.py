@@ -1,6 +1,6 @@
 """Mean IoU of a model for one random interior point and for the box prompt.
 
-The evaluation goes through the public :class:`~napari_samscope.core.predictor.Predictor`
+The evaluation goes through the public :class:`~napari_samscope.core.predict.predictor.Predictor`
 (exactly what users run): each image is encoded once, then every instance is prompted
 
 - with **one positive point** drawn uniformly at random among the object's pixels
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..progress import Progress, run
+from napari_samscope.core.progress import Progress, run
 
 __all__ = ["EvaluationResult", "evaluate_iter", "evaluate", "synthetic_eval_set"]
 
@@ -109,7 +109,7 @@ def evaluate_iter(
         batch: objects decoded per call.
         n_images: the number of pairs, for the progress total (optional).
     """
-    from ..predictor import Predictor
+    from napari_samscope.core.predict.predictor import Predictor
 
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     rng = np.random.default_rng(seed)
@@ -184,7 +184,7 @@ def synthetic_eval_set(
     ``seed, seed+1, ...`` and its default statistics (radius 8-18 px, SNR 15, blur 1,
     30% touching, uint8), or ``uint16`` / ``low_snr`` (SNR 3, more read noise) variants.
     """
-    from ..synthetic import make_nuclei_2d
+    from napari_samscope.core.synthetic import make_nuclei_2d
 
     kwargs: dict[str, Any] = {"dtype": "uint16" if uint16 else "uint8"}
     if low_snr:

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..progress import Progress, run
-from .data import PreparedSample, TrainingData
-from .losses import LOSS_RESOLUTIONS, sam_loss
-from .prompts import PromptKind, corrective_points, initial_prompts
+from napari_samscope.core.progress import Progress, run
+from napari_samscope.core.training.data import PreparedSample, TrainingData
+from napari_samscope.core.training.losses import LOSS_RESOLUTIONS, sam_loss
+from napari_samscope.core.training.prompts import PromptKind, corrective_points, initial_prompts
 
 __all__ = ["TRAINABLE_PARTS", "TrainConfig", "TrainResult", "train_iter", "train"]
 
@@ -144,8 +144,8 @@ class TrainResult:
 
 
 def _resolve_model(model: ModelSource, device: torch.device, seed: int) -> tuple[Any, str]:
-    from ..build import SamConfig, build_sam
-    from ..modeling.sam import Sam
+    from napari_samscope.core.modeling.build import SamConfig, build_sam
+    from napari_samscope.core.modeling.sam import Sam
 
     if isinstance(model, Sam):
         return model.to(device), "given model"
@@ -153,7 +153,7 @@ def _resolve_model(model: ModelSource, device: torch.device, seed: int) -> tuple
         torch.manual_seed(seed)
         return build_sam(model).to(device), "fresh " + model.encoder_type
     if isinstance(model, (str, os.PathLike)):
-        from ..loader import load_sam
+        from napari_samscope.core.weights.loader import load_sam
 
         loaded = load_sam(model, device=device)
         return loaded.sam, str(loaded.name)
@@ -229,7 +229,7 @@ class _Stepper:
         )
 
     def _encode(self, images: list[np.ndarray], keys: list[tuple[int, int]]) -> torch.Tensor:
-        from ..transforms import preprocess
+        from napari_samscope.core.predict.transforms import preprocess
 
         sam = self.sam
         if not self.encoder_trained and all(k in self.cache for k in keys):
@@ -327,7 +327,7 @@ def train_iter(
         between two yields stops training; nothing is written then.
     """
     config = config or TrainConfig()
-    from ..device import select_device
+    from napari_samscope.core.device import select_device
 
     device = select_device(config.device)
     sam, source = _resolve_model(model, device, config.seed)
@@ -364,7 +364,7 @@ def train_iter(
         sam.eval()
     result.seconds = time.perf_counter() - start
     if out is not None:
-        from ..checkpoint import save_checkpoint
+        from napari_samscope.core.weights.checkpoint import save_checkpoint
 
         info = {
             "base_model": source,

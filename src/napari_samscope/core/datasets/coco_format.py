@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .yolo_format import _check_mask, mask_rings, write_text_atomic
+from napari_samscope.core.datasets.yolo_format import _check_mask, mask_rings, write_text_atomic
 
 __all__ = ["coco_annotation", "CocoWriter"]
 

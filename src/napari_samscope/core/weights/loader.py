@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from napari_samscope.core.checkpoint import CheckpointError, read_checkpoint
 from napari_samscope.core.device import (
     DEFAULT_DTYPE,
     DeviceLike,
@@ -31,9 +30,10 @@ from napari_samscope.core.device import (
     resolve_dtype,
     select_device,
 )
-from napari_samscope.core.download import download_iter
 from napari_samscope.core.progress import Progress, run
-from napari_samscope.core.registry import (
+from napari_samscope.core.weights.checkpoint import CheckpointError, read_checkpoint
+from napari_samscope.core.weights.download import download_iter
+from napari_samscope.core.weights.registry import (
     DEFAULT_MODEL,
     ModelSpec,
     check_model_file,
@@ -160,7 +160,7 @@ def load_sam_iter(
 
 
 def _build(state_dict: dict[str, torch.Tensor], config: dict[str, Any] | None, path: Path) -> Sam:
-    from napari_samscope.core.build import sam_from_state_dict
+    from napari_samscope.core.modeling.build import sam_from_state_dict
 
     try:
         return sam_from_state_dict(state_dict, config=config)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from napari_samscope.core.download import file_sha256
+from napari_samscope.core.weights.download import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_samscope.core.modeling.sam import Sam
@@ -189,7 +189,7 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def _arch_label(config: Any) -> str:
-    from napari_samscope.core.build import ARCHITECTURES
+    from napari_samscope.core.modeling.build import ARCHITECTURES
 
     for name, known in ARCHITECTURES.items():
         if known == config:

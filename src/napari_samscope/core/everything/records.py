@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .mask_ops import mask_to_box
+from napari_samscope.core.everything.mask_ops import mask_to_box
 
 __all__ = ["EverythingResult", "MaskRecord"]
 
@@ -154,7 +154,7 @@ class EverythingResult:
         return labels
 
     def to_prediction(self):  # -> Prediction (import deferred to keep this module light)
-        """The masks and scores as a :class:`~napari_samscope.core.results.Prediction`."""
-        from .results import Prediction
+        """The masks and scores as a :class:`~napari_samscope.core.predict.results.Prediction`."""
+        from napari_samscope.core.predict.results import Prediction
 
         return Prediction(masks=self.masks, scores=self.scores)

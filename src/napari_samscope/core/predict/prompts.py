@@ -1,4 +1,4 @@
-"""Prompt validation for :meth:`~napari_samscope.core.predictor.Predictor.predict`.
+"""Prompt validation for :meth:`~napari_samscope.core.predict.predictor.Predictor.predict`.
 
 Rules (coordinates are ``(x, y)`` pixels of the original image):
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from napari_samscope.core.progress import Progress, run
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_samscope.core.registry import ModelSpec
+    from napari_samscope.core.weights.spec import ModelSpec
 
 __all__ = [
     "CACHE_ENV_VAR",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .progress import Progress
+from napari_samscope.core.progress import Progress
 
 __all__ = [
     "EmbeddingCache",
@@ -99,7 +99,7 @@ class EmbeddingCache:
 
         An embedding larger than ``max_bytes`` is returned but not kept.
         """
-        from .predictor import ImageEmbedding
+        from napari_samscope.core.predict.predictor import ImageEmbedding
 
         stored = ImageEmbedding(
             embedding.features.detach().to(device=self.device, dtype=self.dtype).clone(),
@@ -208,7 +208,7 @@ class StackNormalizer:
 
     def plane(self, z: int) -> np.ndarray:
         """Plane ``z`` as ``(H, W, 3)`` uint8."""
-        from .image import to_rgb_uint8
+        from napari_samscope.core.predict.image import to_rgb_uint8
 
         data = self.volume[z]
         kwargs: dict[str, Any] = {"contrast_limits": self.contrast_limits}

@@ -1,4 +1,4 @@
-"""Masks <-> YOLO segmentation text (COCO JSON: :mod:`~napari_samscope.core.coco_format`).
+"""Masks <-> YOLO segmentation text (COCO JSON: :mod:`~napari_samscope.core.datasets.coco_format`).
 
 **YOLO segmentation format.** One text file per image, one line per object::
 

@@ -1,14 +1,4 @@
-"""3D stacks and time series, one 2D plane at a time (core only, no napari).
-
-- :class:`EmbeddingCache`, :class:`StackNormalizer`, :func:`encode_planes_iter`
-  (from :mod:`.stack`): cached, consistently normalised, batched plane encoding.
-- :func:`propagate_iter` (from :mod:`.propagation`): grow seeded 2D masks into a 3D object.
-- :func:`segment_volume_everything_iter` and :func:`link_labels`: segment everything on
-  every plane and give each object one id through the stack.
-
-Volumes are ``(Z, H, W)`` or ``(Z, H, W, C)`` (channels last); masks are ``bool``,
-label volumes ``uint32`` with 0 as background.
-"""
+"""Segment everything on every plane of a stack and give each object one id through it."""
 
 from __future__ import annotations
 
@@ -17,27 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from .progress import Progress
-from .propagation import PROPAGATION_MODES, mask_to_lowres_logits, points_inside, propagate_iter
-from .stack import (
+from napari_samscope.core.progress import Progress
+from napari_samscope.core.volume.stack import (
     EmbeddingCache,
     StackNormalizer,
-    encode_planes_iter,
     plane_embedding,
     plane_indices,
 )
 
-__all__ = [
-    "PROPAGATION_MODES",
-    "EmbeddingCache",
-    "StackNormalizer",
-    "encode_planes_iter",
-    "link_labels",
-    "mask_to_lowres_logits",
-    "points_inside",
-    "propagate_iter",
-    "segment_volume_everything_iter",
-]
+__all__ = ["link_labels", "segment_volume_everything_iter"]
 
 
 def segment_volume_everything_iter(
@@ -53,7 +31,7 @@ def segment_volume_everything_iter(
     """Segment everything on every plane, then link ids through the stack.
 
     Args:
-        generator: a :class:`~napari_samscope.core.everything.MaskGenerator`.
+        generator: a :class:`~napari_samscope.core.everything.generator.MaskGenerator`.
         volume: ``(Z, H, W[, C])`` stack or a :class:`StackNormalizer`.
         link_iou: minimum IoU for an object to keep its id from one plane to the next.
         planes: the planes to segment (default all; the others stay 0).

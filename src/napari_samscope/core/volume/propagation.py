@@ -13,8 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .progress import Progress
-from .stack import EmbeddingCache, StackNormalizer, plane_embedding, plane_indices
+from napari_samscope.core.progress import Progress
+from napari_samscope.core.volume.stack import (
+    EmbeddingCache,
+    StackNormalizer,
+    plane_embedding,
+    plane_indices,
+)
 
 __all__ = ["PROPAGATION_MODES", "mask_to_lowres_logits", "points_inside", "propagate_iter"]
 
@@ -168,7 +173,7 @@ def mask_to_lowres_logits(predictor: Any, mask: np.ndarray, scale: float = 20.0)
     """
     from torch.nn import functional as F
 
-    from .transforms import resize_longest_side_shape
+    from napari_samscope.core.predict.transforms import resize_longest_side_shape
 
     size, lowres = predictor.img_size, predictor.lowres_size
     h, w = resize_longest_side_shape(mask.shape[0], mask.shape[1], size)

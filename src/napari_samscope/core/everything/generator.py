@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import mask_ops as mo
-from .everything_decode import decode_points, keep_masks
-from .mask_records import EverythingResult, MaskRecord
-from .progress import Progress
-from .windowed_upsampler import WindowedUpsampler
+from napari_samscope.core.everything import mask_ops as mo
+from napari_samscope.core.everything.decode import decode_points, keep_masks
+from napari_samscope.core.everything.records import EverythingResult, MaskRecord
+from napari_samscope.core.everything.windowed_upsampler import WindowedUpsampler
+from napari_samscope.core.predict.resolve import as_predictor
+from napari_samscope.core.progress import Progress
 
 __all__ = [
     "EVERYTHING_DEFAULTS",
@@ -82,19 +83,10 @@ def model_everything_defaults(model: Any) -> dict[str, Any]:
     ``{}`` for official models, for models given by path, for bare ``Sam`` modules and
     for anything else (so they keep the official defaults).
     """
-    from .registry import ModelSpec
+    from napari_samscope.core.weights.registry import ModelSpec
 
     spec = model if isinstance(model, ModelSpec) else getattr(model, "spec", None)
     return spec.everything_params() if isinstance(spec, ModelSpec) else {}
-
-
-def _as_predictor(model: Any) -> Any:
-    """A ``Predictor`` for a ``SAM``, a ``Sam`` module or a ``Predictor``."""
-    if hasattr(model, "decode") and hasattr(model, "encode") and hasattr(model, "set_embedding"):
-        return model  # a Predictor (or a stand-in with its interface)
-    from .predictor import Predictor
-
-    return Predictor(model)  # raises TypeError for anything else
 
 
 class MaskGenerator:
@@ -195,7 +187,7 @@ class MaskGenerator:
                 int(p["crop_n_layers"]),
                 int(p["crop_n_points_downscale_factor"]),
             )
-        self.predictor = _as_predictor(model)
+        self.predictor = as_predictor(model)
 
     # ------------------------------------------------------------------ public
 
@@ -209,7 +201,7 @@ class MaskGenerator:
     ) -> EverythingResult:
         """Segment everything in ``image`` (see :meth:`generate_iter`); ``progress`` as in
         :func:`~napari_samscope.core.progress.run`."""
-        from .progress import run
+        from napari_samscope.core.progress import run
 
         return run(self.generate_iter(image, embedding=embedding, **norm_kwargs), progress=progress)
 
@@ -220,7 +212,7 @@ class MaskGenerator:
 
         Args:
             image: a 2D microscope image accepted by
-                :func:`~napari_samscope.core.image.to_rgb_uint8` (8-bit RGB is used as is).
+                :func:`~napari_samscope.core.predict.image.to_rgb_uint8` (8-bit RGB is used as is).
             embedding: optional precomputed ``ImageEmbedding`` of the whole image (made
                 by this model from the same 8-bit RGB image, e.g. from a cache); it
                 replaces the encoding of the whole-image crop.
@@ -229,7 +221,7 @@ class MaskGenerator:
         Returns (as the generator's value):
             An :class:`EverythingResult`. Closing the generator early returns nothing.
         """
-        from .image import to_rgb_uint8
+        from napari_samscope.core.predict.image import to_rgb_uint8
 
         rgb = to_rgb_uint8(image, **norm_kwargs)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -275,7 +267,7 @@ class MaskGenerator:
         self, rgb: np.ndarray, crop: list[int], layer: int, embedding: Any = None
     ) -> Generator[None, None, list[MaskRecord]]:
         """Masks of one crop, NMS-filtered, in the original frame; yields after each batch."""
-        from .transforms import apply_coords
+        from napari_samscope.core.predict.transforms import apply_coords
 
         x0, y0, x1, y1 = crop
         crop_size = (y1 - y0, x1 - x0)

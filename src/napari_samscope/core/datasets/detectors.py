@@ -229,7 +229,7 @@ class YoloDetector:
         self.classes = list(classes) if classes is not None else None
 
     def __call__(self, image: np.ndarray) -> Detections:
-        from napari_samscope.core.image import to_rgb_uint8
+        from napari_samscope.core.predict.image import to_rgb_uint8
 
         bgr = np.ascontiguousarray(to_rgb_uint8(image)[..., ::-1])
         kwargs: dict[str, Any] = {"conf": self.conf, "max_det": self.max_det, "verbose": False}

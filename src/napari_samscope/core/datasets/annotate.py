@@ -1,14 +1,14 @@
 """``auto_annotate``: turn a folder of images into a segmentation dataset.
 
 A detector proposes boxes (``"blobs"`` for fluorescent nuclei, a callable, or YOLO
-weights; see :mod:`~napari_samscope.core.detectors`), SAM turns every box into a mask,
-and the masks are written as YOLO segmentation text (:mod:`~napari_samscope.core.yolo_format`).
+weights; see :mod:`~napari_samscope.core.datasets.detectors`), SAM turns every box into a mask,
+and the masks are written as YOLO segmentation text (:mod:`~napari_samscope.core.datasets.yolo_format`).
 
 Outputs, in ``output_dir`` (default ``<data parent>/<data name>_auto_annotate_labels/``):
 
 - ``<stem>.txt`` per image: one line per object, ``class x1 y1 x2 y2 ...`` normalised
   to [0, 1] (holes and multi-part objects bridged into one line, see
-  :mod:`~napari_samscope.core.yolo_format`); an empty file when nothing was found;
+  :mod:`~napari_samscope.core.datasets.yolo_format`); an empty file when nothing was found;
 - multi-page TIFF stacks are annotated plane by plane: ``<stem>_z0000.txt``,
   ``<stem>_z0001.txt``, ... (every axis other than Y, X and RGB samples counts as a
   plane axis, in file order);
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .annotate_io import (
+from napari_samscope.core.datasets.annotate_io import (
     list_images,
     output_stems,
     plane_count,
@@ -45,14 +45,14 @@ from .annotate_io import (
     txt_names,
     write_label_tiff,
 )
-from .coco_format import CocoWriter
-from .detectors import Detections, make_detector
-from .progress import Job, Progress, run
-from .yolo_format import (
+from napari_samscope.core.datasets.coco_format import CocoWriter
+from napari_samscope.core.datasets.detectors import Detections, make_detector
+from napari_samscope.core.datasets.yolo_format import (
     object_to_yolo_lines,
     parse_yolo_segmentation,
     write_text_atomic,
 )
+from napari_samscope.core.progress import Job, Progress, run
 
 __all__ = [
     "AnnotatedObject",
@@ -118,7 +118,7 @@ def annotate_plane(
     """Segment every detected box of one 2D image with SAM.
 
     Args:
-        predictor: a :class:`~napari_samscope.core.predictor.Predictor`.
+        predictor: a :class:`~napari_samscope.core.predict.predictor.Predictor`.
         image: ``(H, W)`` or ``(H, W, 3|4)`` image (any dtype; normalised by ``set_image``).
         detections: boxes XYXY in pixels of ``image`` with classes and scores.
         contrast_limits: passed to ``set_image`` (the plugin passes the layer's).
@@ -176,18 +176,9 @@ class AnnotateSummary:
 
 
 def _make_predictor(sam_model: Any, device: str) -> Any:
-    from .predictor import Predictor
-    from .sam_api import SAM
+    from napari_samscope.core.predict.resolve import as_predictor
 
-    if isinstance(sam_model, Predictor):
-        return sam_model
-    if isinstance(sam_model, SAM):
-        return sam_model.predictor()
-    from .modeling.sam import Sam
-
-    if isinstance(sam_model, Sam):
-        return Predictor(sam_model)
-    return SAM(sam_model, device=device or "auto").predictor()
+    return as_predictor(sam_model, device=device or "auto")
 
 
 def auto_annotate_job(

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import mask_ops as mo
-from .mask_records import MaskRecord
-from .windowed_upsampler import WindowedUpsampler
+from napari_samscope.core.everything import mask_ops as mo
+from napari_samscope.core.everything.records import MaskRecord
+from napari_samscope.core.everything.windowed_upsampler import WindowedUpsampler
 
 __all__ = ["EDGE_TOLERANCE", "decode_points", "keep_masks"]
 
@@ -51,9 +51,9 @@ def decode_points(
         numbers are those of ``Predictor.decode`` (up to float rounding). A stand-in
         predictor's own ``decode`` (or a model with another decoder module) is used as is.
     """
-    from .device import autocast
-    from .modeling.mask_decoder import MaskDecoder
-    from .predictor import Predictor
+    from napari_samscope.core.device import autocast
+    from napari_samscope.core.modeling.mask_decoder import MaskDecoder
+    from napari_samscope.core.predict.predictor import Predictor
 
     device = predictor.device
     coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .image import load_image, to_rgb_uint8
-from .modeling.sam import Sam
-from .predictor import Predictor
-from .prompts import parse_prompts
-from .results import Prediction
+from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.image import load_image, to_rgb_uint8
+from napari_samscope.core.predict.predictor import Predictor
+from napari_samscope.core.predict.prompts import parse_prompts
+from napari_samscope.core.predict.results import Prediction
 
 if TYPE_CHECKING:
-    from .everything import EverythingResult
+    from napari_samscope.core.everything.generator import EverythingResult
 
 __all__ = ["SAM"]
 
@@ -71,7 +71,7 @@ class SAM:
         dtype: Any = "default",
         progress: Any = None,
     ) -> None:
-        from .loader import load_sam
+        from napari_samscope.core.weights.loader import load_sam
 
         loaded = load_sam(model, device=device, dtype=dtype, progress=progress)
         self._init(loaded.sam, loaded.name, loaded.device, loaded.dtype, loaded.path, loaded.spec)
@@ -94,7 +94,7 @@ class SAM:
         came from (a ``LoadedModel``'s): it brings the model's recommended
         segment-everything parameters and what ``dtype="default"`` means.
         """
-        from .device import resolve_dtype, select_device
+        from napari_samscope.core.device import resolve_dtype, select_device
 
         if not isinstance(sam, Sam):
             raise TypeError(f"from_sam() needs a Sam module, not {type(sam).__name__}.")
@@ -169,7 +169,10 @@ class SAM:
         """Segment-everything parameters used when not given: the official defaults
         (``core.everything.EVERYTHING_DEFAULTS``) updated with this model's recommended
         values (``spec.everything_params()``; none for official models)."""
-        from .everything import EVERYTHING_DEFAULTS, model_everything_defaults
+        from napari_samscope.core.everything.generator import (
+            EVERYTHING_DEFAULTS,
+            model_everything_defaults,
+        )
 
         return {**EVERYTHING_DEFAULTS, **model_everything_defaults(self)}
 
@@ -198,12 +201,12 @@ class SAM:
 
         With prompts (``bboxes``, ``points``/``labels``, ``masks``; rules as in
         :meth:`Predictor.predict`) it returns a :class:`Prediction`. Without prompts it
-        segments everything with :class:`~napari_samscope.core.everything.MaskGenerator`,
+        segments everything with :class:`~napari_samscope.core.everything.generator.MaskGenerator`,
         to which ``everything_kwargs`` go (``points_per_side``, ``pred_iou_thresh``, ...),
         and returns its result; parameters not given take the model's recommended values
         (:meth:`everything_defaults`), then the official ones. ``channel_axis``, ``channels``, ``normalization`` and
         ``contrast_limits`` choose how the image becomes 8-bit RGB
-        (:func:`~napari_samscope.core.image.to_rgb_uint8`).
+        (:func:`~napari_samscope.core.predict.image.to_rgb_uint8`).
         """
         prompted = any(p is not None for p in (bboxes, points, labels, masks))
         if prompted:  # fail on bad prompts before the expensive encoding
@@ -234,7 +237,10 @@ class SAM:
                 )
             finally:
                 predictor.reset_image()
-        from .everything import MaskGenerator, model_everything_defaults
+        from napari_samscope.core.everything.generator import (
+            MaskGenerator,
+            model_everything_defaults,
+        )
 
         generator = MaskGenerator(
             self._shared_predictor(), model_defaults=model_everything_defaults(self),
@@ -249,7 +255,7 @@ class SAM:
         """
         if format.lower() != "onnx":
             raise ValueError(f"Only format='onnx' is supported, not {format!r}.")
-        from .export_onnx import export_onnx
+        from napari_samscope.core.export.onnx import export_onnx
 
         return export_onnx(self, Path(out_dir), **kwargs)
 

@@ -1,7 +1,7 @@
 """One model session per viewer, shared by every samscope widget.
 
 ``get_session(viewer)`` returns the viewer's :class:`ModelSession`: the loaded model
-(``core.sam_api.SAM``), its :class:`~napari_samscope.core.predictor.Predictor`, the
+(``core.sam_api.SAM``), its :class:`~napari_samscope.core.predict.predictor.Predictor`, the
 per-plane embedding cache, and the list of models for the dropdowns. The main
 widget, the segment-everything widget, the fine-tuning widget and the
 auto-annotation widget all use it, so a model is loaded once and the embeddings of a
@@ -107,7 +107,7 @@ class ModelSession:
 
     def models(self) -> list[ModelChoice]:
         """Registry models for the dropdown, the project default first."""
-        from napari_samscope.core.registry import DEFAULT_MODEL, list_models
+        from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
         choices = [
             ModelChoice(m.name, m.cached, m.description, m.name == DEFAULT_MODEL, m.source, m.size)
@@ -121,7 +121,7 @@ class ModelSession:
         Returns the registry's ``ModelSpec``. Raises ``ValueError`` / ``FileNotFoundError``
         for a reserved name or a missing file.
         """
-        from napari_samscope.core.registry import register_local_model
+        from napari_samscope.core.weights.registry import register_local_model
 
         spec = register_local_model(name, path, description)
         self.models_changed.emit()
@@ -137,10 +137,10 @@ class ModelSession:
         one that segments by design). Embeddings of the previous model stay cached
         (keyed by model) but are not used by this one. Emits ``model_changed``.
         """
-        from napari_samscope.core.loader import LoadedModel
         from napari_samscope.core.modeling.sam import Sam
-        from napari_samscope.core.predictor import Predictor
-        from napari_samscope.core.sam_api import SAM
+        from napari_samscope.core.predict.predictor import Predictor
+        from napari_samscope.core.predict.sam_api import SAM
+        from napari_samscope.core.weights.loader import LoadedModel
 
         if isinstance(model, LoadedModel):
             sam = SAM.from_sam(
@@ -172,7 +172,7 @@ class ModelSession:
         hardware that computes it natively for registry models verified in bf16
         (``ModelSpec.auto_bf16``), float32 otherwise; ``"float32"`` forces float32.
         """
-        from napari_samscope.core.loader import load_sam_iter
+        from napari_samscope.core.weights.loader import load_sam_iter
 
         return (yield from load_sam_iter(model, device=device, dtype=dtype))
 

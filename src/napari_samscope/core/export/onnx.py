@@ -57,8 +57,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from .modeling.sam import Sam
-    from .sam_api import SAM
+    from napari_samscope.core.modeling.sam import Sam
 
 __all__ = ["export_onnx", "decoder_inputs", "ENCODER_INPUTS", "DECODER_INPUTS", "DECODER_OUTPUTS"]
 
@@ -161,8 +160,8 @@ def _torch_modules() -> tuple[Any, Any]:
     return ImageEncoderOnnx, PromptDecoderOnnx
 
 
-def _unwrap(model: SAM | Sam) -> tuple[Sam, str]:
-    from .modeling.sam import Sam
+def _unwrap(model: Any) -> tuple[Sam, str]:
+    from napari_samscope.core.modeling.sam import Sam
 
     if isinstance(model, Sam):
         return model, "sam"
@@ -204,7 +203,7 @@ def _finalise(exported: Path, path: Path, metadata: dict[str, str], external_dat
 
 
 def export_onnx(
-    model: SAM | Sam,
+    model: Any,
     out_dir: str | Path = ".",
     *,
     name: str | None = None,
@@ -323,7 +322,7 @@ def decoder_inputs(
     Returns:
         ``{name: array}`` ready for ``onnxruntime.InferenceSession.run``.
     """
-    from .transforms import apply_coords, resize_longest_side_shape
+    from napari_samscope.core.predict.transforms import apply_coords, resize_longest_side_shape
 
     h, w = int(original_size[0]), int(original_size[1])
     input_size = resize_longest_side_shape(h, w, img_size)

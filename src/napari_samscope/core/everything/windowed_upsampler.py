@@ -73,7 +73,7 @@ class WindowedUpsampler:
         img_size: int,
         lowres_size: int,
     ) -> None:
-        from .transforms import postprocess_matrix
+        from napari_samscope.core.predict.transforms import postprocess_matrix
 
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.lowres_size = int(lowres_size)

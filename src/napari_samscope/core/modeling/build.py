@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .modeling.config import (
+from napari_samscope.core.modeling.config import (
     ARCHITECTURES,
     EMBEDDING_STRIDE,
     DecoderConfig,
@@ -23,10 +23,10 @@ from .modeling.config import (
     ViTConfig,
     tiny_config,
 )
-from .modeling.mask_decoder import MaskDecoder
-from .modeling.prompt_encoder import PromptEncoder
-from .modeling.sam import Sam
-from .modeling.transformer import TwoWayTransformer
+from napari_samscope.core.modeling.mask_decoder import MaskDecoder
+from napari_samscope.core.modeling.prompt_encoder import PromptEncoder
+from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.modeling.transformer import TwoWayTransformer
 
 __all__ = [
     "ARCHITECTURES",

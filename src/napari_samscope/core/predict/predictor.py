@@ -5,7 +5,7 @@ Two layers, as in the official predictor: :meth:`Predictor.set_image` /
 (``(x, y)`` = column, row); :meth:`Predictor.decode` speaks torch and the model's
 input frame, for batch work such as segment-everything.
 
-The prompt rules of :meth:`Predictor.predict` are in :mod:`napari_samscope.core.prompts`.
+The prompt rules of :meth:`Predictor.predict` are in :mod:`napari_samscope.core.predict.prompts`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .device import autocast, resolve_dtype, select_device
-from .image import load_image, to_rgb_uint8
-from .modeling.sam import Sam
-from .prompts import parse_prompts
-from .results import Prediction
-from .transforms import (
+from napari_samscope.core.device import autocast, resolve_dtype, select_device
+from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.image import load_image, to_rgb_uint8
+from napari_samscope.core.predict.prompts import parse_prompts
+from napari_samscope.core.predict.results import Prediction
+from napari_samscope.core.predict.transforms import (
     MaskUpsampler,
     apply_boxes,
     apply_coords,
@@ -33,10 +33,17 @@ from .transforms import (
     resize_rgb_uint8,
 )
 
-if TYPE_CHECKING:
-    from .sam_api import SAM
+__all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
-__all__ = ["ImageEmbedding", "Predictor", "model_key"]
+
+class SamHolder(Protocol):
+    """What :class:`Predictor` needs of a model wrapper such as
+    :class:`~napari_samscope.core.predict.sam_api.SAM`: the module, its autocast dtype
+    and its registry entry (or None)."""
+
+    model: Sam
+    dtype: Any
+    spec: Any
 
 
 @dataclass
@@ -85,14 +92,19 @@ class Predictor:
     """Prompted segmentation of one image at a time with a SAM-family model.
 
     Args:
-        model: a :class:`~napari_samscope.core.sam_api.SAM` (its device and dtype are
+        model: a :class:`~napari_samscope.core.predict.sam_api.SAM` (its device and dtype are
             the defaults) or a bare :class:`Sam` module. The module is put in eval mode.
         device: where to run; moves the module there (in place). Default: where it is.
         dtype: autocast dtype (``None`` float32, ``"bfloat16"``, ``"float16"``, ``"auto"``),
             see :func:`~napari_samscope.core.device.resolve_dtype`.
+        spec: the registry entry of the weights (``core.weights.spec.ModelSpec``), which
+            brings the model's recommended segment-everything parameters. Default: the
+            wrapper's ``spec``, or None for a bare module.
     """
 
-    def __init__(self, model: SAM | Sam, *, device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None
+    ) -> None:
         if isinstance(model, Sam):
             sam, default_device, default_dtype = model, model.device, None
         elif isinstance(getattr(model, "model", None), Sam):
@@ -111,7 +123,7 @@ class Predictor:
         self.model = sam.eval()
         #: the registry entry of a registry model (its recommended segment-everything
         #: parameters), else None
-        self.spec = getattr(model, "spec", None)
+        self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._embedding: ImageEmbedding | None = None
         self._key: str | None = None
         self._pe_cache: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
@@ -175,7 +187,7 @@ class Predictor:
     ) -> None:
         """Encode ``image`` (an array or a file path) and make it the current image.
 
-        The image is converted with :func:`~napari_samscope.core.image.to_rgb_uint8`
+        The image is converted with :func:`~napari_samscope.core.predict.image.to_rgb_uint8`
         (8-bit RGB is used as it is). A constant image is refused unless
         ``contrast_limits`` is given. On error the previous image stays set.
         """
@@ -248,7 +260,7 @@ class Predictor:
             batch_size: images per encoder pass.
             **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``,
                 ``contrast_limits``, ``allow_constant`` for
-                :func:`~napari_samscope.core.image.to_rgb_uint8`.
+                :func:`~napari_samscope.core.predict.image.to_rgb_uint8`.
 
         Returns:
             One :class:`ImageEmbedding` per image, in order (float32 features on the device).
@@ -346,7 +358,7 @@ class Predictor:
 
         Args:
             point_coords: ``(B, P, 2)`` ``(x, y)`` in the model's input frame (see
-                :func:`~napari_samscope.core.transforms.apply_coords`).
+                :func:`~napari_samscope.core.predict.transforms.apply_coords`).
             point_labels: ``(B, P)`` int, 1 foreground / 0 background.
             boxes: ``(B, 4)`` XYXY in the input frame.
             mask_input: ``(B, 1, L, L)`` low-resolution logits.

@@ -137,7 +137,7 @@ def read_planes(path: Path) -> np.ndarray:
                 return _planes_from_array(np.asarray(series.asarray()), series.axes)
         except Exception as exc:  # tifffile raises many types for broken files
             raise ValueError(f"could not read {path.name!r} as a TIFF: {exc}") from None
-    from .image import load_image
+    from napari_samscope.core.predict.image import load_image
 
     return _planes_from_array(load_image(path), None)
 

@@ -1,0 +1,102 @@
+"""What the registry knows about one model (:class:`ModelSpec`) and what
+:func:`~napari_samscope.core.weights.registry.list_models` reports about it
+(:class:`ModelStatus`). Plain frozen dataclasses; no torch, no file access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ModelSpec", "ModelStatus"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the registry.
+
+    Attributes:
+        name: canonical name (``"vit_b"``); names are matched case-insensitively.
+        arch: the architecture; for official weights the key of
+            ``core.build.ARCHITECTURES`` that builds it. Informational only: loading
+            detects the architecture from the tensors' shapes.
+        filename: the file's name in the cache folder.
+        url: where to download the file, or None (packaged or local models).
+        size: exact size in bytes, or None when unknown.
+        sha256: hex sha256 of the file, or None when no trusted hash is published.
+        aliases: other accepted names (Ultralytics and official file names).
+        description: one line for menus and ``list_models``.
+        package_file: path relative to the ``napari_samscope`` package, for models
+            shipped inside it.
+        local_path: absolute path of a model registered at run time.
+        everything_defaults: the model's recommended segment-everything parameters,
+            as ``(name, value)`` pairs of ``core.everything.EVERYTHING_DEFAULTS`` keys
+            (immutable, so the spec stays hashable). They replace the official defaults
+            for the parameters a user does not set; empty for official models, which
+            keep the official defaults exactly. Read them with :meth:`everything_params`.
+        auto_bf16: bfloat16 autocast was measured faster than float32 for this model
+            and its masks agree with float32 (IoU >= 0.97), so the default dtype request
+            resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
+            :func:`default_dtype_request`.
+    """
+
+    name: str
+    arch: str
+    filename: str
+    url: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    package_file: str | None = None
+    local_path: Path | None = None
+    everything_defaults: tuple[tuple[str, float | int], ...] = ()
+    auto_bf16: bool = False
+
+    def __post_init__(self) -> None:
+        pairs = self.everything_defaults
+        if not isinstance(pairs, tuple) or not all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+        ):
+            raise TypeError(
+                f"everything_defaults of model {self.name!r} must be a tuple of "
+                "(parameter name, value) pairs."
+            )
+        if len({key for key, _ in pairs}) != len(pairs):
+            raise ValueError(f"everything_defaults of model {self.name!r} repeats a parameter.")
+
+    def everything_params(self) -> dict[str, float | int]:
+        """The recommended segment-everything parameters (a new dict; empty if none)."""
+        return dict(self.everything_defaults)
+
+    @property
+    def source(self) -> str:
+        """``"download"``, ``"package"`` or ``"local"``."""
+        if self.local_path is not None:
+            return "local"
+        if self.package_file is not None:
+            return "package"
+        return "download"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name followed by its aliases."""
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What :func:`list_models` reports about one model.
+
+    ``cached`` is True when the weights are on this computer (downloaded, shipped
+    or registered) so loading needs no network; ``path`` is where they are or will be.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    arch: str
+    size: int | None
+    cached: bool
+    path: Path
+    description: str
+    source: str
