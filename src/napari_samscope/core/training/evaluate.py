@@ -10,6 +10,10 @@ The evaluation goes through the public :class:`~napari_samscope.core.predict.pre
 
 IoU is computed at the original image size against the label image. Objects smaller
 than ``min_area`` pixels are skipped. Draws are reproducible from ``seed``.
+
+Every figure is read against a baseline that needs no model: an Otsu threshold of the
+image inside the same tight box (``otsu_box_iou``). A model whose box IoU barely beats it
+adds little over a threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from napari_samscope.core.progress import Progress, run
 
-__all__ = ["EvaluationResult", "evaluate_iter", "evaluate", "synthetic_eval_set"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_iter", "otsu_in_box_masks", "synthetic_eval_set"]
 
 
 @dataclass
@@ -33,12 +37,15 @@ class EvaluationResult:
         point_ious: IoU of the single-mask prediction from one random interior point.
         point_multimask_ious: IoU of the best-scored of 3 candidates from the same point.
         box_ious: IoU of the prediction from the tight box.
+        otsu_box_ious: IoU of the baseline: the image thresholded with Otsu's method inside
+            the same tight box (no model).
         images: number of images evaluated.
     """
 
     point_ious: list[float] = field(default_factory=list)
     point_multimask_ious: list[float] = field(default_factory=list)
     box_ious: list[float] = field(default_factory=list)
+    otsu_box_ious: list[float] = field(default_factory=list)
     images: int = 0
 
     @property
@@ -54,6 +61,10 @@ class EvaluationResult:
         return float(np.mean(self.box_ious)) if self.box_ious else float("nan")
 
     @property
+    def otsu_box_iou(self) -> float:
+        return float(np.mean(self.otsu_box_ious)) if self.otsu_box_ious else float("nan")
+
+    @property
     def objects(self) -> int:
         return len(self.box_ious)
 
@@ -63,6 +74,7 @@ class EvaluationResult:
             "point_iou": round(self.point_iou, 4),
             "point_multimask_iou": round(self.point_multimask_iou, 4),
             "box_iou": round(self.box_iou, 4),
+            "otsu_box_iou": round(self.otsu_box_iou, 4),
             "objects": self.objects,
             "images": self.images,
         }
@@ -72,6 +84,30 @@ def _iou(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     inter = np.logical_and(masks, targets).sum(axis=(1, 2))
     union = np.logical_or(masks, targets).sum(axis=(1, 2))
     return inter / np.maximum(union, 1)
+
+
+def otsu_in_box_masks(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The baseline: Otsu's threshold of the image inside each box, nothing outside.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` image of any real dtype (channels are averaged).
+        boxes: ``(N, 4)`` XYXY boxes, inclusive pixel indices.
+
+    Returns:
+        ``(N, H, W)`` bool masks: pixels of the box brighter than the box's Otsu threshold
+        (all False for a constant box).
+    """
+    from skimage.filters import threshold_otsu
+
+    grey = np.asarray(image, dtype=np.float64)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=-1)
+    masks = np.zeros((len(boxes), *grey.shape), dtype=bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, np.asarray(boxes, dtype=np.int64)):
+        crop = grey[y0 : y1 + 1, x0 : x1 + 1]
+        if crop.size and crop.max() > crop.min():
+            mask[y0 : y1 + 1, x0 : x1 + 1] = crop > threshold_otsu(crop)
+    return masks
 
 
 def _objects(labels: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +137,8 @@ def evaluate_iter(
     """Evaluate ``model`` on image / label pairs (a progress job).
 
     Args:
-        model: a ``Sam`` module, a ``napari_samscope.SAM`` or a ``Predictor``.
+        model: anything :func:`~napari_samscope.core.predict.resolve.as_predictor` takes
+            (a name or path, a ``SAM``, a ``Sam`` module or a ``Predictor``).
         images: 2D images (any dtype ``set_image`` accepts).
         labels: matching ``(H, W)`` integer label images.
         seed: seeds the random interior points.
@@ -109,9 +146,9 @@ def evaluate_iter(
         batch: objects decoded per call.
         n_images: the number of pairs, for the progress total (optional).
     """
-    from napari_samscope.core.predict.predictor import Predictor
+    from napari_samscope.core.predict.resolve import as_predictor
 
-    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    predictor = as_predictor(model)
     rng = np.random.default_rng(seed)
     result = EvaluationResult()
     total = n_images or 0
@@ -147,6 +184,7 @@ def evaluate_iter(
             result.point_ious += _iou(single.masks, targets).tolist()
             result.point_multimask_ious += _iou(multi_masks, targets).tolist()
             result.box_ious += _iou(boxed.masks, targets).tolist()
+            result.otsu_box_ious += _iou(otsu_in_box_masks(image, chunk_boxes), targets).tolist()
         result.images += 1
     yield Progress("evaluating", result.images, total)
     predictor.reset_image()
