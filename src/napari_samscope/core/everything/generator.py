@@ -236,10 +236,12 @@ class MaskGenerator:
         points = self.point_grids[layer] * np.array([crop_size[1], crop_size[0]], dtype=np.float64)
         model_points = apply_coords(points, crop_size, embedding.input_size)
         fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
+        # the official order of filters, one batch of candidates at a time (see keep_masks)
+        params, threshold = self.params, float(getattr(self.predictor.model, "mask_threshold", 0.0))
         records: list[MaskRecord] = []
         for part in mo.batch_slices(len(points), self.config.points_per_batch):
             iou, lowres = self._decode(model_points[part])
-            records.extend(self._keep_masks(iou, lowres, points[part], upsampler, crop, fields))
+            records.extend(keep_masks(params, threshold, iou, lowres, points[part], upsampler, crop, fields))
             del iou, lowres
             yield
         if records:
@@ -255,20 +257,6 @@ class MaskGenerator:
         """The one decoder call: ``(B, 2)`` ``(x, y)`` points in the model's input frame ->
         ``(iou (B, K), lowres)``; see :func:`~.everything_decode.decode_points`."""
         return decode_points(self.predictor, model_points, self.config.multimask_output)
-
-    def _keep_masks(
-        self,
-        iou: torch.Tensor,
-        lowres: Callable[[torch.Tensor], torch.Tensor],
-        points: np.ndarray,
-        upsampler: WindowedUpsampler,
-        crop: list[int],
-        fields: dict[str, Any],
-    ) -> list[MaskRecord]:
-        """Filter one batch of candidates (the official order of filters) into records;
-        see :func:`~.everything_decode.keep_masks`."""
-        threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
-        return keep_masks(self.params, threshold, iou, lowres, points, upsampler, crop, fields)
 
     # ------------------------------------------------------------------ all crops
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from napari_samscope.core.predict.transforms import postprocess_taps
+from napari_samscope.core.predict.transforms import MaskUpsampler
 
 __all__ = ["WindowedUpsampler"]
 
 
-class WindowedUpsampler:
+class WindowedUpsampler(MaskUpsampler):
     """The official mask postprocessing, evaluated only where a mask can be.
 
     The official postprocessing (bilinear to ``S x S``, crop, bilinear to the original
@@ -27,26 +27,9 @@ class WindowedUpsampler:
     same values as the full computation there), which is what makes stability scores
     and masks cheap for small objects on large images.
 
-    Args:
-        original_size: ``(H, W)``; input_size: ``(h, w)`` resized size; img_size: ``S``;
-        lowres_size: ``L``.
+    It is a :class:`~napari_samscope.core.predict.transforms.MaskUpsampler` (same
+    arguments, same full-image methods) with :meth:`window` added.
     """
-
-    def __init__(
-        self,
-        original_size: tuple[int, int],
-        input_size: tuple[int, int],
-        img_size: int,
-        lowres_size: int,
-    ) -> None:
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.lowres_size = int(lowres_size)
-        self._rows = postprocess_taps(
-            int(lowres_size), int(img_size), int(input_size[0]), int(original_size[0])
-        )
-        self._cols = postprocess_taps(
-            int(lowres_size), int(img_size), int(input_size[1]), int(original_size[1])
-        )
 
     def window(
         self, low: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]
