@@ -223,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [("pred_iou_thresh", iou_t), ("stability_score_thresh", stab_t)]
     if grid != int(EVERYTHING_DEFAULTS["points_per_side"]):
         pairs.append(("points_per_side", grid))
-    line = ", ".join(f"({key!r}, {value!r})" for key, value in pairs).replace("'", '"')
+    line = f"EverythingParams({', '.join(f'{key}={value!r}' for key, value in pairs)})"
     print("\nregistry line for this model's ModelSpec (src/napari_samscope/core/weights/registry.py):")
-    print(f"        everything_defaults=({line}),")
+    print(f"        everything_defaults={line},")
     if model.name == "samscope_nuclei":
         print("or, for the default model, the constant it uses:")
-        print(f"SAMSCOPE_NUCLEI_EVERYTHING: tuple[tuple[str, float | int], ...] = ({line},)")
+        print(f"SAMSCOPE_NUCLEI_EVERYTHING = {line}")
     return 0
 
 

@@ -40,7 +40,12 @@ def test_ultralytics_names_work(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
 def test_out_of_range_parameter_is_reported(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
     code, _, err = run_cli("everything", "--model", tiny_checkpoint, "--source", nuclei_png,
                            "--pred-iou-thresh", "1.5", "--out", tmp_path / "x")
-    assert code == 1 and "pred_iou_thresh" in err and "Traceback" not in err
+    assert code == 2 and "pred_iou_thresh" in err and "Traceback" not in err
+    # checked before the model is loaded: a model that does not exist is never reached
+    code, _, err = run_cli("everything", "--model", tmp_path / "none.pt", "--source", nuclei_png,
+                           "--points-per-side", "0", "--out", tmp_path / "x")
+    assert code == 2 and "points_per_side must be a positive integer" in err
+    assert not (tmp_path / "x").exists()
     code, _, err = run_cli("everything", "--source", nuclei_png, "--points-per-side", "many")
     assert code == 2 and "invalid int value" in err
 
@@ -79,8 +84,8 @@ def test_recommended_values_reach_the_generator_and_options_win(
     code, stdout, err = run_cli("everything", "--source", nuclei_png, "--out", tmp_path / "a",
                                 "--records")
     assert code == 0, err
-    assert "mine: using the model's recommended pred_iou_thresh 0, stability_score_thresh 0, " \
-           "points_per_side 3" in stdout
+    assert "mine: using the model's recommended points_per_side 3, pred_iou_thresh 0, " \
+           "stability_score_thresh 0" in stdout
     records = json.loads((tmp_path / "a" / "nuclei_masks.json").read_text())
     assert 1 <= len(records) <= 3 * 3 * 3  # a 3x3 grid, thresholds off
     code, stdout, err = run_cli("everything", "--source", nuclei_png, "--out", tmp_path / "b",

@@ -243,7 +243,7 @@ def test_spec_is_frozen():
 def test_official_models_keep_the_official_everything_defaults():
     for name in OFFICIAL:
         assert resolve(name).everything_params() == {}, name
-        assert resolve(name).everything_defaults == ()
+        assert resolve(name).everything_defaults is None
 
 
 def test_recommended_everything_parameters_are_generator_parameters():

@@ -19,12 +19,12 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from napari_samscope._napari.coords import PlaneGeometry, PlaneKey
+from napari_samscope.core.predict.image import Normalization
 
 __all__ = [
     "Normalization",
@@ -33,14 +33,6 @@ __all__ = [
     "plane_array",
     "forget_layer",
 ]
-
-
-class Normalization(str, Enum):
-    """How a plane's intensities are mapped to 0..255."""
-
-    PERCENTILE = "percentile"
-    CONTRAST = "contrast limits"
-    MINMAX = "minmax"
 
 
 @dataclass(frozen=True)
@@ -90,7 +82,7 @@ def _stack_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
     if settings.normalization is Normalization.CONTRAST:
         kwargs["contrast_limits"] = tuple(float(v) for v in np.ravel(layer.contrast_limits)[:2])
     elif settings.normalization is Normalization.MINMAX:
-        kwargs["normalization"] = "minmax"
+        kwargs["normalization"] = Normalization.MINMAX
     return kwargs
 
 

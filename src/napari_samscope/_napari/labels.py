@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_samscope._napari.coords import PlaneGeometry, PlaneKey
+from napari_samscope.core.predict.label_image import paint_labels
 
 __all__ = [
     "Segmentation",
@@ -55,11 +56,9 @@ class Segmentation:
 
         Larger objects are drawn first so that small ones stay visible on top.
         """
-        out = np.zeros(self.geometry.plane_shape, dtype=dtype)
-        present = [(int(obj[key].sum()), k) for k, obj in enumerate(self.objects) if key in obj]
-        for _area, k in sorted(present, reverse=True):
-            out[self.objects[k][key]] = k + 1
-        return out
+        present = [k for k, obj in enumerate(self.objects) if key in obj]
+        return paint_labels([self.objects[k][key] for k in present], self.geometry.plane_shape,
+                            values=[k + 1 for k in present], dtype=dtype, earlier_wins_ties=True)
 
 
 def next_free_id(data: Any) -> int:
@@ -155,11 +154,10 @@ def _label_region(
 ) -> np.ndarray:
     """:meth:`Segmentation.label_plane` cut to ``region`` (computed only there)."""
     r0, r1, c0, c1 = region
-    out = np.zeros((r1 - r0, c1 - c0), dtype=dtype)
     cut = {k: obj[key][r0:r1, c0:c1] for k, obj in enumerate(segmentation.objects) if key in obj}
-    for _area, k in sorted(((int(m.sum()), k) for k, m in cut.items()), reverse=True):
-        out[cut[k]] = k + 1  # larger objects first: small ones stay visible on top
-    return out
+    # larger objects first: small ones stay visible on top
+    return paint_labels(list(cut.values()), (r1 - r0, c1 - c0), values=[k + 1 for k in cut],
+                        dtype=dtype, earlier_wins_ties=True)
 
 
 def _without_history(layer: Any) -> Any:

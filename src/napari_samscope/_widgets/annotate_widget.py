@@ -40,6 +40,7 @@ from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
+from napari_samscope.core.predict.label_image import paint_labels
 from napari_samscope.core.progress import Progress
 
 __all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES"]
@@ -52,10 +53,7 @@ _SCOPES = ("current plane", "all planes of the stack")
 
 def paint_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """``(H, W) uint32``: mask ``k`` gets id ``k + 1``, larger masks painted first."""
-    labels = np.zeros(shape, dtype=np.uint32)
-    for k in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
-        labels[masks[k]] = k + 1
-    return labels
+    return paint_labels(masks, shape)
 
 
 def annotate_planes_iter(

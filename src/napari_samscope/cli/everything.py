@@ -8,6 +8,7 @@ from pathlib import Path
 
 from napari_samscope.cli._common import (
     ProgressBar,
+    UsageError,
     add_debug,
     add_device,
     add_model,
@@ -15,6 +16,7 @@ from napari_samscope.cli._common import (
     load_model,
     write_results,
 )
+from napari_samscope.core.everything.params import EVERYTHING_DEFAULTS, EverythingParams
 
 DESCRIPTION = """\
 Segment everything in an image (or every image of a folder) by prompting the model with
@@ -42,21 +44,24 @@ def _model_defaults_help() -> str:
         return ""
     return "\nRecommended values of models (used for the options you do not set):\n" + "\n".join(lines) + "\n"
 
-# option -> (type, default shown in --help, help). The defaults that apply are those of
-# core.everything.EVERYTHING_DEFAULTS (a test checks that these copies agree); they are
-# repeated here so that `samscope --help` does not import torch.
+_HELP = {
+    "points_per_side": "grid points per image side (alias --points-stride)",
+    "points_per_batch": "prompts decoded together (memory)",
+    "pred_iou_thresh": "keep masks whose predicted IoU is above this (alias --conf)",
+    "stability_score_thresh": "keep masks at least this stable",
+    "stability_score_offset": "logit offset of the stability score",
+    "box_nms_thresh": "box IoU above which duplicates are dropped",
+    "crop_n_layers": "extra layers of image crops (0: whole image only)",
+    "crop_nms_thresh": "box IoU above which duplicates between crops are dropped",
+    "crop_overlap_ratio": "overlap of the crops, as a fraction of the short side",
+    "crop_n_points_downscale_factor": "points per side divided by this per crop layer",
+    "min_mask_region_area": "fill holes / drop islands smaller than this (pixels)",
+}
+#: option -> (type, official default shown in --help, help), from ``EverythingParams``
+#: (``multimask_output`` is the ``--single-mask`` switch).
 PARAMETERS: dict[str, tuple[type, float, str]] = {
-    "points_per_side": (int, 32, "grid points per image side (alias --points-stride)"),
-    "points_per_batch": (int, 64, "prompts decoded together (memory)"),
-    "pred_iou_thresh": (float, 0.88, "keep masks whose predicted IoU is above this (alias --conf)"),
-    "stability_score_thresh": (float, 0.95, "keep masks at least this stable"),
-    "stability_score_offset": (float, 1.0, "logit offset of the stability score"),
-    "box_nms_thresh": (float, 0.7, "box IoU above which duplicates are dropped"),
-    "crop_n_layers": (int, 0, "extra layers of image crops (0: whole image only)"),
-    "crop_nms_thresh": (float, 0.7, "box IoU above which duplicates between crops are dropped"),
-    "crop_overlap_ratio": (float, 512 / 1500, "overlap of the crops, as a fraction of the short side"),
-    "crop_n_points_downscale_factor": (int, 1, "points per side divided by this per crop layer"),
-    "min_mask_region_area": (int, 0, "fill holes / drop islands smaller than this (pixels)"),
+    name: (type(EVERYTHING_DEFAULTS[name]), EVERYTHING_DEFAULTS[name], text)
+    for name, text in _HELP.items()
 }
 
 
@@ -86,18 +91,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def given_params(args: argparse.Namespace) -> dict[str, object]:
+    """The segment-everything options set on the command line, checked.
+
+    Raises:
+        UsageError: a value out of range (exit code 2, before any model is loaded).
+    """
+    given: dict[str, object] = {
+        name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None
+    }
+    if args.single_mask:
+        given["multimask_output"] = False
+    try:
+        EverythingParams.from_kwargs(**given)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.datasets.annotate_io import list_images, output_stems
-    from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.everything.generator import MaskGenerator, model_everything_defaults
     from napari_samscope.core.predict.image import to_rgb_uint8
 
+    given = given_params(args)  # checked before the model is loaded
     files, _ = list_images(args.source)
-    params = {name: getattr(args, name) for name in PARAMETERS if getattr(args, name) is not None}
-    if args.single_mask:
-        params["multimask_output"] = False
     model = load_model(args.model, args.device, args.dtype)
-    generator = MaskGenerator(model, **params)  # checks the values before any work
-    applied = {k: v for k, v in generator.model_defaults.items() if k not in params}
+    recommended = model_everything_defaults(model)
+    generator = MaskGenerator(model, params=EverythingParams.with_defaults(given, recommended))
+    applied = {k: v for k, v in recommended.items() if k not in given}
     if applied:
         shown = ", ".join(f"{k} {v:g}" for k, v in applied.items())
         print(f"{model.name}: using the model's recommended {shown} (set the options to change)")

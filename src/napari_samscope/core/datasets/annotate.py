@@ -52,6 +52,7 @@ from napari_samscope.core.datasets.yolo_format import (
     parse_yolo_segmentation,
     write_text_atomic,
 )
+from napari_samscope.core.predict import label_image
 from napari_samscope.core.progress import Job, Progress, run
 
 __all__ = [
@@ -86,17 +87,17 @@ class AnnotatedObject:
     def area(self) -> int:
         return int(self.crop.sum())
 
+    def paint(self, array: np.ndarray, value: Any) -> None:
+        """Set ``array[mask] = value`` in place."""
+        r, c = self.offset
+        h, w = self.crop.shape
+        array[r : r + h, c : c + w][self.crop] = value
+
 
 def paint_labels(objects: Sequence[AnnotatedObject], shape: tuple[int, int]) -> np.ndarray:
     """``(H, W)`` uint32 label image: object ``k`` gets label ``k + 1``; larger objects are
     painted first so small ones stay visible where they overlap."""
-    labels = np.zeros(shape, dtype=np.uint32)
-    for k in sorted(range(len(objects)), key=lambda i: -objects[i].area):
-        obj = objects[k]
-        r, c = obj.offset
-        h, w = obj.crop.shape
-        labels[r : r + h, c : c + w][obj.crop] = k + 1
-    return labels
+    return label_image.paint_labels(objects, shape)
 
 
 def _crop(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:

@@ -36,6 +36,7 @@ import torch
 
 from napari_samscope.core.everything import mask_ops as mo
 from napari_samscope.core.everything.decode import decode_points, keep_masks
+from napari_samscope.core.everything.params import EVERYTHING_DEFAULTS, EverythingParams
 from napari_samscope.core.everything.records import EverythingResult, MaskRecord
 from napari_samscope.core.everything.windowed_upsampler import WindowedUpsampler
 from napari_samscope.core.predict.resolve import as_predictor
@@ -43,36 +44,12 @@ from napari_samscope.core.progress import Progress
 
 __all__ = [
     "EVERYTHING_DEFAULTS",
+    "EverythingParams",
     "EverythingResult",
     "MaskGenerator",
     "MaskRecord",
     "model_everything_defaults",
 ]
-
-#: Parameters of :class:`MaskGenerator` and their defaults (those of the official generator).
-#: A model's registry entry may recommend other values (``ModelSpec.everything_defaults``),
-#: which then apply to the parameters the user does not set.
-EVERYTHING_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "min_mask_region_area": 0,
-    "multimask_output": True,
-}
-#: Ultralytics' names for some parameters.
-ALIASES = {
-    "points_stride": "points_per_side",
-    "conf": "pred_iou_thresh",
-    "points_batch_size": "points_per_batch",
-    "crop_downscale_factor": "crop_n_points_downscale_factor",
-}
 
 
 def model_everything_defaults(model: Any) -> dict[str, Any]:
@@ -83,7 +60,7 @@ def model_everything_defaults(model: Any) -> dict[str, Any]:
     ``{}`` for official models, for models given by path, for bare ``Sam`` modules and
     for anything else (so they keep the official defaults).
     """
-    from napari_samscope.core.weights.registry import ModelSpec
+    from napari_samscope.core.weights.spec import ModelSpec
 
     spec = model if isinstance(model, ModelSpec) else getattr(model, "spec", None)
     return spec.everything_params() if isinstance(spec, ModelSpec) else {}
@@ -95,18 +72,9 @@ class MaskGenerator:
     Args:
         model: a ``SAM``, a ``Sam`` module or a ``Predictor``. A predictor's current
             image is restored after each run.
-        points_per_side: grid points per image side (Ultralytics: ``points_stride``).
-        points_per_batch: prompts decoded together (Ultralytics: ``points_batch_size``).
-        pred_iou_thresh: keep masks whose predicted IoU is ``>`` this (alias ``conf``).
-        stability_score_thresh: keep masks whose stability score is ``>=`` this.
-        stability_score_offset: logit offset of the stability score.
-        box_nms_thresh: box IoU above which duplicates inside a crop are dropped.
-        crop_n_layers: extra crop layers; layer ``i`` has ``(2**i)**2`` crops.
-        crop_nms_thresh: box IoU above which duplicates between crops are dropped.
-        crop_overlap_ratio: overlap of layer-1 crops, as a fraction of the short side.
-        crop_n_points_downscale_factor: layer ``i`` uses ``points_per_side / f**i`` points.
-        min_mask_region_area: if > 0, fill holes and drop islands smaller than this.
-        multimask_output: 3 candidates per point (else 1).
+        params: an :class:`~napari_samscope.core.everything.params.EverythingParams`
+            used as it is (keyword parameters, if any, replace some of its values;
+            ``model_defaults`` do not apply to it).
         point_grids: explicit normalised ``(n, 2)`` ``(x, y)`` grids, one per crop layer,
             instead of ``points_per_side``.
         model_defaults: the model's recommended values, used for the parameters not
@@ -115,9 +83,13 @@ class MaskGenerator:
             ``spec.everything_params()``; see :func:`model_everything_defaults`); official
             models have none, so they keep the official defaults exactly. ``{}`` forces
             the official defaults.
+        **kwargs: parameters by name (the fields of ``EverythingParams``; Ultralytics'
+            aliases ``points_stride``, ``conf``, ``points_batch_size`` and
+            ``crop_downscale_factor`` too).
 
     Attributes:
-        params: every parameter's value in use (given > model's recommended > official).
+        config: the :class:`EverythingParams` in use (given > model's recommended > official).
+        params: the same as a dict.
         model_defaults: the recommended values that applied (a dict, maybe empty).
     """
 
@@ -125,69 +97,47 @@ class MaskGenerator:
         self,
         model: Any,
         *,
+        params: EverythingParams | None = None,
         point_grids: list[np.ndarray] | None = None,
         model_defaults: Mapping[str, Any] | None = None,
-        **params: Any,
+        **kwargs: Any,
     ):
-        if model_defaults is None:
-            model_defaults = model_everything_defaults(model)
-        model_defaults = dict(model_defaults)
-        unknown = sorted(set(model_defaults) - set(EVERYTHING_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"The model's recommended segment-everything parameters {unknown} are not "
-                f"parameters of the generator (valid ones: {sorted(EVERYTHING_DEFAULTS)}); "
-                "fix the model's registry entry."
-            )
-        self.model_defaults = model_defaults
-        for alias, name in ALIASES.items():
-            if alias in params:
-                if name in params:
-                    raise TypeError(f"Give either {name!r} or its alias {alias!r}, not both.")
-                params[name] = params.pop(alias)
-        unknown = sorted(set(params) - set(EVERYTHING_DEFAULTS))
-        if unknown:
-            raise TypeError(
-                f"Unknown segment-everything parameter(s) {unknown}; "
-                f"valid ones are {sorted(EVERYTHING_DEFAULTS)} and aliases {sorted(ALIASES)}."
-            )
-        self.params = {**EVERYTHING_DEFAULTS, **model_defaults, **params}
-        p = self.params
-        for name in (
-            "pred_iou_thresh",
-            "stability_score_thresh",
-            "box_nms_thresh",
-            "crop_nms_thresh",
-        ):
-            if not 0.0 <= float(p[name]) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {p[name]!r}.")
-        if not 0.0 <= float(p["crop_overlap_ratio"]) < 1.0:
-            raise ValueError(
-                f"crop_overlap_ratio must be in [0, 1), got {p['crop_overlap_ratio']!r}."
-            )
-        if float(p["stability_score_offset"]) < 0:
-            raise ValueError("stability_score_offset must be >= 0.")
-        if float(p["min_mask_region_area"]) < 0:
-            raise ValueError("min_mask_region_area must be >= 0.")
-        if int(p["points_per_batch"]) < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {p['points_per_batch']!r}.")
+        if params is not None:
+            if not isinstance(params, EverythingParams):
+                raise TypeError(
+                    f"params must be an EverythingParams, not {type(params).__name__}; pass "
+                    "single parameters as keyword arguments."
+                )
+            self.config = params.replace(**kwargs) if kwargs else params
+            self.model_defaults: dict[str, Any] = {}
+        else:
+            if model_defaults is None:
+                model_defaults = model_everything_defaults(model)
+            self.config = EverythingParams.with_defaults(kwargs, model_defaults)
+            self.model_defaults = dict(model_defaults)
+        p = self.config
         if point_grids is not None:
             grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
-            if len(grids) != int(p["crop_n_layers"]) + 1 or any(
+            if len(grids) != p.crop_n_layers + 1 or any(
                 g.ndim != 2 or g.shape[1] != 2 for g in grids
             ):
                 raise ValueError(
                     "point_grids needs one (n, 2) grid of normalised (x, y) per crop layer "
-                    f"({int(p['crop_n_layers']) + 1} grids)."
+                    f"({p.crop_n_layers + 1} grids)."
                 )
             self.point_grids = grids
+        elif p.points_per_side is None:
+            raise ValueError("points_per_side=None needs explicit point_grids.")
         else:
             self.point_grids = mo.build_layer_point_grids(
-                p["points_per_side"],
-                int(p["crop_n_layers"]),
-                int(p["crop_n_points_downscale_factor"]),
+                p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor
             )
         self.predictor = as_predictor(model)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter's value in use, as a dict (``config.to_dict()``)."""
+        return self.config.to_dict()
 
     # ------------------------------------------------------------------ public
 
@@ -226,9 +176,9 @@ class MaskGenerator:
         rgb = to_rgb_uint8(image, **norm_kwargs)
         size = (int(rgb.shape[0]), int(rgb.shape[1]))
         crops, layers = mo.generate_crop_boxes(
-            size, int(self.params["crop_n_layers"]), float(self.params["crop_overlap_ratio"])
+            size, self.config.crop_n_layers, self.config.crop_overlap_ratio
         )
-        batch = int(self.params["points_per_batch"])
+        batch = self.config.points_per_batch
         n_batches = [len(list(mo.batch_slices(len(self.point_grids[k]), batch))) for k in layers]
         total, done = sum(n_batches) + len(crops), 0
         previous = self.predictor.get_embedding() if self.predictor.is_image_set else None
@@ -254,7 +204,7 @@ class MaskGenerator:
                 self.predictor.reset_image()
         if len(crops) > 1:
             records = self._nms_between_crops(records)
-        area = float(self.params["min_mask_region_area"])
+        area = float(self.config.min_mask_region_area)
         if area > 0 and records:
             yield Progress("segment everything: cleaning small regions", total, total)
             records = self._remove_small_regions(records, area)
@@ -286,16 +236,18 @@ class MaskGenerator:
         points = self.point_grids[layer] * np.array([crop_size[1], crop_size[0]], dtype=np.float64)
         model_points = apply_coords(points, crop_size, embedding.input_size)
         fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
+        # the official order of filters, one batch of candidates at a time (see keep_masks)
+        params, threshold = self.params, float(getattr(self.predictor.model, "mask_threshold", 0.0))
         records: list[MaskRecord] = []
-        for part in mo.batch_slices(len(points), int(self.params["points_per_batch"])):
+        for part in mo.batch_slices(len(points), self.config.points_per_batch):
             iou, lowres = self._decode(model_points[part])
-            records.extend(self._keep_masks(iou, lowres, points[part], upsampler, crop, fields))
+            records.extend(keep_masks(params, threshold, iou, lowres, points[part], upsampler, crop, fields))
             del iou, lowres
             yield
         if records:
             boxes = torch.tensor([r.box_xyxy for r in records], dtype=torch.float32)
             scores = torch.tensor([r.predicted_iou for r in records], dtype=torch.float32)
-            keep = mo.nms(boxes, scores, float(self.params["box_nms_thresh"]))
+            keep = mo.nms(boxes, scores, self.config.box_nms_thresh)
             records = [records[i] for i in keep.tolist()]
         return records
 
@@ -304,21 +256,7 @@ class MaskGenerator:
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """The one decoder call: ``(B, 2)`` ``(x, y)`` points in the model's input frame ->
         ``(iou (B, K), lowres)``; see :func:`~.everything_decode.decode_points`."""
-        return decode_points(self.predictor, model_points, bool(self.params["multimask_output"]))
-
-    def _keep_masks(
-        self,
-        iou: torch.Tensor,
-        lowres: Callable[[torch.Tensor], torch.Tensor],
-        points: np.ndarray,
-        upsampler: WindowedUpsampler,
-        crop: list[int],
-        fields: dict[str, Any],
-    ) -> list[MaskRecord]:
-        """Filter one batch of candidates (the official order of filters) into records;
-        see :func:`~.everything_decode.keep_masks`."""
-        threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
-        return keep_masks(self.params, threshold, iou, lowres, points, upsampler, crop, fields)
+        return decode_points(self.predictor, model_points, self.config.multimask_output)
 
     # ------------------------------------------------------------------ all crops
 
@@ -330,7 +268,7 @@ class MaskGenerator:
         crop_area = torch.tensor(
             [r.crop_box[2] * r.crop_box[3] for r in records], dtype=torch.float32
         )
-        keep = mo.nms(boxes, 1.0 / crop_area, float(self.params["crop_nms_thresh"]))
+        keep = mo.nms(boxes, 1.0 / crop_area, self.config.crop_nms_thresh)
         return [records[i] for i in keep.tolist()]
 
     def _remove_small_regions(self, records: list[MaskRecord], area: float) -> list[MaskRecord]:
@@ -348,7 +286,7 @@ class MaskGenerator:
             cleaned.append(record)
             unchanged.append(0.0 if changed else 1.0)
         boxes = torch.tensor([r.box_xyxy for r in cleaned], dtype=torch.float32)
-        threshold = max(float(self.params["box_nms_thresh"]), float(self.params["crop_nms_thresh"]))
+        threshold = max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
         keep = mo.nms(boxes, torch.tensor(unchanged), threshold)
         return [cleaned[i] for i in keep.tolist()]
 

@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from napari_samscope.core.predict.label_image import mask_to_box
+
 __all__ = [
     "batch_slices",
     "box_area",
@@ -198,15 +200,6 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         iou = inter / (areas[i] + areas[rest] - inter)
         suppressed[rest] |= iou > iou_threshold
     return order[torch.as_tensor(kept, dtype=torch.int64)].to(device)
-
-
-def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Inclusive XYXY box of a 2D bool mask, or ``None`` when it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
 def masks_to_boxes(masks: torch.Tensor | np.ndarray) -> np.ndarray:

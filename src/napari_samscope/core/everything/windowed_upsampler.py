@@ -9,48 +9,14 @@ logits above the lowest threshold; outside it every value is below every thresho
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from napari_samscope.core.predict.transforms import MaskUpsampler
 
 __all__ = ["WindowedUpsampler"]
 
 
-class _Taps:
-    """One axis of the postprocessing: an ``(out, low)`` matrix with contiguous row support.
-
-    ``index[t, o]`` / ``weight[t, o]`` are the low-resolution sample and weight of tap
-    ``t`` of output ``o`` (the same layout as ``transforms.MaskUpsampler``), and
-    ``first[o]``..``last[o]`` the samples with a non-zero weight (both non-decreasing).
-    """
-
-    def __init__(self, matrix: np.ndarray) -> None:
-        n_out, n_low = matrix.shape
-        nonzero = matrix != 0
-        self.first = nonzero.argmax(axis=1)
-        self.last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
-        taps = int((self.last - self.first).max()) + 1
-        index = self.first[None, :] + np.arange(taps)[:, None]
-        valid = index <= self.last[None, :]
-        index = np.minimum(index, n_low - 1)
-        weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
-        self.index = torch.from_numpy(index)
-        self.weight = torch.from_numpy(weight.astype(np.float32))
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(index, weight)`` on ``device`` (copied there once)."""
-        if device not in self._on_device:
-            self._on_device[device] = (self.index.to(device), self.weight.to(device))
-        return self._on_device[device]
-
-    def outputs_reading(self, lo: int, hi: int) -> tuple[int, int]:
-        """``[a, b)``: the outputs whose support meets the samples ``lo..hi``."""
-        a = int(np.searchsorted(self.last, lo, side="left"))
-        b = int(np.searchsorted(self.first, hi, side="right"))
-        return a, max(a, b)
-
-
-class WindowedUpsampler:
+class WindowedUpsampler(MaskUpsampler):
     """The official mask postprocessing, evaluated only where a mask can be.
 
     The official postprocessing (bilinear to ``S x S``, crop, bilinear to the original
@@ -61,28 +27,9 @@ class WindowedUpsampler:
     same values as the full computation there), which is what makes stability scores
     and masks cheap for small objects on large images.
 
-    Args:
-        original_size: ``(H, W)``; input_size: ``(h, w)`` resized size; img_size: ``S``;
-        lowres_size: ``L``.
+    It is a :class:`~napari_samscope.core.predict.transforms.MaskUpsampler` (same
+    arguments, same full-image methods) with :meth:`window` added.
     """
-
-    def __init__(
-        self,
-        original_size: tuple[int, int],
-        input_size: tuple[int, int],
-        img_size: int,
-        lowres_size: int,
-    ) -> None:
-        from napari_samscope.core.predict.transforms import postprocess_matrix
-
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.lowres_size = int(lowres_size)
-        self._rows = _Taps(
-            postprocess_matrix(lowres_size, img_size, input_size[0], original_size[0])
-        )
-        self._cols = _Taps(
-            postprocess_matrix(lowres_size, img_size, input_size[1], original_size[1])
-        )
 
     def window(
         self, low: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]

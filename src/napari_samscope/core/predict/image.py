@@ -6,15 +6,19 @@ Rules (the contract every caller relies on):
   ``(H, W, 3) uint8`` passes through with its values unchanged (this keeps numerical
   parity with the official predictor), RGBA drops its alpha, and 8-bit greyscale is
   replicated to three channels as it is, for consistency with RGB.
-- **Every other dtype** (uint16, int, float) is mapped to 0..255 *per channel*:
-  by default between its 0.5 and 99.5 percentiles (``normalization="percentile"``),
-  or between its minimum and maximum (``"minmax"``), or between explicit
-  ``contrast_limits`` (one ``(lo, hi)`` for all channels or one pair per channel; the
-  napari plugin passes the layer's contrast limits). When the percentiles of a channel
+- **Every other dtype** (uint16, int, float) is mapped to 0..255 *per channel*
+  (:class:`Normalization`): by default between its 0.5 and 99.5 percentiles
+  (``"percentile"``), or between its minimum and maximum (``"minmax"``), or between
+  explicit ``contrast_limits`` (one ``(lo, hi)`` for all channels or one pair per
+  channel; the napari plugin passes the layer's contrast limits; ``"contrast limits"``
+  says that they are required). When the percentiles of a channel
   coincide although the channel is not constant (sparse bright spots on a flat
   background), that channel falls back to min/max.
 - **bool** images map False -> 0 and True -> 255.
 - NaN and +-inf are ignored when the limits are computed and become 0 in the output.
+- A numpy masked array: masked pixels are background. They are left out when the limits
+  are computed and become 0 in the output (per channel, as NaN does); 8-bit data keeps
+  its values elsewhere.
 - Greyscale is replicated to R, G and B; two channels map to R and G (B stays 0);
   three channels map to R, G, B; more than three require ``channels=(i, j, k)``.
 - A last axis of length 3 or 4 without ``channel_axis`` is read as RGB / RGBA (the
@@ -33,10 +37,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NORMALIZATIONS", "to_rgb_uint8", "load_image"]
+from napari_samscope.core.choices import Choice
 
-#: Accepted values of ``normalization``.
-NORMALIZATIONS = ("percentile", "minmax")
+__all__ = ["NORMALIZATIONS", "Normalization", "to_rgb_uint8", "load_image"]
+
+
+class Normalization(Choice):
+    """How an image's intensities are mapped to 0..255 (strings are accepted too)."""
+
+    #: automatic 0.5-99.5 percentiles, per channel (8-bit data is never stretched)
+    PERCENTILE = "percentile"
+    #: explicit contrast limits (napari: the layer's, what the user sees); required
+    CONTRAST = "contrast limits"
+    #: minimum and maximum, per channel
+    MINMAX = "minmax"
+
+
+#: The automatic normalizations (those that need no ``contrast_limits``).
+NORMALIZATIONS = (Normalization.PERCENTILE.value, Normalization.MINMAX.value)
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -47,7 +65,7 @@ def to_rgb_uint8(
     *,
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
-    normalization: str = "percentile",
+    normalization: Normalization | str = Normalization.PERCENTILE,
     contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     allow_constant: bool = False,
@@ -60,8 +78,9 @@ def to_rgb_uint8(
         channel_axis: the axis holding the channels (negative values allowed).
         channels: indices of 1 to 3 channels to use, in R, G, B order (required when
             there are more than 3 channels). Needs ``channel_axis``.
-        normalization: ``"percentile"`` or ``"minmax"``; ignored for uint8 and bool data
-            and when ``contrast_limits`` is given.
+        normalization: a :class:`Normalization` or its string: ``"percentile"`` or
+            ``"minmax"`` (ignored for uint8 and bool data and when ``contrast_limits`` is
+            given), or ``"contrast limits"`` (then ``contrast_limits`` is required).
         contrast_limits: ``(lo, hi)`` for every channel, or one pair per input channel
             or per selected channel.
         percentiles: the lower and upper percentile for ``"percentile"``.
@@ -74,11 +93,17 @@ def to_rgb_uint8(
     Raises:
         ValueError: for anything that is not a valid 2D image (see the module docstring).
     """
-    data = _as_numeric_array(image)
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}.")
+    norm = Normalization.parse(normalization, "normalization")
+    if norm is Normalization.CONTRAST and contrast_limits is None:
+        raise ValueError(
+            "normalization='contrast limits' needs contrast_limits=(low, high); or use "
+            "'percentile' or 'minmax'."
+        )
+    raw, masked = _split_masked(image)
+    data = _as_numeric_array(raw)
     lo_p, hi_p = _check_percentiles(percentiles)
     planes = _split_channels(data, channel_axis, channels)  # list of (H, W), 1 to 3
+    hidden = None if masked is None else _split_channels(masked, channel_axis, channels)
     limits = _per_channel_limits(contrast_limits, planes, data, channel_axis, channels)
 
     if (
@@ -89,6 +114,9 @@ def to_rgb_uint8(
         and channels is None
     ):
         rgb = data[..., :3]
+        if hidden is not None:
+            rgb = rgb.copy()
+            rgb[np.stack(hidden, axis=-1)] = 0
         if not allow_constant:
             _raise_if_constant(rgb)
         return np.ascontiguousarray(rgb)
@@ -104,9 +132,12 @@ def to_rgb_uint8(
         elif data.dtype == np.uint8:
             lo, hi = 0.0, 255.0
         else:
-            lo, hi = _auto_limits(plane, normalization, lo_p, hi_p)
+            shown = plane if hidden is None else plane[~hidden[c]]
+            lo, hi = _auto_limits(shown, norm, lo_p, hi_p) if shown.size else (0.0, 0.0)
         spans.append((lo, hi))
         out[..., c] = _rescale(plane, lo, hi)
+        if hidden is not None:
+            out[..., c][hidden[c]] = 0
     if limits is None and not allow_constant:
         _raise_if_constant_planes(planes, spans, fixed_dtype)
     if len(planes) == 1:
@@ -156,6 +187,17 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _split_masked(image: object) -> tuple[object, np.ndarray | None]:
+    """``(data, mask)`` of a numpy masked array (``mask`` None when nothing is masked);
+    ``(image, None)`` for anything else."""
+    if not isinstance(image, np.ma.MaskedArray):
+        return image, None
+    mask = np.ma.getmaskarray(image)
+    if mask.all():
+        raise ValueError("Every pixel of the masked array is masked; there is nothing to segment.")
+    return np.ma.getdata(image), (mask if mask.any() else None)
 
 
 def _as_numeric_array(image: object) -> np.ndarray:
@@ -264,7 +306,7 @@ def _per_channel_limits(
 
 
 def _auto_limits(
-    plane: np.ndarray, normalization: str, lo_p: float, hi_p: float
+    plane: np.ndarray, normalization: Normalization, lo_p: float, hi_p: float
 ) -> tuple[float, float]:
     values = plane
     if np.issubdtype(plane.dtype, np.floating):
@@ -274,7 +316,7 @@ def _auto_limits(
                 raise ValueError("The image holds only NaN or infinite values.")
             values = plane[finite]
     vmin, vmax = float(values.min()), float(values.max())
-    if normalization == "percentile" and vmax > vmin:
+    if normalization is Normalization.PERCENTILE and vmax > vmin:
         lo, hi = (float(v) for v in np.percentile(values, [lo_p, hi_p]))
         if hi > lo:
             return lo, hi

@@ -22,7 +22,7 @@ import torch
 from napari_samscope.core.device import autocast, resolve_dtype, select_device
 from napari_samscope.core.modeling.sam import Sam
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
-from napari_samscope.core.predict.prompts import parse_prompts
+from napari_samscope.core.predict.prompts import check_flag, parse_prompts
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import (
     MaskUpsampler,
@@ -324,6 +324,7 @@ class Predictor:
         """
         emb = self._require_image()
         prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
+        multimask_output = check_flag(multimask_output, "multimask_output")
         coords = labels_t = boxes_t = mask_t = None
         if prompts.points is not None:
             coords = self._tensor(apply_coords(prompts.points, emb.original_size, emb.input_size))
@@ -338,11 +339,8 @@ class Predictor:
             rows = torch.arange(low.shape[0], device=low.device)
             low, iou = low[rows, best][:, None], iou[rows, best][:, None]
         low = low.reshape(-1, *low.shape[-2:])  # N objects x K candidates -> (N*K, L, L)
-        full = self.mask_upsampler.masks(low, threshold=self.model.mask_threshold)
-        return Prediction(
-            masks=full.cpu().numpy(),
-            scores=iou.reshape(-1).cpu().numpy(),
-            logits=low.cpu().numpy(),
+        return Prediction.from_logits(
+            low, iou.reshape(-1), self.mask_upsampler, self.model.mask_threshold
         )
 
     @torch.no_grad()

@@ -12,7 +12,11 @@ Rules (coordinates are ``(x, y)`` pixels of the original image):
 - ``masks``: low-resolution logits ``(L, L)`` or ``(N, L, L)`` from an earlier
   :class:`Prediction` (``Prediction.logits``), one per object. A mask alone is a
   valid prompt.
-- Points and boxes outside the image are allowed (as in the official predictor).
+- Points and boxes outside the image are allowed (as in the official predictor), but
+  coordinates must be finite and within :data:`MAX_COORDINATE` pixels of the origin
+  (far beyond any image; larger values overflow the model's float32 arithmetic and
+  give NaN scores).
+- ``multimask_output`` is a bool (:func:`check_flag`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Prompts", "parse_prompts"]
+__all__ = ["MAX_COORDINATE", "Prompts", "check_flag", "parse_prompts"]
+
+#: The largest absolute prompt coordinate accepted, in pixels.
+MAX_COORDINATE = 1e7
 
 
 @dataclass
@@ -78,6 +85,29 @@ def parse_prompts(points: Any, labels: Any, bboxes: Any, masks: Any, lowres: int
     return Prompts(pts, lab, box, msk, count)
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool; anything but ``True``/``False`` (numpy's too) is refused,
+    so that ``"no"`` or ``0`` cannot pass for a switch.
+
+    Raises:
+        TypeError: ``value`` is not a bool.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, not {value!r}.")
+    return bool(value)
+
+
+def _coordinates(value: Any, name: str) -> np.ndarray:
+    """Finite float64 pixel coordinates within :data:`MAX_COORDINATE`."""
+    arr = _finite_float_array(value, name)
+    if arr.size and float(np.abs(arr).max()) > MAX_COORDINATE:
+        raise ValueError(
+            f"{name} holds a coordinate of {float(np.abs(arr).max()):g} pixels; coordinates "
+            f"must be pixels of the image (at most {MAX_COORDINATE:g} in absolute value)."
+        )
+    return arr
+
+
 def _finite_float_array(value: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
@@ -89,7 +119,7 @@ def _finite_float_array(value: Any, name: str) -> np.ndarray:
 
 
 def _parse_points(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    raw = _finite_float_array(points, "points")
+    raw = _coordinates(points, "points")
     if raw.size == 0:
         raise ValueError(f"points holds no point (shape {raw.shape}).")
     if raw.ndim == 0 or raw.shape[-1] != 2 or raw.ndim > 3:
@@ -112,7 +142,7 @@ def _parse_points(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _parse_boxes(bboxes: Any) -> np.ndarray:
-    box = _finite_float_array(bboxes, "bboxes")
+    box = _coordinates(bboxes, "bboxes")
     if box.ndim == 1:
         box = box[None]
     if box.ndim != 2 or box.shape[1] != 4:

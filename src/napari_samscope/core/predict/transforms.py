@@ -34,7 +34,9 @@ __all__ = [
     "apply_coords",
     "apply_boxes",
     "postprocess_matrix",
+    "postprocess_taps",
     "MaskUpsampler",
+    "Taps",
 ]
 
 
@@ -140,27 +142,46 @@ def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
     return res[0, :, :, 0].T.double().numpy()
 
 
-class _Band:
-    """A matrix ``(out, low)`` whose rows have contiguous support, stored as taps."""
+class Taps:
+    """One axis of the postprocessing: an ``(out, low)`` matrix whose rows have
+    contiguous support, stored as taps.
+
+    ``index[t, o]`` / ``weight[t, o]`` are the low-resolution sample and the weight of
+    tap ``t`` of output ``o`` (weight 0 past a row's support), and ``first[o]`` ..
+    ``last[o]`` the samples with a non-zero weight (both non-decreasing along ``o``).
+    """
 
     def __init__(self, matrix: np.ndarray) -> None:
         n_out, n_low = matrix.shape
         nonzero = matrix != 0
-        first = nonzero.argmax(axis=1)
-        last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
-        taps = int((last - first).max()) + 1
-        index = first[None, :] + np.arange(taps)[:, None]  # taps x out
-        valid = index < n_low
+        self.first = nonzero.argmax(axis=1)
+        self.last = n_low - 1 - nonzero[:, ::-1].argmax(axis=1)
+        taps = int((self.last - self.first).max()) + 1
+        index = self.first[None, :] + np.arange(taps)[:, None]  # taps x out
+        valid = index <= self.last[None, :]
         index = np.minimum(index, n_low - 1)
         weight = np.where(valid, matrix[np.arange(n_out)[None, :], index], 0.0)
         self.index = torch.from_numpy(index)
         self.weight = torch.from_numpy(weight.astype(np.float32))
-        self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._device_cache:
-            self._device_cache[device] = (self.index.to(device), self.weight.to(device))
-        return self._device_cache[device]
+        """``(index, weight)`` on ``device`` (copied there once)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.index.to(device), self.weight.to(device))
+        return self._on_device[device]
+
+    def outputs_reading(self, lo: int, hi: int) -> tuple[int, int]:
+        """``[a, b)``: the outputs whose support meets the samples ``lo..hi``."""
+        a = int(np.searchsorted(self.last, lo, side="left"))
+        b = int(np.searchsorted(self.first, hi, side="right"))
+        return a, max(a, b)
+
+
+@lru_cache(maxsize=32)
+def postprocess_taps(low: int, img_size: int, crop: int, out: int) -> Taps:
+    """:class:`Taps` of :func:`postprocess_matrix` (cached per size)."""
+    return Taps(postprocess_matrix(low, img_size, crop, out))
 
 
 class MaskUpsampler:
@@ -187,10 +208,10 @@ class MaskUpsampler:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.img_size = int(img_size)
         self.lowres_size = int(lowres_size)
-        self._rows = _band(
+        self._rows = postprocess_taps(
             self.lowres_size, self.img_size, self.input_size[0], self.original_size[0]
         )
-        self._cols = _band(
+        self._cols = postprocess_taps(
             self.lowres_size, self.img_size, self.input_size[1], self.original_size[1]
         )
 
@@ -211,7 +232,38 @@ class MaskUpsampler:
         """``(..., L, L)`` logits -> ``(..., H, W)`` bool masks ``logits > threshold``."""
         return self._apply(low, float(threshold))
 
-    def _apply(self, low: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    def mask_window(self, low: torch.Tensor, threshold: float = 0.0) -> tuple[int, int, torch.Tensor]:
+        """One mask, computed only on the window of output pixels that can be in it.
+
+        Every output pixel is a convex combination of low-resolution logits, so outside
+        the outputs that read the box of logits ``> threshold`` no pixel is in the mask.
+        Inside the window the values are those of :meth:`masks` (the same operations).
+
+        Args:
+            low: ``(L, L)`` logits.
+
+        Returns:
+            ``(y0, x0, mask)``: ``mask`` is the ``(h, w)`` bool window whose top-left pixel
+            is ``(y0, x0)`` in the original image (``(0, 0)`` when the mask is empty).
+        """
+        above = low > threshold
+        rows = torch.nonzero(above.any(dim=1)).flatten().tolist()
+        if not rows:
+            return 0, 0, torch.zeros((0, 0), dtype=torch.bool, device=low.device)
+        cols = torch.nonzero(above.any(dim=0)).flatten().tolist()
+        ya, yb = self._rows.outputs_reading(rows[0], rows[-1])
+        xa, xb = self._cols.outputs_reading(cols[0], cols[-1])
+        window = self._apply(low[None], float(threshold), slice(ya, yb), slice(xa, xb))
+        return ya, xa, window[0]
+
+    def _apply(
+        self,
+        low: torch.Tensor,
+        threshold: float | None,
+        ys: slice = slice(None),
+        xs: slice = slice(None),
+    ) -> torch.Tensor:
+        """The output rows ``ys`` and columns ``xs`` (default: all) of every mask."""
         L = self.lowres_size
         if low.shape[-2:] != (L, L):
             raise ValueError(
@@ -219,20 +271,20 @@ class MaskUpsampler:
             )
         lead = low.shape[:-2]
         flat = low.reshape(-1, L, L).float()
-        H, W = self.original_size
+        row_idx, row_w = (t[:, ys] for t in self._rows.on(low.device))
+        col_idx, col_w = (t[:, xs] for t in self._cols.on(low.device))
+        H, W = row_idx.shape[1], col_idx.shape[1]
         out = torch.empty(
             (flat.shape[0], H, W),
             dtype=torch.float32 if threshold is None else torch.bool,
             device=low.device,
         )
-        row_idx, row_w = self._rows.on(low.device)
-        col_idx, col_w = self._cols.on(low.device)
         if low.device.type == "cpu":
             # one mask at a time, in bands of output rows: every intermediate stays in the
             # CPU cache and none is image-sized (fresh pages cost about as much as the sums)
-            step, band = 1, max(16, _BAND_ELEMENTS // W)
+            step, band = 1, max(16, _BAND_ELEMENTS // max(W, 1))
         else:  # an accelerator wants few large kernels; memory bounded by _CHUNK_ELEMENTS
-            step, band = max(1, _CHUNK_ELEMENTS // (H * W)), H
+            step, band = max(1, _CHUNK_ELEMENTS // max(H * W, 1)), max(H, 1)
         for start in range(0, flat.shape[0], step):
             masks = slice(start, start + step)
             cols = _upsample_columns(flat[masks], col_idx, col_w)  # (n, L, W)
@@ -262,6 +314,3 @@ def _upsample_columns(
     return cols_t.transpose(1, 2).contiguous()
 
 
-@lru_cache(maxsize=32)
-def _band(low: int, img_size: int, crop: int, out: int) -> _Band:
-    return _Band(postprocess_matrix(low, img_size, crop, out))

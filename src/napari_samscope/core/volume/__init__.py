@@ -13,6 +13,7 @@ label volumes ``uint32`` with 0 as background.
 from napari_samscope.core.volume.everything import link_labels, segment_volume_everything_iter
 from napari_samscope.core.volume.propagation import (
     PROPAGATION_MODES,
+    PropagationMode,
     mask_to_lowres_logits,
     points_inside,
     propagate_iter,
@@ -28,6 +29,7 @@ from napari_samscope.core.volume.stack import (
 __all__ = [
     "PROPAGATION_MODES",
     "EmbeddingCache",
+    "PropagationMode",
     "StackNormalizer",
     "encode_planes_iter",
     "link_labels",

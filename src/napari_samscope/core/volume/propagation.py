@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_samscope.core.choices import Choice
 from napari_samscope.core.progress import Progress
 from napari_samscope.core.volume.stack import (
     EmbeddingCache,
@@ -21,9 +22,28 @@ from napari_samscope.core.volume.stack import (
     plane_indices,
 )
 
-__all__ = ["PROPAGATION_MODES", "mask_to_lowres_logits", "points_inside", "propagate_iter"]
+__all__ = [
+    "PROPAGATION_MODES",
+    "PropagationMode",
+    "mask_to_lowres_logits",
+    "points_inside",
+    "propagate_iter",
+]
 
-PROPAGATION_MODES = ("mask", "box", "points")
+
+class PropagationMode(Choice):
+    """What prompts the next plane (strings are accepted too)."""
+
+    #: a low-resolution mask prompt of the previous plane's mask, plus its box
+    MASK = "mask"
+    #: the box of the previous plane's mask
+    BOX = "box"
+    #: ``n_points`` positive points deep inside the previous plane's mask
+    POINTS = "points"
+
+
+#: The valid strings of :class:`PropagationMode`.
+PROPAGATION_MODES = PropagationMode.values()
 
 
 def propagate_iter(
@@ -31,7 +51,7 @@ def propagate_iter(
     volume: np.ndarray | StackNormalizer,
     seeds: dict[int, np.ndarray],
     *,
-    mode: str = "mask",
+    mode: PropagationMode | str = PropagationMode.MASK,
     iou_threshold: float = 0.5,
     stop_planes: Sequence[int] = (),
     cache: EmbeddingCache | None = None,
@@ -62,8 +82,7 @@ def propagate_iter(
     Returns (as the generator's value):
         ``(Z, H, W)`` bool: the seeds and the propagated masks.
     """
-    if mode not in PROPAGATION_MODES:
-        raise ValueError(f"mode must be one of {PROPAGATION_MODES}, not {mode!r}.")
+    mode = PropagationMode.parse(mode, "mode")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be between 0 and 1, not {iou_threshold!r}.")
     stack = (
@@ -149,16 +168,16 @@ def _step(
     cache: EmbeddingCache | None,
     previous: np.ndarray,
     z: int,
-    mode: str,
+    mode: PropagationMode,
     n_points: int,
 ) -> np.ndarray:
     """Segment plane ``z`` prompted by the previous plane's mask; returns ``(H, W)`` bool."""
     predictor.set_embedding(plane_embedding(predictor, stack, key, cache, z))
     rows, cols = np.flatnonzero(previous.any(1)), np.flatnonzero(previous.any(0))
     box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)  # XYXY
-    if mode == "box":
+    if mode is PropagationMode.BOX:
         prompts: dict[str, Any] = {"bboxes": box}
-    elif mode == "mask":
+    elif mode is PropagationMode.MASK:
         prompts = {"bboxes": box, "masks": mask_to_lowres_logits(predictor, previous)}
     else:
         prompts = {"points": points_inside(previous, n_points)}

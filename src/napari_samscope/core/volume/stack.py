@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_samscope.core.predict.image import Normalization
 from napari_samscope.core.progress import Progress
 
 __all__ = [
@@ -149,7 +150,7 @@ class StackNormalizer:
         *,
         channel_axis: int | None = None,
         channels: Sequence[int] | None = None,
-        normalization: str = "percentile",
+        normalization: Normalization | str = Normalization.PERCENTILE,
         contrast_limits: Any = None,
         percentiles: tuple[float, float] = (0.5, 99.5),
     ) -> None:
@@ -176,10 +177,9 @@ class StackNormalizer:
                 raise ValueError(
                     f"The stack has {volume.shape[-1]} channels; choose up to 3 with channels=(i, j, k)."
                 )
-        if normalization not in ("percentile", "minmax"):
-            raise ValueError(
-                f"normalization must be 'percentile' or 'minmax', not {normalization!r}."
-            )
+        normalization = Normalization.parse(normalization, "normalization")
+        if normalization is Normalization.CONTRAST and contrast_limits is None:
+            raise ValueError("normalization='contrast limits' needs contrast_limits=(low, high).")
         self.volume = volume
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         n_used = (
@@ -226,7 +226,7 @@ class StackNormalizer:
         return digest.hexdigest()[:16]
 
     def _auto_limits(
-        self, normalization: str, percentiles: tuple[float, float]
+        self, normalization: Normalization, percentiles: tuple[float, float]
     ) -> list[list[float]]:
         volume = self.volume if self.volume.ndim == 4 else self.volume[..., None]
         used = self.channels if self.channels else range(volume.shape[-1])
@@ -238,7 +238,7 @@ class StackNormalizer:
             if values.size == 0:
                 raise ValueError("The stack holds only NaN or infinite values.")
             lo, hi = float(values.min()), float(values.max())
-            if normalization == "percentile" and hi > lo:
+            if normalization is Normalization.PERCENTILE and hi > lo:
                 p_lo, p_hi = (float(v) for v in np.percentile(values, percentiles))
                 if p_hi > p_lo:
                     lo, hi = p_lo, p_hi

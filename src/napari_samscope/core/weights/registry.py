@@ -22,6 +22,7 @@ import os
 import threading
 from pathlib import Path
 
+from napari_samscope.core.everything.params import EverythingParams
 from napari_samscope.core.weights.download import cached_file, file_sha256
 from napari_samscope.core.weights.spec import ModelSpec, ModelStatus
 
@@ -50,14 +51,12 @@ SAMSCOPE_NUCLEI_SHA256: str | None = "4160cab72186cc20feed8b354ec779e9d5d4882f8e
 SAMSCOPE_NUCLEI_ARCH = "custom"
 #: Segment-everything parameters recommended for the default model (its IoU head is
 #: calibrated differently from Meta's, so the official 0.88 / 0.95 miss half the nuclei).
-#: Paste the pairs printed by ``python training/calibrate_everything.py`` here after
-#: retraining the model. Measured on the shipped file (sha256 4160cab7...) with 3+3
-#: held-out images (seed 6000, uint8 and uint16 low-SNR), masks matched at IoU >= 0.5:
-#: official 0.88 / 0.95 -> F1 0.671 (recall 0.58 / 0.46); 0.7 / 0.95 -> F1 0.864 (uint8:
-#: precision 0.91, recall 0.85; low-SNR: 0.92 / 0.78; mean IoU of matches 0.920).
-SAMSCOPE_NUCLEI_EVERYTHING: tuple[tuple[str, float | int], ...] = (
-    ("pred_iou_thresh", 0.7), ("stability_score_thresh", 0.95),
-)
+#: Paste the values printed by ``python training/calibrate_everything.py`` here after
+#: retraining the model. On 3+3 held-out images (uint8 and uint16 low-SNR), masks
+#: matched at IoU >= 0.5: official 0.88 / 0.95 -> F1 0.671 (recall 0.58 / 0.46);
+#: 0.7 / 0.95 -> F1 0.864 (uint8: precision 0.91, recall 0.85; low-SNR: 0.92 / 0.78;
+#: mean IoU of matches 0.920).
+SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_score_thresh=0.95)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"

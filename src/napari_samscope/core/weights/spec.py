@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from napari_samscope.core.everything.params import EverythingParams
 
 __all__ = ["ModelSpec", "ModelStatus"]
 
@@ -29,11 +32,12 @@ class ModelSpec:
         package_file: path relative to the ``napari_samscope`` package, for models
             shipped inside it.
         local_path: absolute path of a model registered at run time.
-        everything_defaults: the model's recommended segment-everything parameters,
-            as ``(name, value)`` pairs of ``core.everything.EVERYTHING_DEFAULTS`` keys
-            (immutable, so the spec stays hashable). They replace the official defaults
-            for the parameters a user does not set; empty for official models, which
-            keep the official defaults exactly. Read them with :meth:`everything_params`.
+        everything_defaults: the model's recommended segment-everything parameters, an
+            :class:`~napari_samscope.core.everything.params.EverythingParams` (frozen, so
+            the spec stays hashable), or None for official models, which keep the
+            official defaults exactly. ``((name, value), ...)`` pairs are accepted and
+            converted. The values that differ from the official defaults replace them
+            for the parameters a user does not set; read them with :meth:`everything_params`.
         auto_bf16: bfloat16 autocast was measured faster than float32 for this model
             and its masks agree with float32 (IoU >= 0.97), so the default dtype request
             resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
@@ -50,24 +54,21 @@ class ModelSpec:
     description: str = ""
     package_file: str | None = None
     local_path: Path | None = None
-    everything_defaults: tuple[tuple[str, float | int], ...] = ()
+    everything_defaults: EverythingParams | None = None
     auto_bf16: bool = False
 
     def __post_init__(self) -> None:
-        pairs = self.everything_defaults
-        if not isinstance(pairs, tuple) or not all(
-            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs
-        ):
-            raise TypeError(
-                f"everything_defaults of model {self.name!r} must be a tuple of "
-                "(parameter name, value) pairs."
-            )
-        if len({key for key, _ in pairs}) != len(pairs):
-            raise ValueError(f"everything_defaults of model {self.name!r} repeats a parameter.")
+        value: Any = self.everything_defaults
+        if value is None or isinstance(value, EverythingParams):
+            return
+        params = EverythingParams.from_pairs(value, self.name)
+        object.__setattr__(self, "everything_defaults", params if params.differences() else None)
 
-    def everything_params(self) -> dict[str, float | int]:
-        """The recommended segment-everything parameters (a new dict; empty if none)."""
-        return dict(self.everything_defaults)
+    def everything_params(self) -> dict[str, Any]:
+        """The recommended segment-everything parameters: those of
+        :attr:`everything_defaults` that differ from the official defaults (a new dict;
+        empty if none)."""
+        return {} if self.everything_defaults is None else self.everything_defaults.differences()
 
     @property
     def source(self) -> str:
