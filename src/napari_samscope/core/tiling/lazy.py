@@ -20,6 +20,7 @@ from napari_samscope.core.tiling.geometry import Window
 
 __all__ = [
     "check_array",
+    "open_lazy",
     "data_signature",
     "estimate_contrast_limits",
     "plane_count",
@@ -151,3 +152,52 @@ def estimate_contrast_limits(
     if hi <= lo:
         hi = lo + 1.0
     return lo, hi
+
+
+def open_lazy(path: Any) -> Any:
+    """Open an image file or folder without reading its pixels.
+
+    - ``.tif``/``.tiff``: the first series at full resolution through tifffile's zarr view;
+    - a zarr folder: an array, or an OME-Zarr image (its full-resolution level, the first
+      dataset of ``multiscales``), or a group whose first array is the image;
+    - anything else: read whole with ``predict.image.load_image`` (small formats such as PNG).
+
+    Raises:
+        ValueError: the path does not exist or holds no image.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(str(path), aszarr=True)
+        node = zarr.open(store, mode="r")
+        return node if hasattr(node, "shape") else _first_level(node, path)
+    if path.is_dir():
+        import zarr
+
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as error:
+            raise ValueError(f"{str(path)!r} is a folder but not a zarr array or group.") from error
+        return node if hasattr(node, "shape") else _first_level(node, path)
+    from napari_samscope.core.predict.image import load_image
+
+    return load_image(path)
+
+
+def _first_level(group: Any, path: Any) -> Any:
+    """The full-resolution array of a zarr group (OME-Zarr ``multiscales`` or the first array)."""
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        return group[multiscales[0]["datasets"][0]["path"]]
+    arrays = sorted(name for name, _ in group.arrays())
+    if not arrays:
+        raise ValueError(f"{str(path)!r} holds no image array.")
+    return group[arrays[0]]
