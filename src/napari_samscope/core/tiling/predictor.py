@@ -78,6 +78,21 @@ class TiledPredictor:
         self.store: EmbeddingStore | None = None
         self.encoded_tiles = 0  # tiles (and windows) encoded since set_image
 
+    @classmethod
+    def for_predictor(cls, predictor: Any, **kwargs: Any) -> TiledPredictor:
+        """A tiled predictor that shares ``predictor``'s model (weights, device, dtype and
+        registry entry) but decodes tiles on its own :class:`Predictor`, so the given
+        predictor's current image is never replaced and it may delegate to the tiled one
+        (``Predictor.set_image(image, tile_shape=...)``) without re-entering itself."""
+        from napari_samscope.core.predict.predictor import Predictor
+
+        if not isinstance(predictor, Predictor):
+            raise TypeError(f"for_predictor needs a Predictor, not {type(predictor).__name__}.")
+        sibling = Predictor(
+            predictor.model, device=predictor.device, dtype=predictor.dtype, spec=predictor.spec
+        )
+        return cls(sibling, **kwargs)
+
     # ------------------------------------------------------------------ image
 
     def set_image(
