@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_sam
 
+from conftest import make_tiny_sam
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.tiling import TiledPredictor, segment_everything_tiled
 
