@@ -197,3 +197,19 @@ def test_stacks_and_time_series_are_stored_per_plane(tmp_path):
     np.testing.assert_array_equal(mask, planes[2, 0] > 0)
     with pytest.raises(ValueError, match="out of range"):
         _tiled(lazy, path=path, plane=6)
+
+
+def test_a_read_only_store_is_read_and_new_tiles_stay_in_memory(tmp_path, monkeypatch):
+    path = tmp_path / "emb.zarr"
+    first = _tiled(path=path)
+    first.tile_embedding(0)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    reader = _tiled(path=path)
+    assert reader.store.read_only
+    reader.precompute_all()
+    assert reader.encoded_tiles == len(reader.grid) - 1  # tile 0 came from the store
+    with pytest.raises(ValueError, match="read-only"):
+        reader.store.write(0, 1, np.zeros(reader.store.spec.feature_shape))
+    monkeypatch.undo()
+    assert EmbeddingStore(path, reader.store.spec).done(0).sum() == 1

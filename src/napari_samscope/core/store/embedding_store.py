@@ -128,12 +128,12 @@ class EmbeddingStore:
         self.path = Path(path)
         self.spec = spec
         zarr = _zarr()
+        #: True when the store can only be read (tiles computed now stay in memory)
+        self.read_only = not os.access(self.path, os.W_OK)
         try:
-            group = zarr.open_group(str(self.path), mode="r+")
+            group = zarr.open_group(str(self.path), mode="r" if self.read_only else "r+")
         except OSError as error:
             raise _user_error(error, self.path, "open") from error
-        except Exception:  # read-only folders still open for reading
-            group = zarr.open_group(str(self.path), mode="r")
         self._features = group["features"]
         self._done = group["done"]
 
@@ -261,8 +261,11 @@ class EmbeddingStore:
         """Store one tile's ``(1, C, E, E)`` (or ``(C, E, E)``) features, then mark it complete.
 
         Raises:
-            ValueError: the shape is wrong, the store was deleted, or the disk refused.
+            ValueError: the shape is wrong, the store is read-only or was deleted, or the
+                disk refused.
         """
+        if self.read_only:
+            raise ValueError(f"The embedding store {str(self.path)!r} is read-only.")
         array = np.asarray(features, dtype=np.float32)
         array = array.reshape(array.shape[-3:]) if array.ndim == 4 and array.shape[0] == 1 else array
         if tuple(array.shape) != tuple(self.spec.feature_shape):

@@ -246,8 +246,9 @@ class TiledPredictor:
         return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
 
     def _keep(self, index: int, emb: Any) -> None:
-        if self.store is not None and not self.store.has(self._plane, index):
-            self.store.write(self._plane, index, emb.features.detach().float().cpu().numpy())
+        store = self.store
+        if store is not None and not store.read_only and not store.has(self._plane, index):
+            store.write(self._plane, index, emb.features.detach().float().cpu().numpy())
         self._remember(index, emb)
 
     def _remember(self, key: Any, emb: Any) -> None:
