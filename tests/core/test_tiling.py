@@ -157,3 +157,24 @@ def test_planes_of_a_dask_stack_are_read_one_window_at_a_time():
         np.testing.assert_array_equal(mask, planes[z] == 200)
     with pytest.raises(ValueError, match="say which plane"):
         tp.set_image(stack, tile_shape=64, halo=8)
+
+
+def test_a_multiscale_pyramid_uses_its_full_resolution_level():
+    image = disc_image((256, 256), [(100, 120)], radius=6)
+    pyramid = [NoWholeRead(image, 0.1), NoWholeRead(image[::2, ::2], 0.0)]  # level 1 unread
+    tp = _tiled(pyramid, tile_shape=64, halo=8)
+    assert tp.image_shape == (256, 256)
+    np.testing.assert_array_equal(tp.predict(points=[120, 100]).masks[0], image > 0)
+
+
+def test_cancelling_precompute_keeps_the_tiles_done():
+    from napari_samscope.core.progress import Cancelled, run
+
+    image = disc_image((256, 256), [(100, 120)], radius=6)
+    tp = _tiled(image, tile_shape=64, halo=8)
+    reports = []
+    with pytest.raises(Cancelled):
+        run(tp.precompute(), progress=reports.append, should_stop=lambda: len(reports) >= 4)
+    assert tp.encoded_tiles == 3
+    tp.precompute_all()
+    assert tp.encoded_tiles == len(tp.grid)

@@ -111,7 +111,9 @@ class TiledPredictor:
 
         Args:
             image: ``(..., H, W)`` (or ``(..., H, W, C)`` with ``rgb``) array-like:
-                numpy, memmap, zarr or dask. Leading axes are planes (Z, T, ...).
+                numpy, memmap, zarr or dask. Leading axes are planes (Z, T, ...). A list
+                of such arrays is taken as a multiscale pyramid: its first (full
+                resolution) level is used.
             tile_shape: ``(th, tw)`` or one int; at most the model input ``S`` (a tile
                 is never shrunk). Default ``(S, S)``.
             halo: overlap on each side of a tile's inner region; default ``S // 8``.
@@ -127,6 +129,8 @@ class TiledPredictor:
             ValueError: bad geometry, a tile larger than the model input, a plane out of
                 range, or a store that does not match (unless ``recompute``).
         """
+        if isinstance(image, (list, tuple)) and image and hasattr(image[0], "shape"):
+            image = image[0]  # a multiscale pyramid: compute on the full resolution
         lazy.check_array(image, rgb)
         size = int(self.predictor.img_size)
         tile = tile_shape if tile_shape is not None else (size, size)
