@@ -18,6 +18,7 @@ from napari_samscope.cli._common import UsageError, expand_key_values
 #: subcommand modules, each with ``register(subparsers)``; the order is the --help order
 SUBCOMMAND_MODULES = (
     "predict", "everything", "annotate", "models", "export", "sample", "train", "evaluate",
+    "embed",
 )
 
 EPILOG = """\
