@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_tiny_sam
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.tiling import TiledPredictor, segment_everything_tiled
 
@@ -20,8 +19,8 @@ def image():
     return make_nuclei_2d((150, 130), seed=1, dtype="uint16")[0]
 
 
-def test_store_round_trip_with_a_real_model(tmp_path, image):
-    predictor = Predictor(make_tiny_sam(img_size=64))
+def test_store_round_trip_with_a_real_model(tmp_path, image, tiny_sam_factory):
+    predictor = Predictor(tiny_sam_factory(img_size=64))
     first = TiledPredictor(predictor)
     first.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
     first.precompute_all()
@@ -34,13 +33,13 @@ def test_store_round_trip_with_a_real_model(tmp_path, image):
     assert second.encoded_tiles == 0
     assert from_store.masks.shape == in_memory.masks.shape == (2, 150, 130)
     np.testing.assert_allclose(from_store.scores, in_memory.scores, atol=2e-2)
-    other = TiledPredictor(Predictor(make_tiny_sam(img_size=64, seed=5)))
+    other = TiledPredictor(Predictor(tiny_sam_factory(img_size=64, seed=5)))
     with pytest.raises(ValueError, match="another model"):
         other.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
 
 
-def test_tiled_everything_through_the_mask_generator(image):
-    tiled = TiledPredictor(Predictor(make_tiny_sam(img_size=64)))
+def test_tiled_everything_through_the_mask_generator(image, tiny_sam_factory):
+    tiled = TiledPredictor(Predictor(tiny_sam_factory(img_size=64)))
     tiled.set_image(image, tile_shape=64, halo=8)
     result = segment_everything_tiled(
         tiled, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
@@ -53,8 +52,8 @@ def test_tiled_everything_through_the_mask_generator(image):
         assert record.mask.sum() == record.area
 
 
-def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image):
-    predictor = Predictor(make_tiny_sam(img_size=64))
+def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image, tiny_sam_factory):
+    predictor = Predictor(tiny_sam_factory(img_size=64))
     predictor.set_image(image[:64, :64])
     before = predictor.get_embedding().features.clone()
     tiled = TiledPredictor.for_predictor(predictor)
