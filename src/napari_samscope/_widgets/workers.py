@@ -20,8 +20,6 @@ running one ends, without a round trip through the GUI thread.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable, Generator
 from contextlib import suppress
@@ -29,21 +27,22 @@ from typing import Any
 
 from napari_samscope.core.progress import Progress
 
-__all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info",
-           "BACKGROUND_NICE"]
+__all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info"]
 
 Job = Callable[[], Generator[Progress, None, Any]]
 
-#: How much lower (Linux ``nice``) background jobs run than napari's GUI thread, so
-#: that a long encoding never keeps the GUI thread waiting for a CPU core.
-BACKGROUND_NICE = 5
 _pool: Any = None
-_lowered = threading.local()
 
 
 def _background_pool() -> Any:
-    """A thread pool of our own for long jobs, so that the threads whose priority we
-    lower never run napari's (or the live preview's) work."""
+    """A thread pool of our own for long jobs, so that a long encoding never takes one
+    of the threads napari keeps for its own work.
+
+    Its threads run at the same OS priority as napari: work the user is waiting for
+    must not yield the CPU to every other program on the machine. The GUI stays
+    responsive because nothing heavy runs on its thread, and torch releases the GIL
+    while it computes.
+    """
     global _pool
     if _pool is None:
         from qtpy.QtCore import QThreadPool
@@ -51,21 +50,6 @@ def _background_pool() -> Any:
         _pool = QThreadPool()
         _pool.setMaxThreadCount(max(2, QThreadPool.globalInstance().maxThreadCount() // 2))
     return _pool
-
-
-def _lower_this_thread() -> None:
-    """Lower the calling thread's priority once (Linux only: per-thread ``nice``).
-
-    Threads this thread starts later (PyTorch's OpenMP workers) inherit it.
-    """
-    if getattr(_lowered, "done", False) or not sys.platform.startswith("linux"):
-        return
-    _lowered.done = True
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
-    except (OSError, AttributeError):  # not permitted or not supported: run as is
-        pass
 
 
 def user_message(error: BaseException) -> str:
@@ -102,9 +86,8 @@ class JobRunner:
         on_progress: called with each ``Progress`` (GUI thread).
         on_busy: called with True when a job starts and False when none is left.
         on_error: called with the exception after the notification (optional).
-        background: run jobs in the plugin's own thread pool at a lower priority
-            (long jobs: loading, encoding stacks, propagation, segment-everything),
-            so the GUI thread always gets a core first.
+        background: run jobs in the plugin's own thread pool (long jobs: loading,
+            encoding stacks, propagation, segment-everything), at napari's priority.
     """
 
     def __init__(
@@ -177,9 +160,7 @@ class JobRunner:
 
         background = self._background
 
-        def run_job() -> Generator[Progress, None, Any]:
-            if background:
-                _lower_this_thread()
+        def run_job() -> Generator[Progress, None, Any]:  # a generator function, whatever job is
             return (yield from job())
 
         worker = create_worker(run_job, _ignore_errors=True)
