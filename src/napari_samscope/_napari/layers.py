@@ -136,12 +136,17 @@ def next_polarity(points: Any) -> Polarity:
 
 
 def toggle_polarity(points: Any) -> str:
-    """The ``T`` key: flip the selected points' polarity, or else the next point's.
+    """The ``T`` key: set the polarity of the next point, or flip the chosen points.
 
-    Returns a short message saying what changed.
+    In napari's add mode (where prompts are clicked) ``T`` always sets the polarity of
+    the *next* point: napari selects each point as it is added, so flipping the
+    selection there would flip the point just placed instead. In select mode, the
+    selected points are flipped. A selection that no longer matches the layer's points
+    (they were cleared) is ignored. Returns a short message saying what changed.
     """
-    selected = sorted(points.selected_data)
-    if selected:
+    count = len(points.data)
+    selected = sorted(i for i in points.selected_data if 0 <= i < count)
+    if selected and str(getattr(points.mode, "value", points.mode)) == "select":
         import pandas as pd
 
         features = points.features.copy()
