@@ -168,12 +168,17 @@ def ensure_plugin_labels(
     """The plugin's Labels layer ``name`` matching ``image``'s planes, made if needed.
 
     A layer of that name whose shape does not match (another image was chosen) is
-    replaced. Returns ``(layer, created)``.
+    replaced. The layer that was active stays active (napari would make the new layer
+    active, so that the next click on a prompt layer would do nothing). Returns
+    ``(layer, created)``.
     """
     if name in viewer.layers:
         layer = viewer.layers[name]
         if tuple(layer.data.shape) == geometry.labels_shape:
             return layer, False
         viewer.layers.remove(layer)
+    active = viewer.layers.selection.active
     layer = viewer.add_layer(make_labels_layer(image, geometry, name, dtype=dtype, **kwargs))
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
     return layer, True
