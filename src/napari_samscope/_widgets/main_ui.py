@@ -10,21 +10,20 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_samscope._napari.images import ImageSettings, Normalization
+from napari_samscope._napari.options import PropagationMode
 from napari_samscope._napari.session import DEFAULT_CACHE_MB
+from napari_samscope._widgets.panels import Section
 
-__all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS"]
+__all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS", "NEW_LABELS_CHOICE"]
 
 #: Normalisation choices as shown, in order.
 NORMALIZATION_LABELS = {
@@ -32,8 +31,14 @@ NORMALIZATION_LABELS = {
     "automatic percentiles (0.5-99.5%)": Normalization.PERCENTILE,
     "min / max": Normalization.MINMAX,
 }
-#: Propagation modes as shown -> core mode names.
-PROPAGATION_LABELS = {"mask prompt": "mask", "box": "box", "points": "points"}
+#: Propagation modes as shown.
+PROPAGATION_LABELS = {
+    "mask prompt": PropagationMode.MASK,
+    "box": PropagationMode.BOX,
+    "points": PropagationMode.POINTS,
+}
+#: What an empty "commit into" choice means.
+NEW_LABELS_CHOICE = "new layer 'SAM labels'"
 
 
 def _button(text: str, tip: str) -> QPushButton:
@@ -72,6 +77,8 @@ class MainControls:
         self.live.setChecked(True)
         self.live.setToolTip("Re-segment whenever the prompts change")
         self.target = ComboBox(label="target", choices=layer_choices["labels"], nullable=True)
+        self.target.null_string = NEW_LABELS_CHOICE
+        self.points.null_string = self.shapes.null_string = "none"
         self.target.tooltip = "Labels layer to commit into (empty: create 'SAM labels')"
         self.overwrite = QCheckBox("overwrite existing labels")
         self.overwrite.setToolTip("Off: committed objects only fill background pixels")
@@ -87,6 +94,7 @@ class MainControls:
         self.cache_mb.setSuffix(" MB")
         self.cache_mb.setToolTip("Bound of the embedding cache (least recently used planes go first)")
         self.cache_label = QLabel("embeddings: 0 MB")
+        self.cache_label.setToolTip("Embeddings held in memory, updated while they are computed")
         self.precompute = _button(
             "Precompute embeddings", "Encode every plane of the stack now (can be cancelled)"
         )
@@ -104,23 +112,26 @@ class MainControls:
             "negative point stops it; between two prompted planes both sides fill in",
         )
 
-    def build(self, parent: QWidget, model_panel: QWidget, progress: QWidget) -> None:
-        """Lay the controls out in ``parent``."""
-        layout = QVBoxLayout(parent)
-        layout.addWidget(model_panel)
-
-        box = QGroupBox("Image")
-        form = QFormLayout(box)
+    def build(self, body: QVBoxLayout) -> None:
+        """Lay the controls out in collapsible sections added to ``body``."""
+        self.image_section = Section("Image")
+        form = self.image_section.form
         form.addRow("layer", self.image.native)
         form.addRow("normalisation", self.normalization)
-        form.addRow("channel axis", self.channel_axis)
-        form.addRow("channels (R,G,B)", self.channels)
-        layout.addWidget(box)
+        row = QHBoxLayout()
+        row.addWidget(self.channel_axis)
+        row.addWidget(QLabel("R,G,B"))
+        row.addWidget(self.channels, 1)
+        form.addRow("channel axis", row)
+        body.addWidget(self.image_section)
 
-        box = QGroupBox("Prompts")
-        form = QFormLayout(box)
-        form.addRow("points", self.points.native)
-        form.addRow("boxes", self.shapes.native)
+        self.prompts_section = Section("Prompts")
+        form = self.prompts_section.form
+        row = QHBoxLayout()
+        row.addWidget(self.points.native, 1)
+        row.addWidget(QLabel("boxes"))
+        row.addWidget(self.shapes.native, 1)
+        form.addRow("points", row)
         row = QHBoxLayout()
         row.addWidget(self.new_prompts)
         row.addWidget(self.live)
@@ -132,22 +143,23 @@ class MainControls:
             row.addWidget(button)
         form.addRow(row)
         form.addRow(self.status)
-        layout.addWidget(box)
+        body.addWidget(self.prompts_section)
 
-        box = QGroupBox("3D stacks and time series")
-        form = QFormLayout(box)
+        self.stack_section = Section("3D stacks and time series", expanded=False)
+        form = self.stack_section.form
         row = QHBoxLayout()
         row.addWidget(self.cache_mb)
         row.addWidget(self.cache_label, 1)
         form.addRow("cache", row)
         form.addRow(self.precompute)
-        form.addRow("propagate with", self.mode)
-        form.addRow("stop below IoU", self.iou)
+        row = QHBoxLayout()
+        row.addWidget(self.mode, 1)
+        row.addWidget(QLabel("stop below IoU"))
+        row.addWidget(self.iou)
+        form.addRow("propagate with", row)
         form.addRow(self.propagate)
-        layout.addWidget(box)
-
-        layout.addWidget(progress)
-        layout.addStretch(1)
+        body.addWidget(self.stack_section)
+        body.addStretch(1)
 
     def set_axes(self, ndim: int) -> None:
         """Offer ``none`` and the axes ``0 .. ndim-1`` as the channel axis."""

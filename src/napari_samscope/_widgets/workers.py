@@ -27,7 +27,8 @@ from typing import Any
 
 from napari_samscope.core.progress import Progress
 
-__all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info"]
+__all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info",
+           "objects_text"]
 
 Job = Callable[[], Generator[Progress, None, Any]]
 
@@ -73,6 +74,11 @@ def notify_error(error: BaseException | str) -> None:
     show_error(error if isinstance(error, str) else user_message(error))
 
 
+def objects_text(count: int) -> str:
+    """``"1 object"``, ``"3 objects"``."""
+    return f"{count} object{'' if count == 1 else 's'}"
+
+
 def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
@@ -102,19 +108,23 @@ class JobRunner:
         self._on_busy = on_busy
         self._on_error = on_error
         self.worker: Any = None
+        #: What the running job does, for people ("precomputing embeddings"), or None.
+        self.label: str | None = None
         self.generation = 0
-        self._pending: tuple[Job, Callable[[Any], Any], int] | None = None
+        self._pending: tuple[Job, Callable[[Any], Any], int, str | None] | None = None
         self._closed = False
 
     @property
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = False) -> int:
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = False,
+              label: str | None = None) -> int:
         """Run ``job()`` in a worker; ``on_done(result)`` gets its result.
 
         Without ``supersede``, a runner that is busy refuses with ``RuntimeError``.
-        With it, the running job is cancelled and this one runs next.
+        With it, the running job is cancelled and this one runs next. ``label`` says
+        what the job does, for the message shown when it is cancelled.
 
         Returns:
             The request's generation number.
@@ -125,10 +135,10 @@ class JobRunner:
         if self.worker is not None:
             if not supersede:
                 raise RuntimeError("A job is already running; wait for it or press Cancel.")
-            self._pending = (job, on_done, self.generation)
+            self._pending = (job, on_done, self.generation, label)
             self.worker.quit()
             return self.generation
-        self._launch(job, on_done, self.generation)
+        self._launch(job, on_done, self.generation, label)
         return self.generation
 
     def cancel(self) -> None:
@@ -155,9 +165,11 @@ class JobRunner:
 
     # ------------------------------------------------------------------ internals
 
-    def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int) -> None:
+    def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int,
+                label: str | None = None) -> None:
         from napari.qt.threading import create_worker
 
+        self.label = label
         background = self._background
 
         def run_job() -> Generator[Progress, None, Any]:  # a generator function, whatever job is
@@ -207,6 +219,7 @@ class JobRunner:
         if worker is not self.worker:
             return
         self.worker = None
+        self.label = None
         pending, self._pending = self._pending, None
         if pending is not None and not self._closed:
             self._launch(*pending)
@@ -253,7 +266,11 @@ class PreviewRunner:
     def busy(self) -> bool:
         return self._busy
 
-    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = True) -> int:
+    #: The live preview's jobs are not announced when cancelled.
+    label: str | None = None
+
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = True,
+              label: str | None = None) -> int:
         """Queue ``job()``; ``on_done(result)`` gets its result on the GUI thread.
 
         A running job is superseded (asked to stop at its next yield; its result is
