@@ -77,3 +77,24 @@ def test_commit_keeps_the_prompt_layer_active_and_the_next_click_adds_a_prompt(s
     wait_idle(qtbot, widget)
     labels = viewer.layers["SAM labels"].data
     assert labels[30, 40] == 1 and labels[60, 95] == 2
+
+
+def test_the_preview_has_one_colour_that_committed_labels_do_not_share(shown, qtbot):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    viewer, widget, image = shown
+    click(qtbot, viewer, image, (30, 40))
+    wait_idle(qtbot, widget)
+    press(qtbot, viewer, "C")
+    wait_idle(qtbot, widget)
+    viewer.layers.selection.active = widget.points_layer
+    click(qtbot, viewer, image, (30, 40))
+    click(qtbot, viewer, image, (60, 95))  # one object over two disks
+    widget.shapes_layer.add_rectangles(np.array([[44, 79], [44, 111], [76, 111], [76, 79]], float))
+    wait_idle(qtbot, widget)
+    preview, labels = viewer.layers["SAM preview"], viewer.layers["SAM labels"]
+    assert preview.data.max() == 2  # two preview objects...
+    magenta = transform_color("magenta")[0]
+    for label in (1, 2):  # ...drawn in the same one colour
+        np.testing.assert_allclose(preview.get_color(label), magenta)
+    assert not np.allclose(labels.get_color(1), magenta)  # committed: another colour

@@ -3,7 +3,9 @@
 - "SAM points": a Points layer whose ``label`` feature holds each point's polarity,
   drawn through a colour cycle keyed by that feature (green positive, red negative).
 - "SAM boxes": a Shapes layer for rectangles, polygons and ellipses.
-- "SAM preview": a Labels layer the plugin overwrites freely.
+- "SAM preview": a Labels layer the plugin overwrites freely, every object drawn in one
+  colour (``PREVIEW_COLOUR``) that no committed object gets, so that a preview is never
+  mistaken for a committed object.
 - "SAM labels": the default commit target.
 
 Each is created with the image layer's transforms (scale, translate, rotate, shear,
@@ -30,6 +32,8 @@ __all__ = [
     "BOXES_NAME",
     "PREVIEW_NAME",
     "LABELS_NAME",
+    "PREVIEW_COLOUR",
+    "preview_colormap",
     "transform_kwargs",
     "make_points_layer",
     "make_shapes_layer",
@@ -44,6 +48,15 @@ POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
 LABELS_NAME = "SAM labels"
+#: The preview's one colour (committed labels use napari's many-coloured label colormap).
+PREVIEW_COLOUR = "magenta"
+
+
+def preview_colormap() -> Any:
+    """A label colormap drawing every non-zero id in ``PREVIEW_COLOUR`` (0 transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: PREVIEW_COLOUR, 0: "transparent"})
 
 
 def transform_kwargs(image: Any, geometry: PlaneGeometry) -> dict[str, Any]:

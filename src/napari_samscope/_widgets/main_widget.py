@@ -329,7 +329,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         if segmentation is None:
             return self.viewer.layers[name] if name in self.viewer.layers else None
         layer, created = plugin_layers.ensure_plugin_labels(
-            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6)
+            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6,
+            colormap=plugin_layers.preview_colormap())
         if created:
             self._drawn = []
             self.wiring.bind([layer, self.points_layer, self.shapes_layer])
