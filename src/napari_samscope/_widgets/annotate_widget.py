@@ -90,6 +90,7 @@ class AutoAnnotateWidget(SamscopeDock):
         for section in (main, self.detector):
             self.body.addWidget(section)
         self.body.addStretch(1)
+        self.keep_in_view(main)
 
         self.run_button.clicked.connect(lambda: self.run())
         self.reset_choices()

@@ -109,6 +109,16 @@ class SamscopeDock(ShutsDownWithDock, QWidget):
         signal.connect(slot)
         self._links.append((signal, slot))
 
+    def keep_in_view(self, section: Any) -> None:
+        """Never shrink the dock below ``section`` (the one with its main action): when
+        napari squeezes several docks into one column, the rest scrolls, not this."""
+
+        def fit(_expanded: bool = True) -> None:
+            self.scroll.setMinimumHeight(section.sizeHint().height() + 2)
+
+        section.header.toggled.connect(fit)
+        fit()
+
     def with_model(self, action: Callable[[], Any]) -> bool:
         """True when a model is loaded. Otherwise start loading the model chosen in the
         model line, run ``action()`` once it is in place, and return False."""

@@ -127,6 +127,7 @@ class SegmentEverythingWidget(SamscopeDock):
         for section in (main, self.thresholds):
             self.body.addWidget(section)
         self.body.addStretch(1)
+        self.keep_in_view(main)
 
         self.run_button.clicked.connect(lambda: self.run())
         self.defaults_button.clicked.connect(lambda: self.apply_model_defaults(keep_edits=False))

@@ -103,7 +103,7 @@ class FineTuneWidget(SamscopeDock):
         self.image = ComboBox(label="image", choices=layers_of(nl.Image))
         self.labels = ComboBox(label="labels", choices=layers_of(nl.Labels))
         self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(80)
+        self.pair_list.setMaximumHeight(54)
         self.add_button = QPushButton("Add pair")
         self.remove_button = QPushButton("Remove")
         self.model_box = QComboBox()
@@ -122,13 +122,14 @@ class FineTuneWidget(SamscopeDock):
         self.name = QLineEdit(self._free_name())
         self.out = QLineEdit()
         self.browse = QPushButton("...")
-        self.use_now = QCheckBox("use the trained model right away")
+        self.use_now = QCheckBox("use it right away")
+        self.use_now.setToolTip("Use the trained model in every samscope dock when training ends")
         self.use_now.setChecked(True)
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train in the background; Cancel stops between two steps")
 
-        data = Section("Training data (image + Labels pairs)")
-        form = data.form
+        main = Section("Fine-tune on image + Labels pairs")
+        form = main.form
         row = QHBoxLayout()
         row.addWidget(self.image.native, 1)
         row.addWidget(QLabel("+"))
@@ -139,9 +140,13 @@ class FineTuneWidget(SamscopeDock):
         row.addWidget(self.remove_button)
         form.addRow(row)
         form.addRow(self.pair_list)
-        options = Section("Training")
-        form = options.form
         form.addRow("start from", self.model_box)
+        row = QHBoxLayout()
+        row.addWidget(self.train_button, 1)
+        row.addWidget(self.use_now)
+        form.addRow(row)
+        options = Section("Training options", expanded=False)
+        form = options.form
         row = QHBoxLayout()
         row.addWidget(self.steps)
         row.addWidget(QLabel("learning rate"))
@@ -153,12 +158,12 @@ class FineTuneWidget(SamscopeDock):
         row.addWidget(self.out, 1)
         row.addWidget(self.browse)
         form.addRow("save to", row)
-        form.addRow(self.use_now)
-        form.addRow(self.train_button)
-        for section in (data, options):
+        for section in (main, options):
             self.body.addWidget(section)
         self.body.addWidget(self.plot)
         self.body.addStretch(1)
+        self.pair_list.setVisible(False)  # shown once there are pairs
+        self.keep_in_view(main)
 
         self.add_button.clicked.connect(lambda: self.add_pair(self.image.value, self.labels.value))
         self.remove_button.clicked.connect(self._remove_selected)
@@ -182,6 +187,7 @@ class FineTuneWidget(SamscopeDock):
             return
         self.pairs.append((image, labels))
         self.pair_list.addItem(f"{image.name}  +  {labels.name}")
+        self.pair_list.setVisible(True)
 
     def _model_changed(self, sam: Any) -> None:
         """A model was loaded elsewhere: offer it first and preselect it (after this
@@ -255,6 +261,7 @@ class FineTuneWidget(SamscopeDock):
             self.pair_list.clear()
             for image, labels in kept:
                 self.add_pair(image, labels)
+            self.pair_list.setVisible(bool(self.pairs))
 
     # ------------------------------------------------------------------ internals
 
@@ -309,6 +316,7 @@ class FineTuneWidget(SamscopeDock):
         if 0 <= row < len(self.pairs):
             del self.pairs[row]
             self.pair_list.takeItem(row)
+        self.pair_list.setVisible(bool(self.pairs))
 
     def _on_progress(self, report: Progress) -> None:
         self.progress.show_progress(report)

@@ -23,7 +23,7 @@ class LossPlot(QWidget):
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.ious: list[float] = []
-        self.setMinimumHeight(110)
+        self.setMinimumHeight(90)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setToolTip("Training loss (orange, left axis) and IoU of the first prompt "
                         "(blue, right axis, 0 to 1)")

@@ -80,11 +80,12 @@ class MainControls:
         self.target.null_string = NEW_LABELS_CHOICE
         self.points.null_string = self.shapes.null_string = "none"
         self.target.tooltip = "Labels layer to commit into (empty: create 'SAM labels')"
-        self.overwrite = QCheckBox("overwrite existing labels")
-        self.overwrite.setToolTip("Off: committed objects only fill background pixels")
+        self.overwrite = QCheckBox("overwrite")
+        self.overwrite.setToolTip("Overwrite existing labels; off: committed objects only fill "
+                                  "background pixels")
         self.segment = _button("Segment (S)", "Segment the prompts now [S]")
         self.commit = _button("Commit (C)", "Write the preview into the labels layer [C]")
-        self.clear = _button("Clear prompts (Shift+C)", "Remove all prompts [Shift+C]")
+        self.clear = _button("Clear (Shift+C)", "Remove all prompts [Shift+C]")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         # stacks
@@ -113,10 +114,33 @@ class MainControls:
         )
 
     def build(self, body: QVBoxLayout) -> None:
-        """Lay the controls out in collapsible sections added to ``body``."""
-        self.image_section = Section("Image")
+        """Lay the controls out in collapsible sections added to ``body``: what a click
+        needs first, the image conversion and the stack tools folded away."""
+        self.prompts_section = Section("Segment")
+        form = self.prompts_section.form
+        form.addRow("image", self.image.native)
+        row = QHBoxLayout()
+        row.addWidget(self.points.native, 1)
+        row.addWidget(QLabel("boxes"))
+        row.addWidget(self.shapes.native, 1)
+        form.addRow("points", row)
+        row = QHBoxLayout()
+        for button in (self.segment, self.commit, self.clear):
+            row.addWidget(button)
+        form.addRow(row)
+        form.addRow(self.status)
+        row = QHBoxLayout()
+        row.addWidget(self.target.native, 1)
+        row.addWidget(self.overwrite)
+        form.addRow("commit into", row)
+        row = QHBoxLayout()
+        row.addWidget(self.new_prompts)
+        row.addWidget(self.live)
+        form.addRow(row)
+        body.addWidget(self.prompts_section)
+
+        self.image_section = Section("Image conversion", expanded=False)
         form = self.image_section.form
-        form.addRow("layer", self.image.native)
         form.addRow("normalisation", self.normalization)
         row = QHBoxLayout()
         row.addWidget(self.channel_axis)
@@ -124,26 +148,6 @@ class MainControls:
         row.addWidget(self.channels, 1)
         form.addRow("channel axis", row)
         body.addWidget(self.image_section)
-
-        self.prompts_section = Section("Prompts")
-        form = self.prompts_section.form
-        row = QHBoxLayout()
-        row.addWidget(self.points.native, 1)
-        row.addWidget(QLabel("boxes"))
-        row.addWidget(self.shapes.native, 1)
-        form.addRow("points", row)
-        row = QHBoxLayout()
-        row.addWidget(self.new_prompts)
-        row.addWidget(self.live)
-        form.addRow(row)
-        form.addRow("commit into", self.target.native)
-        form.addRow(self.overwrite)
-        row = QHBoxLayout()
-        for button in (self.segment, self.commit, self.clear):
-            row.addWidget(button)
-        form.addRow(row)
-        form.addRow(self.status)
-        body.addWidget(self.prompts_section)
 
         self.stack_section = Section("3D stacks and time series", expanded=False)
         form = self.stack_section.form

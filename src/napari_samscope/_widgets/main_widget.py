@@ -71,6 +71,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         self.ui = MainControls({k: _layers_of(napari_viewer, k)
                                 for k in ("image", "points", "shapes", "labels")})
         self.ui.build(self.body)
+        self.keep_in_view(self.ui.prompts_section)
         self.preview_runner = self.add_runner(
             PreviewRunner(self.progress.show_progress, self._tracker("preview")))
         self.runner = self.add_runner(
