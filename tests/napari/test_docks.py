@@ -40,6 +40,12 @@ def test_one_model_choice_for_every_dock(viewer, local_model):
     assert annotate.model_panel.selected_model() == local_model  # a dock opened later too
 
 
+def test_commit_target_says_what_an_empty_choice_does(viewer):
+    _, main = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")
+    assert main.ui.target.value is None
+    assert main.ui.target.native.currentText() == "new layer 'SAM labels'"
+
+
 def test_precompute_loads_the_chosen_model_and_shows_the_cache_growing(viewer, local_model, qtbot,
                                                                        notifications):
     _, main = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")

@@ -336,7 +336,8 @@ class FineTuneWidget(SamscopeDock):
         index = self.model_box.findData(started_from) if started_from is not None else -1
         if index >= 0:  # the next run starts where this one did, not from the model just trained
             self.model_box.setCurrentIndex(index)
-        notify_info(f"Model '{name}' trained and saved to {result.checkpoint}.")
+        notify_info(f"Model '{name}' trained and saved to {result.checkpoint}. The next run "
+                    f"starts from {self.model_box.currentText()}.")
         saved = Path(result.checkpoint)
         self.name.setText(self._free_name())
         if self.out.text().strip() != self._auto_out:  # a typed path: next run beside it
