@@ -18,8 +18,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_samscope._napari.session import get_session, unwrap_viewer
 from napari_samscope._widgets.panels import ModelPanel, ProgressRow
@@ -94,6 +94,7 @@ class SamscopeDock(ShutsDownWithDock, QWidget):
         self.scroll.setWidget(content)
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         outer.addWidget(self.scroll, 1)
         outer.addWidget(self.progress)
 
@@ -111,7 +112,14 @@ class SamscopeDock(ShutsDownWithDock, QWidget):
 
     def keep_in_view(self, section: Any) -> None:
         """Never shrink the dock below ``section`` (the one with its main action): when
-        napari squeezes several docks into one column, the rest scrolls, not this."""
+        napari squeezes several docks into one column, the rest scrolls, not this.
+
+        Dropdowns are made to narrow to the dock (long layer and model names are cut,
+        their full text is in the list), so that nothing scrolls sideways.
+        """
+        for box in self.findChildren(QComboBox):
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(3)
 
         def fit(_expanded: bool = True) -> None:
             self.scroll.setMinimumHeight(section.sizeHint().height() + 2)

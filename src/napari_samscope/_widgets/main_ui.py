@@ -119,11 +119,8 @@ class MainControls:
         self.prompts_section = Section("Segment")
         form = self.prompts_section.form
         form.addRow("image", self.image.native)
-        row = QHBoxLayout()
-        row.addWidget(self.points.native, 1)
-        row.addWidget(QLabel("boxes"))
-        row.addWidget(self.shapes.native, 1)
-        form.addRow("points", row)
+        form.addRow("points", self.points.native)
+        form.addRow("boxes", self.shapes.native)
         row = QHBoxLayout()
         for button in (self.segment, self.commit, self.clear):
             row.addWidget(button)

@@ -52,6 +52,7 @@ class ProgressRow(QWidget):
         super().__init__(parent)
         self._busy: set[str] = set()
         self._phase: tuple[str, int, float] | None = None  # message, first done, started
+        self._idle_text = ""
         self.label = QLabel("")
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
@@ -105,7 +106,13 @@ class ProgressRow(QWidget):
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
             self.bar.setTextVisible(False)
-            self.label.setText("")
+            self.label.setText(self._idle_text)
+
+    def set_idle_text(self, text: str) -> None:
+        """What the message shows while no job runs (the model in use)."""
+        self._idle_text = text
+        if not self._busy:
+            self.label.setText(text)
 
 
 class ModelPanel(QWidget):
@@ -137,19 +144,16 @@ class ModelPanel(QWidget):
         self.file_button = QPushButton("...")
         self.file_button.setToolTip("Load a SAM / MobileSAM / samscope checkpoint file")
         self.file_button.setMaximumWidth(32)
-        self.status = QLabel("No model loaded")
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        #: The model state; shown in the progress row while no job runs (one line less).
+        self.status = QLabel("No model loaded", self)
+        self.status.setVisible(False)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
-        row = QHBoxLayout()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.model_box, 1)
         row.addWidget(self.device_box)
         row.addWidget(self.load_button)
         row.addWidget(self.file_button)
-        layout.addLayout(row)
-        layout.addWidget(self.status)
 
         self.load_button.clicked.connect(lambda: self.load(self.selected_model()))
         self.file_button.clicked.connect(self._choose_file)
@@ -205,6 +209,7 @@ class ModelPanel(QWidget):
                 then()
 
         self.status.setText(f"Loading {model}...")
+        self.progress.set_idle_text(self.status.text())
         self.runner.start(job, done, label=f"loading the model {model}")
         return self.runner.worker
 
@@ -244,6 +249,7 @@ class ModelPanel(QWidget):
             self.status.setText("No model loaded (actions load the chosen one)")
         else:
             self.status.setText(f"Loaded: {sam.name} on {sam.device}")
+        self.progress.set_idle_text(self.status.text())
 
 
 class Section(QWidget):
