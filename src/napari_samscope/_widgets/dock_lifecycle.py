@@ -73,7 +73,7 @@ class SamscopeDock(ShutsDownWithDock, QWidget):
         self._links: list[tuple[Any, Callable[..., Any]]] = []
         self._shut = False
         self._docked = False
-        self.destroyed.connect(partial(SamscopeDock.shutdown, self))
+        self.destroyed.connect(partial(type(self).shutdown, self))
         self.add_runner(self.model_panel.runner)
         self.progress.cancel_button.clicked.connect(self.cancel)
         events = self.viewer.layers.events
