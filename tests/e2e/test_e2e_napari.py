@@ -1,10 +1,12 @@
-"""End to end, as a microscopist would: open the sample, open the plugin, click on a
-nucleus, draw a box around another, commit, and look at the viewer.
+"""End to end, as a microscopist would: open the sample, open every samscope dock,
+click on a nucleus (a real mouse click on the canvas), draw a box around another, press
+``C`` to commit, click the next nucleus, and look at the viewer.
 
 The model is the shipped default ``samscope_nuclei`` when it is installed, else the
 segmenting test double of ``tests/napari/segmenting_model.py`` (at 1024 input, so its
 rule works at the sample's scale). With ``SAMSCOPE_WRITE_SCREENSHOT=1`` the final
-screenshot is written to ``docs/screenshot.png`` (the README's picture).
+screenshot is written to ``docs/screenshot.png`` (the README's picture; take it on a
+1920x1080 screen: ``xvfb-run -a -s "-screen 0 1920x1080x24"``).
 """
 
 import os
@@ -16,9 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "napari"))
 from segmenting_model import SegmentingPredictor, make_segmenting_sam  # noqa: E402
-from widget_helpers import box_corners, wait_idle  # noqa: E402
+from widget_helpers import box_corners, click, press, wait_idle  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+DOCKS = ("Segment Anything", "Segment everything", "Auto-annotate", "Fine-tune SAM")
 
 
 def _model():
@@ -55,28 +58,38 @@ def _isolated_nuclei(truth, n=2, margin=4):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_click_commit_and_screenshot(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 950)
+    viewer.window._qt_window.resize(1920, 1080)
     viewer.open_sample("napari-samscope", "nuclei_2d")
     truth = viewer.layers["nuclei ground truth"].data
-    _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
+    widget, *others = [viewer.window.add_plugin_dock_widget("napari-samscope", name)[1]
+                       for name in DOCKS]
     model, factory = _model()
     widget.set_model(model, predictor_factory=factory)
     qtbot.waitUntil(lambda: widget.points_layer is not None, timeout=10_000)
-    (label_a, centre_a, _), (label_b, _, box_b) = _isolated_nuclei(truth)
+    viewer.layers["nuclei ground truth"].visible = False
+    viewer.reset_view()
+    qtbot.wait(100)
+    image = viewer.layers[0]
+    (label_a, centre_a, _), (label_b, _, box_b), (label_c, centre_c, _) = _isolated_nuclei(truth, 3)
 
-    widget.points_layer.add(np.array([centre_a], float))  # a click (data = world here)
+    click(qtbot, viewer, image, centre_a)  # a click on the canvas
+    assert len(widget.points_layer.data) == 1
     widget.shapes_layer.add_rectangles(box_corners(*box_b))
     wait_idle(qtbot, widget, timeout=120_000)
-    ids = widget.commit()
-    assert len(ids) == 2
+    press(qtbot, viewer, "C")
+    wait_idle(qtbot, widget, timeout=120_000)
     labels = viewer.layers["SAM labels"].data
-    for committed, truth_id in zip(ids, (label_b, label_a)):  # boxes first, then points
+    assert len(np.unique(labels)) == 3
+    for committed, truth_id in zip((1, 2), (label_b, label_a)):  # boxes first, then points
         mask, true = labels == committed, truth == truth_id
         assert (mask & true).sum() / (mask | true).sum() > 0.7
 
-    viewer.layers["nuclei ground truth"].visible = False
-    viewer.layers.selection.active = widget.points_layer
-    viewer.reset_view()
+    assert viewer.layers.selection.active is widget.points_layer  # the next click adds a prompt
+    click(qtbot, viewer, image, centre_c)
+    wait_idle(qtbot, widget, timeout=120_000)
+    preview = viewer.layers["SAM preview"].data
+    mask, true = preview > 0, truth == label_c
+    assert (mask & true).sum() / (mask | true).sum() > 0.7  # shown, not committed
     qtbot.wait(200)
     shot = viewer.screenshot(canvas_only=False, flash=False)
     assert shot.ndim == 3 and shot.shape[0] > 400 and shot.shape[1] > 800

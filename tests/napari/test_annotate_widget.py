@@ -5,7 +5,7 @@ import pytest
 from segmenting_model import ball_stack, disk_image
 from widget_helpers import box_corners, wait_idle
 
-from napari_samscope._widgets.annotate_widget import ANNOTATE_NAME, paint_masks
+from napari_samscope._widgets.annotate_widget import ANNOTATE_NAME
 
 
 @pytest.fixture
@@ -82,10 +82,18 @@ def test_errors_become_notifications(viewer, annotate_widget, qtbot, notificatio
         annotate_widget.run("yolo", "plane")
 
 
-def test_paint_masks_keeps_small_objects_visible():
-    big = np.zeros((10, 10), bool)
-    big[:8, :8] = True
-    small = np.zeros((10, 10), bool)
-    small[2:4, 2:4] = True
-    labels = paint_masks([small, big], (10, 10))
-    assert labels[3, 3] == 1 and labels[6, 6] == 2 and labels[9, 9] == 0
+def test_overlapping_objects_keep_the_small_one_visible(viewer, annotate_widget, qtbot):
+    """Boxes around a big disk and a small one inside it: the small one is painted last."""
+    image = np.full((96, 128), 20, np.uint8)
+    rr, cc = np.mgrid[:96, :128]
+    image[(rr - 48) ** 2 + (cc - 60) ** 2 <= 30**2] = 200
+    viewer.add_image(image, name="big")
+    viewer.add_shapes([box_corners(16, 28, 80, 92), box_corners(40, 52, 56, 68)],
+                      shape_type="rectangle", name="boxes")
+    annotate_widget.reset_choices()
+    annotate_widget.shapes.value = viewer.layers["boxes"]
+    with qtbot.waitSignal(annotate_widget.finished, timeout=20_000):
+        annotate_widget.run("shapes", "plane")
+    labels = viewer.layers[ANNOTATE_NAME].data
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert labels[48, 60] == 2 and labels[48, 35] == 1  # the inner box's object on top

@@ -22,7 +22,7 @@ def slow_decoder(monkeypatch):
     monkeypatch.setattr(MaskGenerator, "_decode", slow)
 
 
-def test_everything_on_a_plane(viewer, everything_widget, qtbot):
+def test_everything_on_a_plane(viewer, everything_widget, qtbot, notifications):
     viewer.add_image(disk_image(), name="disks")
     everything_widget.reset_choices()
     everything_widget.points_per_side.setValue(8)
@@ -32,6 +32,8 @@ def test_everything_on_a_plane(viewer, everything_widget, qtbot):
     assert labels.dtype == np.uint32 and labels.shape == (96, 128)
     assert labels[30, 40] > 0 and labels[60, 95] > 0 and labels[30, 40] != labels[60, 95]
     assert labels[5, 5] == 0
+    count = len(np.unique(labels)) - 1
+    assert f"segment everything: {count} objects on 1 plane(s) of 'disks'" in notifications()
 
 
 def test_cancel_stops_between_batches(viewer, everything_widget, qtbot, slow_decoder):

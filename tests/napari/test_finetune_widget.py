@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,43 @@ def test_removed_layers_leave_the_pair_list(viewer, finetune_widget):
     assert finetune_widget.pair_list.count() == 1
     viewer.layers.remove(labels)
     assert finetune_widget.pairs == [] and finetune_widget.pair_list.count() == 0
+
+
+def test_typed_path_and_start_model_are_kept_after_a_run(viewer, finetune_widget, tiny_model, qtbot,
+                                                          tmp_path, notifications):
+    import torch
+
+    from napari_samscope.core.modeling.build import build_sam
+
+    base = tmp_path / "base.pt"
+    torch.save(build_sam(tiny_model).state_dict(), base)
+    finetune_widget.session.add_model("base-local", base)
+    image, labels = _add_nuclei(viewer)
+    widget = finetune_widget
+    widget.reset_choices()
+    widget.add_pair(image, labels)
+    widget.model_box.setCurrentIndex(widget.model_box.findData("base-local"))
+    typed = tmp_path / "mine" / "first.pt"
+    widget.out.setText(str(typed))
+    widget.name.setText("tuned_a")  # renaming the model keeps the typed path
+    assert widget.out.text() == str(typed)
+    with qtbot.waitSignal(widget.finished, timeout=120_000):
+        widget.train(steps=2, batch_images=1, objects_per_image=2)
+    assert typed.is_file()
+    assert widget.session.model_name == "tuned_a"  # in use everywhere...
+    assert widget.model_box.currentData() == "base-local"  # ...but the next run starts as before
+    assert any("The next run starts from base-local" in m for m in notifications())
+    following = Path(widget.out.text())
+    assert following.parent == typed.parent and following != typed  # no overwrite, same folder
+
+
+def test_defaults_finish_in_minutes_and_the_plot_has_a_legend(finetune_widget):
+    from napari_samscope._widgets.finetune_widget import DEFAULT_STEPS
+    from napari_samscope._widgets.loss_plot import IOU_COLOUR, LOSS_COLOUR
+
+    assert finetune_widget.steps.value() == DEFAULT_STEPS <= 30
+    plot = finetune_widget.plot
+    plot.resize(300, 120)
+    image = plot.grab().toImage()
+    top = {image.pixelColor(x, y).rgb() for x in range(image.width()) for y in range(18)}
+    assert LOSS_COLOUR.rgb() in top and IOU_COLOUR.rgb() in top  # the legend's two lines

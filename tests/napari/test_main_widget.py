@@ -111,6 +111,7 @@ def test_t_toggles_polarity_on_the_plugin_layers_only(viewer, main_widget, qtbot
     add_points(points, [[30, 40]])
     assert list(points.features["label"]) == ["negative"]
     np.testing.assert_allclose(points.face_color[0], [1, 0, 0, 1])  # drawn red
+    points.mode = "select"  # in select mode T flips the selected points
     points.selected_data = {0}
     keys.press_key("T")
     assert list(points.features["label"]) == ["positive"]
@@ -118,6 +119,7 @@ def test_t_toggles_polarity_on_the_plugin_layers_only(viewer, main_widget, qtbot
     viewer.layers.selection.active = image
     assert not keys.press_key("T")  # not bound on the user's layers or globally
     viewer.layers.selection.active = points
+    points.mode = "add"
     keys.press_key("S")  # bound to 'segment' here, not napari's select mode
     assert points.mode == "add"
 

@@ -145,3 +145,22 @@ def test_preview_runner_cancel_of_a_queued_request_leaves_it_idle(qtbot):
 )
 def test_user_messages(error, expected):
     assert user_message(error).startswith(expected)
+
+
+def test_long_jobs_run_at_the_gui_threads_priority(qtbot):
+    """Work the user waits for must not yield the CPU to other programs (no ``nice``)."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are a Linux notion")
+
+    def job():
+        yield Progress("working", 0, 1)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    results = []
+    runner = JobRunner(background=True)
+    runner.start(job, results.append)
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
+    assert results == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]

@@ -1,4 +1,5 @@
-"""Helpers for the widget tests (waiting on workers, adding prompts as a user would)."""
+"""Helpers for the widget tests: waiting on workers, adding prompts, and driving the
+canvas as a person does (real Qt mouse clicks and key presses on napari's canvas)."""
 
 import time
 
@@ -35,3 +36,37 @@ def spin(qtbot, predicate, timeout=10.0):
     while not predicate() and time.time() < end:
         qtbot.wait(10)
     return predicate()
+
+
+def canvas_position(viewer, layer, data_coords):
+    """The canvas pixel (a ``QPoint``) where ``layer``'s data coordinates are drawn."""
+    from qtpy.QtCore import QPoint
+
+    world = np.asarray(layer.data_to_world(np.asarray(data_coords, float)), float)
+    canvas = viewer.window._qt_viewer.canvas
+    scene = [world[d] for d in reversed(viewer.dims.displayed)]  # vispy: x = column, y = row
+    x, y = canvas.view.scene.transform.map([*scene, 0, 1])[:2]
+    return QPoint(int(round(x)), int(round(y)))
+
+
+def click(qtbot, viewer, layer, data_coords, wait_ms=20):
+    """A left click of the mouse on the canvas where ``data_coords`` of ``layer`` lie."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    native = viewer.window._qt_viewer.canvas.native
+    position = canvas_position(viewer, layer, data_coords)
+    QTest.mouseMove(native, position)
+    QTest.mouseClick(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, position)
+    qtbot.wait(wait_ms)
+
+
+def press(qtbot, viewer, key, shift=False, wait_ms=20):
+    """A key press on the canvas (``key``: a letter such as ``"T"``), as a person types it."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    modifier = Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier.NoModifier
+    native = viewer.window._qt_viewer.canvas.native
+    QTest.keyClick(native, getattr(Qt.Key, f"Key_{key.upper()}"), modifier)
+    qtbot.wait(wait_ms)

@@ -24,6 +24,7 @@ import numpy as np
 from napari_samscope._napari.coords import PlaneKey
 from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.labels import Segmentation
+from napari_samscope._napari.options import PropagationMode, parse
 from napari_samscope._napari.prompts import ObjectPrompt, PromptSet, mask_to_prompt_logits
 from napari_samscope.core.progress import Progress
 
@@ -38,9 +39,10 @@ __all__ = [
     "propagate_prompts_iter",
     "everything_plane_iter",
     "everything_stack_iter",
+    "annotate_planes_iter",
 ]
 
-PROPAGATION_MODES = ("mask", "box", "points")
+PROPAGATION_MODES = tuple(mode.value for mode in PropagationMode)
 
 
 def embedding_iter(
@@ -177,7 +179,7 @@ def propagate_prompts_iter(
     cache: Any,
     source: PlaneSource,
     prompts: PromptSet,
-    mode: str = "mask",
+    mode: PropagationMode | str = PropagationMode.MASK,
     iou_threshold: float = 0.5,
     lock: threading.Lock | None = None,
 ) -> Generator[Progress, None, Segmentation]:
@@ -195,8 +197,7 @@ def propagate_prompts_iter(
     """
     from napari_samscope.core.volume import propagate_iter
 
-    if mode not in PROPAGATION_MODES:
-        raise ValueError(f"Propagation mode must be one of {PROPAGATION_MODES}, not {mode!r}.")
+    mode = parse(PropagationMode, mode, "Propagation mode").value
     geometry = source.geometry
     if geometry.stack_axis is None:
         raise ValueError("This image has a single plane; use 'Segment' instead of 'all slices'.")
@@ -260,3 +261,33 @@ def everything_stack_iter(
     labels = yield from segment_volume_everything_iter(
         generator, stack, link_iou=link_iou, cache=cache, image_key=source.image_key(keys[0]))
     return keys, np.asarray(labels, dtype=np.uint32)
+
+
+def annotate_planes_iter(
+    predictor: Any,
+    cache: Any,
+    source: PlaneSource,
+    keys: Sequence[PlaneKey],
+    objects_of: Any,
+    lock: threading.Lock | None = None,
+) -> Generator[Progress, None, dict[PlaneKey, np.ndarray]]:
+    """Segment the objects of every plane of ``keys``: ``{key: (H, W) uint32}``, ids from 1
+    on each plane, larger objects painted first so that small ones stay visible.
+
+    ``objects_of(key, rgb_plane)`` gives the plane's :class:`ObjectPrompt` list (boxes
+    from a detector or a Shapes layer). Embeddings come from and go to ``cache``.
+    """
+    planes = {}
+    for i, key in enumerate(keys):
+        yield Progress(f"auto-annotating plane {i + 1}/{len(keys)}", i, len(keys))
+        stack = source.stack(key)
+        objects = objects_of(key, stack.plane(source.z_of(key)))
+        if not objects:
+            planes[key] = np.zeros(source.geometry.plane_shape, dtype=np.uint32)
+            continue
+        embedding = yield from embedding_iter(predictor, cache, source, key)
+        masks = [m for m in decode_objects(predictor, embedding, objects, lock) if m.any()]
+        planes[key] = Segmentation(source.geometry, [{key: m} for m in masks]).label_plane(
+            key, np.uint32)
+    yield Progress("auto-annotating", len(keys), len(keys))
+    return planes

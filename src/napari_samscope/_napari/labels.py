@@ -27,6 +27,7 @@ __all__ = [
     "commit",
     "write_preview",
     "write_planes",
+    "count_ids",
 ]
 
 
@@ -249,3 +250,12 @@ def write_planes(layer: Any, geometry: PlaneGeometry, planes: dict[PlaneKey, np.
     for key, plane in planes.items():
         layer.data[geometry.labels_index(key)] = plane.T if flipped else plane
     layer.refresh()
+
+
+def count_ids(planes: Iterable[np.ndarray]) -> int:
+    """How many distinct non-zero ids the label ``planes`` hold together (an object
+    whose id is linked through z counts once)."""
+    ids: set[int] = set()
+    for plane in planes:
+        ids.update(int(i) for i in np.unique(np.asarray(plane)) if i != 0)
+    return len(ids)

@@ -3,7 +3,9 @@
 - "SAM points": a Points layer whose ``label`` feature holds each point's polarity,
   drawn through a colour cycle keyed by that feature (green positive, red negative).
 - "SAM boxes": a Shapes layer for rectangles, polygons and ellipses.
-- "SAM preview": a Labels layer the plugin overwrites freely.
+- "SAM preview": a Labels layer the plugin overwrites freely, every object drawn in one
+  colour (``PREVIEW_COLOUR``) that no committed object gets, so that a preview is never
+  mistaken for a committed object.
 - "SAM labels": the default commit target.
 
 Each is created with the image layer's transforms (scale, translate, rotate, shear,
@@ -30,6 +32,8 @@ __all__ = [
     "BOXES_NAME",
     "PREVIEW_NAME",
     "LABELS_NAME",
+    "PREVIEW_COLOUR",
+    "preview_colormap",
     "transform_kwargs",
     "make_points_layer",
     "make_shapes_layer",
@@ -44,6 +48,15 @@ POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
 LABELS_NAME = "SAM labels"
+#: The preview's one colour (committed labels use napari's many-coloured label colormap).
+PREVIEW_COLOUR = "magenta"
+
+
+def preview_colormap() -> Any:
+    """A label colormap drawing every non-zero id in ``PREVIEW_COLOUR`` (0 transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: PREVIEW_COLOUR, 0: "transparent"})
 
 
 def transform_kwargs(image: Any, geometry: PlaneGeometry) -> dict[str, Any]:
@@ -136,12 +149,17 @@ def next_polarity(points: Any) -> Polarity:
 
 
 def toggle_polarity(points: Any) -> str:
-    """The ``T`` key: flip the selected points' polarity, or else the next point's.
+    """The ``T`` key: set the polarity of the next point, or flip the chosen points.
 
-    Returns a short message saying what changed.
+    In napari's add mode (where prompts are clicked) ``T`` always sets the polarity of
+    the *next* point: napari selects each point as it is added, so flipping the
+    selection there would flip the point just placed instead. In select mode, the
+    selected points are flipped. A selection that no longer matches the layer's points
+    (they were cleared) is ignored. Returns a short message saying what changed.
     """
-    selected = sorted(points.selected_data)
-    if selected:
+    count = len(points.data)
+    selected = sorted(i for i in points.selected_data if 0 <= i < count)
+    if selected and str(getattr(points.mode, "value", points.mode)) == "select":
         import pandas as pd
 
         features = points.features.copy()
@@ -163,12 +181,17 @@ def ensure_plugin_labels(
     """The plugin's Labels layer ``name`` matching ``image``'s planes, made if needed.
 
     A layer of that name whose shape does not match (another image was chosen) is
-    replaced. Returns ``(layer, created)``.
+    replaced. The layer that was active stays active (napari would make the new layer
+    active, so that the next click on a prompt layer would do nothing). Returns
+    ``(layer, created)``.
     """
     if name in viewer.layers:
         layer = viewer.layers[name]
         if tuple(layer.data.shape) == geometry.labels_shape:
             return layer, False
         viewer.layers.remove(layer)
+    active = viewer.layers.selection.active
     layer = viewer.add_layer(make_labels_layer(image, geometry, name, dtype=dtype, **kwargs))
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
     return layer, True

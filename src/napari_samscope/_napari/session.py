@@ -79,15 +79,20 @@ class ModelChoice:
 class ModelSession:
     """The model, predictor and embedding cache shared by the widgets of one viewer.
 
+    The model *chosen* in the widgets (``selected_model``) is part of the session too,
+    so that every dock of the viewer shows and loads the same one.
+
     Signals:
         model_changed(object): the new ``SAM`` (or ``None``), on the GUI thread.
         models_changed(): the list of models changed (a model was added).
         cache_changed(int, int): bytes held and the bound, after a change.
+        selection_changed(object): the registry name chosen in a model dropdown.
     """
 
     model_changed = Signal(object)
     models_changed = Signal()
     cache_changed = Signal(int, int)
+    selection_changed = Signal(object)
 
     def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.sam: Any = None
@@ -98,6 +103,30 @@ class ModelSession:
         self.decode_lock = threading.Lock()
         self._cache: Any = None
         self._cache_bytes = int(cache_mb * 2**20)
+        #: The registry name chosen in the widgets' model dropdowns (``None``: none yet).
+        self.selected_model: str | None = None
+        #: True while a widget is loading a model for this session.
+        self.loading = False
+        self._after_load: list[Any] = []
+
+    # ------------------------------------------------------------------ choosing and loading
+
+    def select_model(self, name: str | None) -> None:
+        """Choose ``name`` in every model dropdown of the viewer (it is loaded on demand)."""
+        if name != self.selected_model:
+            self.selected_model = name
+            self.selection_changed.emit(name)
+
+    def set_loading(self, loading: bool) -> None:
+        """A widget started (True) or ended (False) loading a model; when a load ends
+        without a model being set (it failed or was cancelled), waiting actions are dropped."""
+        self.loading = bool(loading)
+        if not loading:
+            self._after_load = []
+
+    def after_load(self, action: Any) -> None:
+        """Run ``action()`` once the model being loaded is in place (dropped if it fails)."""
+        self._after_load.append(action)
 
     # ------------------------------------------------------------------ models
 
@@ -162,6 +191,9 @@ class ModelSession:
             self._factory = factory
             self.predictor = _with_spec(factory(sam), sam)
         self.model_changed.emit(sam)
+        waiting, self._after_load = self._after_load, []
+        for action in waiting:
+            action()
 
     def load_iter(
         self, model: str | Path | None = None, device: str = "auto", dtype: Any = "default"

@@ -12,95 +12,45 @@ stay visible). To write a dataset to disk, use ``auto_annotate`` or ``samscope a
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
 from napari_samscope._napari.labels import write_planes
+from napari_samscope._napari.options import BoxSource, Scope, parse
 from napari_samscope._napari.prompts import ObjectPrompt, collect_prompts
-from napari_samscope._napari.session import get_session, unwrap_viewer
-from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
+from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
-from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
-from napari_samscope.core.predict.label_image import paint_labels
-from napari_samscope.core.progress import Progress
+from napari_samscope._widgets.panels import Section, spin_box
+from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info, objects_text
 
-__all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES"]
+__all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES", "SCOPE_LABELS"]
 
 ANNOTATE_NAME = "SAM auto-annotate"
-#: Where the boxes come from, as shown -> internal name.
-SOURCES = {"blob detector (fluorescent nuclei)": "blobs", "Shapes layer": "shapes"}
-_SCOPES = ("current plane", "all planes of the stack")
+#: Where the boxes come from, as shown.
+SOURCES = {"blob detector (fluorescent nuclei)": BoxSource.BLOBS, "Shapes layer": BoxSource.SHAPES}
+#: Scopes as shown.
+SCOPE_LABELS = {"current plane": Scope.PLANE, "all planes of the stack": Scope.STACK}
 
 
-def paint_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """``(H, W) uint32``: mask ``k`` gets id ``k + 1``, larger masks painted first."""
-    return paint_labels(masks, shape)
-
-
-def annotate_planes_iter(
-    predictor: Any,
-    cache: Any,
-    source: PlaneSource,
-    keys: list[Any],
-    objects_of: Any,
-    lock: Any = None,
-) -> Any:
-    """Segment every plane of ``keys``: yields ``Progress``, returns ``{key: (H, W) uint32}``.
-
-    ``objects_of(key, rgb_plane)`` gives the plane's :class:`ObjectPrompt` list.
-    """
-    planes = {}
-    for i, key in enumerate(keys):
-        yield Progress(f"auto-annotating plane {i + 1}/{len(keys)}", i, len(keys))
-        stack = source.stack(key)
-        objects = objects_of(key, stack.plane(source.z_of(key)))
-        if not objects:
-            planes[key] = np.zeros(source.geometry.plane_shape, dtype=np.uint32)
-            continue
-        embedding = yield from engine.embedding_iter(predictor, cache, source, key)
-        masks = engine.decode_objects(predictor, embedding, objects, lock)
-        planes[key] = paint_masks([m for m in masks if m.any()], source.geometry.plane_shape)
-    yield Progress("auto-annotating", len(keys), len(keys))
-    return planes
-
-
-
-
-class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
+class AutoAnnotateWidget(SamscopeDock):
     """Auto-annotate an image layer's current plane or stack (drive it with :meth:`run`)."""
 
     #: Emitted when "SAM auto-annotate" shows a new result.
     finished = Signal()
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self.progress = ProgressRow()
-        self.model_panel = ModelPanel(self.session, self.progress)
-        self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"))
-        self._shut = False
-        self._docked = False
-        self.destroyed.connect(partial(AutoAnnotateWidget.shutdown, self))
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        self.runner = self.add_runner(JobRunner(self.progress.show_progress,
+                                                self.progress.tracker("job"), background=True))
 
         import napari.layers as nl
 
@@ -108,8 +58,10 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
             (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Image)])
         self.shapes = ComboBox(label="shapes", nullable=True, choices=lambda _w: [
             (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Shapes)])
+        self.shapes.null_string = "none"
         self.source = QComboBox()
-        self.source.addItems(list(SOURCES))
+        for text, kind in SOURCES.items():
+            self.source.addItem(text, kind)
         self.normalization = QComboBox()
         self.normalization.addItems(list(NORMALIZATION_LABELS))
         self.conf = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.25, "Blob detector: minimum score (contrast "
@@ -118,80 +70,54 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
         self.min_distance = spin_box(QSpinBox, 1, 500, 6, "Blob detector: smallest distance between "
                                   "two nucleus centres (about the smallest radius), pixels")
         self.scope = QComboBox()
-        self.scope.addItems(list(_SCOPES))
+        for text, scope in SCOPE_LABELS.items():
+            self.scope.addItem(text, scope)
         self.run_button = QPushButton("Auto-annotate")
         self.run_button.setToolTip("Detect boxes and segment each with SAM, in the background")
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.model_panel)
-        box = QGroupBox("Auto-annotate")
-        form = QFormLayout(box)
-        form.addRow("image", self.image.native)
-        form.addRow("boxes from", self.source)
-        form.addRow("shapes layer", self.shapes.native)
+        main = Section("Auto-annotate")
+        main.form.addRow("image", self.image.native)
+        main.form.addRow("boxes from", self.source)
+        main.form.addRow("shapes layer", self.shapes.native)
+        main.form.addRow("scope", self.scope)
+        main.form.addRow(self.run_button)
+        self.detector = Section("Detector settings", expanded=False)
+        form = self.detector.form
         form.addRow("normalisation", self.normalization)
         form.addRow("min score", self.conf)
         form.addRow("min distance", self.min_distance)
         form.addRow("max objects", self.max_det)
-        form.addRow("scope", self.scope)
-        form.addRow(self.run_button)
-        layout.addWidget(box)
-        layout.addWidget(self.progress)
-        layout.addStretch(1)
+        for section in (main, self.detector):
+            self.body.addWidget(section)
+        self.body.addStretch(1)
+        self.keep_in_view(main)
 
         self.run_button.clicked.connect(lambda: self.run())
-        self.progress.cancel_button.clicked.connect(self.cancel)
-        events = napari_viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self.reset_choices)
         self.reset_choices()
 
     # ------------------------------------------------------------------ public API
 
-    def run(self, source: str | None = None, scope: str | None = None) -> None:
+    def run(self, source: BoxSource | str | None = None, scope: Scope | str | None = None) -> None:
         """Auto-annotate with boxes from ``"blobs"`` or ``"shapes"`` on the current
         ``"plane"`` or the whole ``"stack"`` (default: what the widget shows)."""
-        source = source or SOURCES[self.source.currentText()]
-        scope = scope or ("stack" if self.scope.currentIndex() == 1 else "plane")
-        if source not in ("blobs", "shapes") or scope not in ("plane", "stack"):
-            raise ValueError(f"source must be 'blobs' or 'shapes' and scope 'plane' or 'stack', "
-                             f"not {source!r} / {scope!r}.")
+        source = self.source.currentData() if source is None else parse(BoxSource, source, "source")
+        scope = self.scope.currentData() if scope is None else parse(Scope, scope, "scope")
+        if not self.with_model(lambda: self.run(source, scope)):
+            return
         try:
-            if self.session.sam is None:
-                self.model_panel.load(self.model_panel.selected_model(),
-                                      then=lambda: self.run(source, scope))
-                return
-            job = self._job(source, scope)
+            job, done = self._job(source, scope)
         except ValueError as error:
             notify_error(error)
             return
-        try:
-            self.runner.start(job[0], job[1])
-        except RuntimeError as error:
-            notify_error(str(error))
-
-    def cancel(self) -> None:
-        self.runner.cancel()
-        self.model_panel.runner.cancel()
+        self.start_job(self.runner, job, done, label="auto-annotate")
 
     def reset_choices(self, event: Any = None) -> None:
         self.image.reset_choices()
         self.shapes.reset_choices()
 
-    def shutdown(self) -> None:
-        """Stop workers and disconnect from the viewer (also when Qt destroys the widget)."""
-        if self._shut:
-            return
-        self._shut = True
-        self.runner.shutdown()
-        self.model_panel.shutdown()
-        events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self.reset_choices)
-
     # ------------------------------------------------------------------ internals
 
-    def _job(self, source_kind: str, scope: str) -> tuple[Any, Any]:
+    def _job(self, source_kind: BoxSource, scope: Scope) -> tuple[Any, Any]:
         """Everything read from layers (GUI thread), then the worker's job and its callback."""
         image = self.image.value
         if image is None:
@@ -199,11 +125,11 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
         geometry = current_geometry(image, self.viewer.dims.order, self.viewer.dims.point)
         settings = ImageSettings(NORMALIZATION_LABELS[self.normalization.currentText()])
         source = PlaneSource.from_layer(image, geometry, settings)
-        if scope == "stack" and geometry.stack_axis is None:
+        if scope is Scope.STACK and geometry.stack_axis is None:
             raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")
-        keys = source.stack_keys() if scope == "stack" else [geometry.current]
+        keys = source.stack_keys() if scope is Scope.STACK else [geometry.current]
         max_det = int(self.max_det.value())
-        if source_kind == "shapes":
+        if source_kind is BoxSource.SHAPES:
             shapes = self.shapes.value
             if shapes is None:
                 raise ValueError("Choose a Shapes layer with boxes, or use the blob detector.")
@@ -233,7 +159,7 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
         predictor, cache = self.session.new_predictor(), self.session.cache
 
         def job() -> Any:
-            return (yield from annotate_planes_iter(predictor, cache, source, keys, objects_of))
+            return (yield from engine.annotate_planes_iter(predictor, cache, source, keys, objects_of))
 
         return job, lambda planes: self._show(planes, image, geometry)
 
@@ -244,6 +170,7 @@ class AutoAnnotateWidget(ShutsDownWithDock, QWidget):
         layer, _ = plugin_layers.ensure_plugin_labels(self.viewer, ANNOTATE_NAME, image, geometry)
         write_planes(layer, geometry, planes)
         self.session.notify_cache()
-        count = sum(int(p.max()) for p in planes.values())
-        notify_info(f"auto-annotate: {count} objects on {len(planes)} plane(s) of '{image.name}'")
+        count = sum(int(p.max()) for p in planes.values())  # ids restart on every plane
+        notify_info(f"auto-annotate: {objects_text(count)} on {len(planes)} plane(s) of "
+                    f"'{image.name}'")
         self.finished.emit()

@@ -13,37 +13,29 @@ value. "Model defaults" puts every field back to the current model's values.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from magicgui.widgets import ComboBox
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
-from napari_samscope._napari.labels import write_planes
-from napari_samscope._napari.session import get_session, unwrap_viewer
-from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
+from napari_samscope._napari.labels import count_ids, write_planes
+from napari_samscope._napari.options import Scope, parse
+from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow, spin_box
-from napari_samscope._widgets.workers import JobRunner, notify_error
+from napari_samscope._widgets.panels import Section, spin_box
+from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info, objects_text
 
 __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
 
 EVERYTHING_NAME = "SAM everything"
-_SCOPES = ("current plane", "all planes of the stack (ids linked through z)")
+#: Scopes as shown.
+SCOPE_LABELS = {"current plane": Scope.PLANE,
+                "all planes of the stack (ids linked through z)": Scope.STACK}
 #: The official defaults of the parameters shown (``core.everything.EVERYTHING_DEFAULTS``,
 #: repeated so that building the widget does not import torch; a test checks they agree).
 OFFICIAL_SHOWN = {
@@ -70,8 +62,7 @@ def recommended_params(sam: Any = None, model_name: str | None = None) -> dict[s
 
 
 
-
-class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
+class SegmentEverythingWidget(SamscopeDock):
     """Segment everything in an image layer's current plane or whole stack.
 
     Drive it from code with :meth:`run` (``scope="plane"`` or ``"stack"``).
@@ -81,16 +72,10 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
     finished = Signal()
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self.progress = ProgressRow()
-        self.model_panel = ModelPanel(self.session, self.progress)
-        self.runner = JobRunner(self.progress.show_progress, self.progress.tracker("job"),
-                                background=True)
-        self._shut = False
-        self._docked = False
-        self.destroyed.connect(partial(SegmentEverythingWidget.shutdown, self))
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
+        self.runner = self.add_runner(JobRunner(self.progress.show_progress,
+                                                self.progress.tracker("job"), background=True))
 
         import napari.layers as nl
 
@@ -104,7 +89,8 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         self.nms = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.7, "Drop a mask overlapping a better one more")
         self.min_area = spin_box(QSpinBox, 0, 1_000_000, 0, "Remove holes and islands smaller (pixels)")
         self.scope = QComboBox()
-        self.scope.addItems(list(_SCOPES))
+        for text, scope in SCOPE_LABELS.items():
+            self.scope.addItem(text, scope)
         self.link_iou = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
                               "overlapping at least this much (stack)")
         self._fields = {
@@ -124,33 +110,29 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
         self.run_button = QPushButton("Segment everything")
         self.run_button.setToolTip("Run in the background; Cancel stops it between batches")
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.model_panel)
-        box = QGroupBox("Segment everything")
-        form = QFormLayout(box)
-        form.addRow("image", self.image.native)
+        main = Section("Segment everything")
+        main.form.addRow("image", self.image.native)
+        main.form.addRow("scope", self.scope)
+        main.form.addRow(self.run_button)
+        self.thresholds = Section("Thresholds", expanded=False)
+        form = self.thresholds.form
         form.addRow("normalisation", self.normalization)
         form.addRow("points per side", self.points_per_side)
         form.addRow("predicted IoU >", self.pred_iou)
         form.addRow("stability >=", self.stability)
         form.addRow("box NMS", self.nms)
         form.addRow("min region area", self.min_area)
-        form.addRow("scope", self.scope)
         form.addRow("link IoU (stack)", self.link_iou)
         form.addRow(self.defaults_button)
-        form.addRow(self.run_button)
-        layout.addWidget(box)
-        layout.addWidget(self.progress)
-        layout.addStretch(1)
+        for section in (main, self.thresholds):
+            self.body.addWidget(section)
+        self.body.addStretch(1)
+        self.keep_in_view(main)
 
         self.run_button.clicked.connect(lambda: self.run())
         self.defaults_button.clicked.connect(lambda: self.apply_model_defaults(keep_edits=False))
-        self.progress.cancel_button.clicked.connect(self.cancel)
         self.apply_model_defaults(keep_edits=False)
-        self.session.model_changed.connect(self._model_changed)
-        events = napari_viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self.reset_choices)
+        self.link(self.session.model_changed, self._model_changed)
         self.reset_choices()
 
     # ------------------------------------------------------------------ public API
@@ -195,32 +177,26 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
             "min_mask_region_area": int(self.min_area.value()),
         }
 
-    def run(self, scope: str | None = None) -> None:
+    def run(self, scope: Scope | str | None = None) -> None:
         """Segment everything on the current plane (``"plane"``) or the stack (``"stack"``)."""
-        if scope is None:
-            scope = "stack" if self.scope.currentIndex() == 1 else "plane"
-        if scope not in ("plane", "stack"):
-            raise ValueError(f"scope must be 'plane' or 'stack', not {scope!r}.")
+        scope = self.scope.currentData() if scope is None else parse(Scope, scope, "scope")
+        if not self.with_model(lambda: self.run(scope)):  # load the chosen model, then run
+            return
         try:
-            if self.session.sam is None:  # load the chosen model first, then run
-                if not self.model_panel.runner.busy:
-                    self.model_panel.load(self.model_panel.selected_model(),
-                                          then=lambda: self.run(scope))
-                return
             image = self.image.value
             if image is None:
                 raise ValueError("Choose an image layer first (add one to the viewer).")
             geometry = current_geometry(image, self.viewer.dims.order, self.viewer.dims.point)
             settings = ImageSettings(NORMALIZATION_LABELS[self.normalization.currentText()])
             source = PlaneSource.from_layer(image, geometry, settings)
-            if scope == "stack" and geometry.stack_axis is None:
+            if scope is Scope.STACK and geometry.stack_axis is None:
                 raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")
             predictor = self.session.new_predictor()
         except ValueError as error:
             notify_error(error)
             return
         params, link, cache = self.params(), float(self.link_iou.value()), self.session.cache
-        if scope == "plane":
+        if scope is Scope.PLANE:
             def job():
                 key = geometry.current
                 labels = yield from engine.everything_plane_iter(predictor, cache, source, key, params)
@@ -231,29 +207,11 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
                     predictor, cache, source, params, link_iou=link)
                 return dict(zip(keys, volume))
 
-        try:
-            self.runner.start(job, lambda planes: self._show(planes, image, geometry))
-        except RuntimeError as error:
-            notify_error(str(error))
-
-    def cancel(self) -> None:
-        self.runner.cancel()
-        self.model_panel.runner.cancel()
+        self.start_job(self.runner, job, lambda planes: self._show(planes, image, geometry),
+                       label="segment everything")
 
     def reset_choices(self, event: Any = None) -> None:
         self.image.reset_choices()
-
-    def shutdown(self) -> None:
-        """Stop workers and disconnect from the viewer (also when Qt destroys the widget)."""
-        if self._shut:
-            return
-        self._shut = True
-        self.session.model_changed.disconnect(self._model_changed)
-        self.runner.shutdown()
-        self.model_panel.shutdown()
-        events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self.reset_choices)
 
     # ------------------------------------------------------------------ internals
 
@@ -266,6 +224,8 @@ class SegmentEverythingWidget(ShutsDownWithDock, QWidget):
                              "segmented; the result was discarded.")
         layer, _ = plugin_layers.ensure_plugin_labels(self.viewer, EVERYTHING_NAME, image, geometry)
         write_planes(layer, geometry, planes)
+        notify_info(f"segment everything: {objects_text(count_ids(planes.values()))} on {len(planes)} "
+                    f"plane(s) of '{image.name}'")
         self.finished.emit()
 
 

@@ -15,28 +15,23 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import QPointF, Qt, Signal
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
-from napari_samscope._napari.session import get_session, unwrap_viewer
-from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
-from napari_samscope._widgets.panels import ProgressRow
+from napari_samscope._widgets.dock_lifecycle import SamscopeDock
+from napari_samscope._widgets.loss_plot import LossPlot
+from napari_samscope._widgets.panels import Section
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
 
@@ -44,63 +39,14 @@ __all__ = ["FineTuneWidget", "LossPlot"]
 
 #: Dropdown entry for the model the session is using.
 CURRENT_MODEL = "<model in use>"
+#: Default number of training steps: a few minutes on a CPU (a GPU takes more in stride).
+DEFAULT_STEPS = 20
 
 _TRAINABLE = {
     "mask decoder": "decoder",
     "decoder + prompt encoder": "decoder+prompt",
     "everything (slow)": "all",
 }
-
-
-class LossPlot(QWidget):
-    """Per-step training loss (orange, 0..max) and first-prompt IoU (blue, 0..1)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.steps: list[int] = []
-        self.losses: list[float] = []
-        self.ious: list[float] = []
-        self.setMinimumHeight(110)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setToolTip("Training loss (orange) and IoU of the first prompt (blue, 0 to 1)")
-
-    def clear(self) -> None:
-        self.steps, self.losses, self.ious = [], [], []
-        self.update()
-
-    def add(self, step: int, loss: float, iou: float) -> None:
-        self.steps.append(int(step))
-        self.losses.append(float(loss))
-        self.ious.append(float(iou))
-        self.update()
-
-    def _line(self, values: list[float], top: float, rect: Any) -> QPolygonF:
-        last, top = max(self.steps[-1], 1), top if top > 0 else 1.0
-        return QPolygonF([
-            QPointF(rect.left() + rect.width() * s / last,
-                    rect.bottom() - rect.height() * min(max(v / top, 0.0), 1.0))
-            for s, v in zip(self.steps, values)
-        ])
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        rect = self.rect().adjusted(34, 8, -14, -18)
-        painter.setPen(QPen(self.palette().mid().color()))
-        painter.drawRect(rect)
-        painter.setPen(self.palette().text().color())
-        if not self.steps:
-            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "loss / IoU appear here")
-        else:
-            top = max(self.losses)
-            painter.drawText(2, rect.top() + 10, f"{top:.2g}")
-            painter.drawText(2, rect.bottom(), "0")
-            painter.drawText(rect.left(), rect.bottom() + 15, f"step {self.steps[-1]}")
-            for values, colour, scale in ((self.losses, QColor(255, 140, 0), top),
-                                          (self.ious, QColor(60, 170, 255), 1.0)):
-                painter.setPen(QPen(colour, 1.5))
-                painter.drawPolyline(self._line(values, scale, rect))
-        painter.end()
 
 
 def _layer_arrays(image: Any, labels: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -128,7 +74,7 @@ def _layer_arrays(image: Any, labels: Any) -> tuple[list[np.ndarray], list[np.nd
     return [pixels[z] for z in keep], [label_data[z] for z in keep]
 
 
-class FineTuneWidget(ShutsDownWithDock, QWidget):
+class FineTuneWidget(SamscopeDock):
     """Fine-tune a SAM-family model on image + Labels layer pairs of the viewer.
 
     Drive it from code: :meth:`add_pair`, then :meth:`train` (optionally with a model
@@ -140,16 +86,14 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
     finished = Signal(object)
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer, model_line=False)  # "start from" chooses the model
+        napari_viewer = self.viewer
         self.pairs: list[tuple[Any, Any]] = []
         self.result: Any = None
-        self.progress = ProgressRow()
         self.plot = LossPlot()
-        self.runner = JobRunner(self._on_progress, self._set_busy)
-        self._shut = self._docked = False
-        self.destroyed.connect(partial(FineTuneWidget.shutdown, self))
+        self.runner = self.add_runner(JobRunner(self._on_progress, self._set_busy))
+        #: the "save to" path the widget wrote; a path typed by the user is kept
+        self._auto_out = ""
 
         import napari.layers as nl
 
@@ -159,7 +103,7 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         self.image = ComboBox(label="image", choices=layers_of(nl.Image))
         self.labels = ComboBox(label="labels", choices=layers_of(nl.Labels))
         self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(80)
+        self.pair_list.setMaximumHeight(54)
         self.add_button = QPushButton("Add pair")
         self.remove_button = QPushButton("Remove")
         self.model_box = QComboBox()
@@ -168,7 +112,8 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         self.trainable.addItems(list(_TRAINABLE))
         self.steps = QSpinBox()
         self.steps.setRange(1, 1_000_000)
-        self.steps.setValue(200)
+        self.steps.setValue(DEFAULT_STEPS)
+        self.steps.setToolTip("Training steps; the progress row shows the time left")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1e-1)
@@ -177,51 +122,56 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         self.name = QLineEdit(self._free_name())
         self.out = QLineEdit()
         self.browse = QPushButton("...")
-        self.use_now = QCheckBox("use the trained model right away")
+        self.use_now = QCheckBox("use it right away")
+        self.use_now.setToolTip("Use the trained model in every samscope dock when training ends")
         self.use_now.setChecked(True)
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train in the background; Cancel stops between two steps")
 
-        layout = QVBoxLayout(self)
-        data_box = QGroupBox("Training data (image + Labels pairs)")
-        form = QFormLayout(data_box)
-        form.addRow("image", self.image.native)
-        form.addRow("labels", self.labels.native)
+        main = Section("Fine-tune on image + Labels pairs")
+        form = main.form
+        row = QHBoxLayout()
+        row.addWidget(self.image.native, 1)
+        row.addWidget(QLabel("+"))
+        row.addWidget(self.labels.native, 1)
+        form.addRow(row)
         row = QHBoxLayout()
         row.addWidget(self.add_button)
         row.addWidget(self.remove_button)
         form.addRow(row)
         form.addRow(self.pair_list)
-        layout.addWidget(data_box)
-        options = QGroupBox("Training")
-        form = QFormLayout(options)
         form.addRow("start from", self.model_box)
+        row = QHBoxLayout()
+        row.addWidget(self.train_button, 1)
+        row.addWidget(self.use_now)
+        form.addRow(row)
+        options = Section("Training options", expanded=False)
+        form = options.form
+        row = QHBoxLayout()
+        row.addWidget(self.steps)
+        row.addWidget(QLabel("learning rate"))
+        row.addWidget(self.lr)
+        form.addRow("steps", row)
         form.addRow("train", self.trainable)
-        form.addRow("steps", self.steps)
-        form.addRow("learning rate", self.lr)
         form.addRow("model name", self.name)
         row = QHBoxLayout()
         row.addWidget(self.out, 1)
         row.addWidget(self.browse)
         form.addRow("save to", row)
-        form.addRow(self.use_now)
-        form.addRow(self.train_button)
-        layout.addWidget(options)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.progress)
-        layout.addStretch(1)
+        for section in (main, options):
+            self.body.addWidget(section)
+        self.body.addWidget(self.plot)
+        self.body.addStretch(1)
+        self.pair_list.setVisible(False)  # shown once there are pairs
+        self.keep_in_view(main)
 
         self.add_button.clicked.connect(lambda: self.add_pair(self.image.value, self.labels.value))
         self.remove_button.clicked.connect(self._remove_selected)
         self.browse.clicked.connect(self._choose_output)
         self.name.textChanged.connect(self._default_output)
         self.train_button.clicked.connect(lambda: self.train())
-        self.progress.cancel_button.clicked.connect(self.cancel)
-        self.session.models_changed.connect(self.refresh_models)
-        self.session.model_changed.connect(self._model_changed)
-        events = napari_viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self.reset_choices)
+        self.link(self.session.models_changed, self.refresh_models)
+        self.link(self.session.model_changed, self._model_changed)
         self._default_output()
         self.refresh_models()
         self.reset_choices()
@@ -237,9 +187,11 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
             return
         self.pairs.append((image, labels))
         self.pair_list.addItem(f"{image.name}  +  {labels.name}")
+        self.pair_list.setVisible(True)
 
     def _model_changed(self, sam: Any) -> None:
-        """A model was loaded (or trained) elsewhere: offer it first and preselect it."""
+        """A model was loaded elsewhere: offer it first and preselect it (after this
+        widget's own training, ``_done`` puts back the model that run started from)."""
         self.refresh_models()
         if sam is not None:
             self.model_box.setCurrentIndex(0)
@@ -296,14 +248,8 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
             return (yield from train_iter(start, data, settings, out, meta={"name": name}))
 
         self.plot.clear()
-        try:
-            self.runner.start(job, partial(self._done, name))
-        except RuntimeError as error:
-            notify_error(str(error))
-
-    def cancel(self) -> None:
-        """Stop training between two steps; nothing is written."""
-        self.runner.cancel()
+        self.start_job(self.runner, job, partial(self._done, name, self._start_name()),
+                       label="fine-tuning (nothing was written)")
 
     def reset_choices(self, event: Any = None) -> None:
         self.image.reset_choices()
@@ -315,18 +261,7 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
             self.pair_list.clear()
             for image, labels in kept:
                 self.add_pair(image, labels)
-
-    def shutdown(self) -> None:
-        """Stop the worker and disconnect from the viewer (also when Qt destroys the widget)."""
-        if self._shut:
-            return
-        self._shut = True
-        self.runner.shutdown()
-        self.session.models_changed.disconnect(self.refresh_models)
-        self.session.model_changed.disconnect(self._model_changed)
-        events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self.reset_choices)
+            self.pair_list.setVisible(bool(self.pairs))
 
     # ------------------------------------------------------------------ internals
 
@@ -356,10 +291,19 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         return f"finetuned_{index}"
 
     def _default_output(self) -> None:
+        """Follow the model name in "save to", unless the user typed or chose a path."""
         from napari_samscope.core.weights.download import cache_dir
 
+        if self.out.text().strip() not in ("", self._auto_out):
+            return
         name = self.name.text().strip() or "finetuned"
-        self.out.setText(str(cache_dir() / "finetuned" / f"{name}.pt"))
+        self._auto_out = str(cache_dir() / "finetuned" / f"{name}.pt")
+        self.out.setText(self._auto_out)
+
+    def _start_name(self) -> str | None:
+        """The concrete model the chosen "start from" entry stands for now."""
+        chosen = self.model_box.currentData()
+        return self.session.model_name if chosen == CURRENT_MODEL else chosen
 
     def _choose_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the trained model", self.out.text(),
@@ -372,6 +316,7 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         if 0 <= row < len(self.pairs):
             del self.pairs[row]
             self.pair_list.takeItem(row)
+        self.pair_list.setVisible(bool(self.pairs))
 
     def _on_progress(self, report: Progress) -> None:
         self.progress.show_progress(report)
@@ -382,12 +327,19 @@ class FineTuneWidget(ShutsDownWithDock, QWidget):
         self.progress.set_busy(busy, "training")
         self.train_button.setEnabled(not busy)
 
-    def _done(self, name: str, result: Any) -> None:
+    def _done(self, name: str, started_from: str | None, result: Any) -> None:
         self.result = result
         description = f"fine-tuned in napari ({len(result.history)} steps)"
         self.session.add_model(name, result.checkpoint, description)
         if self.use_now.isChecked():
             self.session.set_model(result.sam, name=name)
-        notify_info(f"Model '{name}' trained and saved to {result.checkpoint}.")
+        index = self.model_box.findData(started_from) if started_from is not None else -1
+        if index >= 0:  # the next run starts where this one did, not from the model just trained
+            self.model_box.setCurrentIndex(index)
+        notify_info(f"Model '{name}' trained and saved to {result.checkpoint}. The next run "
+                    f"starts from {self.model_box.currentText()}.")
+        saved = Path(result.checkpoint)
         self.name.setText(self._free_name())
+        if self.out.text().strip() != self._auto_out:  # a typed path: next run beside it
+            self.out.setText(str(saved.with_name(f"{self.name.text().strip()}{saved.suffix}")))
         self.finished.emit(result.checkpoint)

@@ -10,21 +10,20 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_samscope._napari.images import ImageSettings, Normalization
+from napari_samscope._napari.options import PropagationMode
 from napari_samscope._napari.session import DEFAULT_CACHE_MB
+from napari_samscope._widgets.panels import Section
 
-__all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS"]
+__all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS", "NEW_LABELS_CHOICE"]
 
 #: Normalisation choices as shown, in order.
 NORMALIZATION_LABELS = {
@@ -32,8 +31,14 @@ NORMALIZATION_LABELS = {
     "automatic percentiles (0.5-99.5%)": Normalization.PERCENTILE,
     "min / max": Normalization.MINMAX,
 }
-#: Propagation modes as shown -> core mode names.
-PROPAGATION_LABELS = {"mask prompt": "mask", "box": "box", "points": "points"}
+#: Propagation modes as shown.
+PROPAGATION_LABELS = {
+    "mask prompt": PropagationMode.MASK,
+    "box": PropagationMode.BOX,
+    "points": PropagationMode.POINTS,
+}
+#: What an empty "commit into" choice means.
+NEW_LABELS_CHOICE = "new layer 'SAM labels'"
 
 
 def _button(text: str, tip: str) -> QPushButton:
@@ -72,12 +77,15 @@ class MainControls:
         self.live.setChecked(True)
         self.live.setToolTip("Re-segment whenever the prompts change")
         self.target = ComboBox(label="target", choices=layer_choices["labels"], nullable=True)
+        self.target.null_string = NEW_LABELS_CHOICE
+        self.points.null_string = self.shapes.null_string = "none"
         self.target.tooltip = "Labels layer to commit into (empty: create 'SAM labels')"
-        self.overwrite = QCheckBox("overwrite existing labels")
-        self.overwrite.setToolTip("Off: committed objects only fill background pixels")
+        self.overwrite = QCheckBox("overwrite")
+        self.overwrite.setToolTip("Overwrite existing labels; off: committed objects only fill "
+                                  "background pixels")
         self.segment = _button("Segment (S)", "Segment the prompts now [S]")
         self.commit = _button("Commit (C)", "Write the preview into the labels layer [C]")
-        self.clear = _button("Clear prompts (Shift+C)", "Remove all prompts [Shift+C]")
+        self.clear = _button("Clear (Shift+C)", "Remove all prompts [Shift+C]")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         # stacks
@@ -87,6 +95,7 @@ class MainControls:
         self.cache_mb.setSuffix(" MB")
         self.cache_mb.setToolTip("Bound of the embedding cache (least recently used planes go first)")
         self.cache_label = QLabel("embeddings: 0 MB")
+        self.cache_label.setToolTip("Embeddings held in memory, updated while they are computed")
         self.precompute = _button(
             "Precompute embeddings", "Encode every plane of the stack now (can be cancelled)"
         )
@@ -104,50 +113,54 @@ class MainControls:
             "negative point stops it; between two prompted planes both sides fill in",
         )
 
-    def build(self, parent: QWidget, model_panel: QWidget, progress: QWidget) -> None:
-        """Lay the controls out in ``parent``."""
-        layout = QVBoxLayout(parent)
-        layout.addWidget(model_panel)
-
-        box = QGroupBox("Image")
-        form = QFormLayout(box)
-        form.addRow("layer", self.image.native)
-        form.addRow("normalisation", self.normalization)
-        form.addRow("channel axis", self.channel_axis)
-        form.addRow("channels (R,G,B)", self.channels)
-        layout.addWidget(box)
-
-        box = QGroupBox("Prompts")
-        form = QFormLayout(box)
+    def build(self, body: QVBoxLayout) -> None:
+        """Lay the controls out in collapsible sections added to ``body``: what a click
+        needs first, the image conversion and the stack tools folded away."""
+        self.prompts_section = Section("Segment")
+        form = self.prompts_section.form
+        form.addRow("image", self.image.native)
         form.addRow("points", self.points.native)
         form.addRow("boxes", self.shapes.native)
-        row = QHBoxLayout()
-        row.addWidget(self.new_prompts)
-        row.addWidget(self.live)
-        form.addRow(row)
-        form.addRow("commit into", self.target.native)
-        form.addRow(self.overwrite)
         row = QHBoxLayout()
         for button in (self.segment, self.commit, self.clear):
             row.addWidget(button)
         form.addRow(row)
         form.addRow(self.status)
-        layout.addWidget(box)
+        row = QHBoxLayout()
+        row.addWidget(self.target.native, 1)
+        row.addWidget(self.overwrite)
+        form.addRow("commit into", row)
+        row = QHBoxLayout()
+        row.addWidget(self.new_prompts)
+        row.addWidget(self.live)
+        form.addRow(row)
+        body.addWidget(self.prompts_section)
 
-        box = QGroupBox("3D stacks and time series")
-        form = QFormLayout(box)
+        self.image_section = Section("Image conversion", expanded=False)
+        form = self.image_section.form
+        form.addRow("normalisation", self.normalization)
+        row = QHBoxLayout()
+        row.addWidget(self.channel_axis)
+        row.addWidget(QLabel("R,G,B"))
+        row.addWidget(self.channels, 1)
+        form.addRow("channel axis", row)
+        body.addWidget(self.image_section)
+
+        self.stack_section = Section("3D stacks and time series", expanded=False)
+        form = self.stack_section.form
         row = QHBoxLayout()
         row.addWidget(self.cache_mb)
         row.addWidget(self.cache_label, 1)
         form.addRow("cache", row)
         form.addRow(self.precompute)
-        form.addRow("propagate with", self.mode)
-        form.addRow("stop below IoU", self.iou)
+        row = QHBoxLayout()
+        row.addWidget(self.mode, 1)
+        row.addWidget(QLabel("stop below IoU"))
+        row.addWidget(self.iou)
+        form.addRow("propagate with", row)
         form.addRow(self.propagate)
-        layout.addWidget(box)
-
-        layout.addWidget(progress)
-        layout.addStretch(1)
+        body.addWidget(self.stack_section)
+        body.addStretch(1)
 
     def set_axes(self, ndim: int) -> None:
         """Offer ``none`` and the axes ``0 .. ndim-1`` as the channel axis."""

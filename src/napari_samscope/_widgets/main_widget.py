@@ -15,13 +15,11 @@ that was slow, the predictor busy) it runs in the preview runner's long-lived th
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QWidget
 
 from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
@@ -30,11 +28,9 @@ from napari_samscope._napari.images import ImageSettings, PlaneSource, forget_la
 from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
-from napari_samscope._napari.session import get_session, unwrap_viewer
-from napari_samscope._widgets.dock_lifecycle import ShutsDownWithDock
+from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.layer_wiring import LayerWiring
 from napari_samscope._widgets.main_ui import MainControls
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow
 from napari_samscope._widgets.stack_actions import StackActions
 from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_error, notify_info
 
@@ -57,7 +53,7 @@ def _layers_of(viewer: Any, kind: str):
     return choices
 
 
-class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
+class SegmentAnythingWidget(StackActions, SamscopeDock):
     """Interactive SAM segmentation of napari image layers (2D, stacks, time series).
 
     Drive it from code with :meth:`set_model`, :meth:`segment`, :meth:`commit`,
@@ -70,16 +66,16 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
     committed = Signal(list)
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self.progress = ProgressRow()
-        self.model_panel = ModelPanel(self.session, self.progress)
+        super().__init__(napari_viewer)
+        napari_viewer = self.viewer
         self.ui = MainControls({k: _layers_of(napari_viewer, k)
                                 for k in ("image", "points", "shapes", "labels")})
-        self.ui.build(self, self.model_panel, self.progress)
-        self.preview_runner = PreviewRunner(self.progress.show_progress, self._tracker("preview"))
-        self.runner = JobRunner(self.progress.show_progress, self._tracker("job"), background=True)
+        self.ui.build(self.body)
+        self.keep_in_view(self.ui.prompts_section)
+        self.preview_runner = self.add_runner(
+            PreviewRunner(self.progress.show_progress, self._tracker("preview")))
+        self.runner = self.add_runner(
+            JobRunner(self._job_progress, self._tracker("job"), background=True))
         self.preview: Segmentation | None = None
         #: Decode on the GUI thread when the last decode took at most this (0: never).
         self.inline_decode_ms = INLINE_DECODE_MS
@@ -88,10 +84,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         self.wiring = LayerWiring(self, self._schedule_preview)
         self._commit_when_ready = False
         self._active_image: Any = None
-        self._shut = False
         self._quiet = False
-        self._docked = False
-        self.destroyed.connect(partial(SegmentAnythingWidget.shutdown, self))
 
         ui = self.ui
         ui.image.changed.connect(self._image_changed)
@@ -104,13 +97,9 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         ui.precompute.clicked.connect(self.precompute)
         ui.propagate.clicked.connect(self.segment_all_slices)
         ui.cache_mb.valueChanged.connect(lambda mb: self.session.set_cache_limit(mb * 2**20))
-        self.progress.cancel_button.clicked.connect(self.cancel)
-        self.session.cache_changed.connect(self._show_cache)
-        self.session.model_changed.connect(self._model_changed)
-        events = napari_viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.connect(self.reset_choices)
-        events.removed.connect(self._layer_removed)
+        self.link(self.session.cache_changed, self._show_cache)
+        self.link(self.session.model_changed, self._model_changed)
+        self.link(napari_viewer.layers.events.removed, self._layer_removed)
         self.reset_choices()
         self._image_changed(self.image_layer)
         self._prompt_layers_changed()
@@ -177,9 +166,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
             self.preview_runner.cancel()  # a run still in flight is now stale
             self._show_preview(None, image)
             return
-        if self.session.sam is None:  # load the chosen model first, then segment
-            if not self.model_panel.runner.busy:
-                self.model_panel.load(self.model_panel.selected_model(), then=self.segment)
+        if not self.with_model(self.segment):  # load the chosen model first, then segment
             return
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
         if self._decode_inline(image, source, prompts, predictor, cache, lock):
@@ -215,7 +202,7 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         try:
             image = self._require_image()
             target = self.ui.target.value
-            if target is None:
+            if target is None:  # prompt layers stay active: the next click adds a prompt
                 target, _ = plugin_layers.ensure_plugin_labels(
                     self.viewer, plugin_layers.LABELS_NAME, image, self.preview.geometry)
                 self.reset_choices()
@@ -246,35 +233,19 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
             self.ui.status.setText(plugin_layers.toggle_polarity(self.points_layer))
             self._schedule_preview()
 
-    def cancel(self) -> None:
-        """Stop every running job of this widget (between two steps)."""
-        for runner in (self.preview_runner, self.runner, self.model_panel.runner):
-            runner.cancel()
-
     def reset_choices(self, event: Any = None) -> None:
         """Refresh the layer dropdowns (napari calls this when layers change)."""
         for combo in self.ui.layer_combos():
             combo.reset_choices()
 
     def shutdown(self) -> None:
-        """Stop workers and disconnect from the viewer (the widget is closing).
-
-        Also runs when Qt destroys the widget with the viewer's window, so it touches
-        no Qt object that may already be gone.
-        """
+        """Stop workers, unbind the keys and disconnect from the viewer (the widget is
+        closing); touches no Qt object that may already be gone."""
         if self._shut:
             return
-        self._shut = True
-        for runner in (self.preview_runner, self.runner, self.model_panel.runner):
-            runner.shutdown()
+        super().shutdown()
         self.wiring.unbind()
         self.wiring.watch([])
-        events = self.viewer.layers.events
-        for event in (events.inserted, events.removed, events.reordered):
-            event.disconnect(self.reset_choices)
-        events.removed.disconnect(self._layer_removed)
-        self.session.cache_changed.disconnect(self._show_cache)
-        self.session.model_changed.disconnect(self._model_changed)
 
     # ------------------------------------------------------------------ internals
 
@@ -288,11 +259,9 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
 
         return busy
 
-    def _start(self, job: Any, on_done: Any) -> None:
-        try:
-            self.runner.start(job, on_done)
-        except RuntimeError as error:
-            notify_error(str(error))
+    def _job_progress(self, report: Any) -> None:
+        self.progress.show_progress(report)
+        self.session.notify_cache()  # "embeddings: N MB" follows a long encoding
 
     def _require_image(self) -> Any:
         image = self.image_layer
@@ -361,7 +330,8 @@ class SegmentAnythingWidget(StackActions, ShutsDownWithDock, QWidget):
         if segmentation is None:
             return self.viewer.layers[name] if name in self.viewer.layers else None
         layer, created = plugin_layers.ensure_plugin_labels(
-            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6)
+            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6,
+            colormap=plugin_layers.preview_colormap())
         if created:
             self._drawn = []
             self.wiring.bind([layer, self.points_layer, self.shapes_layer])

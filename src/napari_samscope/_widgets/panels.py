@@ -1,19 +1,24 @@
-"""Small Qt panels shared by the samscope widgets: the model chooser and the progress row."""
+"""Small Qt panels shared by the samscope widgets: the model line, the progress row and
+collapsible sections."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QGroupBox,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -22,17 +27,32 @@ from napari_samscope._napari.session import DEVICES, ModelSession
 from napari_samscope._widgets.workers import JobRunner, notify_info
 from napari_samscope.core.progress import Progress
 
-__all__ = ["ModelPanel", "ProgressRow"]
+__all__ = ["ModelPanel", "ProgressRow", "Section", "spin_box", "time_left"]
 
 _CHECKPOINT_FILTER = "SAM checkpoints (*.pt *.pth *.ckpt *.bin);;All files (*)"
 
 
+def time_left(seconds: float) -> str:
+    """``"about 3 min left"``: a rounded estimate for people, not a timer."""
+    if seconds < 60:
+        return f"about {max(5, int(round(seconds / 5.0)) * 5)} s left"
+    if seconds < 3600:
+        return f"about {int(round(seconds / 60.0))} min left"
+    return f"about {seconds / 3600.0:.1f} h left"
+
+
 class ProgressRow(QWidget):
-    """A progress bar with a message and a Cancel button."""
+    """A progress bar with a message, the time left, and a Cancel button.
+
+    The time left is estimated from the pace since the first report of the same
+    message (a job's phases, such as downloading then loading, are timed apart).
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._busy: set[str] = set()
+        self._phase: tuple[str, int, float] | None = None  # message, first done, started
+        self._idle_text = ""
         self.label = QLabel("")
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
@@ -41,16 +61,24 @@ class ProgressRow(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the running job (between two steps)")
         self.cancel_button.setEnabled(False)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
-        row.addWidget(self.bar, 1)
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.bar.setMaximumWidth(110)
+        row = QHBoxLayout(self)  # one line: message (and time left), bar, Cancel
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.label, 1)
+        row.addWidget(self.bar)
         row.addWidget(self.cancel_button)
-        layout.addWidget(self.label)
-        layout.addLayout(row)
 
     def show_progress(self, report: Progress) -> None:
-        self.label.setText(report.message)
+        now = monotonic()
+        if self._phase is None or self._phase[0] != report.message or report.done < self._phase[1]:
+            self._phase = (report.message, report.done, now)
+        text = report.message
+        _message, first, started = self._phase
+        if report.total > 0 and report.done > first and report.done < report.total:
+            pace = (now - started) / (report.done - first)
+            text = f"{text} - {time_left(pace * (report.total - report.done))}"
+        self.label.setText(text)
         self.bar.setTextVisible(report.total > 0)
         if report.total > 0:
             self.bar.setRange(0, report.total)
@@ -74,53 +102,65 @@ class ProgressRow(QWidget):
         busy = bool(self._busy)
         self.cancel_button.setEnabled(busy)
         if not busy:
+            self._phase = None
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
             self.bar.setTextVisible(False)
-            self.label.setText("")
+            self.label.setText(self._idle_text)
+
+    def set_idle_text(self, text: str) -> None:
+        """What the message shows while no job runs (the model in use)."""
+        self._idle_text = text
+        if not self._busy:
+            self.label.setText(text)
 
 
-class ModelPanel(QGroupBox):
-    """Model dropdown (registry, cached or not), "Load checkpoint...", device, Load.
+class ModelPanel(QWidget):
+    """The model line: model dropdown, device, Load and "..." (a checkpoint file).
 
-    Loading runs in a worker; progress goes to ``progress`` (a :class:`ProgressRow`;
-    its owner wires the Cancel button to ``runner.cancel``). Every widget of a viewer shows the same session, so a
-    model loaded here is the model of all of them.
+    Every samscope dock of a viewer shows one of these over the viewer's shared
+    session: the chosen model is the session's (choosing it in one dock chooses it in
+    all), so the docks behave as one model panel. Loading runs in a worker; progress
+    goes to ``progress`` (a :class:`ProgressRow`; its owner wires Cancel to
+    ``runner.cancel``).
     """
 
     def __init__(self, session: ModelSession, progress: ProgressRow, parent: QWidget | None = None):
-        super().__init__("Model", parent)
+        super().__init__(parent)
         self.session = session
         self.progress = progress
         self.runner = JobRunner(progress.show_progress, self._set_busy, background=True)
         self.model_box = QComboBox()
-        self.model_box.setToolTip("Registry models; 'not cached' ones are downloaded once")
+        self.model_box.setToolTip("The model every samscope dock uses; 'not cached' ones are "
+                                  "downloaded once. Actions load it when needed.")
+        self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_box.setMinimumContentsLength(12)
+        self.model_box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICES))
-        self.device_box.setToolTip("auto: CUDA, then Apple MPS, then CPU")
+        self.device_box.setToolTip("Device: auto = CUDA, then Apple MPS, then CPU")
         self.load_button = QPushButton("Load")
-        self.load_button.setToolTip("Load the chosen model (in the background)")
-        self.file_button = QPushButton("Load checkpoint...")
+        self.load_button.setToolTip("Load the chosen model now (in the background)")
+        self.file_button = QPushButton("...")
         self.file_button.setToolTip("Load a SAM / MobileSAM / samscope checkpoint file")
-        self.status = QLabel("No model loaded")
-        self.status.setWordWrap(True)
+        self.file_button.setMaximumWidth(32)
+        #: The model state; shown in the progress row while no job runs (one line less).
+        self.status = QLabel("No model loaded", self)
+        self.status.setVisible(False)
 
-        layout = QVBoxLayout(self)
-        row = QHBoxLayout()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.model_box, 1)
-        row.addWidget(self.load_button)
-        layout.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(self.file_button)
-        row.addWidget(QLabel("Device:"))
         row.addWidget(self.device_box)
-        layout.addLayout(row)
-        layout.addWidget(self.status)
+        row.addWidget(self.load_button)
+        row.addWidget(self.file_button)
 
         self.load_button.clicked.connect(lambda: self.load(self.selected_model()))
         self.file_button.clicked.connect(self._choose_file)
+        self.model_box.currentIndexChanged.connect(self._chosen)
         session.models_changed.connect(self.refresh_models)
         session.model_changed.connect(self._show_model)
+        session.selection_changed.connect(self._select)
         self.refresh_models()
         self._show_model(session.sam)
 
@@ -128,7 +168,7 @@ class ModelPanel(QGroupBox):
 
     def refresh_models(self) -> None:
         """Re-read the registry (cached state, models added by other widgets)."""
-        current = self.selected_model()
+        current = self.session.selected_model or self.selected_model()
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for choice in self.session.models():
@@ -146,7 +186,15 @@ class ModelPanel(QGroupBox):
         return self.device_box.currentText()
 
     def load(self, model: str | Path | None, device: str | None = None, then: Any = None) -> Any:
-        """Load ``model`` (registry name or file) in a worker; ``then()`` runs after success."""
+        """Load ``model`` (registry name or file) in a worker; ``then()`` runs after success.
+
+        While another dock of the viewer is loading a model, ``then`` waits for that
+        model instead of loading a second one.
+        """
+        if self.session.loading and not self.runner.busy:
+            if then is not None:
+                self.session.after_load(then)
+            return None
         worker_device = device or self.device()
 
         def job():
@@ -161,13 +209,27 @@ class ModelPanel(QGroupBox):
                 then()
 
         self.status.setText(f"Loading {model}...")
-        self.runner.start(job, done)
+        self.progress.set_idle_text(self.status.text())
+        self.runner.start(job, done, label=f"loading the model {model}")
         return self.runner.worker
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        self.session.models_changed.disconnect(self.refresh_models)
+        self.session.model_changed.disconnect(self._show_model)
+        self.session.selection_changed.disconnect(self._select)
 
     # ------------------------------------------------------------------ internals
+
+    def _chosen(self, _index: int) -> None:
+        self.session.select_model(self.selected_model())
+
+    def _select(self, name: str | None) -> None:
+        index = self.model_box.findData(name) if name is not None else -1
+        if index >= 0 and index != self.model_box.currentIndex():
+            self.model_box.blockSignals(True)
+            self.model_box.setCurrentIndex(index)
+            self.model_box.blockSignals(False)
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load a SAM checkpoint", "", _CHECKPOINT_FILTER)
@@ -175,6 +237,7 @@ class ModelPanel(QGroupBox):
             self.load(Path(path))
 
     def _set_busy(self, busy: bool) -> None:
+        self.session.set_loading(busy)
         self.progress.set_busy(busy, "model")
         self.load_button.setEnabled(not busy)
         self.file_button.setEnabled(not busy)
@@ -183,9 +246,53 @@ class ModelPanel(QGroupBox):
 
     def _show_model(self, sam: Any) -> None:
         if sam is None:
-            self.status.setText("No model loaded")
+            self.status.setText("No model loaded (actions load the chosen one)")
         else:
             self.status.setText(f"Loaded: {sam.name} on {sam.device}")
+        self.progress.set_idle_text(self.status.text())
+
+
+class Section(QWidget):
+    """A titled part of a dock that folds away: a header button and a form below it.
+
+    Args:
+        title: the header text.
+        expanded: whether the form shows at first.
+    """
+
+    def __init__(self, title: str, expanded: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.header = QToolButton()
+        self.header.setText(title)
+        self.header.setCheckable(True)
+        self.header.setChecked(expanded)
+        self.header.setAutoRaise(True)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.header.setStyleSheet("QToolButton { font-weight: bold; text-align: left; }")
+        self.body = QWidget()
+        self.form = QFormLayout(self.body)
+        self.form.setContentsMargins(8, 0, 0, 4)
+        self.form.setVerticalSpacing(3)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.header)
+        layout.addWidget(self.body)
+        self.header.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.header.isChecked()
+
+    def set_expanded(self, expanded: bool) -> None:
+        """Show (True) or fold away (False) the section's form."""
+        if self.header.isChecked() != expanded:
+            self.header.setChecked(expanded)  # comes back here through ``toggled``
+            return
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.body.setVisible(expanded)
 
 
 def spin_box(kind: type, low: float, high: float, value: float, tip: str, step: float = 0.01) -> Any:

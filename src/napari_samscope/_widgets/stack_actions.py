@@ -2,7 +2,8 @@
 
 A mixin of :class:`~napari_samscope._widgets.main_widget.SegmentAnythingWidget` (it
 uses the widget's session, runner, snapshot and preview), kept apart so that each
-file stays small.
+file stays small. Like every action, both load the chosen model first when none is
+loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from napari_samscope._napari import engine
 from napari_samscope._widgets.main_ui import PROPAGATION_LABELS
-from napari_samscope._widgets.workers import notify_error
+from napari_samscope._widgets.workers import notify_error, notify_info
 
 __all__ = ["StackActions"]
 
@@ -21,26 +22,31 @@ class StackActions:
 
     session: Any
     ui: Any
+    runner: Any
     preview_runner: Any
 
     def segment_all_slices(self) -> None:
         """Propagate the prompted object through the stack into the preview (``Shift+S``)."""
+        if not self.with_model(self.segment_all_slices):
+            return
         try:
             image, source, prompts = self._snapshot()
             predictor = self.session.new_predictor()
         except ValueError as error:
             notify_error(error)
             return
-        mode = PROPAGATION_LABELS[self.ui.mode.currentText()]
+        mode = PROPAGATION_LABELS[self.ui.mode.currentText()].value
         iou = float(self.ui.iou.value())
         cache = self.session.cache
         self.preview_runner.cancel()
-        self._start(lambda: engine.propagate_prompts_iter(
+        self.start_job(self.runner, lambda: engine.propagate_prompts_iter(
             predictor, cache, source, prompts, mode=mode, iou_threshold=iou),
-            lambda seg: self._show_preview(seg, image))
+            lambda seg: self._show_preview(seg, image), label="segmenting all slices")
 
     def precompute(self) -> None:
         """Encode every plane of the stack through the current plane (cancellable)."""
+        if not self.with_model(self.precompute):
+            return
         try:
             image, source, _ = self._snapshot(prompts=False)
             predictor = self.session.new_predictor()
@@ -52,8 +58,10 @@ class StackActions:
         def done(count: int) -> None:
             self._check_alive(image)
             self.ui.status.setText(f"{count} plane(s) encoded and cached")
+            notify_info(f"Embeddings ready: {count} plane(s) of '{image.name}' encoded and cached.")
 
-        self._start(lambda: engine.precompute_iter(predictor, cache, source), done)
+        self.start_job(self.runner, lambda: engine.precompute_iter(predictor, cache, source), done,
+                       label="precomputing embeddings (the planes encoded so far stay cached)")
 
     def _show_cache(self, nbytes: int, limit: int) -> None:
         self.ui.cache_label.setText(f"embeddings: {nbytes / 2**20:.1f} MB of {limit / 2**20:.0f} MB")

@@ -20,8 +20,6 @@ running one ends, without a round trip through the GUI thread.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable, Generator
 from contextlib import suppress
@@ -30,20 +28,22 @@ from typing import Any
 from napari_samscope.core.progress import Progress
 
 __all__ = ["JobRunner", "PreviewRunner", "user_message", "notify_error", "notify_info",
-           "BACKGROUND_NICE"]
+           "objects_text"]
 
 Job = Callable[[], Generator[Progress, None, Any]]
 
-#: How much lower (Linux ``nice``) background jobs run than napari's GUI thread, so
-#: that a long encoding never keeps the GUI thread waiting for a CPU core.
-BACKGROUND_NICE = 5
 _pool: Any = None
-_lowered = threading.local()
 
 
 def _background_pool() -> Any:
-    """A thread pool of our own for long jobs, so that the threads whose priority we
-    lower never run napari's (or the live preview's) work."""
+    """A thread pool of our own for long jobs, so that a long encoding never takes one
+    of the threads napari keeps for its own work.
+
+    Its threads run at the same OS priority as napari: work the user is waiting for
+    must not yield the CPU to every other program on the machine. The GUI stays
+    responsive because nothing heavy runs on its thread, and torch releases the GIL
+    while it computes.
+    """
     global _pool
     if _pool is None:
         from qtpy.QtCore import QThreadPool
@@ -51,21 +51,6 @@ def _background_pool() -> Any:
         _pool = QThreadPool()
         _pool.setMaxThreadCount(max(2, QThreadPool.globalInstance().maxThreadCount() // 2))
     return _pool
-
-
-def _lower_this_thread() -> None:
-    """Lower the calling thread's priority once (Linux only: per-thread ``nice``).
-
-    Threads this thread starts later (PyTorch's OpenMP workers) inherit it.
-    """
-    if getattr(_lowered, "done", False) or not sys.platform.startswith("linux"):
-        return
-    _lowered.done = True
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
-    except (OSError, AttributeError):  # not permitted or not supported: run as is
-        pass
 
 
 def user_message(error: BaseException) -> str:
@@ -89,6 +74,11 @@ def notify_error(error: BaseException | str) -> None:
     show_error(error if isinstance(error, str) else user_message(error))
 
 
+def objects_text(count: int) -> str:
+    """``"1 object"``, ``"3 objects"``."""
+    return f"{count} object{'' if count == 1 else 's'}"
+
+
 def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
@@ -102,9 +92,8 @@ class JobRunner:
         on_progress: called with each ``Progress`` (GUI thread).
         on_busy: called with True when a job starts and False when none is left.
         on_error: called with the exception after the notification (optional).
-        background: run jobs in the plugin's own thread pool at a lower priority
-            (long jobs: loading, encoding stacks, propagation, segment-everything),
-            so the GUI thread always gets a core first.
+        background: run jobs in the plugin's own thread pool (long jobs: loading,
+            encoding stacks, propagation, segment-everything), at napari's priority.
     """
 
     def __init__(
@@ -119,19 +108,23 @@ class JobRunner:
         self._on_busy = on_busy
         self._on_error = on_error
         self.worker: Any = None
+        #: What the running job does, for people ("precomputing embeddings"), or None.
+        self.label: str | None = None
         self.generation = 0
-        self._pending: tuple[Job, Callable[[Any], Any], int] | None = None
+        self._pending: tuple[Job, Callable[[Any], Any], int, str | None] | None = None
         self._closed = False
 
     @property
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = False) -> int:
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = False,
+              label: str | None = None) -> int:
         """Run ``job()`` in a worker; ``on_done(result)`` gets its result.
 
         Without ``supersede``, a runner that is busy refuses with ``RuntimeError``.
-        With it, the running job is cancelled and this one runs next.
+        With it, the running job is cancelled and this one runs next. ``label`` says
+        what the job does, for the message shown when it is cancelled.
 
         Returns:
             The request's generation number.
@@ -142,10 +135,10 @@ class JobRunner:
         if self.worker is not None:
             if not supersede:
                 raise RuntimeError("A job is already running; wait for it or press Cancel.")
-            self._pending = (job, on_done, self.generation)
+            self._pending = (job, on_done, self.generation, label)
             self.worker.quit()
             return self.generation
-        self._launch(job, on_done, self.generation)
+        self._launch(job, on_done, self.generation, label)
         return self.generation
 
     def cancel(self) -> None:
@@ -172,14 +165,14 @@ class JobRunner:
 
     # ------------------------------------------------------------------ internals
 
-    def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int) -> None:
+    def _launch(self, job: Job, on_done: Callable[[Any], Any], generation: int,
+                label: str | None = None) -> None:
         from napari.qt.threading import create_worker
 
+        self.label = label
         background = self._background
 
-        def run_job() -> Generator[Progress, None, Any]:
-            if background:
-                _lower_this_thread()
+        def run_job() -> Generator[Progress, None, Any]:  # a generator function, whatever job is
             return (yield from job())
 
         worker = create_worker(run_job, _ignore_errors=True)
@@ -226,6 +219,7 @@ class JobRunner:
         if worker is not self.worker:
             return
         self.worker = None
+        self.label = None
         pending, self._pending = self._pending, None
         if pending is not None and not self._closed:
             self._launch(*pending)
@@ -272,7 +266,11 @@ class PreviewRunner:
     def busy(self) -> bool:
         return self._busy
 
-    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = True) -> int:
+    #: The live preview's jobs are not announced when cancelled.
+    label: str | None = None
+
+    def start(self, job: Job, on_done: Callable[[Any], Any], supersede: bool = True,
+              label: str | None = None) -> int:
         """Queue ``job()``; ``on_done(result)`` gets its result on the GUI thread.
 
         A running job is superseded (asked to stop at its next yield; its result is
