@@ -35,6 +35,9 @@ from napari_samscope.core.predict.transforms import (
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
+#: Objects decoded together by ``predict`` (the decoder's intermediates grow with them).
+_OBJECTS_PER_DECODE = 64
+
 
 class SamHolder(Protocol):
     """What :class:`Predictor` needs of a model wrapper such as
@@ -333,11 +336,19 @@ class Predictor:
             boxes_t = self._tensor(apply_boxes(prompts.boxes, emb.original_size, emb.input_size))
         if prompts.masks is not None:
             mask_t = self._tensor(prompts.masks)
-        low, iou = self.decode(coords, labels_t, boxes_t, mask_t, multimask_output)
-        if prompts.count > 1 and low.shape[1] > 1:  # several objects: the best candidate each
-            best = iou.argmax(dim=1)
-            rows = torch.arange(low.shape[0], device=low.device)
-            low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+        low = iou = None
+        for start in range(0, prompts.count, _OBJECTS_PER_DECODE):  # bounds the decoder's memory
+            rows = slice(start, start + _OBJECTS_PER_DECODE)
+            part = (None if t is None else t[rows] for t in (coords, labels_t, boxes_t, mask_t))
+            low_part, iou_part = self.decode(*part, multimask_output)
+            if prompts.count > 1 and low_part.shape[1] > 1:  # several objects: the best each
+                best = iou_part.argmax(dim=1)
+                index = torch.arange(low_part.shape[0], device=low_part.device)
+                low_part, iou_part = low_part[index, best][:, None], iou_part[index, best][:, None]
+            if low is None or iou is None:
+                low = low_part.new_empty((prompts.count, *low_part.shape[1:]))
+                iou = iou_part.new_empty((prompts.count, *iou_part.shape[1:]))
+            low[rows], iou[rows] = low_part, iou_part
         low = low.reshape(-1, *low.shape[-2:])  # N objects x K candidates -> (N*K, L, L)
         return Prediction.from_logits(
             low, iou.reshape(-1), self.mask_upsampler, self.model.mask_threshold
