@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "as_valid_plane",
     "list_images",
     "output_stems",
     "plane_count",
@@ -89,10 +90,26 @@ def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[
     return files, parent.parent / f"{parent.name or 'data'}_auto_annotate_labels"
 
 
-def output_stems(files: Sequence[Path]) -> list[str]:
-    """A unique, safe output stem per input file (case-insensitive uniqueness)."""
-    names, used = [], set()
-    for path in files:
+def output_stems(
+    files: Sequence[Path],
+    fixed: Sequence[str | None] | None = None,
+    reserved: Iterable[str] = (),
+) -> list[str]:
+    """A unique, safe output stem per input file (case-insensitive uniqueness).
+
+    Args:
+        files: the inputs, in processing order.
+        fixed: per file, a stem it already has (from the output manifest) or None; a
+            fixed stem is kept, and the other files avoid it.
+        reserved: stems no new file may take (lower case).
+    """
+    fixed = list(fixed) if fixed is not None else [None] * len(files)
+    used = {s.lower() for s in reserved} | {s.lower() for s in fixed if s is not None}
+    names = []
+    for path, known in zip(files, fixed):
+        if known is not None:
+            names.append(known)
+            continue
         base = safe_stem(path.stem)
         candidate = base
         if candidate.lower() in used:
@@ -120,6 +137,21 @@ def _planes_from_array(data: np.ndarray, axes: str | None) -> np.ndarray:
     if data.ndim >= 3 and data.shape[-1] in (3, 4):
         return data.reshape(-1, *data.shape[-3:])
     return data.reshape(-1, *data.shape[-2:])
+
+
+def as_valid_plane(plane: np.ndarray) -> np.ndarray:
+    """A plane every step can use: a boolean image (a mask saved as an image) becomes
+    uint8 with False -> 0 and True -> 255, its 0/1 values at full contrast.
+
+    Raises:
+        ValueError: the values are not real numbers (complex, text, objects).
+    """
+    plane = np.asarray(plane)
+    if plane.dtype == np.bool_:
+        return plane.astype(np.uint8) * np.uint8(255)
+    if plane.dtype.kind not in "uif":
+        raise ValueError(f"the image holds {plane.dtype} values, not real numbers")
+    return plane
 
 
 def read_planes(path: Path) -> np.ndarray:
