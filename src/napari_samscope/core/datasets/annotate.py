@@ -50,7 +50,7 @@ from napari_samscope.core.datasets.annotate_io import (
 from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.datasets.coco_format import CocoWriter
 from napari_samscope.core.datasets.detectors import Detections, make_detector
-from napari_samscope.core.datasets.manifest import Manifest
+from napari_samscope.core.datasets.manifest import Manifest, resolved_path
 from napari_samscope.core.datasets.yolo_format import (
     object_to_yolo_lines,
     parse_yolo_segmentation,
@@ -190,8 +190,8 @@ def auto_annotate_job(
     out_resolved = out.resolve()
     manifest = Manifest.load(out)
     produced = manifest.output_paths()
-    files = [p for p in files if _resolved(p) not in produced]  # our outputs are never inputs
-    inputs = {_resolved(p) for p in files}
+    files = [p for p in files if resolved_path(p) not in produced]  # our outputs are never inputs
+    inputs = {resolved_path(p) for p in files}
     classes = None if opts.classes is None else list(opts.classes)
     detector = make_detector(opts.det_model, device=opts.device, conf=opts.conf, classes=classes,
                              max_det=opts.max_det)
@@ -269,13 +269,6 @@ def auto_annotate_job(
         summary.coco_path = coco.write(target(COCO_FILE))
         summary.files.append(summary.coco_path)
     return summary
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: compared by its own name
-        return path.absolute()
 
 
 def _reason(exc: Exception) -> str:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import unicodedata
@@ -69,12 +70,16 @@ def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[
     """
     if isinstance(data, str | os.PathLike):
         root = Path(data).expanduser()
+        if root.is_symlink() and not root.exists():
+            _check_link(root)
         if not root.exists():
             raise FileNotFoundError(f"{str(root)!r} does not exist; give a folder of images or an image file")
         if root.is_dir():
+            # broken links and link loops are listed so that they are reported, not skipped silently
             files = sorted(
                 p for p in root.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                and (p.is_file() or (p.is_symlink() and not p.exists()))
             )
             if not files:
                 raise ValueError(
@@ -154,24 +159,71 @@ def as_valid_plane(plane: np.ndarray) -> np.ndarray:
     return plane
 
 
-def read_planes(path: Path) -> np.ndarray:
+def _check_link(path: Path) -> None:
+    """Explain a symbolic link that leads nowhere (a loop or a missing target)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"{str(path)!r} is a symbolic link loop (it leads back to itself)") from None
+        raise ValueError(f"{str(path)!r} is a broken symbolic link: {os.readlink(path)!r} does not exist")
+
+
+def _with_channels(data: np.ndarray, channel_axis: int) -> np.ndarray:
+    """``(P, H, W, C)`` from an array whose channels are on ``channel_axis``."""
+    if not -data.ndim <= channel_axis < data.ndim:
+        raise ValueError(f"channel axis {channel_axis} does not exist in an image of shape {data.shape}")
+    data = np.moveaxis(data, channel_axis, -1)
+    if data.ndim < 3:
+        raise ValueError(f"an image of shape {data.shape} has no room for a channel axis")
+    return data.reshape(-1, *data.shape[-3:])
+
+
+def _refuse_ambiguous(planes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The reading rule the API applies to arrays: a last axis of 2 (or of 5+ with tiny
+    planes) is not a picture's width; say to name the channel axis instead of guessing."""
+    if planes.ndim == 3 and len(shape) >= 3 and planes.shape[-1] <= 4:
+        raise ValueError(
+            f"cannot tell the axes of an image of shape {tuple(shape)}: a last axis of "
+            f"{planes.shape[-1]} looks like channels, not a width; give the channel axis "
+            f"(--channel-axis {len(shape) - 1} / channel_axis={len(shape) - 1}) for a multichannel image"
+        )
+    return planes
+
+
+def read_planes(path: Path, channel_axis: int | None = None) -> np.ndarray:
     """Read an image file as ``(P, H, W)`` or ``(P, H, W, 3|4)`` planes (P=1 for 2D images).
 
+    Args:
+        path: the image file.
+        channel_axis: the axis of the stored array that holds channels; the planes are
+            then ``(P, H, W, C)``. Without it, only RGB(A) samples are channels, and a
+            file whose last axis is 4 pixels or fewer (an ``(H, W, 2)`` image) is refused
+            with a message that asks for the channel axis, as the API refuses that array.
+
     Raises:
-        ValueError: the file is not a readable image.
+        ValueError: the file is not a readable image, or its axes are ambiguous.
     """
+    _check_link(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                return _planes_from_array(np.asarray(series.asarray()), series.axes)
+                data, axes = np.asarray(series.asarray()), series.axes
         except Exception as exc:  # tifffile raises many types for broken files
             raise ValueError(f"could not read {path.name!r} as a TIFF: {exc}") from None
+        if channel_axis is not None:
+            return _with_channels(data, channel_axis)
+        return _refuse_ambiguous(_planes_from_array(data, axes), data.shape)
     from napari_samscope.core.predict.image import load_image
 
-    return _planes_from_array(load_image(path), None)
+    data = load_image(path)
+    if channel_axis is not None:
+        return _with_channels(data, channel_axis)
+    return _refuse_ambiguous(_planes_from_array(data, None), data.shape)
 
 
 def plane_count(path: Path) -> int | None:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["MANIFEST_NAME", "Manifest", "SourceRecord", "source_fingerprint"]
+__all__ = ["MANIFEST_NAME", "Manifest", "SourceRecord", "resolved_path", "source_fingerprint"]
 
 MANIFEST_NAME = "samscope_manifest.json"
 _FORMAT = "napari-samscope-outputs/1"
@@ -52,6 +52,14 @@ class SourceRecord:
     mtime_ns: int
     sha256: str
     outputs: list[str] = field(default_factory=list)
+
+
+def resolved_path(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path of a link that loops back to itself."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def _sha256(path: Path) -> str:
@@ -116,7 +124,7 @@ class Manifest:
 
     def stem_of(self, source: Path) -> str | None:
         """The stem recorded for ``source`` (compared by resolved path), or None."""
-        key = str(source.resolve())
+        key = str(resolved_path(source))
         return next((stem for stem, rec in self.records.items() if rec.source == key), None)
 
     def output_paths(self) -> set[Path]:
@@ -132,7 +140,7 @@ class Manifest:
         if not all(p.exists() for p in outputs):
             return False
         record = self.records.get(stem)
-        if record is None or record.source != str(source.resolve()):
+        if record is None or record.source != str(resolved_path(source)):
             return False
         if not {p.name for p in outputs} <= set(record.outputs):
             return False
@@ -146,12 +154,12 @@ class Manifest:
         """Record that ``outputs`` were made from ``source`` (its current content) under
         ``stem``; with ``keep``, names recorded earlier for the same source are kept."""
         known = self.records.get(stem)
-        same_source = known is not None and known.source == str(source.resolve())
+        same_source = known is not None and known.source == str(resolved_path(source))
         size, mtime_ns, digest = source_fingerprint(source, known if same_source else None)
         names = [p.name for p in outputs]
         if keep and same_source:
             names = sorted({*known.outputs, *names})
-        self.records[stem] = SourceRecord(str(source.resolve()), size, mtime_ns, digest, names)
+        self.records[stem] = SourceRecord(str(resolved_path(source)), size, mtime_ns, digest, names)
 
     def save(self) -> None:
         """Write the manifest atomically."""
