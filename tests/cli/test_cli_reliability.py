@@ -97,3 +97,31 @@ def test_bad_values_exit_2_before_the_model_is_loaded(run_cli, nuclei_png, tmp_p
     missing_model = tmp_path / "no_such_model.pt"  # loading it would fail with exit 1
     code, _, err = run_cli("predict", "--model", missing_model, "--source", nuclei_png, *args)
     assert code == 2 and message in err
+
+
+def test_small_boxes_in_a_large_image_go_to_crops_and_points_warn(run_cli, tiny_checkpoint, tmp_path,
+                                                                   monkeypatch):
+    from napari_samscope.core.datasets import annotate, crops
+
+    image = np.random.default_rng(0).integers(0, 255, (512, 512)).astype(np.uint8)
+    path = tmp_path / "large.png"
+    Image.fromarray(image).save(path)
+    seen = []
+    real = crops.segment_boxes
+
+    def spy(predictor, img, boxes, **kw):
+        seen.append(np.asarray(boxes).tolist())
+        return real(predictor, img, boxes, **kw)
+
+    monkeypatch.setattr(crops, "segment_boxes", spy)
+    monkeypatch.setattr(annotate, "segment_boxes", spy)
+    # the tiny model's input is 64 pixels: the image is shrunk 8x, a 9-pixel box to 1 pixel
+    code, stdout, err = run_cli("predict", "--model", tiny_checkpoint, "--source", path,
+                                "--bboxes", "100,100,108,108", "300,40,500,400", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert seen == [[[100.0, 100.0, 108.0, 108.0]]]  # only the small box is cropped
+    assert "warning" not in err
+    code, stdout, err = run_cli("predict", "--model", tiny_checkpoint, "--source", path,
+                                "--points", "104,104", "--out", tmp_path / "p")
+    assert code == 0, err
+    assert "warning: large.png: objects smaller than 128 pixels" in err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +85,25 @@ def check_prompts(args: argparse.Namespace) -> None:
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
 
 
+def label_boxes_on_crops(predictor: Any, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Label image of one object per box; boxes too small for the whole image are segmented
+    on crops at the model's scale, the others on the whole image (as ``annotate`` does)."""
+    from napari_samscope.core.datasets.annotate import annotate_plane, paint_labels
+    from napari_samscope.core.datasets.detectors import Detections
+
+    detections = Detections.from_arrays(boxes, [0] * len(boxes), [1.0] * len(boxes))
+    objects = annotate_plane(predictor, rgb, detections)
+    return paint_labels(objects, rgb.shape[:2])
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.datasets.annotate_io import list_images
+    from napari_samscope.core.datasets.crops import (
+        SmallObjectWarning,
+        is_unresolvable,
+        warn_unresolvable,
+    )
+    from napari_samscope.core.predict.resolve import as_predictor
 
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
@@ -104,15 +124,30 @@ def run(args: argparse.Namespace) -> int:
         if args.points_per_side is not None:
             kwargs["points_per_side"] = args.points_per_side
     n_objects = len(args.bboxes) if args.bboxes else 1
+    predictor = as_predictor(model)
+    boxes_only = args.bboxes is not None and args.points is None
+
+    def segment(rgb: np.ndarray) -> np.ndarray:
+        if boxes_only and is_unresolvable(kwargs["bboxes"], rgb.shape, predictor.img_size).any():
+            return label_boxes_on_crops(predictor, rgb, kwargs["bboxes"])
+        if prompted:
+            warn_unresolvable(rgb.shape, predictor.img_size, boxes=kwargs.get("bboxes"), what="box")
+            if args.points is not None:
+                warn_unresolvable(rgb.shape, predictor.img_size, what="image")
+        result = model(rgb, **kwargs)
+        if prompted and args.multimask and n_objects == 1:  # 3 candidates of one object
+            result = result.best()
+        return result.to_label_image()
 
     def process(path: Path, stem: str) -> tuple[int, list[Path]]:
         count, written = 0, []
         for suffix, plane in image_planes(path, args.channel_axis):
             rgb = plane_to_rgb(plane, args.channel_axis)
-            result = model(rgb, **kwargs)
-            if prompted and args.multimask and n_objects == 1:  # 3 candidates of one object
-                result = result.best()
-            labels = result.to_label_image()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SmallObjectWarning)
+                labels = segment(rgb)
+            for warning in caught:
+                print(f"warning: {path.name}: {warning.message}", file=sys.stderr)
             files = write_results(out, stem + suffix, rgb, labels)
             found = int(labels.max())
             where = f" plane {suffix[2:]}" if suffix else ""

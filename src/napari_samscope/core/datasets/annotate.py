@@ -49,6 +49,7 @@ from napari_samscope.core.datasets.annotate_io import (
 )
 from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.datasets.coco_format import CocoWriter
+from napari_samscope.core.datasets.crops import crop_mask, is_unresolvable, segment_boxes
 from napari_samscope.core.datasets.detectors import Detections, make_detector
 from napari_samscope.core.datasets.manifest import Manifest, resolved_path
 from napari_samscope.core.datasets.yolo_format import (
@@ -105,15 +106,6 @@ def paint_labels(objects: Sequence[AnnotatedObject], shape: tuple[int, int]) -> 
     return labels
 
 
-def _crop(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return (int(r0), int(c0)), mask[r0:r1, c0:c1].copy()
-
-
 def annotate_plane(
     predictor: Any,
     image: np.ndarray,
@@ -122,6 +114,11 @@ def annotate_plane(
     contrast_limits: Any = None,
 ) -> list[AnnotatedObject]:
     """Segment every detected box of one 2D image with SAM.
+
+    Boxes that the whole image, shrunk to the model input, would make too small to
+    resolve (:func:`~napari_samscope.core.datasets.crops.is_unresolvable`) are segmented
+    on crops at the model's scale instead (:func:`~napari_samscope.core.datasets.crops.segment_boxes`);
+    the others on the whole image.
 
     Args:
         predictor: a :class:`~napari_samscope.core.predict.predictor.Predictor`.
@@ -136,22 +133,29 @@ def annotate_plane(
     image = as_valid_plane(np.asarray(image))
     if len(detections) == 0 or (contrast_limits is None and np.ptp(image) == 0):
         return []
-    predictor.set_image(image, contrast_limits=contrast_limits)
-    objects: list[AnnotatedObject] = []
-    try:
-        for start in range(0, len(detections), _BOX_BATCH):
-            stop = start + _BOX_BATCH
-            result = predictor.predict(bboxes=detections.boxes[start:stop], multimask_output=False)
-            for k, mask in enumerate(result.masks):
-                cropped = _crop(mask)
-                if cropped is not None:
-                    index = start + k
-                    objects.append(AnnotatedObject(
-                        int(detections.class_ids[index]), float(detections.scores[index]), *cropped
-                    ))
-    finally:
-        predictor.reset_image()
-    return objects
+    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+    small = is_unresolvable(boxes, image.shape, predictor.img_size)
+    found: list[tuple[tuple[int, int], np.ndarray] | None] = [None] * len(boxes)
+    whole = np.flatnonzero(~small)
+    if whole.size:
+        predictor.set_image(image, contrast_limits=contrast_limits)
+        try:
+            for start in range(0, whole.size, _BOX_BATCH):
+                chunk = whole[start : start + _BOX_BATCH]
+                result = predictor.predict(bboxes=boxes[chunk], multimask_output=False)
+                for index, mask in zip(chunk, result.masks):
+                    found[index] = crop_mask(mask)
+        finally:
+            predictor.reset_image()
+    crops = np.flatnonzero(small)
+    if crops.size:
+        for index, item in zip(crops, segment_boxes(predictor, image, boxes[crops],
+                                                     contrast_limits=contrast_limits)):
+            found[index] = item
+    return [
+        AnnotatedObject(int(detections.class_ids[k]), float(detections.scores[k]), *item)
+        for k, item in enumerate(found) if item is not None
+    ]
 
 
 # ----------------------------------------------------------------------------- the job
