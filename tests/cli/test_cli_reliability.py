@@ -125,3 +125,18 @@ def test_small_boxes_in_a_large_image_go_to_crops_and_points_warn(run_cli, tiny_
                                 "--points", "104,104", "--out", tmp_path / "p")
     assert code == 0, err
     assert "warning: large.png: objects smaller than 128 pixels" in err
+
+
+def test_annotate_reads_a_two_channel_tiff_with_channel_axis(run_cli, tiny_checkpoint, tmp_path):
+    from napari_samscope.core.synthetic import make_nuclei_2d
+
+    image, _ = make_nuclei_2d((48, 48), dtype="uint16", seed=2)
+    data = tmp_path / "d"
+    data.mkdir()
+    tifffile.imwrite(data / "two.tif", np.stack([image, image[::-1]], axis=-1))
+    code, stdout, _ = run_cli("annotate", data, "--model", tiny_checkpoint, "--out", tmp_path / "a")
+    assert code == 1 and "channel" in stdout and "1 failed" in stdout
+    code, stdout, err = run_cli("annotate", data, "--model", tiny_checkpoint, "--out", tmp_path / "b",
+                                "--channel-axis", "2")
+    assert code == 0, err
+    assert "1 annotated (1 plane," in stdout and (tmp_path / "b" / "two.txt").exists()

@@ -57,6 +57,7 @@ from napari_samscope.core.datasets.yolo_format import (
     parse_yolo_segmentation,
     write_text_atomic,
 )
+from napari_samscope.core.predict.image import to_rgb_uint8
 from napari_samscope.core.progress import Job, Progress, run
 from napari_samscope.core.volume.everything import link_labels
 
@@ -228,7 +229,7 @@ def auto_annotate_job(
                         except (OSError, ValueError) as exc:
                             summary.failed.append((path, f"not added to the COCO file: {exc}"))
                     continue
-            planes = read_planes(path)
+            planes = read_planes(path, channel_axis=opts.channel_axis)
         except (OSError, ValueError) as exc:
             summary.failed.append((path, str(exc)))
             continue
@@ -305,6 +306,8 @@ def _annotate_file(
         if len(planes) > 1:
             yield Progress(f"auto-annotating {path.name} plane {z + 1}/{len(planes)}", index, total)
         plane = as_valid_plane(plane)
+        if opts.channel_axis is not None:  # channels last since read_planes: as RGB for both steps
+            plane = to_rgb_uint8(plane, channel_axis=-1)
         found = detector(plane).filtered(conf=opts.conf, classes=classes, max_det=opts.max_det)
         results.append(annotate_plane(predictor, plane, found))
     return results
@@ -353,7 +356,9 @@ def auto_annotate(
             - ``overwrite``: re-annotate images whose outputs already exist;
             - ``save_tiff``: also write ``<stem>_labels.tif`` label images;
             - ``save_coco``: also write ``annotations_coco.json`` for the whole folder;
-            - ``split_parts``: one YOLO line per connected part of an object.
+            - ``split_parts``: one YOLO line per connected part of an object;
+            - ``channel_axis``: the axis of the stored arrays that holds channels (a
+              ``(H, W, 2)`` TIFF needs ``channel_axis=2``; without it, it is refused).
 
     Returns:
         An :class:`AnnotateSummary` (counts, failures, written files).

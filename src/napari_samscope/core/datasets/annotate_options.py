@@ -64,6 +64,8 @@ class AnnotateOptions:
     save_tiff: bool = False
     save_coco: bool = False
     split_parts: bool = False
+    #: the axis of the stored image arrays that holds channels (None: only RGB(A) samples)
+    channel_axis: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.conf) <= 1.0:
