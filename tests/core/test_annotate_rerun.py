@@ -145,3 +145,17 @@ def test_summary_wording_and_no_empty_progress_line(tmp_path, model, capsys):
     assert not re.search(r"(^|[\r\n ])0it \[", err)  # no empty bar before the work starts
     auto_annotate(tmp_path / "one.png", sam_model=model, det_model=one_box)  # all skipped
     assert not re.search(r"(^|[\r\n ])0it \[", capsys.readouterr().err)
+
+
+def test_a_folder_annotated_before_manifests_is_trusted_once_then_recorded(tmp_path, model):
+    img, _ = make_nuclei_2d((64, 64), seed=10)
+    Image.fromarray(img).save(tmp_path / "old.png")
+    first = auto_annotate(tmp_path / "old.png", sam_model=model, progress=None, verbose=False,
+                          det_model=_boxes)
+    (first.output_dir / MANIFEST_NAME).unlink()  # as written by a version without manifests
+    (first.output_dir / "old.txt").write_text("5 0.1 0.1 0.2 0.1 0.2 0.2\n")  # hand-edited
+    again = auto_annotate(tmp_path / "old.png", sam_model=model, progress=None, verbose=False,
+                          det_model=_boxes)
+    assert again.skipped == 1 and (first.output_dir / "old.txt").read_text().startswith("5 ")
+    record = json.loads((first.output_dir / MANIFEST_NAME).read_text())["sources"]["old"]
+    assert record["source"].endswith("old.png") and record["outputs"] == ["old.txt"]
