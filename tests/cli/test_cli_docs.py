@@ -34,3 +34,25 @@ def test_documented_command_parses(command):
     tokens = shlex.split(command)[1:]
     args = parser.parse_args(_expand(tokens, parser, _subcommand_index(tokens, parser)))
     assert callable(args.func)
+
+
+def test_the_python_example_does_not_rerun_into_the_cli_output():
+    """Run after ``samscope annotate samples``, the Python example must annotate, not skip."""
+    text = DOC.read_text(encoding="utf-8")
+    calls = re.findall(r'auto_annotate\(data="samples".*?output_dir=([^,)]+)', text)
+    assert calls and all(c.strip() not in ("None", '"samples_auto_annotate_labels"') for c in calls)
+
+
+def test_gitignore_covers_what_the_docs_create():
+    import shutil
+    import subprocess
+
+    root = DOC.parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    created = ["samples/png/nuclei_2d.png", "results/nuclei_2d_labels.tif", "onnx/x.onnx",
+               "samples_auto_annotate_labels/nuclei_2d.txt", "gt_annotations/nuclei_2d.txt",
+               "python_labels/nuclei_2d.txt", "model.pt"]
+    for path in created:
+        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
+        assert done.returncode == 0, f"{path} is not ignored"

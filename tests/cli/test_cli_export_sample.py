@@ -36,14 +36,14 @@ def test_sample_writes_the_napari_samples(run_cli, tmp_path):
     code, stdout, err = run_cli("sample", "--out", out)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "ground_truth", "nuclei_2d.png", "nuclei_2d.tif", "nuclei_3d.tif"]
+        "ground_truth", "nuclei_2d.tif", "nuclei_3d.tif", "png"]  # each image once at the top
     assert sorted(p.name for p in (out / "ground_truth").iterdir()) == [
         "nuclei_2d_labels.tif", "nuclei_3d_labels.tif"]
     image = tifffile.imread(out / "nuclei_2d.tif")
     expected = make_sample_nuclei_2d()[0][0]
     assert image.dtype == expected.dtype and np.array_equal(image, expected)
     assert tifffile.imread(out / "nuclei_3d.tif").shape == (32, 256, 256)
-    png = np.asarray(Image.open(out / "nuclei_2d.png"))
+    png = np.asarray(Image.open(out / "png" / "nuclei_2d.png"))
     assert png.shape == (512, 512) and png.dtype == np.uint8 and png.max() > 200
     truth = tifffile.imread(out / "ground_truth" / "nuclei_2d_labels.tif")
     assert truth.max() > 10

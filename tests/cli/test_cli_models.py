@@ -67,3 +67,31 @@ def test_download_usage(run_cli):
     assert code == 2 and "model" in err
     code, _, err = run_cli("download", "not_a_model")
     assert code == 1 and "Unknown model" in err
+
+
+def test_models_shows_a_damaged_cached_file_as_corrupt_and_names_it(run_cli, monkeypatch, tmp_path):
+    from napari_samscope.core.weights import registry
+
+    payload = b"weights" * 1000
+    spec = dataclasses.replace(
+        registry.lookup("vit_t"), name="test_w", aliases=(), url="http://127.0.0.1:9/w.pt",
+        size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), filename="w.pt",
+    )
+    monkeypatch.setattr(registry, "_BUILTIN", (*registry._BUILTIN, spec))
+    monkeypatch.setenv("SAMSCOPE_CACHE_DIR", str(tmp_path))
+    (tmp_path / "w.pt").write_bytes(bytes(len(payload)))  # right size, wrong content
+    code, out, err = run_cli("models")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("test_w"))
+    assert " corrupt " in row
+    assert f"Delete {tmp_path / 'w.pt'}" in out
+    (tmp_path / "w.pt").write_bytes(payload)
+    code, out, _ = run_cli("models")
+    assert " yes " in next(line for line in out.splitlines() if line.startswith("test_w"))
+
+
+def test_info_says_which_size_is_the_file(run_cli, tiny_checkpoint):
+    code, out, err = run_cli("info", tiny_checkpoint)
+    assert code == 0, err
+    size = tiny_checkpoint.stat().st_size / 1e6
+    assert f"file: {tiny_checkpoint} ({size:.1f} MB on disk" in out

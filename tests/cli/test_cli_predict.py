@@ -41,7 +41,7 @@ def test_box_with_points_is_one_object(run_cli, tiny_checkpoint, nuclei_png, tmp
                               "--bboxes", "5,5,40,40", "--points", "20,20", "30,8", "--labels", "1", "0",
                               "--out", tmp_path / "bp")
     assert code == 0, err
-    assert "objects" in stdout
+    assert "1 object ->" in stdout
     assert tifffile.imread(tmp_path / "bp" / "nuclei_labels.tif").max() <= 1
 
 
@@ -59,7 +59,7 @@ def test_no_prompt_segments_everything_on_a_folder_with_a_stack(run_cli, tiny_ch
     names = sorted(p.name for p in (tmp_path / "all").iterdir())
     assert names == sorted(["single_labels.tif", "single_overlay.png", "stack_z0000_labels.tif",
                             "stack_z0000_overlay.png", "stack_z0001_labels.tif",
-                            "stack_z0001_overlay.png"])
+                            "stack_z0001_overlay.png", "samscope_manifest.json"])
     assert "stack.tif plane 0001" in stdout
 
 

@@ -62,7 +62,7 @@ def test_folder_with_good_and_bad_files(tmp_path, model, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([
         "a.txt", "b.txt", "c16.txt", "stack_z0000.txt", "stack_z0001.txt", "stack_z0002.txt",
-        "a_labels.tif", "b_labels.tif", "c16_labels.tif", "stack_labels.tif", "annotations_coco.json",
+        "a_labels.tif", "b_labels.tif", "c16_labels.tif", "stack_labels.tif", "annotations_coco.json", "samscope_manifest.json",
     ])
     err = capsys.readouterr().err
     assert "broken.png" in err and "2 failed" in err and "4 annotated" in err
@@ -134,7 +134,7 @@ def test_odd_names_stay_inside_output_dir(tmp_path, model):
     names = {p.name for p in out.iterdir()}
     assert {"same.txt", "same_tif.txt", "ünïcödé 細胞.txt", "spaced name.txt", "_CON.txt"} <= names
     assert not any(n.startswith(".") for n in names)
-    assert len(names) == 8  # every input got its own file (the list repeats ..x.png)
+    assert len(names) == 9  # every input got its own file (the list repeats ..x.png), + manifest
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,10 @@ def make_spec(url: str, data: bytes, **changes) -> ModelSpec:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """The files in ``folder`` besides the remembered-hash sidecars (tested on their own)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".sha256.json"))
 
 
 # --- cache folder --------------------------------------------------------------------
@@ -238,3 +241,56 @@ def test_download_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- stale partial files, remembered hashes, damaged cached files ---------------------
+
+
+def test_stale_part_files_of_killed_downloads_are_removed(payload, tmp_cache):
+    import os
+    import time
+
+    tmp_cache.mkdir(parents=True)
+    stale = tmp_cache / "test_model.pt.abc123.part"  # left by a download killed with SIGKILL
+    stale.write_bytes(b"x" * 1000)
+    old = time.time() - download_mod.STALE_PART_SECONDS - 60
+    os.utime(stale, (old, old))
+    running = tmp_cache / "test_model.pt.def456.part"  # another process downloading right now
+    running.write_bytes(b"y")
+    other = tmp_cache / "other.pt.zzz.part"  # another model's file is not ours to judge
+    other.write_bytes(b"z")
+    os.utime(other, (old, old))
+    with FileServer({"/w.pt": payload}) as server:
+        download(make_spec(server.url("/w.pt"), payload), progress=None)
+    assert not stale.exists() and running.exists() and other.exists()
+
+
+def test_hash_is_computed_once_and_remembered(payload, tmp_cache, monkeypatch):
+    calls = []
+    real = download_mod.file_sha256
+    monkeypatch.setattr(download_mod, "file_sha256", lambda path, *a: calls.append(path) or real(path, *a))
+    with FileServer({"/w.pt": payload}) as server:
+        spec = make_spec(server.url("/w.pt"), payload)
+        path = download(spec, progress=None)
+    sidecar = path.with_name(path.name + ".sha256.json")
+    assert sidecar.exists() and spec.sha256 in sidecar.read_text()
+    for _ in range(3):  # cached: the remembered hash is used, the file is not read again
+        assert download(spec, progress=None) == path
+        assert download_mod.cached_state(spec) == "ok"
+    assert calls == []
+
+
+def test_damaged_cached_file_of_the_right_size_is_named(payload, tmp_cache):
+    spec = make_spec("http://127.0.0.1:9/never.pt", payload)
+    tmp_cache.mkdir(parents=True)
+    damaged = tmp_cache / "test_model.pt"
+    damaged.write_bytes(bytes(len(payload)))  # right size, wrong content
+    assert download_mod.cached_state(spec) == "corrupt"
+    with pytest.raises(DownloadError, match=f"Delete {damaged}"):
+        download(spec, progress=None)
+    damaged.write_bytes(payload)  # replaced by the right file: the new mtime/content is rehashed
+    assert download_mod.cached_state(spec) == "ok"
+    damaged.write_bytes(payload[:-1])
+    assert download_mod.cached_state(spec) == "incomplete"
+    damaged.unlink()
+    assert download_mod.cached_state(spec) == "missing"

@@ -119,7 +119,7 @@ def served_model(tiny_sam, monkeypatch):
     data = buffer.getvalue()
     with FileServer({"/test_sam.pt": data}) as server:
         spec = ModelSpec(
-            name="test_sam", arch="vit_b", filename="test_sam.pt", url=server.url("/test_sam.pt"),
+            name="test_sam", arch="tiny_test", filename="test_sam.pt", url=server.url("/test_sam.pt"),
             size=len(data), sha256=hashlib.sha256(data).hexdigest(), aliases=("test_sam.pt",),
         )
         monkeypatch.setattr(registry, "_BUILTIN", (*registry._BUILTIN, spec))
@@ -284,3 +284,76 @@ def test_wrong_config_in_project_file(tmp_path, tiny_sam, tiny_mobile_sam):
     )
     with pytest.raises(CheckpointError, match="does not hold a loadable SAM model"):
         load_sam(path, device="cpu")
+
+
+# --- files that must not load as if nothing were wrong ----------------------------------
+
+
+def test_non_finite_weights_are_refused(tmp_path, tiny_sam):
+    state = {k: v.clone() for k, v in tiny_sam.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="non-finite weights") as info:
+        load_sam(path, device="cpu")
+    assert key in str(info.value)
+
+
+def test_registry_model_must_have_its_registry_architecture(tmp_path, tiny_sam, monkeypatch):
+    from napari_samscope.core.modeling import build
+
+    state = dict(tiny_sam.state_dict())
+    monkeypatch.setitem(build.ARCHITECTURES, "tiny_reg", detect_config(state))
+    depth = tiny_sam.config.encoder.depth
+    last = f"image_encoder.blocks.{depth - 1}."
+    fewer = {k: v for k, v in state.items() if not k.startswith(last)}  # one block removed
+    for name, weights in (("good.pt", state), ("fewer.pt", fewer)):
+        torch.save(weights, tmp_path / name)
+        register_local_model(name[:-3], tmp_path / name)
+    specs = {s.name: dataclasses.replace(s, arch="tiny_reg") for s in registry._user_models.values()}
+    monkeypatch.setattr(registry, "_user_models", {k.lower(): v for k, v in specs.items()})
+    assert load_sam("good", device="cpu").sam.config == detect_config(state)
+    with pytest.raises(CheckpointError, match=rf"encoder.depth {depth - 1} instead of {depth}"):
+        load_sam("fewer", device="cpu")
+    assert load_sam(tmp_path / "fewer.pt", device="cpu").sam.config.encoder.depth == depth - 1  # by path: as it is
+
+
+def test_directory_as_checkpoint_says_it_is_a_directory(tmp_path):
+    folder = tmp_path / "weights.pt"
+    folder.mkdir()
+    for model in (folder, str(folder), str(tmp_path)):
+        with pytest.raises(ValueError, match="is a directory"):
+            load_sam(model, device="cpu")
+
+
+def test_raw_pickle_is_called_an_unsafe_legacy_format(tmp_path, tiny_sam):
+    import pickle
+
+    path = tmp_path / "raw.pt"
+    with open(path, "wb") as f:
+        pickle.dump({k: v.numpy() for k, v in tiny_sam.state_dict().items()}, f)
+    with pytest.raises(UnsafeCheckpointError, match="raw Python pickle \\(an unsafe legacy format\\)"):
+        load_sam(path, device="cpu")
+    legacy = tmp_path / "legacy.pt"  # torch's own pre-zip format is still read safely
+    torch.save(tiny_sam.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert load_sam(legacy, device="cpu").sam.config == detect_config(dict(tiny_sam.state_dict()))
+
+
+def test_corrupt_message_is_whole(tmp_path):
+    path = tmp_path / "zeros.pt"
+    path.write_bytes(bytes(4096))
+    with pytest.raises(CheckpointError) as info:
+        load_sam(path, device="cpu")
+    message = str(info.value)
+    assert message.count("(") == message.count(")") and "legacy )" not in message
+    assert message.endswith("Delete it and download or save it again.")
+
+
+def test_corrupt_cached_download_names_the_file_to_delete(served_model, isolated):
+    _server, spec = served_model
+    isolated.mkdir(parents=True, exist_ok=True)
+    damaged = isolated / "test_sam.pt"
+    damaged.write_bytes(bytes(spec.size))
+    with pytest.raises(DownloadError, match=f"Delete {damaged}"):
+        load_sam("test_sam", device="cpu")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,14 @@ import numpy as np
 __all__ = [
     "UsageError",
     "add_debug",
+    "accept_negative_values",
+    "add_channel_axis",
     "add_model",
     "parse_point",
     "parse_box",
     "expand_key_values",
     "load_model",
+    "process_files",
     "write_results",
 ]
 
@@ -84,8 +88,23 @@ def parse_point(text: str) -> tuple[float, float]:
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"x0,y0,x1,y1"`` -> XYXY box in pixels."""
-    return _numbers(text, 4, "box 'x0,y0,x1,y1' (four numbers)")  # type: ignore[return-value]
+    """``"x0,y0,x1,y1"`` -> XYXY box in pixels; a box without area is refused."""
+    x0, y0, x1, y1 = _numbers(text, 4, "box 'x0,y0,x1,y1' (four numbers)")
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no area: a box 'x0,y0,x1,y1' needs x1 > x0 and y1 > y0"
+        )
+    return x0, y0, x1, y1
+
+
+#: argparse takes a token that starts with "-" as an option unless it looks like one
+#: negative number; coordinate lists such as "-100,-100" or "-5,3,20,40" are values too
+_NEGATIVE_VALUE = re.compile(r"^-\d*\.?\d+([,\s]+-?\d*\.?\d+)*$")
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Let ``--points -100,-100`` and ``--bboxes -5,-5,20,20`` parse as values."""
+    parser._negative_number_matcher = _NEGATIVE_VALUE  # argparse has no public hook for this
 
 
 # ----------------------------------------------------------------------------- key=value
@@ -248,12 +267,72 @@ def write_results(out_dir: Path, stem: str, rgb: np.ndarray, labels: np.ndarray)
     return [label_path, overlay_path]
 
 
-def image_planes(path: Path) -> list[tuple[str, np.ndarray]]:
+def add_channel_axis(parser: argparse.ArgumentParser) -> None:
+    """``--channel-axis``: which axis of the files holds the channels (as the API's ``channel_axis``)."""
+    parser.add_argument(
+        "--channel-axis", dest="channel_axis", type=int, default=None, metavar="AXIS",
+        help="the axis of the image array that holds channels (e.g. 2 for a (H, W, 2) TIFF); "
+             "default: only RGB(A) images have channels",
+    )
+
+
+def image_planes(path: Path, channel_axis: int | None = None) -> list[tuple[str, np.ndarray]]:
     """``(suffix, plane)`` for each plane of an image file: ``""`` for a 2D image,
-    ``"_z0003"`` for plane 3 of a stack (as ``auto_annotate`` names them)."""
+    ``"_z0003"`` for plane 3 of a stack (as ``auto_annotate`` names them). Planes are
+    ``(H, W)``, ``(H, W, 3|4)`` or, with ``channel_axis``, ``(H, W, C)``."""
     from napari_samscope.core.datasets.annotate_io import read_planes
 
-    planes = read_planes(path)
+    planes = read_planes(path, channel_axis=channel_axis)
     if len(planes) == 1:
         return [("", planes[0])]
     return [(f"_z{z:04d}", plane) for z, plane in enumerate(planes)]
+
+
+def plane_to_rgb(plane: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """``(H, W, 3) uint8`` of one plane from :func:`image_planes` (channels last when
+    ``channel_axis`` was given), by the API's own conversion rule."""
+    from napari_samscope.core.datasets.annotate_io import as_valid_plane
+    from napari_samscope.core.predict.image import to_rgb_uint8
+
+    return to_rgb_uint8(as_valid_plane(plane), channel_axis=-1 if channel_axis is not None else None)
+
+
+def process_files(
+    source: str, out: Path, process: Any, what: str = "objects"
+) -> int:
+    """Run ``process(path, stem) -> (count, written paths)`` on every image of ``source``.
+
+    A file that fails is reported on stderr (``skipped <path>: <reason>``) and the next one is
+    tried; the files this command wrote earlier into ``out`` (listed in its manifest) are
+    never taken as inputs; a summary line ends the run. Returns the exit code: 1 when any
+    file failed, else 0.
+    """
+    from napari_samscope.core.datasets.annotate_io import list_images, output_stems
+    from napari_samscope.core.datasets.manifest import Manifest, resolved_path
+
+    files, _ = list_images(source)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(out)
+    produced = manifest.output_paths()
+    files = [p for p in files if resolved_path(p) not in produced]
+    stems = output_stems(files, fixed=[manifest.stem_of(p) for p in files],
+                         reserved={s.lower() for s in manifest.records})
+    total, failed = 0, []
+    for path, stem in zip(files, stems):
+        try:
+            count, written = process(path, stem)
+        except Exception as exc:  # one bad file never stops the folder
+            text = " ".join(str(exc).split())
+            reason = text if isinstance(exc, ValueError | OSError) and text else f"{type(exc).__name__}: {text}"
+            failed.append(path)
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+            continue
+        total += count
+        manifest.record(stem, path, written, keep=False)
+        manifest.save()
+    done = len(files) - len(failed)
+    noun = what if total != 1 else what.rstrip("s")
+    print(f"done: {done} image(s), {total} {noun}, {len(failed)} failed; results in {out}")
+    return 1 if failed else 0
+
+

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from napari_samscope.cli._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
+from napari_samscope.cli._common import (
+    DEFAULT_MODEL_HELP,
+    ProgressBar,
+    add_channel_axis,
+    add_debug,
+    add_device,
+)
 
 DESCRIPTION = """\
 Detect objects (default: fluorescent nuclei with a blob detector, no weights needed),
@@ -39,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-coco", action="store_true", help="also write annotations_coco.json")
     parser.add_argument("--split-parts", action="store_true",
                         help="one line per connected part of an object (default: parts bridged in one line)")
+    add_channel_axis(parser)
     add_device(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,
             output_dir=args.output_dir, conf=args.conf, classes=args.classes, max_det=args.max_det,
             overwrite=args.overwrite, save_tiff=args.save_tiff, save_coco=args.save_coco,
-            split_parts=args.split_parts, progress=bar, verbose=False,
+            split_parts=args.split_parts, channel_axis=args.channel_axis, progress=bar, verbose=False,
         )
     for path, reason in summary.failed:
         print(f"skipped {path}: {reason}")

@@ -14,6 +14,8 @@ from napari_samscope.cli._common import (
     add_model,
     image_planes,
     load_model,
+    plane_to_rgb,
+    process_files,
     write_results,
 )
 from napari_samscope.core.everything.params import EVERYTHING_DEFAULTS, EverythingParams
@@ -110,12 +112,11 @@ def given_params(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.datasets.annotate_io import list_images, output_stems
+    from napari_samscope.core.datasets.annotate_io import list_images
     from napari_samscope.core.everything.generator import MaskGenerator, model_everything_defaults
-    from napari_samscope.core.predict.image import to_rgb_uint8
 
     given = given_params(args)  # checked before the model is loaded
-    files, _ = list_images(args.source)
+    list_images(args.source)  # a missing source fails before the model is loaded
     model = load_model(args.model, args.device, args.dtype)
     recommended = model_everything_defaults(model)
     generator = MaskGenerator(model, params=EverythingParams.with_defaults(given, recommended))
@@ -124,13 +125,14 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k} {v:g}" for k, v in applied.items())
         print(f"{model.name}: using the model's recommended {shown} (set the options to change)")
     out = Path(args.out)
-    total = 0
-    for path, stem in zip(files, output_stems(files)):
+
+    def process(path: Path, stem: str) -> tuple[int, list[Path]]:
+        count, written = 0, []
         for suffix, plane in image_planes(path):
-            rgb = to_rgb_uint8(plane)
+            rgb = plane_to_rgb(plane)
             with ProgressBar() as bar:
                 result = generator.generate(rgb, progress=bar)
-            written = write_results(out, stem + suffix, rgb, result.to_label_image())
+            files = write_results(out, stem + suffix, rgb, result.to_label_image())
             if args.records:
                 records = [
                     {
@@ -142,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
                 ]
                 json_path = out / f"{stem}{suffix}_masks.json"
                 json_path.write_text(json.dumps(records, indent=1), encoding="utf-8")
-                written.append(json_path)
-            total += len(result)
-            print(f"{path.name}{f' plane {suffix[2:]}' if suffix else ''}: {len(result)} masks -> {', '.join(str(p) for p in written)}")
-    print(f"done: {len(files)} image(s), {total} masks, results in {out}")
-    return 0
+                files.append(json_path)
+            where = f" plane {suffix[2:]}" if suffix else ""
+            print(f"{path.name}{where}: {len(result)} mask{'' if len(result) == 1 else 's'} -> "
+                  f"{', '.join(str(p) for p in files)}")
+            count += len(result)
+            written += files
+        return count, written
+
+    return process_files(args.source, out, process, what="masks")

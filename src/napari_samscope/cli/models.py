@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _size(nbytes: int | None) -> str:
+    """A file size in decimal units (MB = 10^6 bytes), as the registry's descriptions."""
     if nbytes is None:
         return "?"
     if nbytes >= 1e9:
@@ -46,17 +47,45 @@ def _size(nbytes: int | None) -> str:
     return f"{nbytes / 1e6:.1f} MB"
 
 
+def _cached_column(status: object) -> tuple[str, str | None]:
+    """``("yes" | "no" | "corrupt", problem sentence or None)`` for one model's file.
+
+    A downloaded file of the right size is checked against the registry's sha256 once;
+    the result is remembered next to it, so listing stays fast.
+    """
+    from napari_samscope.core.weights.download import cached_state, corrupt_message
+    from napari_samscope.core.weights.registry import check_model_file, lookup
+
+    spec = lookup(status.name)
+    if not status.cached or spec is None or spec.source == "local":
+        return ("yes" if status.cached else "no"), None
+    if spec.source == "package":  # small, and its folder is not ours to write a sidecar in
+        try:
+            check_model_file(spec)
+        except ValueError as exc:
+            return "corrupt", str(exc)
+        return "yes", None
+    if cached_state(spec, status.path) == "corrupt":
+        return "corrupt", corrupt_message(spec, status.path)
+    return "yes", None
+
+
 def run_models(args: argparse.Namespace) -> int:
     from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
-    rows = [("name", "aliases", "size", "cached", "description")]
+    rows = [("name", "aliases", "file size", "cached", "description")]
+    problems = []
     for status in list_models():
         name = status.name + (" (default)" if status.name == DEFAULT_MODEL else "")
-        rows.append((name, ", ".join(status.aliases), _size(status.size),
-                     "yes" if status.cached else "no", status.description))
+        cached, problem = _cached_column(status)
+        if problem:
+            problems.append(problem)
+        rows.append((name, ", ".join(status.aliases), _size(status.size), cached, status.description))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+    for problem in problems:
+        print(f"\n{problem}")
     from napari_samscope.core.weights.download import cache_dir
 
     print(f"\ncache folder: {cache_dir()} (set SAMSCOPE_CACHE_DIR to change it)")
@@ -83,7 +112,14 @@ def run_info(args: argparse.Namespace) -> int:
             return 0
     from napari_samscope.cli._common import load_model
 
-    load_model(name, args.device, args.dtype).info(verbose=True)
+    model = load_model(name, args.device, args.dtype)
+    model.info(verbose=True)
+    path = getattr(model, "path", None)
+    if path is not None and Path(path).is_file():
+        # the summary's size counts parameters and buffers in memory; `samscope models`
+        # lists the file, so say both to avoid two different "sizes"
+        print(f"  file: {path} ({_size(Path(path).stat().st_size)} on disk; the size above is "
+              "the weights in memory)")
     return 0
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_samscope.cli._common import (
     UsageError,
+    accept_negative_values,
+    add_channel_axis,
     add_debug,
     add_device,
     add_model,
@@ -16,6 +21,8 @@ from napari_samscope.cli._common import (
     load_model,
     parse_box,
     parse_point,
+    plane_to_rgb,
+    process_files,
     write_results,
 )
 
@@ -55,8 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default=None, help="with no prompts: grid points per image side [32]; "
                                            "'samscope everything' has all the options")
     parser.add_argument("--out", default="results", help="output folder (default: ./results)")
+    add_channel_axis(parser)
     add_device(parser)
     add_debug(parser)
+    accept_negative_values(parser)
     parser.set_defaults(func=run)
 
 
@@ -70,14 +79,34 @@ def check_prompts(args: argparse.Namespace) -> None:
         raise UsageError("--points go with a single box (one object); give several boxes without points")
     if (args.conf is not None or args.points_per_side is not None) and (args.points or args.bboxes):
         raise UsageError("--conf and --points-per-side only apply when no prompt is given (segment everything)")
+    if args.points_per_side is not None and args.points_per_side < 1:
+        raise UsageError(f"--points-per-side must be at least 1, not {args.points_per_side}")
+    if args.conf is not None and not 0.0 <= args.conf <= 1.0:
+        raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
+
+
+def label_boxes_on_crops(predictor: Any, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Label image of one object per box; boxes too small for the whole image are segmented
+    on crops at the model's scale, the others on the whole image (as ``annotate`` does)."""
+    from napari_samscope.core.datasets.annotate import annotate_plane, paint_labels
+    from napari_samscope.core.datasets.detectors import Detections
+
+    detections = Detections.from_arrays(boxes, [0] * len(boxes), [1.0] * len(boxes))
+    objects = annotate_plane(predictor, rgb, detections)
+    return paint_labels(objects, rgb.shape[:2])
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samscope.core.datasets.annotate_io import list_images, output_stems
-    from napari_samscope.core.predict.image import to_rgb_uint8
+    from napari_samscope.core.datasets.annotate_io import list_images
+    from napari_samscope.core.datasets.crops import (
+        SmallObjectWarning,
+        is_unresolvable,
+        warn_unresolvable,
+    )
+    from napari_samscope.core.predict.resolve import as_predictor
 
     check_prompts(args)
-    files, _ = list_images(args.source)
+    list_images(args.source)  # a missing source fails before the model is loaded
     model = load_model(args.model, args.device, args.dtype)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
@@ -95,16 +124,37 @@ def run(args: argparse.Namespace) -> int:
         if args.points_per_side is not None:
             kwargs["points_per_side"] = args.points_per_side
     n_objects = len(args.bboxes) if args.bboxes else 1
-    total = 0
-    for path, stem in zip(files, output_stems(files)):
-        for suffix, plane in image_planes(path):
-            rgb = to_rgb_uint8(plane)
-            result = model(rgb, **kwargs)
-            if prompted and args.multimask and n_objects == 1:  # 3 candidates of one object
-                result = result.best()
-            labels = result.to_label_image()
-            written = write_results(out, stem + suffix, rgb, labels)
-            total += int(labels.max())
-            print(f"{path.name}{f' plane {suffix[2:]}' if suffix else ''}: {int(labels.max())} objects -> {', '.join(str(p) for p in written)}")
-    print(f"done: {len(files)} image(s), {total} objects, results in {out}")
-    return 0
+    predictor = as_predictor(model)
+    boxes_only = args.bboxes is not None and args.points is None
+
+    def segment(rgb: np.ndarray) -> np.ndarray:
+        if boxes_only and is_unresolvable(kwargs["bboxes"], rgb.shape, predictor.img_size).any():
+            return label_boxes_on_crops(predictor, rgb, kwargs["bboxes"])
+        if prompted:
+            warn_unresolvable(rgb.shape, predictor.img_size, boxes=kwargs.get("bboxes"), what="box")
+            if args.points is not None:
+                warn_unresolvable(rgb.shape, predictor.img_size, what="image")
+        result = model(rgb, **kwargs)
+        if prompted and args.multimask and n_objects == 1:  # 3 candidates of one object
+            result = result.best()
+        return result.to_label_image()
+
+    def process(path: Path, stem: str) -> tuple[int, list[Path]]:
+        count, written = 0, []
+        for suffix, plane in image_planes(path, args.channel_axis):
+            rgb = plane_to_rgb(plane, args.channel_axis)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SmallObjectWarning)
+                labels = segment(rgb)
+            for warning in caught:
+                print(f"warning: {path.name}: {warning.message}", file=sys.stderr)
+            files = write_results(out, stem + suffix, rgb, labels)
+            found = int(labels.max())
+            where = f" plane {suffix[2:]}" if suffix else ""
+            print(f"{path.name}{where}: {found} object{'' if found == 1 else 's'} -> "
+                  f"{', '.join(str(p) for p in files)}")
+            count += found
+            written += files
+        return count, written
+
+    return process_files(args.source, out, process)

@@ -9,11 +9,12 @@ from napari_samscope.cli._common import add_debug
 
 DESCRIPTION = """\
 Write the synthetic fluorescence samples that napari's File > Open Sample shows:
-  nuclei_2d.tif   512x512 uint16 nuclei
-  nuclei_2d.png   the same image as 8-bit PNG
-  nuclei_3d.tif   32x256x256 uint16 stack (z step = 2 x pixel size)
-and their ground-truth labels in ground_truth/ (so that 'samscope annotate DIR' on the
-sample folder does not mistake them for images).
+  nuclei_2d.tif       512x512 uint16 nuclei
+  nuclei_3d.tif       32x256x256 uint16 stack (z step = 2 x pixel size)
+  png/nuclei_2d.png   the 2D image as 8-bit PNG
+and their ground-truth labels in ground_truth/. The PNG copy and the labels live in
+sub-folders, so that 'samscope annotate DIR' on the sample folder sees each image once
+and does not mistake labels for images.
 """
 
 
@@ -53,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         path = out / f"{stem}.tif"
         tifffile.imwrite(path, image, photometric="minisblack", compression="zlib")
         written.append(path)
-        if image.ndim == 2:
-            png = out / f"{stem}.png"
+        if image.ndim == 2:  # a copy in its own folder: one folder, each image once
+            (out / "png").mkdir(exist_ok=True)
+            png = out / "png" / f"{stem}.png"
             Image.fromarray(to_rgb_uint8(image)[..., 0]).save(png)
             written.append(png)
         label_path = truth / f"{stem}_labels.tif"

@@ -29,15 +29,17 @@ interrupted run never leaves a half-written file that would count as done.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_samscope.core.datasets.annotate_io import (
+    as_valid_plane,
     list_images,
     output_stems,
     plane_count,
@@ -45,17 +47,23 @@ from napari_samscope.core.datasets.annotate_io import (
     txt_names,
     write_label_tiff,
 )
+from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.datasets.coco_format import CocoWriter
+from napari_samscope.core.datasets.crops import crop_mask, is_unresolvable, segment_boxes
 from napari_samscope.core.datasets.detectors import Detections, make_detector
+from napari_samscope.core.datasets.manifest import Manifest, resolved_path
 from napari_samscope.core.datasets.yolo_format import (
     object_to_yolo_lines,
     parse_yolo_segmentation,
     write_text_atomic,
 )
 from napari_samscope.core.predict import label_image
+from napari_samscope.core.predict.image import to_rgb_uint8
 from napari_samscope.core.progress import Job, Progress, run
+from napari_samscope.core.volume.everything import link_labels
 
 __all__ = [
+    "AnnotateOptions",
     "AnnotatedObject",
     "AnnotateSummary",
     "annotate_plane",
@@ -100,15 +108,6 @@ def paint_labels(objects: Sequence[AnnotatedObject], shape: tuple[int, int]) -> 
     return label_image.paint_labels(objects, shape)
 
 
-def _crop(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return (int(r0), int(c0)), mask[r0:r1, c0:c1].copy()
-
-
 def annotate_plane(
     predictor: Any,
     image: np.ndarray,
@@ -117,6 +116,11 @@ def annotate_plane(
     contrast_limits: Any = None,
 ) -> list[AnnotatedObject]:
     """Segment every detected box of one 2D image with SAM.
+
+    Boxes that the whole image, shrunk to the model input, would make too small to
+    resolve (:func:`~napari_samscope.core.datasets.crops.is_unresolvable`) are segmented
+    on crops at the model's scale instead (:func:`~napari_samscope.core.datasets.crops.segment_boxes`);
+    the others on the whole image.
 
     Args:
         predictor: a :class:`~napari_samscope.core.predict.predictor.Predictor`.
@@ -128,49 +132,32 @@ def annotate_plane(
         One :class:`AnnotatedObject` per box whose mask is not empty, in box order.
         A constant image (a blank plane) has nothing to segment and gives none.
     """
-    if len(detections) == 0 or (contrast_limits is None and np.ptp(np.asarray(image)) == 0):
+    image = as_valid_plane(np.asarray(image))
+    if len(detections) == 0 or (contrast_limits is None and np.ptp(image) == 0):
         return []
-    predictor.set_image(image, contrast_limits=contrast_limits)
-    objects: list[AnnotatedObject] = []
-    try:
-        for start in range(0, len(detections), _BOX_BATCH):
-            stop = start + _BOX_BATCH
-            result = predictor.predict(bboxes=detections.boxes[start:stop], multimask_output=False)
-            for k, mask in enumerate(result.masks):
-                cropped = _crop(mask)
-                if cropped is not None:
-                    index = start + k
-                    objects.append(AnnotatedObject(
-                        int(detections.class_ids[index]), float(detections.scores[index]), *cropped
-                    ))
-    finally:
-        predictor.reset_image()
-    return objects
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-@dataclass
-class AnnotateSummary:
-    """What an ``auto_annotate`` run did."""
-
-    output_dir: Path
-    images: int = 0
-    annotated: int = 0
-    skipped: int = 0
-    planes: int = 0
-    objects: int = 0
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-    coco_path: Path | None = None
-
-    def __str__(self) -> str:
-        return (
-            f"{self.images} images: {self.annotated} annotated ({self.planes} planes, "
-            f"{self.objects} objects), {self.skipped} skipped (already annotated), "
-            f"{len(self.failed)} failed; labels in {self.output_dir}"
-        )
+    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+    small = is_unresolvable(boxes, image.shape, predictor.img_size)
+    found: list[tuple[tuple[int, int], np.ndarray] | None] = [None] * len(boxes)
+    whole = np.flatnonzero(~small)
+    if whole.size:
+        predictor.set_image(image, contrast_limits=contrast_limits)
+        try:
+            for start in range(0, whole.size, _BOX_BATCH):
+                chunk = whole[start : start + _BOX_BATCH]
+                result = predictor.predict(bboxes=boxes[chunk], multimask_output=False)
+                for index, mask in zip(chunk, result.masks):
+                    found[index] = crop_mask(mask)
+        finally:
+            predictor.reset_image()
+    crops = np.flatnonzero(small)
+    if crops.size:
+        for index, item in zip(crops, segment_boxes(predictor, image, boxes[crops],
+                                                     contrast_limits=contrast_limits)):
+            found[index] = item
+    return [
+        AnnotatedObject(int(detections.class_ids[k]), float(detections.scores[k]), *item)
+        for k, item in enumerate(found) if item is not None
+    ]
 
 
 # ----------------------------------------------------------------------------- the job
@@ -182,34 +169,40 @@ def _make_predictor(sam_model: Any, device: str) -> Any:
     return as_predictor(sam_model, device=device or "auto")
 
 
+def _reserved_stems(out: Path, manifest: Manifest) -> set[str]:
+    """Stems that a new source may not take: those of the manifest and, in a folder with a
+    manifest, those of text files it does not list (written by hand or by someone else)."""
+    used = {s.lower() for s in manifest.records}
+    if manifest.existed:
+        for txt in out.glob("*.txt"):
+            used.add(re.sub(r"_z\d{4}$", "", txt.stem).lower())
+    return used
+
+
 def auto_annotate_job(
     data: str | os.PathLike | Sequence[str | os.PathLike],
-    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
-    sam_model: Any = None,
-    device: str = "",
-    output_dir: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    classes: Iterable[int] | None = None,
-    max_det: int = 300,
-    overwrite: bool = False,
-    save_tiff: bool = False,
-    save_coco: bool = False,
-    split_parts: bool = False,
+    options: AnnotateOptions | None = None,
+    **params: Any,
 ) -> Job[AnnotateSummary]:
-    """The generator behind :func:`auto_annotate` (yields ``Progress`` per image)."""
-    if not 0.0 <= float(conf) <= 1.0:
-        raise ValueError(f"conf must be between 0 and 1, not {conf}")
-    if int(max_det) < 1:
-        raise ValueError(f"max_det must be at least 1, not {max_det}")
+    """The generator behind :func:`auto_annotate` (yields ``Progress`` per image).
+
+    ``options`` is an :class:`AnnotateOptions`; keyword arguments named like its fields
+    (``sam_model=...``, ``save_tiff=True``) replace single values.
+    """
+    opts = AnnotateOptions.from_arguments(options, params)
     files, default_dir = list_images(data)
-    out = Path(output_dir).expanduser() if output_dir is not None else default_dir
+    out = Path(opts.output_dir).expanduser() if opts.output_dir is not None else default_dir
     out.mkdir(parents=True, exist_ok=True)
     out_resolved = out.resolve()
-    inputs = {p.resolve() for p in files}
-    classes = None if classes is None else [int(c) for c in classes]
-    detector = make_detector(det_model, device=device, conf=conf, classes=classes, max_det=max_det)
+    manifest = Manifest.load(out)
+    produced = manifest.output_paths()
+    files = [p for p in files if resolved_path(p) not in produced]  # our outputs are never inputs
+    inputs = {resolved_path(p) for p in files}
+    classes = None if opts.classes is None else list(opts.classes)
+    detector = make_detector(opts.det_model, device=opts.device, conf=opts.conf, classes=classes,
+                             max_det=opts.max_det)
     predictor = None
-    coco = CocoWriter() if save_coco else None
+    coco = CocoWriter() if opts.save_coco else None
     summary = AnnotateSummary(output_dir=out, images=len(files))
 
     def target(name: str) -> Path:
@@ -218,46 +211,47 @@ def auto_annotate_job(
             raise ValueError(f"refusing to write {name!r}: it would leave {out} or replace an input image")
         return path
 
-    stems = output_stems(files)
+    stems = output_stems(files, fixed=[manifest.stem_of(p) for p in files],
+                         reserved=_reserved_stems(out, manifest))
     for stem in stems:  # fail before any work if a name would replace an input image
         target(f"{stem}_labels.tif")
     for index, (path, stem) in enumerate(zip(files, stems)):
         yield Progress(f"auto-annotating {path.name}", index, len(files))
-        count = plane_count(path)
-        label_path = target(f"{stem}_labels.tif")
-        if not overwrite and count is not None:
-            expected = [target(n) for n in txt_names(stem, count)] + ([label_path] if save_tiff else [])
-            if all(p.exists() for p in expected):
-                summary.skipped += 1
-                if coco is not None:
-                    try:
-                        _add_existing_to_coco(coco, path, expected[:count])
-                    except (OSError, ValueError) as exc:
-                        summary.failed.append((path, f"not added to the COCO file: {exc}"))
-                continue
         try:
-            planes = read_planes(path)
+            count = plane_count(path)
+            label_path = target(f"{stem}_labels.tif")
+            if not opts.overwrite and count is not None:
+                expected = [target(n) for n in txt_names(stem, count)] + ([label_path] if opts.save_tiff else [])
+                if _already_done(manifest, stem, path, expected):
+                    summary.skipped += 1
+                    if coco is not None:
+                        try:
+                            _add_existing_to_coco(coco, path, expected[:count])
+                        except (OSError, ValueError) as exc:
+                            summary.failed.append((path, f"not added to the COCO file: {exc}"))
+                    continue
+            planes = read_planes(path, channel_axis=opts.channel_axis)
         except (OSError, ValueError) as exc:
             summary.failed.append((path, str(exc)))
             continue
         if predictor is None:
-            predictor = _make_predictor(sam_model, device)
+            predictor = _make_predictor(opts.sam_model, opts.device)
         try:
-            results = yield from _annotate_file(
-                path, planes, detector, predictor, conf, classes, max_det, index, len(files)
-            )
-        except ValueError as exc:  # unusable image content (all NaN, bad layout, ...)
-            summary.failed.append((path, str(exc)))
+            results = yield from _annotate_file(path, planes, detector, predictor, opts, index, len(files))
+        except Exception as exc:  # one unusable image never stops the folder
+            summary.failed.append((path, _reason(exc)))
             continue
+        written = []
         label_planes = []
         for z, (objects, txt_name) in enumerate(zip(results, txt_names(stem, len(planes)))):
             shape = planes[z].shape[:2]
             lines: list[str] = []
             for obj in objects:
-                lines += object_to_yolo_lines(obj.crop, obj.class_id, shape, obj.offset, split_parts=split_parts)
+                lines += object_to_yolo_lines(obj.crop, obj.class_id, shape, obj.offset,
+                                              split_parts=opts.split_parts)
             write_text_atomic(target(txt_name), "".join(line + "\n" for line in lines))
-            summary.files.append(target(txt_name))
-            if save_tiff:
+            written.append(target(txt_name))
+            if opts.save_tiff:
                 label_planes.append(paint_labels(objects, shape))
             if coco is not None:
                 frame = {"frame": z} if len(planes) > 1 else {}
@@ -266,10 +260,16 @@ def auto_annotate_job(
                     coco.add_object(image_id, obj.crop, obj.class_id, obj.score, shape, obj.offset)
             summary.planes += 1
             summary.objects += len(objects)
-        if save_tiff:
-            write_label_tiff(label_path, np.stack(label_planes) if len(label_planes) > 1 else label_planes[0])
-            summary.files.append(label_path)
+        if opts.save_tiff:
+            # a stack's planes were segmented one by one: link the ids through z so that
+            # one nucleus keeps one id in the label stack
+            labels = link_labels(np.stack(label_planes)) if len(label_planes) > 1 else label_planes[0]
+            write_label_tiff(label_path, labels)
+            written.append(label_path)
+        summary.files += written
         summary.annotated += 1
+        manifest.record(stem, path, written, keep=not opts.overwrite)
+        manifest.save()
     yield Progress("auto-annotating", len(files), len(files))
     if coco is not None:
         summary.coco_path = coco.write(target(COCO_FILE))
@@ -277,16 +277,39 @@ def auto_annotate_job(
     return summary
 
 
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, ValueError | OSError) and text else f"{type(exc).__name__}: {text}"
+
+
+def _already_done(manifest: Manifest, stem: str, path: Path, expected: Sequence[Path]) -> bool:
+    """Outputs count as done when the manifest says they were made from this file's
+    current content. A folder written before manifests existed is trusted by name once,
+    and its files are then recorded."""
+    if manifest.is_done(stem, path, expected):
+        return True
+    if not manifest.existed and manifest.stem_of(path) is None and stem not in manifest.records \
+            and all(p.exists() for p in expected):
+        manifest.record(stem, path, expected)
+        manifest.save()
+        return True
+    return False
+
+
 def _annotate_file(
-    path: Path, planes: np.ndarray, detector: Any, predictor: Any, conf: float,
-    classes: list[int] | None, max_det: int, index: int, total: int,
+    path: Path, planes: np.ndarray, detector: Any, predictor: Any, opts: AnnotateOptions,
+    index: int, total: int,
 ) -> Job[list[list[AnnotatedObject]]]:
     """Detect and segment every plane of one file (all planes before anything is written)."""
+    classes = None if opts.classes is None else list(opts.classes)
     results = []
     for z, plane in enumerate(planes):
         if len(planes) > 1:
             yield Progress(f"auto-annotating {path.name} plane {z + 1}/{len(planes)}", index, total)
-        found = detector(plane).filtered(conf=conf, classes=classes, max_det=max_det)
+        plane = as_valid_plane(plane)
+        if opts.channel_axis is not None:  # channels last since read_planes: as RGB for both steps
+            plane = to_rgb_uint8(plane, channel_axis=-1)
+        found = detector(plane).filtered(conf=opts.conf, classes=classes, max_det=opts.max_det)
         results.append(annotate_plane(predictor, plane, found))
     return results
 
@@ -304,53 +327,80 @@ def _add_existing_to_coco(coco: CocoWriter, image_path: Path, txt_paths: Sequenc
 
 def auto_annotate(
     data: str | os.PathLike | Sequence[str | os.PathLike],
-    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
-    sam_model: Any = None,
-    device: str = "",
-    output_dir: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    classes: Iterable[int] | None = None,
-    max_det: int = 300,
-    overwrite: bool = False,
-    save_tiff: bool = False,
-    save_coco: bool = False,
-    split_parts: bool = False,
+    options: AnnotateOptions | str | os.PathLike | Callable[[np.ndarray], Any] | None = None,
+    *,
     progress: Callable[[Progress], Any] | str | None = "tqdm",
     verbose: bool = True,
+    **params: Any,
 ) -> AnnotateSummary:
     """Annotate a folder of images with a detector and SAM (see the module docstring).
 
     Args:
         data: a folder of images (not recursive), one image file, or a list of files.
             tif/tiff (any bit depth, multi-page stacks per plane), png, jpg/jpeg.
-        det_model: ``"blobs"`` (default, fluorescent nuclei, no weights), a callable
-            ``image -> (boxes XYXY, class_ids, scores)``, or Ultralytics YOLO weights.
-        sam_model: registry name, alias or checkpoint path; None for the project's default
-            model; or a ready ``SAM`` / ``Predictor``.
-        device: ``""`` picks automatically (CUDA, MPS, CPU); or ``"cpu"``, ``"cuda:0"``...
-        output_dir: default ``<data parent>/<data name>_auto_annotate_labels``.
-        conf: minimum detector score.
-        classes: keep only these class ids (None: all).
-        max_det: at most this many objects per image (plane), the best-scored.
-        overwrite: re-annotate images whose outputs already exist.
-        save_tiff: also write ``<stem>_labels.tif`` label images.
-        save_coco: also write ``annotations_coco.json`` for the whole folder.
-        split_parts: one YOLO line per connected part of an object.
-        progress: ``"tqdm"`` (a bar on stderr), None, or a callable receiving ``Progress``.
+        options: an :class:`AnnotateOptions` with every option below; or, as in
+            Ultralytics' ``auto_annotate(data, det_model)``, the detector itself.
+        progress: ``"tqdm"`` (a bar on stderr, opened at the first report), None, or a
+            callable receiving ``Progress``.
         verbose: print the failures and the summary to stderr at the end.
+        **params: the fields of :class:`AnnotateOptions` by name, each replacing the
+            value of ``options``:
+
+            - ``det_model``: ``"blobs"`` (default, fluorescent nuclei, no weights), a
+              callable ``image -> (boxes XYXY, class_ids, scores)``, or Ultralytics YOLO weights;
+            - ``sam_model``: registry name, alias or checkpoint path; None for the
+              project's default model; or a ready ``SAM`` / ``Predictor``;
+            - ``device``: ``""`` picks automatically (CUDA, MPS, CPU); or ``"cpu"``, ``"cuda:0"``...;
+            - ``output_dir``: default ``<data parent>/<data name>_auto_annotate_labels``;
+            - ``conf``: minimum detector score; ``classes``: keep only these class ids;
+            - ``max_det``: at most this many objects per image (plane), the best-scored;
+            - ``overwrite``: re-annotate images whose outputs already exist;
+            - ``save_tiff``: also write ``<stem>_labels.tif`` label images;
+            - ``save_coco``: also write ``annotations_coco.json`` for the whole folder;
+            - ``split_parts``: one YOLO line per connected part of an object;
+            - ``channel_axis``: the axis of the stored arrays that holds channels (a
+              ``(H, W, 2)`` TIFF needs ``channel_axis=2``; without it, it is refused).
 
     Returns:
         An :class:`AnnotateSummary` (counts, failures, written files).
     """
-    summary = run(
-        auto_annotate_job(
-            data, det_model, sam_model, device, output_dir, conf, classes, max_det,
-            overwrite, save_tiff, save_coco, split_parts,
-        ),
-        progress=progress,
-    )
+    if options is not None and not isinstance(options, AnnotateOptions):
+        if "det_model" in params:
+            raise TypeError("det_model was given twice (as the second argument and by name)")
+        params["det_model"], options = options, None
+    job = auto_annotate_job(data, options, **params)
+    bar = _LazyBar() if progress == "tqdm" else None
+    try:
+        summary = run(job, progress=bar if bar is not None else progress)
+    finally:
+        if bar is not None:
+            bar.close()
     if verbose:
         for path, reason in summary.failed:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         print(summary, file=sys.stderr)
     return summary
+
+
+class _LazyBar:
+    """A tqdm bar on stderr opened at the first report and closed at the last one, so that
+    a run that reports nothing leaves no empty ``0it`` line behind."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, report: Progress) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=report.total or None, leave=False)
+        if report.total and self._bar.total != report.total:
+            self._bar.reset(total=report.total)
+        self._bar.set_description(report.message, refresh=False)
+        self._bar.n = report.done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "as_valid_plane",
     "list_images",
     "output_stems",
     "plane_count",
@@ -68,12 +70,16 @@ def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[
     """
     if isinstance(data, str | os.PathLike):
         root = Path(data).expanduser()
+        if root.is_symlink() and not root.exists():
+            _check_link(root)
         if not root.exists():
             raise FileNotFoundError(f"{str(root)!r} does not exist; give a folder of images or an image file")
         if root.is_dir():
+            # broken links and link loops are listed so that they are reported, not skipped silently
             files = sorted(
                 p for p in root.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                and (p.is_file() or (p.is_symlink() and not p.exists()))
             )
             if not files:
                 raise ValueError(
@@ -89,10 +95,26 @@ def list_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[
     return files, parent.parent / f"{parent.name or 'data'}_auto_annotate_labels"
 
 
-def output_stems(files: Sequence[Path]) -> list[str]:
-    """A unique, safe output stem per input file (case-insensitive uniqueness)."""
-    names, used = [], set()
-    for path in files:
+def output_stems(
+    files: Sequence[Path],
+    fixed: Sequence[str | None] | None = None,
+    reserved: Iterable[str] = (),
+) -> list[str]:
+    """A unique, safe output stem per input file (case-insensitive uniqueness).
+
+    Args:
+        files: the inputs, in processing order.
+        fixed: per file, a stem it already has (from the output manifest) or None; a
+            fixed stem is kept, and the other files avoid it.
+        reserved: stems no new file may take (lower case).
+    """
+    fixed = list(fixed) if fixed is not None else [None] * len(files)
+    used = {s.lower() for s in reserved} | {s.lower() for s in fixed if s is not None}
+    names = []
+    for path, known in zip(files, fixed):
+        if known is not None:
+            names.append(known)
+            continue
         base = safe_stem(path.stem)
         candidate = base
         if candidate.lower() in used:
@@ -122,24 +144,86 @@ def _planes_from_array(data: np.ndarray, axes: str | None) -> np.ndarray:
     return data.reshape(-1, *data.shape[-2:])
 
 
-def read_planes(path: Path) -> np.ndarray:
-    """Read an image file as ``(P, H, W)`` or ``(P, H, W, 3|4)`` planes (P=1 for 2D images).
+def as_valid_plane(plane: np.ndarray) -> np.ndarray:
+    """A plane every step can use: a boolean image (a mask saved as an image) becomes
+    uint8 with False -> 0 and True -> 255, its 0/1 values at full contrast.
 
     Raises:
-        ValueError: the file is not a readable image.
+        ValueError: the values are not real numbers (complex, text, objects).
     """
+    plane = np.asarray(plane)
+    if plane.dtype == np.bool_:
+        return plane.astype(np.uint8) * np.uint8(255)
+    if plane.dtype.kind not in "uif":
+        raise ValueError(f"the image holds {plane.dtype} values, not real numbers")
+    return plane
+
+
+def _check_link(path: Path) -> None:
+    """Explain a symbolic link that leads nowhere (a loop or a missing target)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"{str(path)!r} is a symbolic link loop (it leads back to itself)") from None
+        raise ValueError(f"{str(path)!r} is a broken symbolic link: {os.readlink(path)!r} does not exist")
+
+
+def _with_channels(data: np.ndarray, channel_axis: int) -> np.ndarray:
+    """``(P, H, W, C)`` from an array whose channels are on ``channel_axis``."""
+    if not -data.ndim <= channel_axis < data.ndim:
+        raise ValueError(f"channel axis {channel_axis} does not exist in an image of shape {data.shape}")
+    data = np.moveaxis(data, channel_axis, -1)
+    if data.ndim < 3:
+        raise ValueError(f"an image of shape {data.shape} has no room for a channel axis")
+    return data.reshape(-1, *data.shape[-3:])
+
+
+def _refuse_ambiguous(planes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The reading rule the API applies to arrays: a last axis of 2 (or of 5+ with tiny
+    planes) is not a picture's width; say to name the channel axis instead of guessing."""
+    if planes.ndim == 3 and len(shape) >= 3 and planes.shape[-1] <= 4:
+        raise ValueError(
+            f"cannot tell the axes of an image of shape {tuple(shape)}: a last axis of "
+            f"{planes.shape[-1]} looks like channels, not a width; give the channel axis "
+            f"(--channel-axis {len(shape) - 1} / channel_axis={len(shape) - 1}) for a multichannel image"
+        )
+    return planes
+
+
+def read_planes(path: Path, channel_axis: int | None = None) -> np.ndarray:
+    """Read an image file as ``(P, H, W)`` or ``(P, H, W, 3|4)`` planes (P=1 for 2D images).
+
+    Args:
+        path: the image file.
+        channel_axis: the axis of the stored array that holds channels; the planes are
+            then ``(P, H, W, C)``. Without it, only RGB(A) samples are channels, and a
+            file whose last axis is 4 pixels or fewer (an ``(H, W, 2)`` image) is refused
+            with a message that asks for the channel axis, as the API refuses that array.
+
+    Raises:
+        ValueError: the file is not a readable image, or its axes are ambiguous.
+    """
+    _check_link(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                return _planes_from_array(np.asarray(series.asarray()), series.axes)
+                data, axes = np.asarray(series.asarray()), series.axes
         except Exception as exc:  # tifffile raises many types for broken files
             raise ValueError(f"could not read {path.name!r} as a TIFF: {exc}") from None
+        if channel_axis is not None:
+            return _with_channels(data, channel_axis)
+        return _refuse_ambiguous(_planes_from_array(data, axes), data.shape)
     from napari_samscope.core.predict.image import load_image
 
-    return _planes_from_array(load_image(path), None)
+    data = load_image(path)
+    if channel_axis is not None:
+        return _with_channels(data, channel_axis)
+    return _refuse_ambiguous(_planes_from_array(data, None), data.shape)
 
 
 def plane_count(path: Path) -> int | None:

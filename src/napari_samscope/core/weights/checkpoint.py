@@ -86,13 +86,46 @@ def _corrupt(path: Path, detail: str = "") -> CheckpointError:
     )
 
 
+def _first_sentences(text: str, limit: int = 240) -> str:
+    """The start of an error message, cut at a sentence end or a word, never mid-word."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text.rstrip(".")
+    cut = text[:limit]
+    end = cut.rfind(". ")
+    return cut[:end] if end > 40 else cut[: cut.rfind(" ")] + " ..."
+
+
+#: torch's legacy (pre-zip) format: a protocol-2 pickle whose first object is this magic number
+_TORCH_LEGACY_START = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _refuse_raw_pickle(path: Path) -> None:
+    """A plain ``pickle.dump`` file is neither a zip checkpoint nor torch's legacy format."""
+    with open(path, "rb") as f:
+        head = f.read(len(_TORCH_LEGACY_START))
+    if head.startswith(b"\x80") and not head.startswith(_TORCH_LEGACY_START):
+        raise UnsafeCheckpointError(
+            f"{path} was refused for safety: it is a raw Python pickle (an unsafe legacy format), "
+            "not a PyTorch checkpoint, and a pickle can hold code and objects that are not plain "
+            "tensors; nothing in it was loaded or run. Re-save the weights with "
+            "torch.save(model.state_dict(), path) where the file is trusted."
+        )
+
+
 def _load_safely(path: Path) -> Any:
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path} is a symbolic link that leads nowhere (a loop or a missing target).")
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint file at {path}: check the path.")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file.")
+        raise CheckpointError(
+            f"{path} is a folder (directory), not a checkpoint file; give the path of the weights file "
+            "(.pt, .pth) inside it."
+        )
     if path.stat().st_size == 0:
         raise _corrupt(path, "the file is empty")
+    _refuse_raw_pickle(path)
     try:
         with warnings.catch_warnings():
             # unusual pickle protocols are refused below with our own message
@@ -110,11 +143,15 @@ def _load_safely(path: Path) -> Any:
             ) from None
         raise _corrupt(path, "its content is not a tensor pickle") from None
     except (EOFError, ValueError) as error:
-        raise _corrupt(path, str(error) or type(error).__name__) from None
+        raise _corrupt(path, _first_sentences(str(error)) or type(error).__name__) from None
+    except (KeyError, IndexError, TypeError, AttributeError):  # bytes the unpickler cannot place
+        raise _corrupt(path, "its content is not a tensor pickle") from None
     except RuntimeError as error:
         if "memory" in str(error).lower():
             raise
-        raise _corrupt(path, str(error).split(".")[0]) from None
+        if "legacy .tar format" in str(error):  # torch's guess for bytes it cannot place
+            raise _corrupt(path, "its content is neither a zip checkpoint nor a tensor pickle") from None
+        raise _corrupt(path, _first_sentences(str(error))) from None
 
 
 def _has_sam_keys(obj: Mapping[Any, Any]) -> bool:

@@ -6,6 +6,16 @@ matched. Until then the bytes go to a unique ``<name>.<random>.part`` file next 
 it, which is deleted on any failure: HTTP error, unreachable server, timeout,
 truncated transfer, wrong size or hash, or cancellation (closing the generator).
 
+A download killed outright (SIGKILL, power cut) cannot delete its ``.part`` file; the
+next download of the same model removes such stale files (untouched for
+:data:`STALE_PART_SECONDS`, so a download running in another process keeps its file).
+
+A file's sha256 is computed once per version of the file and remembered in a sidecar
+``<file>.sha256.json`` with its size and modification time (:func:`verified_sha256`), so
+``samscope models`` and every load can check a cached file against the registry without
+hashing gigabytes each time; :func:`cached_state` says ``"ok"``, ``"missing"``,
+``"incomplete"`` or ``"corrupt"``.
+
 Plain :mod:`urllib` is used rather than pooch because the download has to be a
 progress-yielding generator (``core/progress.py``) that can be stopped between two
 chunks; this module has no third-party dependency.
@@ -16,10 +26,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import socket
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Generator
@@ -34,11 +46,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CACHE_ENV_VAR",
     "DownloadError",
+    "STALE_PART_SECONDS",
     "cache_dir",
     "cached_file",
+    "cached_state",
+    "corrupt_message",
     "download",
     "download_iter",
     "file_sha256",
+    "verified_sha256",
 ]
 
 #: Environment variable that overrides the weight cache folder.
@@ -46,6 +62,8 @@ CACHE_ENV_VAR = "SAMSCOPE_CACHE_DIR"
 _APP_NAME = "napari-samscope"
 _CHUNK_SIZE = 1 << 20  # 1 MiB
 _USER_AGENT = "napari-samscope (https://github.com/napari-samscope/napari-samscope)"
+#: A ``.part`` file untouched for this long belongs to no running download.
+STALE_PART_SECONDS = 600.0
 
 
 class DownloadError(OSError):
@@ -91,6 +109,69 @@ def file_sha256(
     return digest.hexdigest()
 
 
+def _hash_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _remember_sha256(path: Path, digest: str) -> None:
+    """Write ``<path>.sha256.json``; a read-only folder only means hashing again next time."""
+    stat = path.stat()
+    record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    with contextlib.suppress(OSError):
+        _hash_sidecar(path).write_text(json.dumps(record), encoding="utf-8")
+
+
+def verified_sha256(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of ``path``, read from its sidecar when the file's size and
+    modification time are those recorded there, else computed and recorded."""
+    path = Path(path)
+    stat = path.stat()
+    try:
+        record = json.loads(_hash_sidecar(path).read_text(encoding="utf-8"))
+        if record["size"] == stat.st_size and record["mtime_ns"] == stat.st_mtime_ns:
+            return str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = file_sha256(path)
+    _remember_sha256(path, digest)
+    return digest
+
+
+def cached_state(spec: ModelSpec, path: str | os.PathLike[str] | None = None) -> str:
+    """``"missing"``, ``"incomplete"`` (wrong size), ``"corrupt"`` (wrong sha256) or
+    ``"ok"`` for ``spec``'s file at ``path`` (default: its place in the cache). The hash
+    is checked when the registry knows it, through :func:`verified_sha256`."""
+    path = Path(path) if path is not None else cached_file(spec)
+    try:
+        if not path.is_file():
+            return "missing"
+        if spec.size is not None and path.stat().st_size != spec.size:
+            return "incomplete"
+        if spec.sha256 is not None and verified_sha256(path) != spec.sha256.lower():
+            return "corrupt"
+    except OSError:
+        return "missing"
+    return "ok"
+
+
+def corrupt_message(spec: ModelSpec, path: Path) -> str:
+    """The sentence for a cached file of the right size whose content is not the registered one."""
+    return (
+        f"The file {path} for model {spec.name!r} is damaged or not the registered file: its "
+        f"sha256 does not match the registry's {spec.sha256}. Delete {path} and load the model "
+        "again to download a fresh copy."
+    )
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete ``<dest>.*.part`` files left by downloads that were killed."""
+    now = time.time()
+    for part in dest.parent.glob(f"{dest.name}.*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+
+
 def _by_hand_hint(spec: ModelSpec, dest: Path) -> str:
     return (
         f"If this computer is offline, download {spec.url} on another computer and put the "
@@ -123,7 +204,8 @@ def download_iter(
     """Download ``spec.url`` into the cache, yielding byte progress; returns the file path.
 
     Does nothing (and yields nothing) when the file is already in the cache with
-    the expected size. Otherwise streams the file in 1 MiB chunks into a ``.part``
+    the expected size and sha256 (the hash is remembered, see :func:`verified_sha256`).
+    Otherwise removes stale ``.part`` files of killed downloads and streams the file in 1 MiB chunks into a ``.part``
     file, hashing as it goes, and renames it into place only when the byte count
     matches ``Content-Length`` and ``spec.size``, and the sha256 matches
     ``spec.sha256`` (each check only when the value is known).
@@ -140,7 +222,9 @@ def download_iter(
     Raises:
         ValueError: the model has no download URL.
         DownloadError: unreachable server, HTTP error, timeout, truncated transfer,
-            size or hash mismatch. The message says where to put the file by hand.
+            size or hash mismatch, or a cached file of the right size with the wrong
+            content (the message names the file to delete). The message says where to
+            put the file by hand.
     """
     if not spec.url:
         raise ValueError(
@@ -148,8 +232,11 @@ def download_iter(
         )
     dest = cached_file(spec, dest_dir)
     if dest.is_file() and (spec.size is None or dest.stat().st_size == spec.size):
+        if spec.sha256 is not None and verified_sha256(dest) != spec.sha256.lower():
+            raise DownloadError(corrupt_message(spec, dest))
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dest)
     message = f"downloading {spec.filename}"
     request = urllib.request.Request(spec.url, headers={"User-Agent": _USER_AGENT})
     fd, part_name = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".part")
@@ -215,6 +302,7 @@ def download_iter(
                 f"try again. {_by_hand_hint(spec, dest)}"
             )
         os.replace(part, dest)
+        _remember_sha256(dest, actual)
     except BaseException:  # includes GeneratorExit (cancel) and KeyboardInterrupt
         _remove_quietly(part)
         raise

@@ -15,6 +15,7 @@ or from the tensors' shapes, never from the file name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -85,12 +86,23 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a directory, not a model file; give the path of the weights file "
+            "(.pt, .pth) inside it, or a registry name."
+        )
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{path} is a symbolic link that leads nowhere (a loop or a missing target).")
+
+
 def _locate(model: ModelLike) -> tuple[ModelSpec | None, Path, bool]:
     """``(spec, path, needs_download)`` for a ``model`` argument."""
     if model is None:
         model = DEFAULT_MODEL
     if isinstance(model, os.PathLike):
         path = Path(model).expanduser()
+        _refuse_directory(path)
         if not path.exists():
             raise FileNotFoundError(f"No model file at {path}: check the path.")
         return None, path, False
@@ -101,6 +113,8 @@ def _locate(model: ModelLike) -> tuple[ModelSpec | None, Path, bool]:
     path = Path(model.strip()).expanduser()
     if model.strip() and path.is_file():
         return None, path, False
+    if model.strip():
+        _refuse_directory(path)
     spec = lookup(model)
     if spec is None and _looks_like_path(model):
         raise FileNotFoundError(
@@ -148,8 +162,11 @@ def load_sam_iter(
 
     yield Progress(message, 0, 3)
     contents = read_checkpoint(path)
+    _refuse_non_finite(contents.state_dict, path)
     yield Progress(message, 1, 3)
     sam = _build(contents.state_dict, contents.config, path)
+    if spec is not None:
+        _check_registry_architecture(sam, spec, path)
     yield Progress(message, 2, 3)
     sam = sam.to(target).eval()
     yield Progress(message, 3, 3)
@@ -166,6 +183,45 @@ def _build(state_dict: dict[str, torch.Tensor], config: dict[str, Any] | None, p
         return sam_from_state_dict(state_dict, config=config)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path} does not hold a loadable SAM model: {error}") from error
+
+
+def _refuse_non_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """A weight that is NaN or infinite makes every score NaN: refuse the file at once."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path} holds non-finite weights (NaN or infinity in {key!r}); the model would "
+                "give NaN scores. The training that wrote it diverged or the file is damaged: "
+                "use another checkpoint."
+            )
+
+
+def _differences(found: Any, expected: Any, prefix: str = "") -> list[str]:
+    """``"encoder.depth 10 instead of 12"`` for each field of two configs that differs."""
+    out = []
+    for item in dataclasses.fields(expected):
+        mine, theirs = getattr(found, item.name, None), getattr(expected, item.name)
+        if dataclasses.is_dataclass(theirs) and type(mine) is type(theirs):
+            out += _differences(mine, theirs, f"{prefix}{item.name}.")
+        elif mine != theirs:
+            out.append(f"{prefix}{item.name} {mine!r} instead of {theirs!r}")
+    return out
+
+
+def _check_registry_architecture(sam: Sam, spec: ModelSpec, path: Path) -> None:
+    """A registry model with a known architecture must be exactly that architecture
+    (a ViT-B file with blocks removed would otherwise load as a smaller model)."""
+    from napari_samscope.core.modeling.build import ARCHITECTURES
+
+    expected = ARCHITECTURES.get(spec.arch)
+    if expected is None or sam.config == expected:
+        return
+    differences = _differences(sam.config, expected)
+    raise CheckpointError(
+        f"{path} is registered as model {spec.name!r} ({spec.arch}) but holds another "
+        f"architecture ({'; '.join(differences[:3]) or 'a different configuration'}). The file "
+        "is not the registered one: delete it and load the model again."
+    )
 
 
 def load_sam(

@@ -10,8 +10,9 @@ Three kinds of entries:
 - **local** (``local_path`` set): models registered at run time with
   :func:`register_local_model` (for example by the fine-tuning widget).
 
-Names and aliases are case-insensitive. The registry never decides the
-architecture used to load a file: the loader detects it from the tensors' shapes.
+Names and aliases are case-insensitive. The loader detects a file's architecture from
+the stored config or the tensors' shapes; a registry model whose ``arch`` is one of
+``core.modeling.build.ARCHITECTURES`` must then be exactly that architecture.
 This module does not import torch.
 """
 
