@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from napari_samscope.cli._common import DEFAULT_MODEL_HELP, ProgressBar, add_debug, add_device
+from napari_samscope.cli._distributed import add_scheduler, run_annotate, wants_cluster
 
 DESCRIPTION = """\
 Detect objects (default: fluorescent nuclei with a blob detector, no weights needed),
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split-parts", action="store_true",
                         help="one line per connected part of an object (default: parts bridged in one line)")
     add_device(parser)
+    add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         from napari_samscope.cli._common import UsageError
 
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
+    if wants_cluster(args):  # --scheduler / --workers: the job runs on a dask cluster
+        return run_annotate(args)
     sam_model = args.sam_model
     if args.dtype != "default":  # an explicit precision: load the model here with it
         from napari_samscope.cli._common import load_model

@@ -27,7 +27,12 @@ import numpy as np
 from napari_samscope.core.datasets.annotate import AnnotateSummary, auto_annotate_job
 from napari_samscope.core.datasets.annotate_io import list_images, output_stems, safe_stem
 from napari_samscope.core.progress import Job, Progress, run
-from napari_samscope.distributed.cluster import ClusterSpec, open_client, run_tasks
+from napari_samscope.distributed.cluster import (
+    ClusterSpec,
+    open_client,
+    require_distributed,
+    run_tasks,
+)
 from napari_samscope.distributed.worker import LazyPredictor, ModelRef
 
 __all__ = ["annotate_task", "auto_annotate", "auto_annotate_job_distributed", "plan_tasks"]
@@ -90,6 +95,7 @@ def auto_annotate_job_distributed(
     spec = ClusterSpec(scheduler, workers)
     if spec.in_process:
         raise ValueError("auto_annotate_job_distributed needs a scheduler ('local' or an address)")
+    require_distributed()  # before anything is written
     ref = ModelRef.of(sam_model, device, dtype)
     classes = None if classes is None else [int(c) for c in classes]
     options = dict(

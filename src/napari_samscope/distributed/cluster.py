@@ -32,7 +32,7 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'napari-samscope[distributed]'"
 LOCAL = "local"
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0  # seconds to wait for an existing scheduler to answer
 
 
 def require_distributed() -> Any:
@@ -113,7 +113,7 @@ def open_client(spec: ClusterSpec, echo: Callable[[str], Any] | None = print) ->
                 client = distributed.Client(spec.address, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError, ValueError) as exc:
                 raise ValueError(
-                    f"could not reach a dask scheduler at {spec.address} within {CONNECT_TIMEOUT_S:g} s "
+                    f"could not reach a dask scheduler at {spec.address} "
                     f"({' '.join(str(exc).split()) or type(exc).__name__}); check the address and that "
                     "the scheduler is running ('dask scheduler' prints its address)"
                 ) from None

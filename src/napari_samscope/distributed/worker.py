@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LazyPredictor", "ModelRef", "cached_predictor", "clear_cache"]
+__all__ = ["LazyPredictor", "ModelRef", "cached_predictor", "clear_cache", "load_count"]
 
 _PREDICTORS: dict[tuple[Any, ...], Any] = {}
+_LOADS = [0]  # models this process has loaded since it started or was cleared
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def cached_predictor(ref: ModelRef) -> Any:
     if predictor is None:
         predictor = _load(ref)
         _PREDICTORS[key] = predictor
+        _LOADS[0] += 1
     return predictor
 
 
@@ -103,6 +105,12 @@ def _load(ref: ModelRef) -> Any:
 def clear_cache() -> None:
     """Forget this process's models (tests, or to free memory on a long-lived worker)."""
     _PREDICTORS.clear()
+    _LOADS[0] = 0
+
+
+def load_count() -> int:
+    """How many models this process has loaded (since it started or :func:`clear_cache`)."""
+    return _LOADS[0]
 
 
 class LazyPredictor:
