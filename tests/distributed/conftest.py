@@ -75,10 +75,10 @@ def _assert_same_folders(expected, actual):
 @pytest.fixture(scope="session")
 def cluster():
     """A running LocalCluster with 2 worker processes; yields ``(address, client)``."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+    from napari_samscope.distributed.cluster import start_local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as local, Client(local) as client:
+    with start_local_cluster(2, dashboard=False) as local, Client(local) as client:
         yield local.scheduler_address, client
 
 

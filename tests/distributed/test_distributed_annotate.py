@@ -39,6 +39,8 @@ def test_each_worker_loads_the_model_once(same_folders, cluster, image_folder, t
     assert summary.annotated == 8
     loads = _worker_loads(client)
     assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
+    # the workers run without dask's fixed malloc trim threshold (it slows the model down)
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     same_folders(reference_labels, out)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "open_client",
     "require_distributed",
     "run_tasks",
+    "start_local_cluster",
 ]
 
 INSTALL_HINT = "pip install 'napari-samscope[distributed]'"
@@ -103,10 +104,7 @@ def open_client(spec: ClusterSpec, echo: Callable[[str], Any] | None = print) ->
     cluster = None
     try:
         if spec.address == LOCAL:
-            cluster = distributed.LocalCluster(
-                n_workers=spec.local_workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0",
-            )
+            cluster = start_local_cluster(spec.local_workers)
             client = distributed.Client(cluster)
         else:
             try:
@@ -127,6 +125,24 @@ def open_client(spec: ClusterSpec, echo: Callable[[str], Any] | None = print) ->
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def start_local_cluster(workers: int, dashboard: bool = True) -> Any:
+    """A ``LocalCluster`` of ``workers`` single-threaded processes on the loopback interface.
+
+    The workers start without dask's default ``MALLOC_TRIM_THRESHOLD_``: a fixed malloc
+    threshold makes every large tensor allocation a fresh ``mmap`` (page faults on each
+    model call), which slows the model down by a third or more; the memory a worker
+    frees is then kept for its next image instead of being handed back at once.
+    """
+    import dask
+
+    distributed = require_distributed()
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0" if dashboard else None,
+        )
 
 
 def dashboard_link(client: Any) -> str | None:
