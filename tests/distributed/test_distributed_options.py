@@ -104,3 +104,14 @@ def test_cli_annotate_on_a_cluster(same_folders, run_cli, cluster, image_folder,
     assert code == 0, err
     assert "8 images: 8 annotated (10 planes" in stdout
     same_folders(reference_labels, out)
+
+
+def test_importing_the_package_loads_neither_torch_nor_dask():
+    import subprocess
+
+    code = (
+        "import sys, napari_samscope.distributed, napari_samscope.cli._distributed; "
+        "print(sorted(m for m in ('torch', 'distributed', 'dask') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
