@@ -132,7 +132,7 @@ def start_local_cluster(workers: int, dashboard: bool = True) -> Any:
 
     The workers start without dask's default ``MALLOC_TRIM_THRESHOLD_``: a fixed malloc
     threshold makes every large tensor allocation a fresh ``mmap`` (page faults on each
-    model call), which slows the model down by a third or more; the memory a worker
+    model call), which slows the model down markedly; the memory a worker
     frees is then kept for its next image instead of being handed back at once.
     """
     import dask
