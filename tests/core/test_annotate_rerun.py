@@ -159,3 +159,49 @@ def test_a_folder_annotated_before_manifests_is_trusted_once_then_recorded(tmp_p
     assert again.skipped == 1 and (first.output_dir / "old.txt").read_text().startswith("5 ")
     record = json.loads((first.output_dir / MANIFEST_NAME).read_text())["sources"]["old"]
     assert record["source"].endswith("old.png") and record["outputs"] == ["old.txt"]
+
+
+def _record_many(folder: str, worker: int, count: int) -> None:
+    from pathlib import Path
+
+    from napari_samscope.core.datasets.manifest import Manifest
+
+    root = Path(folder)
+    for i in range(count):
+        source = root / f"src_{worker}_{i}.txt"
+        source.write_text(f"{worker} {i}")
+        manifest = Manifest.load(root)
+        manifest.record(f"s{worker}_{i}", source, [])
+        manifest.save()
+
+
+def test_concurrent_processes_keep_each_others_manifest_records(tmp_path) -> None:
+    import multiprocessing
+
+    from napari_samscope.core.datasets.manifest import Manifest
+
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_record_many, args=(str(tmp_path), w, 15)) for w in range(3)
+    ]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    records = Manifest.load(tmp_path).records
+    assert sorted(records) == sorted(f"s{w}_{i}" for w in range(3) for i in range(15))
+
+
+def test_a_save_merges_records_written_by_another_instance(tmp_path) -> None:
+    from napari_samscope.core.datasets.manifest import Manifest
+
+    (tmp_path / "a.tif").write_bytes(b"a")
+    (tmp_path / "b.tif").write_bytes(b"b")
+    first, second = Manifest.load(tmp_path), Manifest.load(tmp_path)
+    first.record("a", tmp_path / "a.tif", [])
+    first.save()
+    second.record("b", tmp_path / "b.tif", [])
+    second.save()
+    assert sorted(Manifest.load(tmp_path).records) == ["a", "b"]
+    assert sorted(second.records) == ["a", "b"]

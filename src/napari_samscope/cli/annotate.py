@@ -11,6 +11,7 @@ from napari_samscope.cli._common import (
     add_debug,
     add_device,
 )
+from napari_samscope.cli._distributed import add_scheduler, run_annotate, wants_cluster
 
 DESCRIPTION = """\
 Detect objects (default: fluorescent nuclei with a blob detector, no weights needed),
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one line per connected part of an object (default: parts bridged in one line)")
     add_channel_axis(parser)
     add_device(parser)
+    add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         from napari_samscope.cli._common import UsageError
 
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
+    if wants_cluster(args):  # --scheduler / --workers: the job runs on a dask cluster
+        return run_annotate(args)
     sam_model = args.sam_model
     if args.dtype != "default":  # an explicit precision: load the model here with it
         from napari_samscope.cli._common import load_model

@@ -16,14 +16,19 @@ sha256, and the names of the files written for it. The manifest gives three guar
 The hash is computed once per file version and remembered with its size and
 modification time, so a re-run over an unchanged folder does not re-read every image.
 The manifest is written atomically after each annotated file, so an interrupted run
-keeps the record of everything it finished.
+keeps the record of everything it finished. Several processes may annotate into one
+folder at once (the distributed runner does): a save holds an exclusive ``flock`` on the
+output folder itself, merges what is on disk with the stems this process recorded, and
+writes the result, so no process loses another's records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +95,8 @@ class Manifest:
         #: whether the folder had a manifest when it was loaded (False for a new folder or
         #: a folder written by a version that kept none)
         self.existed = existed
+        #: stems this instance recorded or refreshed since it was loaded (what a save merges)
+        self._changed: set[str] = set()
 
     @property
     def path(self) -> Path:
@@ -103,9 +110,14 @@ class Manifest:
             ValueError: the manifest exists but cannot be read (the message says to
                 delete it, which makes every output count as not done).
         """
-        path = folder / MANIFEST_NAME
+        records = cls._read(folder / MANIFEST_NAME)
+        return cls(folder) if records is None else cls(folder, records, existed=True)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, SourceRecord] | None:
+        """The records of the manifest file at ``path``, None when there is none."""
         if not path.is_file():
-            return cls(folder)
+            return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             records = {
@@ -120,7 +132,7 @@ class Manifest:
                 f"the output manifest {path} cannot be read ({exc}); delete it to start the "
                 "record afresh (every image is then annotated again)"
             ) from None
-        return cls(folder, records, existed=True)
+        return records
 
     def stem_of(self, source: Path) -> str | None:
         """The stem recorded for ``source`` (compared by resolved path), or None."""
@@ -147,7 +159,9 @@ class Manifest:
         size, mtime_ns, digest = source_fingerprint(source, record)
         if digest != record.sha256:
             return False
-        record.size, record.mtime_ns = size, mtime_ns  # same content, touched: remember
+        if (size, mtime_ns) != (record.size, record.mtime_ns):
+            record.size, record.mtime_ns = size, mtime_ns  # same content, touched: remember
+            self._changed.add(stem)
         return True
 
     def record(self, stem: str, source: Path, outputs: Iterable[Path], keep: bool = True) -> None:
@@ -160,15 +174,44 @@ class Manifest:
         if keep and same_source:
             names = sorted({*known.outputs, *names})
         self.records[stem] = SourceRecord(str(resolved_path(source)), size, mtime_ns, digest, names)
+        self._changed.add(stem)
 
     def save(self) -> None:
-        """Write the manifest atomically."""
-        data = {"format": _FORMAT, "sources": {s: asdict(r) for s, r in sorted(self.records.items())}}
-        tmp = self.path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, self.path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        """Merge this instance's records into the manifest on disk and write it atomically.
+
+        Records of stems this instance did not touch are taken from disk, so concurrent
+        writers (other processes annotating other files into the same folder) keep theirs;
+        afterwards this instance holds the merged records too.
+        """
+        with _folder_lock(self.folder):
+            on_disk = self._read(self.path) or {}
+            merged = {**on_disk, **{s: self.records[s] for s in self._changed if s in self.records}}
+            merged.update({s: r for s, r in self.records.items() if s not in on_disk})
+            data = {"format": _FORMAT, "sources": {s: asdict(r) for s, r in sorted(merged.items())}}
+            tmp = self.path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}-{threading.get_ident()}")
+            try:
+                tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+                os.replace(tmp, self.path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        self.records = merged
+        self._changed.clear()
         self.existed = True
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive ``flock`` on the folder itself (no lock file is left behind); where the
+    platform has no ``flock`` saves are still atomic, only the merge is unguarded."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
