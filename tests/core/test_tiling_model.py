@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_tiny_sam
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.tiling import TiledPredictor, segment_everything_tiled
 
@@ -20,7 +19,8 @@ def image():
     return make_nuclei_2d((150, 130), seed=1, dtype="uint16")[0]
 
 
-def test_store_round_trip_with_a_real_model(tmp_path, image):
+def test_store_round_trip_with_a_real_model(tmp_path, image, tiny_sam_factory):
+    make_tiny_sam = tiny_sam_factory
     predictor = Predictor(make_tiny_sam(img_size=64))
     first = TiledPredictor(predictor)
     first.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
@@ -39,7 +39,8 @@ def test_store_round_trip_with_a_real_model(tmp_path, image):
         other.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
 
 
-def test_tiled_everything_through_the_mask_generator(image):
+def test_tiled_everything_through_the_mask_generator(image, tiny_sam_factory):
+    make_tiny_sam = tiny_sam_factory
     tiled = TiledPredictor(Predictor(make_tiny_sam(img_size=64)))
     tiled.set_image(image, tile_shape=64, halo=8)
     result = segment_everything_tiled(
@@ -53,7 +54,8 @@ def test_tiled_everything_through_the_mask_generator(image):
         assert record.mask.sum() == record.area
 
 
-def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image):
+def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image, tiny_sam_factory):
+    make_tiny_sam = tiny_sam_factory
     predictor = Predictor(make_tiny_sam(img_size=64))
     predictor.set_image(image[:64, :64])
     before = predictor.get_embedding().features.clone()
