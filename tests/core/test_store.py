@@ -213,3 +213,17 @@ def test_a_read_only_store_is_read_and_new_tiles_stay_in_memory(tmp_path, monkey
         reader.store.write(0, 1, np.zeros(reader.store.spec.feature_shape))
     monkeypatch.undo()
     assert EmbeddingStore(path, reader.store.spec).done(0).sum() == 1
+
+
+def test_precompute_with_a_store_keeps_memory_flat(tmp_path):
+    tp = TiledPredictor(LocalPredictor(), cache_tiles=2)
+    tp.set_image(IMAGE, tile_shape=64, halo=8, embeddings=tmp_path / "emb.zarr")
+    tp.precompute_all()
+    assert len(tp._cache) == 0 and tp.store.done(0).all()
+    for x in (10, 60, 110, 160, 190):
+        tp.predict(points=[x, x])
+    assert len(tp._cache) == 2 and tp.encoded_tiles == len(tp.grid)
+    alone = TiledPredictor(LocalPredictor(), cache_tiles=2)
+    alone.set_image(IMAGE, tile_shape=64, halo=8)
+    alone.precompute_all()
+    assert len(alone._cache) == len(alone.grid)  # no store: every tile stays in memory

@@ -20,7 +20,8 @@ def image():
 
 
 def test_store_round_trip_with_a_real_model(tmp_path, image, tiny_sam_factory):
-    predictor = Predictor(tiny_sam_factory(img_size=64))
+    make_tiny_sam = tiny_sam_factory
+    predictor = Predictor(make_tiny_sam(img_size=64))
     first = TiledPredictor(predictor)
     first.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
     first.precompute_all()
@@ -33,13 +34,14 @@ def test_store_round_trip_with_a_real_model(tmp_path, image, tiny_sam_factory):
     assert second.encoded_tiles == 0
     assert from_store.masks.shape == in_memory.masks.shape == (2, 150, 130)
     np.testing.assert_allclose(from_store.scores, in_memory.scores, atol=2e-2)
-    other = TiledPredictor(Predictor(tiny_sam_factory(img_size=64, seed=5)))
+    other = TiledPredictor(Predictor(make_tiny_sam(img_size=64, seed=5)))
     with pytest.raises(ValueError, match="another model"):
         other.set_image(image, tile_shape=64, halo=8, embeddings=tmp_path / "e.zarr")
 
 
 def test_tiled_everything_through_the_mask_generator(image, tiny_sam_factory):
-    tiled = TiledPredictor(Predictor(tiny_sam_factory(img_size=64)))
+    make_tiny_sam = tiny_sam_factory
+    tiled = TiledPredictor(Predictor(make_tiny_sam(img_size=64)))
     tiled.set_image(image, tile_shape=64, halo=8)
     result = segment_everything_tiled(
         tiled, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
@@ -53,7 +55,8 @@ def test_tiled_everything_through_the_mask_generator(image, tiny_sam_factory):
 
 
 def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image, tiny_sam_factory):
-    predictor = Predictor(tiny_sam_factory(img_size=64))
+    make_tiny_sam = tiny_sam_factory
+    predictor = Predictor(make_tiny_sam(img_size=64))
     predictor.set_image(image[:64, :64])
     before = predictor.get_embedding().features.clone()
     tiled = TiledPredictor.for_predictor(predictor)

@@ -64,7 +64,8 @@ class TiledPredictor:
     Args:
         model: anything :func:`~napari_samscope.core.predict.resolve.as_predictor` accepts
             (None: the default model).
-        cache_tiles: tile embeddings kept in memory (least recently used dropped first).
+        cache_tiles: tile embeddings kept in memory when a store holds them all (least
+            recently used dropped first); without a store every tile is kept.
     """
 
     def __init__(self, model: Any = None, *, cache_tiles: int = 64, **load_kwargs: Any) -> None:
@@ -188,14 +189,17 @@ class TiledPredictor:
     def precompute(self, batch_size: int = 1) -> Generator[Progress, None, int]:
         """Encode every tile not yet in memory or in the store, yielding progress; returns
         the number of tiles encoded. With a store, each tile is written (and marked
-        complete) as soon as it is encoded, so stopping early loses nothing done."""
+        complete) as soon as it is encoded, so stopping early loses nothing done, and
+        is not kept in memory (prompts read it back), so memory does not grow with the
+        image; without a store, every tile is kept in memory."""
         grid = self._require_grid()
         todo = [t.index for t in grid if not self._available(t.index)]
         for start in range(0, len(todo), max(1, batch_size)):
             yield Progress("encoding tiles", start, len(todo))
             chunk = todo[start : start + max(1, batch_size)]
             for index, emb in zip(chunk, self._encode([grid[i].outer for i in chunk])):
-                self._keep(index, emb)
+                # with a writable store, tiles go to disk only, so memory stays flat
+                self._keep(index, emb, remember=not self._writable_store())
         yield Progress("encoding tiles", len(todo), len(todo))
         return len(todo)
 
@@ -249,16 +253,22 @@ class TiledPredictor:
         self.encoded_tiles += len(rgbs)
         return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
 
-    def _keep(self, index: int, emb: Any) -> None:
+    def _writable_store(self) -> bool:
+        return self.store is not None and not self.store.read_only
+
+    def _keep(self, index: int, emb: Any, remember: bool = True) -> None:
         store = self.store
-        if store is not None and not store.read_only and not store.has(self._plane, index):
-            store.write(self._plane, index, emb.features.detach().float().cpu().numpy())
-        self._remember(index, emb)
+        if self._writable_store() and not store.has(self._plane, index):  # type: ignore[union-attr]
+            store.write(self._plane, index, emb.features.detach().float().cpu().numpy())  # type: ignore[union-attr]
+        if remember:
+            self._remember(index, emb)
 
     def _remember(self, key: Any, emb: Any) -> None:
         self._cache[key] = emb
         self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_tiles:
+        # without a store, memory is the only place a tile lives: keep every tile
+        limit = self.cache_tiles + (0 if self.store is not None else len(self._require_grid()))
+        while len(self._cache) > limit:
             self._cache.popitem(last=False)
 
     def _from_store(self, index: int) -> Any:
