@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from napari_samscope.core.datasets.manifest import MANIFEST_NAME
 from napari_samscope.distributed import auto_annotate
 from napari_samscope.distributed.worker import clear_cache, load_count
 
@@ -83,9 +84,11 @@ def test_a_rerun_skips_finished_files_and_redoes_missing_ones(same_folders,
     assert (again.annotated, again.skipped) == (1, 7)
     assert sum(_worker_loads(client).values()) == 1  # only the task with work loaded a model
     same_folders(reference_labels, out)
+    redone = ("n3.txt", "n3_labels.tif", MANIFEST_NAME)  # the manifest records the redone file
     for name, stamp in stamps.items():
-        if name not in ("n3.txt", "n3_labels.tif"):
+        if name not in redone:
             assert (out / name).stat().st_mtime_ns == stamp, f"{name} was rewritten"
+    assert (out / MANIFEST_NAME).stat().st_mtime_ns != stamps[MANIFEST_NAME]
 
 
 def test_coco_file_is_written_at_the_end(cluster, image_folder, tiny_model_file, tmp_path):

@@ -60,7 +60,6 @@ from napari_samscope.core.datasets.yolo_format import (
 from napari_samscope.core.predict import label_image
 from napari_samscope.core.predict.image import to_rgb_uint8
 from napari_samscope.core.progress import Job, Progress, run
-from napari_samscope.core.volume.everything import link_labels
 
 __all__ = [
     "AnnotateOptions",
@@ -263,7 +262,12 @@ def auto_annotate_job(
         if opts.save_tiff:
             # a stack's planes were segmented one by one: link the ids through z so that
             # one nucleus keeps one id in the label stack
-            labels = link_labels(np.stack(label_planes)) if len(label_planes) > 1 else label_planes[0]
+            if len(label_planes) > 1:  # one id per object through the stack
+                from napari_samscope.core.volume.everything import link_labels
+
+                labels = link_labels(np.stack(label_planes))
+            else:
+                labels = label_planes[0]
             write_label_tiff(label_path, labels)
             written.append(label_path)
         summary.files += written
