@@ -14,9 +14,8 @@ work is done:
   of a batch ever exists, so a 4096 x 4096 image needs little more than its own RGB copy.
 - **Crops are re-encoded from the original image** (8-bit RGB after normalisation),
   never upsampled from the model input.
-- The decoder call is :meth:`MaskGenerator._decode`
-  (:func:`~.everything_decode.decode_points`), the one place to change for other dtypes
-  or devices. It runs the mask decoder in two stages so that the mask upscaling only
+- The decoder call is :func:`~.decode.decode_points` (through the predictor's decoder
+  runner), the one place to change for other dtypes or devices. It runs the mask decoder in two stages so that the mask upscaling only
   runs for prompts with a candidate that passes the IoU filter, and it takes the
   decoder's inference fast paths: the first transformer block's image side is prepared
   once per image (or crop) and reused for every batch of grid points.
@@ -286,10 +285,14 @@ class MaskGenerator:
         points = self.point_grids[layer] * np.array([crop_size[1], crop_size[0]], dtype=np.float64)
         model_points = apply_coords(points, crop_size, embedding.input_size)
         fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
+        multimask = bool(self.params["multimask_output"])
+        threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
         records: list[MaskRecord] = []
         for part in mo.batch_slices(len(points), int(self.params["points_per_batch"])):
-            iou, lowres = self._decode(model_points[part])
-            records.extend(self._keep_masks(iou, lowres, points[part], upsampler, crop, fields))
+            iou, lowres = decode_points(self.predictor, model_points[part], multimask)
+            records.extend(
+                keep_masks(self.params, threshold, iou, lowres, points[part], upsampler, crop, fields)
+            )
             del iou, lowres
             yield
         if records:
@@ -298,27 +301,6 @@ class MaskGenerator:
             keep = mo.nms(boxes, scores, float(self.params["box_nms_thresh"]))
             records = [records[i] for i in keep.tolist()]
         return records
-
-    def _decode(
-        self, model_points: np.ndarray
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """The one decoder call: ``(B, 2)`` ``(x, y)`` points in the model's input frame ->
-        ``(iou (B, K), lowres)``; see :func:`~.everything_decode.decode_points`."""
-        return decode_points(self.predictor, model_points, bool(self.params["multimask_output"]))
-
-    def _keep_masks(
-        self,
-        iou: torch.Tensor,
-        lowres: Callable[[torch.Tensor], torch.Tensor],
-        points: np.ndarray,
-        upsampler: WindowedUpsampler,
-        crop: list[int],
-        fields: dict[str, Any],
-    ) -> list[MaskRecord]:
-        """Filter one batch of candidates (the official order of filters) into records;
-        see :func:`~.everything_decode.keep_masks`."""
-        threshold = float(getattr(self.predictor.model, "mask_threshold", 0.0))
-        return keep_masks(self.params, threshold, iou, lowres, points, upsampler, crop, fields)
 
     # ------------------------------------------------------------------ all crops
 
