@@ -425,3 +425,20 @@ def test_set_embedding_prepares_the_decoder_too(random_state_sam, predictor):
     assert other.decoder_runner.prepared_image is not None
     points = [[20, 15]]
     np.testing.assert_array_equal(other.predict(points=points).masks, predictor.predict(points=points).masks)
+
+
+def test_set_image_decodes_one_point_and_leaves_no_trace(monkeypatch, random_state_sam, image):
+    """The warm-up decode in set_image (for a fast first prompt) changes no result."""
+    predictor = Predictor(random_state_sam)
+    runner = predictor.decoder_runner
+    calls = []
+    original = runner.decode
+    monkeypatch.setattr(runner, "decode", lambda *a, **k: calls.append(1) or original(*a, **k))
+    predictor.set_image(image)
+    assert calls == [1]
+    first = predictor.predict(points=[[20, 15]], multimask_output=True)
+    cold = Predictor(random_state_sam)
+    cold.set_embedding(predictor.get_embedding())  # no warm-up
+    expected = cold.predict(points=[[20, 15]], multimask_output=True)
+    np.testing.assert_array_equal(first.masks, expected.masks)
+    np.testing.assert_array_equal(first.logits, expected.logits)

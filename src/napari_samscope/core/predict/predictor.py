@@ -180,8 +180,9 @@ class Predictor:
         (8-bit RGB is used as it is). A constant image is refused unless
         ``contrast_limits`` is given. On error the previous image stays set.
 
-        The prompt-independent work of decoding (a few milliseconds next to seconds of
-        encoding) is done here too, so that the first prompt is as fast as the next.
+        The prompt-independent work of decoding is done here too, and one point is decoded
+        and discarded (tens of milliseconds next to seconds of encoding), so that the
+        first prompt is as fast as the next.
         """
         with self.lock:
             (embedding,) = self.encode(
@@ -193,6 +194,7 @@ class Predictor:
                 allow_constant=False,
             )
             self._set_current(embedding)
+            self._warm_up()
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
@@ -249,6 +251,17 @@ class Predictor:
             embedding.original_size, embedding.input_size, self.img_size, self.lowres_size
         )
         self._runner.prepare(embedding.features)
+
+    def _warm_up(self) -> None:
+        """Decode one point on the current image and discard it: after the encoder has
+        filled the CPU caches with its own data, this brings the decoder's weights and
+        buffers back, so the user's first prompt is as fast as the next."""
+        emb = self._require_image()
+        height, width = emb.input_size
+        coords = self._tensor(np.array([[[width / 2, height / 2]]]))
+        labels = torch.ones((1, 1), dtype=torch.int, device=self.device)
+        low, _ = self._runner.decode(emb.features, coords, labels, None, None, True)
+        self.mask_upsampler.masks(low[0], threshold=self.model.mask_threshold)
 
     @torch.no_grad()
     def encode(
