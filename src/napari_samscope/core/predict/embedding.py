@@ -11,8 +11,9 @@ from typing import Any, Protocol
 import torch
 
 from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.transforms import resize_longest_side_shape
 
-__all__ = ["ImageEmbedding", "SamHolder", "model_key"]
+__all__ = ["ImageEmbedding", "SamHolder", "checked_embedding", "model_key"]
 
 
 class SamHolder(Protocol):
@@ -65,3 +66,32 @@ def model_key(sam: Sam) -> str:
     if samples:
         digest.update(torch.cat(samples).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmbedding:
+    """``embedding`` if it fits ``sam`` (whose :func:`model_key` is ``key``), with its sizes
+    as int tuples.
+
+    Raises:
+        ValueError: it was made by another model, or its shapes do not fit this model.
+    """
+    if embedding.model_key != key:
+        raise ValueError(
+            "This embedding was computed by a different model (or different weights); "
+            "encode the image again with this model."
+        )
+    channels = sam.prompt_encoder.embed_dim
+    side = sam.embedding_size
+    if tuple(embedding.features.shape) != (1, channels, side, side):
+        raise ValueError(
+            f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
+            f"needs (1, {channels}, {side}, {side})."
+        )
+    h, w = (int(v) for v in embedding.original_size)
+    expected = resize_longest_side_shape(h, w, sam.img_size)
+    if tuple(embedding.input_size) != expected:
+        raise ValueError(
+            f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
+            f"original_size {(h, w)} (expected {expected})."
+        )
+    return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key)

@@ -12,6 +12,7 @@ the decoder's inference fast paths and their state are the predictor's
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,12 @@ import torch
 
 from napari_samscope.core.device import autocast, resolve_dtype, select_device
 from napari_samscope.core.modeling.sam import Sam
-from napari_samscope.core.predict.embedding import ImageEmbedding, SamHolder, model_key
+from napari_samscope.core.predict.embedding import (
+    ImageEmbedding,
+    SamHolder,
+    checked_embedding,
+    model_key,
+)
 from napari_samscope.core.predict.fast_decode import DecoderRunner
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.prompts import parse_prompts
@@ -217,30 +223,9 @@ class Predictor:
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"Expected an ImageEmbedding, not {type(embedding).__name__}.")
         with self.lock:
-            self._set_embedding(embedding)
-
-    def _set_embedding(self, embedding: ImageEmbedding) -> None:
-        if embedding.model_key != self.model_key:
-            raise ValueError(
-                "This embedding was computed by a different model (or different weights); "
-                "encode the image again with this model."
-            )
-        channels = self.model.prompt_encoder.embed_dim
-        side = self.model.embedding_size
-        if tuple(embedding.features.shape) != (1, channels, side, side):
-            raise ValueError(
-                f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
-                f"needs (1, {channels}, {side}, {side})."
-            )
-        h, w = (int(v) for v in embedding.original_size)
-        expected = resize_longest_side_shape(h, w, self.img_size)
-        if tuple(embedding.input_size) != expected:
-            raise ValueError(
-                f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
-                f"original_size {(h, w)} (expected {expected})."
-            )
-        features = embedding.features.to(device=self.device, dtype=torch.float32)
-        self._set_current(ImageEmbedding(features, (h, w), expected, embedding.model_key))
+            checked = checked_embedding(embedding, self.model, self.model_key)
+            features = checked.features.to(device=self.device, dtype=torch.float32)
+            self._set_current(dataclasses.replace(checked, features=features))
 
     def _set_current(self, embedding: ImageEmbedding) -> None:
         """Make ``embedding`` the current image and do the prompt-independent work of
