@@ -150,10 +150,13 @@ def test_bf16_explicit_attention_is_close_to_float32(monkeypatch):
 
 
 def test_decoder_transformer_stays_float32_under_autocast_unless_asked(randomize, tiny_sam_factory):
+    from napari_samscope.core.predict.fast_decode import DecoderRunner
+
     model = randomize(tiny_sam_factory("vit", 64), seed=22)
     embedding = torch.randn(1, 32, 4, 4)
     coords, labels = torch.rand(3, 2, 2) * 64, torch.ones(3, 2)
-    decoder = model.mask_decoder
+
+    decoder = DecoderRunner(model, torch.device("cpu"))  # the predictor's decoding
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         pe = model.prompt_encoder.get_dense_pe()
@@ -162,6 +165,8 @@ def test_decoder_transformer_stays_float32_under_autocast_unless_asked(randomize
             iou, tokens, keys, _ = decoder.transform(embedding, pe, sparse, dense)
             low = decoder.transform(embedding, pe, sparse, dense, low_precision=True)
             masks = decoder.upscale_masks(keys, tokens, 4, 4)
+            plain = model.mask_decoder.transform(embedding, pe, sparse, dense)
     assert keys.dtype == torch.float32 and torch.equal(keys, keys32) and torch.equal(iou, iou32)
     assert low[2].dtype == torch.bfloat16
     assert masks.dtype == torch.bfloat16  # the mask stage keeps the autocast dtype
+    assert plain[2].dtype == torch.bfloat16  # the module itself follows the autocast

@@ -66,6 +66,8 @@ class BrightMapEncoder(torch.nn.Module):
 class SegmentingPredictor(Predictor):
     """The real Predictor whose decoder segments the bright region under each point."""
 
+    decoder_runner = None  # segment-everything decodes through decode() below
+
     def __init__(self, sam) -> None:
         sam.image_encoder = BrightMapEncoder(sam.img_size, sam.prompt_encoder.embed_dim)
         super().__init__(sam)
@@ -347,8 +349,9 @@ def test_two_stage_decoding_equals_predictor_decode(random_state_sam, multimask)
     rng = np.random.default_rng(0)
     predictor.set_image(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     points = rng.uniform(0, 64, (20, 2))
-    gen = MaskGenerator(predictor, multimask_output=multimask)
-    iou, lowres = gen._decode(points)
+    from napari_samscope.core.everything.decode import decode_points
+
+    iou, lowres = decode_points(predictor, points, multimask)
     low_ref, iou_ref = predictor.decode(
         torch.tensor(points, dtype=torch.float32)[:, None],
         torch.ones(20, 1, dtype=torch.int),

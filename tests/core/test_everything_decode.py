@@ -1,4 +1,4 @@
-"""Segment-everything through the decoder's inference fast paths (``core.everything_decode``)
+"""Segment-everything through the decoder runner's inference fast paths (``core.everything.decode``)
 gives the records of the plain decoder graph: masks, IoU predictions, stability scores
 and boxes, on a tiny random SAM, with one or several crops."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samscope.core.everything.decode import decode_points
 from napari_samscope.core.everything.generator import MaskGenerator
-from napari_samscope.core.modeling import mask_decoder as md
-from napari_samscope.core.modeling.transformer import TwoWayTransformer
+from napari_samscope.core.predict import fast_decode
 from napari_samscope.core.predict.predictor import Predictor
 
 # keeps many candidates (thresholds off, no box NMS) so every record is compared
@@ -24,26 +24,28 @@ LOW = dict(
 )
 
 
-class PlainGraphGenerator(MaskGenerator):
+class PlainGraphPredictor(Predictor):
     """Decodes with autograd on: the decoder's training graph (plain projections, no
-    prepared image, no folded attention, no mask bands), the official computation."""
+    prepared image, no folded attention, no mask bands), the official computation. It has
+    no decoder runner, so segment-everything decodes through its ``decode``."""
 
-    def _decode(self, model_points):
-        pred = self.predictor
-        sam = pred.model
-        coords = torch.as_tensor(model_points, dtype=torch.float32)[:, None, :]
-        labels = torch.ones(coords.shape[:2], dtype=torch.int)
+    decoder_runner = None
+
+    def decode(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+               multimask_output=True):
+        sam = self.model
         with torch.enable_grad():
-            sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            sparse, dense = sam.prompt_encoder(
+                points=(point_coords, point_labels), boxes=boxes, masks=mask_input
+            )
             low, iou = sam.mask_decoder(
-                image_embeddings=pred.get_embedding().features,
+                image_embeddings=self.get_embedding().features,
                 image_pe=sam.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=bool(self.params["multimask_output"]),
+                multimask_output=multimask_output,
             )
-        low, iou = low.detach(), iou.detach()
-        return iou, lambda index: low[index]
+        return low.detach(), iou.detach()
 
 
 def _assert_same_records(ours, reference):
@@ -71,47 +73,48 @@ def test_fast_paths_give_the_plain_graph_records(
     if transform_step is not None:  # the CPU's few-prompts-per-step decoding, 3 per step
         grid = random_state_sam.image_encoder.img_size // 16
         channels = random_state_sam.mask_decoder.transformer_dim
-        monkeypatch.setattr(md, "_CHUNK_BYTES", transform_step * grid * grid * channels * 4)
+        monkeypatch.setattr(fast_decode, "_CHUNK_BYTES", transform_step * grid * grid * channels * 4)
     prepared = []
-    original = TwoWayTransformer.prepare_image
+    original = fast_decode.prepare_image
 
-    def counting(self, *args, **kwargs):
+    def counting(*args, **kwargs):
         prepared.append(1)
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(TwoWayTransformer, "prepare_image", counting)
+    monkeypatch.setattr(fast_decode, "prepare_image", counting)
     batches = []
-    transform = md.MaskDecoder.transform
+    transform = fast_decode.forward_prepared
 
-    def recording(self, features, pe, sparse, *args, **kwargs):
-        batches.append(sparse.shape[0])
-        return transform(self, features, pe, sparse, *args, **kwargs)
+    def recording(transformer, image, tokens, **kwargs):
+        batches.append(tokens.shape[0])
+        return transform(transformer, image, tokens, **kwargs)
 
-    monkeypatch.setattr(md.MaskDecoder, "transform", recording)
+    monkeypatch.setattr(fast_decode, "forward_prepared", recording)
     ours = MaskGenerator(Predictor(random_state_sam), **params).generate(image)
     crops = 1 if crop_n_layers == 0 else 5
     # the first block's image side is prepared once per crop, whatever the batches
     assert len(prepared) == crops
     # batches of 10 prompts, decoded in the decoder's steps (never concatenated)
     assert max(batches) == (10 if transform_step is None else 3)
-    reference = PlainGraphGenerator(Predictor(random_state_sam), **params).generate(image)
+    reference = MaskGenerator(PlainGraphPredictor(random_state_sam), **params).generate(image)
     _assert_same_records(ours, reference)
 
 
 def test_transform_step_is_unlimited_with_autograd(random_state_sam):
-    decoder = random_state_sam.mask_decoder
-    features = torch.zeros(1, decoder.transformer_dim, 4, 4)
-    sparse = torch.zeros(5, 2, decoder.transformer_dim)
+    runner = Predictor(random_state_sam).decoder_runner
+    channels = random_state_sam.mask_decoder.transformer_dim
+    features = torch.zeros(1, channels, 4, 4)
+    sparse = torch.zeros(5, 2, channels)
     with torch.no_grad():
-        assert 5 < decoder.transform_step(features, features, sparse) < 1 << 62
+        assert 5 < runner.transform_step(features, sparse) < 1 << 62
     with torch.enable_grad():
-        assert decoder.transform_step(features, features, sparse) == 1 << 62
+        assert runner.transform_step(features, sparse) == 1 << 62
 
 
 def test_mask_stage_for_no_prompt_is_empty(random_state_sam):
     predictor = Predictor(random_state_sam)
     predictor.set_image(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    iou, lowres = MaskGenerator(predictor)._decode(np.array([[3.0, 4.0], [20.0, 30.0]]))
+    iou, lowres = decode_points(predictor, np.array([[3.0, 4.0], [20.0, 30.0]]), True)
     assert iou.shape == (2, 3)
     low = lowres(torch.zeros(0, dtype=torch.int64))
     side = predictor.lowres_size
@@ -125,9 +128,9 @@ def test_bfloat16_keeps_the_transformer_stage_in_float32(random_state_sam):
     predictor = Predictor(random_state_sam)
     predictor.set_image(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
     points = np.random.default_rng(2).uniform(0, 64, (12, 2))
-    iou32, low32 = MaskGenerator(predictor)._decode(points)
+    iou32, low32 = decode_points(predictor, points, True)
     predictor.dtype = torch.bfloat16
-    iou16, low16 = MaskGenerator(predictor)._decode(points)
+    iou16, low16 = decode_points(predictor, points, True)
     torch.testing.assert_close(iou16, iou32, rtol=1e-5, atol=1e-6)
     some = torch.tensor([0, 5, 11])
     assert low16(some).dtype == torch.float32

@@ -1,10 +1,12 @@
-"""The inference fast paths of the model code equal the plain (training) computation.
+"""The inference fast paths equal the plain (training) computation.
 
 Inference (autograd off) folds the decoder's cross-attention projections into the few
 prompt tokens, shares the prompt-independent decoder work across a batch of prompt
 sets that use one image, and on the CPU may compute the encoder's relative-position
-attention explicitly in chunks. Training (autograd on) runs the plain graph, which is
-the official computation; these tests compare the two on fully random weights.
+attention explicitly in chunks; the predict layer's decoder runner adds chunks of
+prompt sets, mask bands and the ``min_iou`` selection. Training (autograd on) runs the
+plain graph, which is the official computation; these tests compare them on fully
+random weights.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import pytest
 import torch
 
 from napari_samscope.core.modeling import image_encoder as vit
-from napari_samscope.core.modeling import mask_decoder as decoder_module
 from napari_samscope.core.modeling.transformer import Attention
+from napari_samscope.core.predict import fast_decode
+from napari_samscope.core.predict.fast_decode import DecoderRunner
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 
@@ -30,13 +33,23 @@ def _decode(model, embedding, **prompts):
     )
 
 
+def _run(model, embedding, *, multimask=True, min_iou=None, **prompts):
+    """The decoder runner (the predictor's decoding) on the same inputs."""
+    points = prompts["points"]
+    coords, labels = (None, None) if points is None else points
+    runner = DecoderRunner(model, torch.device("cpu"))
+    return runner.decode(
+        embedding, coords, labels, prompts["boxes"], prompts["masks"], multimask, min_iou=min_iou
+    )
+
+
 def _both_paths(model, embedding, **prompts):
     model.requires_grad_(False)  # autograd on, but no graph: the plain path
     with torch.enable_grad():
         plain = _decode(model, embedding, **prompts)
     with torch.no_grad():
         fast = _decode(model, embedding, **prompts)
-    return plain, fast
+    return plain, fast, _run(model, embedding, **prompts)
 
 
 def _prompt_cases(size: int, batch: int, lowres: int) -> dict[str, dict]:
@@ -64,10 +77,11 @@ def test_decoder_fast_path_equals_plain(randomize, tiny_sam_factory, encoder, ca
     prompts = _prompt_cases(model.img_size, batch, 4 * side)[case]
     count = 1 if images == "shared" else batch
     embedding = torch.randn(count, model.prompt_encoder.embed_dim, side, side)
-    (plain_low, plain_iou), (fast_low, fast_iou) = _both_paths(model, embedding, **prompts)
-    assert fast_low.shape == plain_low.shape == (batch, 3, 4 * side, 4 * side)
-    torch.testing.assert_close(fast_low, plain_low, **TOL)
-    torch.testing.assert_close(fast_iou, plain_iou, **TOL)
+    (plain_low, plain_iou), *fast_paths = _both_paths(model, embedding, **prompts)
+    for fast_low, fast_iou in fast_paths:  # the module without autograd, the runner
+        assert fast_low.shape == plain_low.shape == (batch, 3, 4 * side, 4 * side)
+        torch.testing.assert_close(fast_low, plain_low, **TOL)
+        torch.testing.assert_close(fast_iou, plain_iou, **TOL)
 
 
 def test_shared_batch_decodes_like_one_prompt_at_a_time(randomize, tiny_sam_factory):
@@ -167,13 +181,11 @@ def test_min_iou_skips_only_the_masks_of_prompt_sets_below_it(randomize, tiny_sa
     embedding = torch.randn(1, 32, 4, 4)
     coords = torch.rand(8, 1, 2) * 64
     labels = torch.ones(8, 1, dtype=torch.int)
-    with torch.no_grad():
-        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        pe = model.prompt_encoder.get_dense_pe()
-        full_low, full_iou = model.mask_decoder(embedding, pe, sparse, dense, multimask)
-        threshold = float(full_iou.max(dim=1).values.median())
-        low, iou = model.mask_decoder(embedding, pe, sparse, dense, multimask, min_iou=threshold)
-        nothing, _ = model.mask_decoder(embedding, pe, sparse, dense, multimask, min_iou=1e9)
+    prompts = dict(points=(coords, labels), boxes=None, masks=None)
+    full_low, full_iou = _run(model, embedding, multimask=multimask, **prompts)
+    threshold = float(full_iou.max(dim=1).values.median())
+    low, iou = _run(model, embedding, multimask=multimask, min_iou=threshold, **prompts)
+    nothing, _ = _run(model, embedding, multimask=multimask, min_iou=1e9, **prompts)
     kept = (full_iou > threshold).any(dim=1)
     assert 0 < int(kept.sum()) < 8
     torch.testing.assert_close(iou, full_iou)
@@ -196,6 +208,9 @@ def test_inference_leaves_the_callers_tensors_unchanged(randomize, tiny_sam_fact
         )
         dense_copy = dense.clone()
         model.mask_decoder(embedding, pe, sparse, dense, True)
+        runner = DecoderRunner(model, torch.device("cpu"))
+        runner.transform(embedding, pe, sparse, dense)
+        runner.decode(embedding, torch.rand(batch, 1, 2) * 64, torch.ones(batch, 1), None, None, True)
     for original, copy in zip((embedding, pe, tokens), copies):
         assert torch.equal(original, copy)
     assert torch.equal(dense, dense_copy)
@@ -208,11 +223,10 @@ def test_decoder_in_small_steps_equals_one_batch(monkeypatch, randomize, tiny_sa
     batch = 5
     prompts = _prompt_cases(64, batch, 16)[case]
     embedding = torch.randn(1 if images == "shared" else batch, 32, 4, 4)
-    with torch.no_grad():
-        whole = _decode(model, embedding, **prompts)
-        # 3 prompt sets per transformer step, 1 per upscaling step (a partial last step)
-        monkeypatch.setattr(decoder_module, "_CHUNK_BYTES", 3 * 16 * 32 * 4)
-        steps = _decode(model, embedding, **prompts)
+    whole = _run(model, embedding, **prompts)
+    # 3 prompt sets per transformer step, 1 per upscaling step (a partial last step)
+    monkeypatch.setattr(fast_decode, "_CHUNK_BYTES", 3 * 16 * 32 * 4)
+    steps = _run(model, embedding, **prompts)
     torch.testing.assert_close(steps[0], whole[0], **TOL)
     torch.testing.assert_close(steps[1], whole[1], **TOL)
 
@@ -239,9 +253,8 @@ def test_mask_upscaling_in_row_bands_equals_plain(monkeypatch, randomize, tiny_s
     tokens = torch.randn(2, decoder.num_mask_tokens, 32)
     with torch.enable_grad():  # the plain path: the whole upscaling at once
         plain = decoder.upscale_masks(keys, tokens, 8, 8)
-    monkeypatch.setattr(decoder_module, "_BAND_BYTES", band_bytes)
-    with torch.no_grad():
-        banded = decoder.upscale_masks(keys, tokens, 8, 8)
+    monkeypatch.setattr(fast_decode, "_BAND_BYTES", band_bytes)
+    banded = DecoderRunner(model, torch.device("cpu")).upscale_masks(keys, tokens, 8, 8)
     assert banded.shape == plain.shape == (2, decoder.num_mask_tokens, 32, 32)
     torch.testing.assert_close(banded, plain, **TOL)
 
@@ -250,18 +263,20 @@ def test_decoder_in_small_steps_keeps_the_min_iou_selection(monkeypatch, randomi
     model = randomize(tiny_sam_factory("vit", 64), seed=19)
     embedding = torch.randn(1, 32, 4, 4)
     prompts = _prompt_cases(64, 7, 16)["points"]
-    with torch.no_grad():
-        sparse, dense = model.prompt_encoder(**prompts)
-        pe = model.prompt_encoder.get_dense_pe()
-        whole_low, whole_iou = model.mask_decoder(embedding, pe, sparse, dense, True)
-        best = whole_iou.max(dim=1).values.sort().values
-        threshold = float(best[2:4].mean())  # between two prompts: no tie at float precision
-        monkeypatch.setattr(decoder_module, "_CHUNK_BYTES", 2 * 16 * 32 * 4)  # 2 per step
-        low, iou = model.mask_decoder(embedding, pe, sparse, dense, True, min_iou=threshold)
+    whole_low, whole_iou = _run(model, embedding, **prompts)
+    best = whole_iou.max(dim=1).values.sort().values
+    threshold = float(best[2:4].mean())  # between two prompts: no tie at float precision
+    monkeypatch.setattr(fast_decode, "_CHUNK_BYTES", 2 * 16 * 32 * 4)  # 2 per step
+    low, iou = _run(model, embedding, min_iou=threshold, **prompts)
     kept = (whole_iou > threshold).any(dim=1)
     assert 0 < int(kept.sum()) < 7
     torch.testing.assert_close(iou, whole_iou, **TOL)
     torch.testing.assert_close(low[kept], whole_low[kept], **TOL)
     assert not low[~kept].any()
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(**prompts)
+        pe = model.prompt_encoder.get_dense_pe()
+        with pytest.raises(ValueError, match="batch size"):
+            model.mask_decoder(torch.randn(3, 32, 4, 4), pe, sparse, dense, True)
     with pytest.raises(ValueError, match="batch size"):
-        model.mask_decoder(torch.randn(3, 32, 4, 4), pe, sparse, dense, True)
+        _run(model, torch.randn(3, 32, 4, 4), **prompts)

@@ -393,14 +393,52 @@ def test_cached_positional_encoding_follows_the_weights(predictor, image):
     _check_against_reference(after, _reference(predictor.model, image, [[30, 20]], [1]))
 
 
-def test_set_image_prepares_the_decoder_for_the_first_prompt(predictor, image):
-    memo = predictor.model.mask_decoder._image_memo
-    prepared = memo._entry[2]  # made by set_image
+def test_set_image_prepares_the_decoder_for_the_first_prompt(monkeypatch, predictor, image):
+    from napari_samscope.core.predict import fast_decode
+
+    runner = predictor.decoder_runner
+    prepared = runner.prepared_image  # made by set_image
+    assert prepared is not None and runner.prepare(predictor.features) is prepared
+    made = []
+    original = fast_decode.prepare_image
+    monkeypatch.setattr(
+        fast_decode, "prepare_image", lambda *args: made.append(1) or original(*args)
+    )
     first = predictor.predict(points=[[20, 15]], multimask_output=True)
-    assert memo._entry[2] is prepared  # the first prompt used it
-    memo.clear()  # the decoder prepares the image again by itself
+    assert not made and runner.prepared_image is prepared  # the first prompt used it
+    runner.clear()  # the runner prepares the image again by itself
     again = predictor.predict(points=[[20, 15]], multimask_output=True)
+    assert made == [1]
     np.testing.assert_array_equal(again.masks, first.masks)
     np.testing.assert_allclose(again.logits, first.logits, atol=1e-6, rtol=0)
+    upsampler = predictor.mask_upsampler
+    assert predictor.mask_upsampler is upsampler  # made once per image
     predictor.set_image(image[::-1].copy())  # a new image replaces it
-    assert memo._entry[2] is not prepared
+    assert runner.prepared_image is not prepared and made == [1, 1]
+    predictor.reset_image()
+    assert runner.prepared_image is None  # its memory is freed
+
+
+def test_set_embedding_prepares_the_decoder_too(random_state_sam, predictor):
+    other = Predictor(random_state_sam)
+    other.set_embedding(predictor.get_embedding())
+    assert other.decoder_runner.prepared_image is not None
+    points = [[20, 15]]
+    np.testing.assert_array_equal(other.predict(points=points).masks, predictor.predict(points=points).masks)
+
+
+def test_set_image_decodes_one_point_and_leaves_no_trace(monkeypatch, random_state_sam, image):
+    """The warm-up decode in set_image (for a fast first prompt) changes no result."""
+    predictor = Predictor(random_state_sam)
+    runner = predictor.decoder_runner
+    calls = []
+    original = runner.decode
+    monkeypatch.setattr(runner, "decode", lambda *a, **k: calls.append(1) or original(*a, **k))
+    predictor.set_image(image)
+    assert calls == [1]
+    first = predictor.predict(points=[[20, 15]], multimask_output=True)
+    cold = Predictor(random_state_sam)
+    cold.set_embedding(predictor.get_embedding())  # no warm-up
+    expected = cold.predict(points=[[20, 15]], multimask_output=True)
+    np.testing.assert_array_equal(first.masks, expected.masks)
+    np.testing.assert_array_equal(first.logits, expected.logits)

@@ -53,6 +53,8 @@ class BrightMapEncoder(torch.nn.Module):
 
 
 class BrightRegionPredictor(Predictor):
+    decoder_runner = None  # segment-everything decodes through decode() below
+
     def __init__(self, sam) -> None:
         sam.image_encoder = BrightMapEncoder(sam.img_size, sam.prompt_encoder.embed_dim)
         super().__init__(sam)

@@ -152,6 +152,8 @@ class SegmentingPredictor(Predictor):
     directly (robust to how the core drives the decoder modules, e.g. the shared
     decoder stages of segment-everything)."""
 
+    decoder_runner = None  # segment-everything decodes through decode() below
+
     @torch.no_grad()
     def decode(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                multimask_output=True):

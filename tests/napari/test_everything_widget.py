@@ -11,15 +11,15 @@ from widget_helpers import wait_idle
 @pytest.fixture
 def slow_decoder(monkeypatch):
     """Make every decoder batch of segment-everything take 40 ms (cancellable runs)."""
-    from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.everything import generator
 
-    original = MaskGenerator._decode
+    original = generator.decode_points
 
-    def slow(self, points):
+    def slow(*args):
         time.sleep(0.04)
-        return original(self, points)
+        return original(*args)
 
-    monkeypatch.setattr(MaskGenerator, "_decode", slow)
+    monkeypatch.setattr(generator, "decode_points", slow)
 
 
 def test_everything_on_a_plane(viewer, everything_widget, qtbot, notifications):

@@ -1,14 +1,15 @@
 """Segment-everything's per-batch work: decoding a batch of grid points, then filtering
 its candidates into :class:`~.mask_records.MaskRecord` objects.
 
-Used by :class:`~.everything.MaskGenerator` (see there for the decisions, which are the
-official generator's). :func:`decode_points` runs the mask decoder in two stages
-(:meth:`MaskDecoder.transform`, then :meth:`MaskDecoder.upscale_masks` only for the
-prompts with a candidate that passes the IoU filter), so segment-everything takes the
-decoder's inference fast paths: with one image and no mask prompt, the first transformer
-block's image side is projected once per image (or crop) and reused for every grid
-point (the decoder keeps it while the image is the same), the final attention runs for
-the output tokens only, and on the CPU the masks are upscaled in bands.
+Used by :class:`~.generator.MaskGenerator` (see there for the decisions, which are the
+official generator's). :func:`decode_points` runs the mask decoder in two stages through
+the predictor's :class:`~napari_samscope.core.predict.fast_decode.DecoderRunner`
+(``transform``, then ``upscale_masks`` only for the prompts with a candidate that passes
+the IoU filter), so segment-everything takes the decoder's inference fast paths: with one
+image and no mask prompt, the first transformer block's image side is projected once per
+image (or crop) and reused for every grid point (the runner keeps it while the image is
+the same), the final attention runs for the output tokens only, and on the CPU the masks
+are upscaled in bands.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = ["EDGE_TOLERANCE", "decode_points", "keep_masks"]
 #: pixels: masks this close to an inner crop edge are dropped
 EDGE_TOLERANCE = 20.0
 #: prompts whose masks are upscaled together off the CPU (~0.2 GB for 1024-input models);
-#: the CPU upscales one prompt at a time, in bands (``MaskDecoder.upscale_masks``)
+#: the CPU upscales one prompt at a time, in bands (``DecoderRunner.upscale_masks``)
 _MASK_CHUNK = 16
 
 
@@ -39,42 +40,41 @@ def decode_points(
     """Decode one foreground point per prompt on the predictor's current image.
 
     Args:
-        predictor: a ``Predictor`` (or a stand-in with its ``decode``) with an image set.
+        predictor: a ``Predictor`` with an image set, or a stand-in with its ``device``,
+            ``get_embedding`` and ``decode`` (and ``decoder_runner`` None or absent).
         model_points: ``(B, 2)`` ``(x, y)`` points in the model's input frame.
         multimask: three candidates per point (else the single-mask output).
 
     Returns:
         ``(iou, lowres)``: the predicted IoU ``(B, K)`` float32 of every candidate, and a
         function that returns the float32 low-resolution logits ``(n, K, L, L)`` of the
-        prompts it is given (``(n,)`` int64 indices). With the stock ``Predictor.decode``
-        and a :class:`MaskDecoder`, the mask stage only runs for those prompts, and the
-        numbers are those of ``Predictor.decode`` (up to float rounding). A stand-in
-        predictor's own ``decode`` (or a model with another decoder module) is used as is.
+        prompts it is given (``(n,)`` int64 indices). Through the predictor's
+        ``decoder_runner`` (when its decoder has the two stages) the mask stage only runs
+        for those prompts, and the numbers are those of ``Predictor.decode`` (up to float
+        rounding); otherwise the predictor's ``decode`` is used as it is.
     """
     from napari_samscope.core.device import autocast
-    from napari_samscope.core.modeling.mask_decoder import MaskDecoder
-    from napari_samscope.core.predict.predictor import Predictor
 
     device = predictor.device
     coords = torch.as_tensor(model_points, dtype=torch.float32, device=device)[:, None, :]
     labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-    decoder = getattr(predictor.model, "mask_decoder", None)
-    if type(predictor).decode is not Predictor.decode or not isinstance(decoder, MaskDecoder):
+    runner = getattr(predictor, "decoder_runner", None)
+    if runner is None or not runner.supports_stages:
         low, iou = predictor.decode(coords, labels, None, None, multimask_output=multimask)
         return iou, lambda index: low[index]
-    sam, features = predictor.model, predictor.get_embedding().features
+    features = predictor.get_embedding().features
     pick = slice(1, None) if multimask else slice(0, 1)
-    dtype = predictor.dtype
-    pe = _dense_pe(predictor)
-    with autocast(device, dtype):
-        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        # One image and no mask prompt: the decoder reuses its prepared image (the first
+    dtype = runner.dtype
+    with runner.lock, autocast(device, dtype):
+        sparse, dense = runner.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        # One image and no mask prompt: the runner reuses its prepared image (the first
         # block's projections of the image tokens) for every step and batch of this image.
-        # The steps are the decoder's own (a few prompts at a time on the CPU), so their
+        # The steps are the runner's own (a few prompts at a time on the CPU), so their
         # image tokens are never concatenated.
-        step = decoder.transform_step(features, pe, sparse)
+        pe = runner.dense_pe()
+        step = runner.transform_step(features, sparse)
         steps = [
-            decoder.transform(features, pe, sparse[s : s + step], dense[s : s + step])
+            runner.transform(features, pe, sparse[s : s + step], dense[s : s + step])
             for s in range(0, sparse.shape[0], step)
         ]
     iou = torch.cat([part[0] for part in steps])[:, pick].float()
@@ -86,8 +86,8 @@ def decode_points(
         groups = _mask_groups(steps, step, index, per_prompt=on_cpu)
         parts = []
         for tokens, keys, rows in groups:
-            with autocast(device, dtype):
-                masks = decoder.upscale_masks(keys[rows], tokens[rows], height, width)
+            with runner.lock, autocast(device, dtype):
+                masks = runner.upscale_masks(keys[rows], tokens[rows], height, width)
             parts.append(masks[:, pick].float())
         if not parts:
             return iou.new_zeros((0, iou.shape[1], 4 * height, 4 * width))
@@ -111,13 +111,6 @@ def _mask_groups(
     else:  # not reached by decode_points; correct anyway
         tokens, keys = (torch.cat([part[j] for part in steps]) for j in (1, 2))
     return [(tokens, keys, index[s : s + _MASK_CHUNK]) for s in range(0, len(index), _MASK_CHUNK)]
-
-
-def _dense_pe(predictor: Any) -> torch.Tensor:
-    """The positional encoding of the image tokens, the predictor's cached tensor where it
-    has one (the decoder recognises its prepared image without comparing values)."""
-    cached = getattr(predictor, "_dense_pe", None)
-    return cached() if callable(cached) else predictor.model.prompt_encoder.get_dense_pe()
 
 
 @torch.no_grad()

@@ -14,9 +14,8 @@ work is done:
   of a batch ever exists, so a 4096 x 4096 image needs little more than its own RGB copy.
 - **Crops are re-encoded from the original image** (8-bit RGB after normalisation),
   never upsampled from the model input.
-- The decoder call is :meth:`MaskGenerator._decode`
-  (:func:`~.everything_decode.decode_points`), the one place to change for other dtypes
-  or devices. It runs the mask decoder in two stages so that the mask upscaling only
+- The decoder call is :func:`~.decode.decode_points` (through the predictor's decoder
+  runner), the one place to change for other dtypes or devices. It runs the mask decoder in two stages so that the mask upscaling only
   runs for prompts with a candidate that passes the IoU filter, and it takes the
   decoder's inference fast paths: the first transformer block's image side is prepared
   once per image (or crop) and reused for every batch of grid points.
@@ -238,9 +237,10 @@ class MaskGenerator:
         fields = {"crop_box": (x0, y0, x1 - x0, y1 - y0), "image_shape": rgb.shape[:2]}
         # the official order of filters, one batch of candidates at a time (see keep_masks)
         params, threshold = self.params, float(getattr(self.predictor.model, "mask_threshold", 0.0))
+        multimask = self.config.multimask_output
         records: list[MaskRecord] = []
         for part in mo.batch_slices(len(points), self.config.points_per_batch):
-            iou, lowres = self._decode(model_points[part])
+            iou, lowres = decode_points(self.predictor, model_points[part], multimask)
             records.extend(keep_masks(params, threshold, iou, lowres, points[part], upsampler, crop, fields))
             del iou, lowres
             yield
@@ -250,13 +250,6 @@ class MaskGenerator:
             keep = mo.nms(boxes, scores, self.config.box_nms_thresh)
             records = [records[i] for i in keep.tolist()]
         return records
-
-    def _decode(
-        self, model_points: np.ndarray
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """The one decoder call: ``(B, 2)`` ``(x, y)`` points in the model's input frame ->
-        ``(iou (B, K), lowres)``; see :func:`~.everything_decode.decode_points`."""
-        return decode_points(self.predictor, model_points, self.config.multimask_output)
 
     # ------------------------------------------------------------------ all crops
 

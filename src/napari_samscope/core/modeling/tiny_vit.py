@@ -181,9 +181,11 @@ class Attention(nn.Module):
         if self.training or torch.is_grad_enabled() or torch.jit.is_tracing():
             return table[:, idxs].to(dtype).unsqueeze(0)
         key = (table._version, table.data_ptr(), idxs.data_ptr(), table.device, dtype)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            self._bias_cache = (key, table[:, idxs].to(dtype).unsqueeze(0))
-        return self._bias_cache[1]
+        entry = self._bias_cache  # one read: another thread may replace it meanwhile
+        if entry is None or entry[0] != key:
+            entry = (key, table[:, idxs].to(dtype).unsqueeze(0))
+            self._bias_cache = entry
+        return entry[1]
 
 
 class Mlp(nn.Module):

@@ -16,12 +16,9 @@ image tokens ``N`` (4096):
   image-to-token update, so the work of the first block that does not depend on the
   prompts is done once for the whole batch.
 
-- With one image embedding and no mask prompt, the first block's image side does not
-  depend on the prompts at all: :meth:`TwoWayTransformer.prepare_image` projects it once
-  per image (keys, values and queries of the first block's cross attentions, in head-major
-  layout), and :meth:`TwoWayTransformer.forward_prepared` then does a few million
-  multiply-adds there per prompt set instead of about 175 million. The mask decoder keeps
-  the prepared image while its inputs stay the same (see ``image_memo.ImageMemo``).
+The predict layer goes one step further for one image without a mask prompt (the first
+block's image side projected once per image: ``core.predict.prepared_image``), through
+:meth:`TwoWayAttentionBlock.attend_tokens` and :meth:`TwoWayTransformer.final_attention`.
 
 Training (autograd on) keeps the plain projections, exactly as the official model.
 """
@@ -33,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_samscope.core.modeling.common import MLPBlock
-from napari_samscope.core.modeling.image_memo import PreparedImage
 
 
 class TwoWayTransformer(nn.Module):
@@ -106,61 +102,35 @@ class TwoWayTransformer(nn.Module):
             # Token-major memory once (a view, no copy, for channels-last inputs): every
             # elementwise op and LayerNorm below on the transposed view costs ~10x more.
             keys, key_pe = keys.contiguous(), key_pe.contiguous()
-        return self._run(keys, key_pe, point_embedding, None, outputs)
-
-    @torch.no_grad()
-    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> PreparedImage:
-        """The prompt-independent part of :meth:`forward` for one image (inference).
-
-        Args:
-            image_embedding: ``(1, C, h, w)`` image tokens (the dense prompt embedding added).
-            image_pe: ``(1, C, h, w)`` their positional encoding.
-        """
-        if image_embedding.shape[0] != 1 or image_pe.shape[0] != 1:
-            raise ValueError("prepare_image takes one image: (1, C, h, w) tensors.")
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # 1, N, C
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        if self.depth == 0:
-            return PreparedImage(keys, key_pe, None, None, None)
-        block = self.layers[0]
-        image_k = (keys + key_pe)[0]
-        to_image, to_tokens = block.cross_attn_token_to_image, block.cross_attn_image_to_token
-        return PreparedImage(
-            keys,
-            key_pe,
-            to_image.project_heads(to_image.k_proj, image_k),
-            to_image.project_heads(to_image.v_proj, keys[0]),
-            to_tokens.project_heads(to_tokens.q_proj, image_k, transposed=True),
-        )
-
-    def forward_prepared(
-        self, image: PreparedImage, point_embedding: torch.Tensor, *, outputs: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` on an image from :meth:`prepare_image` (inference only): the
-        same results for ``B`` prompt sets ``(B, T, C)`` sharing that image."""
-        if not _use_folded_attention():
-            raise RuntimeError("forward_prepared is for inference: call it with autograd off.")
-        return self._run(image.keys, image.key_pe, point_embedding, image, outputs)
-
-    def _run(
-        self,
-        keys: torch.Tensor,
-        key_pe: torch.Tensor,
-        point_embedding: torch.Tensor,
-        prepared: PreparedImage | None,
-        outputs: int | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             # after the first block the keys are the transformer's own tensor
             queries, keys = layer(
-                queries,
-                keys,
-                query_pe=point_embedding,
-                key_pe=key_pe,
-                keys_owned=i > 0,
-                prepared=prepared if i == 0 else None,
+                queries, keys, query_pe=point_embedding, key_pe=key_pe, keys_owned=i > 0
             )
+        return self.final_attention(queries, keys, point_embedding, key_pe, outputs=outputs)
+
+    def final_attention(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        point_embedding: torch.Tensor,
+        key_pe: torch.Tensor,
+        *,
+        outputs: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last token-to-image attention and its norm, after the blocks.
+
+        Args:
+            queries: ``(B, T, C)`` tokens from the blocks.
+            keys: ``(B, N, C)`` image tokens from the blocks (``(1, N, C)`` without blocks).
+            point_embedding: ``(B, T, C)`` the prompt tokens given to :meth:`forward`.
+            key_pe: ``(1, N, C)`` or ``(B, N, C)`` positional encoding of the image tokens.
+            outputs: as in :meth:`forward`.
+
+        Returns:
+            as :meth:`forward`.
+        """
         if outputs is not None:  # the other rows of the final attention are not wanted
             queries, point_embedding = queries[:, :outputs], point_embedding[:, :outputs]
         q = queries + point_embedding
@@ -211,32 +181,19 @@ class TwoWayAttentionBlock(nn.Module):
         key_pe: torch.Tensor,
         *,
         keys_owned: bool = False,
-        prepared: PreparedImage | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, C)`` queries, ``(B, N, C)`` (or shared ``(1, N, C)``) keys -> updated
         queries ``(B, T, C)`` and keys ``(B, N, C)``. ``keys_owned``: the keys may be
-        overwritten (inference saves a copy of the batch's image tokens). ``prepared``:
-        the first block's projected image (the keys are then ``prepared.keys``)."""
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
+        overwritten (inference saves a copy of the batch's image tokens)."""
+        queries = self.attend_tokens(queries, query_pe)
+        if not _use_folded_attention():
             q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-
-        if prepared is not None:  # the image side was projected once for this image
-            attn_out = self.cross_attn_token_to_image.tokens_to_projected_image(
-                queries + query_pe, prepared.first_keys, prepared.first_values
-            )
-            queries = self.norm2(queries + attn_out)
+            k = keys + key_pe
+            queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
             queries = self.norm3(queries + self.mlp(queries))
-            attn = self.cross_attn_image_to_token
-            keys = self.norm4(
-                attn.image_to_projected_tokens(
-                    prepared.first_queries, queries + query_pe, queries, residual=keys
-                )
-            )
-        elif _use_folded_attention():
+            q = queries + query_pe
+            keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        else:
             # used by both cross attentions (keys do not change between); in the keys'
             # dtype, so that under autocast no float32 copy of the batch's keys is made
             image_k = keys + key_pe.to(keys.dtype)
@@ -249,14 +206,16 @@ class TwoWayAttentionBlock(nn.Module):
                     image_k, queries + query_pe, queries, residual=keys, in_place=keys_owned
                 )
             )
+        return queries, keys
+
+    def attend_tokens(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """The token self-attention and its norm: ``(B, T, C)`` -> ``(B, T, C)``."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
-            k = keys + key_pe
-            queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
-            queries = self.norm3(queries + self.mlp(queries))
-            q = queries + query_pe
-            keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
-        return queries, keys
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        return self.norm1(queries)
 
 
 class Attention(nn.Module):
@@ -295,62 +254,6 @@ class Attention(nn.Module):
     def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
         """``(heads, d, C)`` view of a projection's ``(heads * d, C)`` weight."""
         return linear.weight.reshape(self.num_heads, -1, linear.weight.shape[1])
-
-    def project_heads(
-        self, linear: nn.Linear, x: torch.Tensor, *, transposed: bool = False
-    ) -> torch.Tensor:
-        """``(N, C)`` tokens -> ``(heads, N, d)`` projection by ``linear`` (one of the q/k/v
-        projections), head-major and contiguous; ``(heads, d, N)`` if ``transposed``."""
-        heads = linear(x).reshape(x.shape[0], self.num_heads, -1)
-        return (heads.permute(1, 2, 0) if transposed else heads.transpose(0, 1)).contiguous()
-
-    def tokens_to_projected_image(
-        self, q: torch.Tensor, k_heads: torch.Tensor, v_heads: torch.Tensor
-    ) -> torch.Tensor:
-        """``forward(q, k, v)`` with the image keys and values already projected.
-
-        Args:
-            q: ``(B, T, C)`` prompt-token queries.
-            k_heads, v_heads: ``(heads, N, d)`` from :meth:`project_heads` of ``k_proj(k)``
-                and ``v_proj(v)``, shared by the ``B`` prompt sets.
-
-        Returns:
-            ``(B, T, C)``.
-        """
-        batch, tokens, _ = q.shape
-        heads = self.num_heads
-        qh = self.q_proj(q).reshape(batch * tokens, heads, -1).transpose(0, 1)  # heads, B*T, d
-        out = F.scaled_dot_product_attention(qh[None], k_heads[None], v_heads[None])[0]
-        out = out.reshape(heads, batch, tokens, -1).permute(1, 2, 0, 3)  # B, T, heads, d
-        return self.out_proj(out.reshape(batch, tokens, self.internal_dim))
-
-    def image_to_projected_tokens(
-        self, q_heads_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
-    ) -> torch.Tensor:
-        """``residual + forward(q, k, v)`` with the image queries already projected.
-
-        Args:
-            q_heads_t: ``(heads, d, N)`` from :meth:`project_heads` of ``q_proj(q)``
-                (transposed), shared by the ``B`` prompt sets.
-            k, v: ``(B, T, C)`` prompt-token keys and values.
-            residual: ``(1, N, C)`` or ``(B, N, C)``, added to the output (not modified).
-
-        Returns:
-            ``(B, N, C)``.
-        """
-        batch, tokens, _ = k.shape
-        heads, channels = self.num_heads, residual.shape[-1]
-        head_dim, n_image = q_heads_t.shape[1], q_heads_t.shape[2]
-        kh = self._separate_heads(self.k_proj(k)) * head_dim**-0.5  # B, heads, T, d
-        vh = self._separate_heads(self.v_proj(v))
-        wo = self.out_proj.weight.reshape(channels, heads, -1).permute(1, 2, 0)  # heads, d, C
-        # Wo (sum_t w_t v_t) + bo = sum_(h,t) w_ht (Wo_h v_ht + bo / heads), as in image_to_tokens
-        values = (torch.matmul(vh, wo) + self.out_proj.bias / heads).reshape(batch, -1, channels)
-        keys = kh.transpose(0, 1).reshape(heads, batch * tokens, head_dim)
-        logits = torch.matmul(keys, q_heads_t).reshape(heads, batch, tokens, n_image)
-        # softmax over the T prompt tokens of each head; the image axis stays innermost
-        weights = logits.softmax(2).transpose(0, 1).reshape(batch, heads * tokens, n_image)
-        return torch.baddbmm(residual, weights.transpose(1, 2), values)
 
     def tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``forward(q, k, v)`` for few queries and many keys, without projecting the keys

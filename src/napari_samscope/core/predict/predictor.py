@@ -5,22 +5,31 @@ Two layers, as in the official predictor: :meth:`Predictor.set_image` /
 (``(x, y)`` = column, row); :meth:`Predictor.decode` speaks torch and the model's
 input frame, for batch work such as segment-everything.
 
-The prompt rules of :meth:`Predictor.predict` are in :mod:`napari_samscope.core.predict.prompts`.
+The prompt rules of :meth:`Predictor.predict` are in :mod:`napari_samscope.core.predict.prompts`;
+the decoder's inference fast paths and their state are the predictor's
+:class:`~napari_samscope.core.predict.fast_decode.DecoderRunner`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from napari_samscope.core.device import autocast, resolve_dtype, select_device
 from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.embedding import (
+    ImageEmbedding,
+    SamHolder,
+    checked_embedding,
+    model_key,
+)
+from napari_samscope.core.predict.fast_decode import DecoderRunner
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.prompts import check_flag, parse_prompts
 from napari_samscope.core.predict.results import Prediction
@@ -39,58 +48,6 @@ __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 _OBJECTS_PER_DECODE = 64
 
 
-class SamHolder(Protocol):
-    """What :class:`Predictor` needs of a model wrapper such as
-    :class:`~napari_samscope.core.predict.sam_api.SAM`: the module, its autocast dtype
-    and its registry entry (or None)."""
-
-    model: Sam
-    dtype: Any
-    spec: Any
-
-
-@dataclass
-class ImageEmbedding:
-    """The encoder's output for one image, with what is needed to decode prompts on it.
-
-    Attributes:
-        features: ``(1, C, E, E)`` image embedding (float32, or float16 in a cache).
-        original_size: ``(H, W)`` of the original image.
-        input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
-        model_key: :func:`model_key` of the model that made it; an embedding is only
-            valid for that model.
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    model_key: str
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by ``features``."""
-        return self.features.numel() * self.features.element_size()
-
-
-def model_key(sam: Sam) -> str:
-    """A short fingerprint of the image-encoder weights and the input size.
-
-    It changes when the architecture or the weights change, so embeddings of one
-    model are never decoded with another. It samples a few values of every encoder
-    tensor (one device transfer), so it costs well under a millisecond on CPU.
-    """
-    digest = hashlib.sha1(f"S={sam.img_size};E={sam.embedding_size}".encode())
-    samples = []
-    for name, tensor in sam.image_encoder.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        flat = tensor.detach().reshape(-1)
-        if flat.numel():
-            samples.append(torch.cat([flat[:4], flat[-4:]]).float())
-    if samples:
-        digest.update(torch.cat(samples).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class Predictor:
     """Prompted segmentation of one image at a time with a SAM-family model.
 
@@ -103,6 +60,14 @@ class Predictor:
         spec: the registry entry of the weights (``core.weights.spec.ModelSpec``), which
             brings the model's recommended segment-everything parameters. Default: the
             wrapper's ``spec``, or None for a bare module.
+
+    Threads: a predictor serialises its calls. Every method that reads or changes the
+    current image (``set_image``, ``set_embedding``, ``reset_image``, ``encode``,
+    ``predict``, ``decode``) holds one re-entrant lock, :attr:`lock`, so a call never
+    sees another thread's image halfway. The current image is shared, though: to set an
+    image and prompt it while other threads use the same predictor, hold the lock
+    around both (``with predictor.lock: predictor.set_image(a); predictor.predict(...)``).
+    For parallel work, use one predictor per thread (they may share the model).
     """
 
     def __init__(
@@ -117,21 +82,46 @@ class Predictor:
                 f"Predictor needs a SAM (napari_samscope.SAM) or a Sam module, "
                 f"not {type(model).__name__}."
             )
-        self.device = select_device(device) if device is not None else torch.device(default_device)
-        if sam.device != self.device:
-            sam.to(self.device)
+        target = select_device(device) if device is not None else torch.device(default_device)
+        if sam.device != target:
+            sam.to(target)
             if sam is not model:  # keep the SAM wrapper's record of its device true
-                model.device = self.device
-        self.dtype = resolve_dtype(dtype if dtype is not None else default_dtype, self.device)
+                model.device = target
+        #: the re-entrant lock every call holds (see the class docstring)
+        self.lock = threading.RLock()
         self.model = sam.eval()
+        self._runner = DecoderRunner(
+            sam, target, resolve_dtype(dtype if dtype is not None else default_dtype, target),
+            self.lock,
+        )
         #: the registry entry of a registry model (its recommended segment-everything
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._embedding: ImageEmbedding | None = None
+        self._upsampler: MaskUpsampler | None = None
         self._key: str | None = None
-        self._pe_cache: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self._runner.device
+
+    @property
+    def dtype(self) -> Any:
+        """Autocast dtype of encoding and decoding (None: float32); may be changed."""
+        return self._runner.dtype
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        self._runner.dtype = value
+
+    @property
+    def decoder_runner(self) -> DecoderRunner:
+        """The prompt decoding of this predictor, with its fast paths and their state
+        (the two-stage decoding segment-everything uses). It holds :attr:`lock`."""
+        return self._runner
 
     @property
     def img_size(self) -> int:
@@ -174,8 +164,13 @@ class Predictor:
     @property
     def mask_upsampler(self) -> MaskUpsampler:
         """Low-resolution logits -> original size, for the current image."""
-        emb = self._require_image()
-        return MaskUpsampler(emb.original_size, emb.input_size, self.img_size, self.lowres_size)
+        with self.lock:
+            emb = self._require_image()
+            if self._upsampler is None:
+                self._upsampler = MaskUpsampler(
+                    emb.original_size, emb.input_size, self.img_size, self.lowres_size
+                )
+            return self._upsampler
 
     # ------------------------------------------------------------------ images
 
@@ -193,21 +188,29 @@ class Predictor:
         The image is converted with :func:`~napari_samscope.core.predict.image.to_rgb_uint8`
         (8-bit RGB is used as it is). A constant image is refused unless
         ``contrast_limits`` is given. On error the previous image stays set.
+
+        The prompt-independent work of decoding is done here too, and one point is decoded
+        and discarded (tens of milliseconds next to seconds of encoding), so that the
+        first prompt is as fast as the next.
         """
-        (embedding,) = self.encode(
-            [image],
-            channel_axis=channel_axis,
-            channels=channels,
-            normalization=normalization,
-            contrast_limits=contrast_limits,
-            allow_constant=False,
-        )
-        self._embedding = embedding
-        self._prepare_decoder()
+        with self.lock:
+            (embedding,) = self.encode(
+                [image],
+                channel_axis=channel_axis,
+                channels=channels,
+                normalization=normalization,
+                contrast_limits=contrast_limits,
+                allow_constant=False,
+            )
+            self._set_current(embedding)
+            self._warm_up()
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
-        self._embedding = None
+        with self.lock:
+            self._embedding = None
+            self._upsampler = None
+            self._runner.clear()
 
     def get_embedding(self) -> ImageEmbedding:
         """The current image's :class:`ImageEmbedding` (to cache it and set it back later)."""
@@ -222,27 +225,31 @@ class Predictor:
         """
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"Expected an ImageEmbedding, not {type(embedding).__name__}.")
-        if embedding.model_key != self.model_key:
-            raise ValueError(
-                "This embedding was computed by a different model (or different weights); "
-                "encode the image again with this model."
-            )
-        channels = self.model.prompt_encoder.embed_dim
-        side = self.model.embedding_size
-        if tuple(embedding.features.shape) != (1, channels, side, side):
-            raise ValueError(
-                f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
-                f"needs (1, {channels}, {side}, {side})."
-            )
-        h, w = (int(v) for v in embedding.original_size)
-        expected = resize_longest_side_shape(h, w, self.img_size)
-        if tuple(embedding.input_size) != expected:
-            raise ValueError(
-                f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
-                f"original_size {(h, w)} (expected {expected})."
-            )
-        features = embedding.features.to(device=self.device, dtype=torch.float32)
-        self._embedding = ImageEmbedding(features, (h, w), expected, embedding.model_key)
+        with self.lock:
+            checked = checked_embedding(embedding, self.model, self.model_key)
+            features = checked.features.to(device=self.device, dtype=torch.float32)
+            self._set_current(dataclasses.replace(checked, features=features))
+
+    def _set_current(self, embedding: ImageEmbedding) -> None:
+        """Make ``embedding`` the current image and do the prompt-independent work of
+        decoding it now: the decoder's prepared image and the upsampling matrices of its
+        size (tens of milliseconds the first time a size is seen)."""
+        self._embedding = embedding
+        self._upsampler = MaskUpsampler(
+            embedding.original_size, embedding.input_size, self.img_size, self.lowres_size
+        )
+        self._runner.prepare(embedding.features)
+
+    def _warm_up(self) -> None:
+        """Decode one point on the current image and discard it: after the encoder has
+        filled the CPU caches with its own data, this brings the decoder's weights and
+        buffers back, so the user's first prompt is as fast as the next."""
+        emb = self._require_image()
+        height, width = emb.input_size
+        coords = self._tensor(np.array([[[width / 2, height / 2]]]))
+        labels = torch.ones((1, 1), dtype=torch.int, device=self.device)
+        low, _ = self._runner.decode(emb.features, coords, labels, None, None, True)
+        self.mask_upsampler.masks(low[0], threshold=self.model.mask_threshold)
 
     @torch.no_grad()
     def encode(
@@ -277,6 +284,10 @@ class Predictor:
             to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
             for im in images
         ]
+        with self.lock:
+            return self._encode(rgbs, batch_size)
+
+    def _encode(self, rgbs: list[np.ndarray], batch_size: int) -> list[ImageEmbedding]:
         out: list[ImageEmbedding | None] = [None] * len(rgbs)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, rgb in enumerate(rgbs):
@@ -325,9 +336,13 @@ class Predictor:
         Raises:
             ValueError: no image is set, or the prompts are invalid.
         """
-        emb = self._require_image()
-        prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
-        multimask_output = check_flag(multimask_output, "multimask_output")
+        with self.lock:
+            emb = self._require_image()
+            prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
+            multimask_output = check_flag(multimask_output, "multimask_output")
+            return self._predict(emb, prompts, multimask_output)
+
+    def _predict(self, emb: ImageEmbedding, prompts: Any, multimask_output: bool) -> Prediction:
         coords = labels_t = boxes_t = mask_t = None
         if prompts.points is not None:
             coords = self._tensor(apply_coords(prompts.points, emb.original_size, emb.input_size))
@@ -376,42 +391,22 @@ class Predictor:
         Returns:
             low-resolution logits ``(B, K, L, L)`` and predicted IoU ``(B, K)``, float32.
         """
-        emb = self._require_image()
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together.")
-        if point_coords is None and boxes is None and mask_input is None:
-            raise ValueError("decode() needs at least one prompt (points, boxes or masks).")
-        points = None if point_coords is None else (point_coords, point_labels)
-        with autocast(self.device, self.dtype):
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low, iou = self.model.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=self._dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
+        with self.lock:
+            features = self._require_image().features
+            if (point_coords is None) != (point_labels is None):
+                raise ValueError("point_coords and point_labels must be given together.")
+            if point_coords is None and boxes is None and mask_input is None:
+                raise ValueError("decode() needs at least one prompt (points, boxes or masks).")
+            return self._runner.decode(
+                features,
+                point_coords,
+                point_labels,
+                boxes,
+                mask_input,
+                multimask_output,
             )
-        return low.float(), iou.float()
 
     # ------------------------------------------------------------------ helpers
-
-    def _dense_pe(self) -> torch.Tensor:
-        """``get_dense_pe()``, recomputed only when its Gaussian matrix changes."""
-        gaussian = self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-        stamp = (gaussian.data_ptr(), gaussian._version, gaussian.device)
-        if self._pe_cache is None or self._pe_cache[0] != stamp:
-            self._pe_cache = (stamp, self.model.prompt_encoder.get_dense_pe())
-        return self._pe_cache[1]
-
-    def _prepare_decoder(self) -> None:
-        """Let the mask decoder do its prompt-independent work on the current image now
-        (a few milliseconds, next to seconds of encoding), so the first prompt is fast."""
-        emb = self._require_image()
-        encoder = self.model.prompt_encoder
-        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, *emb.features.shape[-2:]
-        )
-        self.model.mask_decoder.prepare_image(emb.features, self._dense_pe(), dense)
 
     def _require_image(self) -> ImageEmbedding:
         if self._embedding is None:

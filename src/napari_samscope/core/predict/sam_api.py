@@ -121,7 +121,6 @@ class SAM:
         self.dtype = dtype
         self.path = None if path is None else Path(path)
         self.spec = spec
-        self._predictor: Predictor | None = None
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
@@ -207,6 +206,9 @@ class SAM:
         (:meth:`everything_defaults`), then the official ones. ``channel_axis``, ``channels``, ``normalization`` and
         ``contrast_limits`` choose how the image becomes 8-bit RGB
         (:func:`~napari_samscope.core.predict.image.to_rgb_uint8`).
+
+        Each call works on its own predictor (no state is shared between calls), so
+        several threads may call one ``SAM`` at the same time.
         """
         prompted = any(p is not None for p in (bboxes, points, labels, masks))
         if prompted:  # fail on bad prompts before the expensive encoding
@@ -225,25 +227,22 @@ class SAM:
                     f"Unexpected arguments {sorted(everything_kwargs)}: segment-everything "
                     "options only apply when no prompt is given."
                 )
-            predictor = self._shared_predictor()
+            predictor = Predictor(self)
             predictor.set_image(rgb)
-            try:
-                return predictor.predict(
-                    points=points,
-                    labels=labels,
-                    bboxes=bboxes,
-                    masks=masks,
-                    multimask_output=multimask_output,
-                )
-            finally:
-                predictor.reset_image()
+            return predictor.predict(
+                points=points,
+                labels=labels,
+                bboxes=bboxes,
+                masks=masks,
+                multimask_output=multimask_output,
+            )
         from napari_samscope.core.everything.generator import (
             MaskGenerator,
             model_everything_defaults,
         )
 
         generator = MaskGenerator(
-            self._shared_predictor(), model_defaults=model_everything_defaults(self),
+            Predictor(self), model_defaults=model_everything_defaults(self),
             **everything_kwargs,
         )
         return generator.generate(rgb)
@@ -258,8 +257,3 @@ class SAM:
         from napari_samscope.core.export.onnx import export_onnx
 
         return export_onnx(self, Path(out_dir), **kwargs)
-
-    def _shared_predictor(self) -> Predictor:
-        if self._predictor is None:
-            self._predictor = Predictor(self)
-        return self._predictor

@@ -1,40 +1,15 @@
-"""The prompt-independent decoder work on one image (``TwoWayTransformer.prepare_image``),
-and a decoder's memory of the last one it made."""
+"""A memo of one value computed from tensors: reused while those tensors hold the same
+values (the decoder runner keeps its prepared image in one)."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["ImageMemo", "PreparedImage"]
-
-
-@dataclass
-class PreparedImage:
-    """The prompt-independent inputs of the transformer for one image (inference).
-
-    ``keys`` / ``key_pe``: ``(1, N, C)`` image tokens and positional encoding, token-major.
-    ``first_keys`` / ``first_values``: ``(heads, N, d)`` keys ``k_proj(keys + key_pe)`` and
-    values ``v_proj(keys)`` of the first block's token-to-image attention;
-    ``first_queries``: ``(heads, d, N)`` (transposed) queries ``q_proj(keys + key_pe)`` of its
-    image-to-token attention (None when the transformer has no blocks).
-    """
-
-    keys: torch.Tensor
-    key_pe: torch.Tensor
-    first_keys: torch.Tensor | None
-    first_values: torch.Tensor | None
-    first_queries: torch.Tensor | None
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the tensors."""
-        tensors = (self.keys, self.key_pe, self.first_keys, self.first_values, self.first_queries)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+__all__ = ["ImageMemo"]
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -46,13 +21,15 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 
 class ImageMemo:
-    """The last prepared image of a decoder, reused while its inputs are unchanged.
+    """The last value computed from some input tensors and weights, reused while they are
+    unchanged.
 
     An entry is reused when each input tensor is the same memory (the same tensor, or a
     view at the same place of the same base) at the same version (an in-place change
-    bumps it), or else equal in value to the snapshot taken when the entry was made; and when the weights it was projected with are the same objects at
-    the same versions and memory. Not copied or pickled with the module. Changes made
-    through ``tensor.data`` bypass version counters: call :meth:`clear` after them.
+    bumps it), or else equal in value to the snapshot taken when the entry was made; and
+    when the weights it was computed with are the same objects at the same versions and
+    memory. A copy or a pickle starts empty. Changes made through ``tensor.data`` bypass
+    version counters: call :meth:`clear` after them.
     """
 
     def __init__(self) -> None:
@@ -64,6 +41,11 @@ class ImageMemo:
     def __reduce__(self) -> tuple[type, tuple]:
         return (ImageMemo, ())
 
+    @property
+    def value(self) -> Any:
+        """The kept value, or None."""
+        return None if self._entry is None else self._entry[2]
+
     def clear(self) -> None:
         """Forget the entry (frees its memory)."""
         self._entry = None
@@ -72,8 +54,10 @@ class ImageMemo:
         self,
         inputs: tuple[torch.Tensor, ...],
         weights: list[torch.Tensor],
-        compute: Callable[[], PreparedImage],
-    ) -> PreparedImage:
+        compute: Callable[[], Any],
+    ) -> Any:
+        """The kept value if ``inputs`` and ``weights`` are unchanged, else ``compute()``
+        (which is then kept)."""
         stamp = tuple((id(w), w.data_ptr(), _version(w), w.device) for w in weights)
         entry = self._entry
         if entry is not None and entry[0] == stamp and all(

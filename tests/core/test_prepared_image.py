@@ -1,10 +1,10 @@
-"""The decoder's per-image preparation (inference) equals the plain computation.
+"""The decoder runner's per-image preparation (inference) equals the plain computation.
 
-With one image embedding and no mask prompt, the mask decoder projects the first
-transformer block's image side once (``TwoWayTransformer.prepare_image``) and keeps it
-while its inputs stay the same (``image_memo.ImageMemo``). These tests compare that
-path with the plain (autograd) computation, which is the official one, and check that
-the kept image is dropped whenever an input or a weight it depends on changes.
+With one image embedding and no mask prompt, the predictor's decoder runner projects the
+first transformer block's image side once (``prepared_image.prepare_image``) and keeps it
+while its inputs stay the same (``image_memo.ImageMemo``). These tests compare that path
+with the plain (autograd) computation of the module, which is the official one, and
+check that the kept image is dropped whenever an input or a weight it depends on changes.
 """
 
 from __future__ import annotations
@@ -17,11 +17,25 @@ import pytest
 import torch
 
 from napari_samscope.core.modeling.transformer import Attention
+from napari_samscope.core.predict import prepared_image as pi
+from napari_samscope.core.predict.fast_decode import DecoderRunner
+from napari_samscope.core.predict.image_memo import ImageMemo
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 
 
-def _decode(model, embedding, pe, prompts, multimask=True):
+def _runner(model):
+    return DecoderRunner(model, torch.device("cpu"))
+
+
+def _decode(runner, embedding, prompts, multimask=True):
+    """The runner's decoding (its own cached positional encoding)."""
+    points = prompts["points"]
+    coords, labels = (None, None) if points is None else points
+    return runner.decode(embedding, coords, labels, prompts["boxes"], prompts["masks"], multimask)
+
+
+def _module(model, embedding, pe, prompts, multimask=True):
     sparse, dense = model.prompt_encoder(**prompts)
     return model.mask_decoder(embedding, pe, sparse, dense, multimask)
 
@@ -29,7 +43,7 @@ def _decode(model, embedding, pe, prompts, multimask=True):
 def _plain(model, embedding, pe, prompts, multimask=True):
     model.requires_grad_(False)  # autograd on, but no graph: the plain path
     with torch.enable_grad():
-        return _decode(model, embedding, pe, prompts, multimask)
+        return _module(model, embedding, pe, prompts, multimask)
 
 
 def _prompts(kind: str, batch: int, size: int = 64) -> dict:
@@ -45,9 +59,8 @@ def _prompts(kind: str, batch: int, size: int = 64) -> dict:
     return dict(points=(points[:, :1], labels[:, :1]), boxes=boxes, masks=None)
 
 
-def _memo_value(model):
-    entry = model.mask_decoder._image_memo._entry
-    return None if entry is None else entry[2]
+def _memo_value(runner):
+    return runner.prepared_image
 
 
 @pytest.fixture
@@ -58,28 +71,29 @@ def model(randomize, tiny_sam_factory):
 @pytest.mark.parametrize("kind", ["points", "boxes", "points+boxes"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_prepared_image_equals_plain_and_is_kept(model, kind, batch):
+    runner = _runner(model)
     embedding = torch.randn(1, 32, 4, 4)
     pe = model.prompt_encoder.get_dense_pe()
     prompts = _prompts(kind, batch)
     plain = _plain(model, embedding, pe, prompts)
-    with torch.no_grad():
-        first = _decode(model, embedding, pe, prompts)
-        prepared = _memo_value(model)
-        second = _decode(model, embedding, pe, prompts)
-    assert prepared is not None and _memo_value(model) is prepared  # kept, not rebuilt
+    first = _decode(runner, embedding, prompts)
+    prepared = _memo_value(runner)
+    second = _decode(runner, embedding, prompts)
+    assert prepared is not None and _memo_value(runner) is prepared  # kept, not rebuilt
+    assert runner.prepare(embedding) is prepared
     for got in (first, second):
         torch.testing.assert_close(got[0], plain[0], **TOL)
         torch.testing.assert_close(got[1], plain[1], **TOL)
 
 
 def test_equal_values_in_new_tensors_reuse_the_prepared_image(model):
+    runner = _runner(model)
     embedding = torch.randn(1, 32, 4, 4)
     prompts = _prompts("points", 1)
-    with torch.no_grad():
-        _decode(model, embedding, model.prompt_encoder.get_dense_pe(), prompts)
-        prepared = _memo_value(model)
-        _decode(model, embedding.clone(), model.prompt_encoder.get_dense_pe(), prompts)
-    assert _memo_value(model) is prepared
+    _decode(runner, embedding, prompts)
+    prepared = _memo_value(runner)
+    _decode(runner, embedding.clone(), prompts)
+    assert _memo_value(runner) is prepared
 
 
 def _changes(model, embedding):
@@ -109,60 +123,64 @@ def _changes(model, embedding):
     ],
 )
 def test_prepared_image_follows_every_change(model, change):
+    runner = _runner(model)
     embedding = torch.randn(1, 32, 4, 4)
     prompts = _prompts("points+boxes", 2)
+    _decode(runner, embedding, prompts)
+    before = _memo_value(runner)
     with torch.no_grad():
-        _decode(model, embedding, model.prompt_encoder.get_dense_pe(), prompts)
-        before = _memo_value(model)
         _changes(model, embedding)[change]()
-        if change == "another embedding":
-            embedding = torch.randn(1, 32, 4, 4)
-        pe = model.prompt_encoder.get_dense_pe()
-        got = _decode(model, embedding, pe, prompts)
-    assert _memo_value(model) is not before
+    if change == "another embedding":
+        embedding = torch.randn(1, 32, 4, 4)
+    pe = model.prompt_encoder.get_dense_pe()
+    got = _decode(runner, embedding, prompts)
+    assert _memo_value(runner) is not before
     plain = _plain(model, embedding, pe, prompts)
     torch.testing.assert_close(got[0], plain[0], **TOL)
     torch.testing.assert_close(got[1], plain[1], **TOL)
 
 
-def test_no_prepared_image_for_mask_prompts_per_prompt_images_or_training(model):
+def test_no_prepared_image_for_mask_prompts_per_prompt_images_or_low_precision(model):
+    runner = _runner(model)
     pe = model.prompt_encoder.get_dense_pe()
     masks = dict(points=None, boxes=None, masks=torch.randn(2, 1, 16, 16))
-    with torch.no_grad():
-        _decode(model, torch.randn(1, 32, 4, 4), pe, masks)
-        _decode(model, torch.randn(2, 32, 4, 4), pe, _prompts("points", 2))
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # forced back to float32 inside
-            sparse, dense = model.prompt_encoder(**_prompts("points", 1))
-            model.mask_decoder.transform(torch.randn(1, 32, 4, 4), pe, sparse, dense, low_precision=True)
-    _plain(model, torch.randn(1, 32, 4, 4), pe, _prompts("points", 1))
-    assert _memo_value(model) is None
+    _decode(runner, torch.randn(1, 32, 4, 4), masks)
+    _decode(runner, torch.randn(2, 32, 4, 4), _prompts("points", 2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse, dense = model.prompt_encoder(**_prompts("points", 1))
+        runner.transform(torch.randn(1, 32, 4, 4), pe, sparse, dense, low_precision=True)
+    assert _memo_value(runner) is None
 
 
 def test_inference_mode_tensors_work_and_are_compared_by_value(model):
+    runner = _runner(model)
     prompts = _prompts("points", 1)
     with torch.inference_mode():
         embedding = torch.randn(1, 32, 4, 4)
-        pe = model.prompt_encoder.get_dense_pe()
-        first = _decode(model, embedding, pe, prompts)
-        prepared = _memo_value(model)
-        second = _decode(model, embedding, pe, prompts)
-        assert _memo_value(model) is prepared
-    plain = _plain(model, embedding.clone(), pe.clone(), prompts)
+        first = _decode(runner, embedding, prompts)
+        prepared = _memo_value(runner)
+        second = _decode(runner, embedding, prompts)
+        assert _memo_value(runner) is prepared
+    pe = model.prompt_encoder.get_dense_pe()
+    plain = _plain(model, embedding.clone(), pe, prompts)
     torch.testing.assert_close(first[0], plain[0], **TOL)
     torch.testing.assert_close(second[0], plain[0], **TOL)
 
 
-def test_kept_image_is_not_copied_or_pickled_with_the_model(model):
-    with torch.no_grad():
-        _decode(model, torch.randn(1, 32, 4, 4), model.prompt_encoder.get_dense_pe(), _prompts("points", 1))
-    assert _memo_value(model) is not None
-    assert _memo_value(copy.deepcopy(model)) is None
-    assert _memo_value(pickle.loads(pickle.dumps(model))) is None
+def test_the_model_keeps_no_inference_state(model):
+    runner = _runner(model)
+    names = set(model.state_dict())
+    _decode(runner, torch.randn(1, 32, 4, 4), _prompts("points", 1))
+    assert _memo_value(runner) is not None
+    assert set(model.state_dict()) == names
+    assert not any("memo" in name for name, _ in model.named_modules())
     buffer = io.BytesIO()
     torch.save(model, buffer)  # whole-module pickling keeps working
-    assert "mask_decoder._image_memo" not in "".join(model.state_dict())
-    model.mask_decoder._image_memo.clear()
-    assert _memo_value(model) is None
+    memo = runner._memo
+    assert isinstance(memo, ImageMemo) and memo.value is not None
+    assert copy.deepcopy(memo).value is None and pickle.loads(pickle.dumps(memo)).value is None
+    runner.clear()
+    assert _memo_value(runner) is None
 
 
 @pytest.mark.parametrize("heads,tokens,batch", [(2, 5, 3), (4, 1, 1)])
@@ -177,14 +195,15 @@ def test_projected_cross_attentions_equal_plain_attention(heads, tokens, batch):
     image_k = image + torch.randn(n_img, 16)
     with torch.no_grad():
         expected = attn(prompt, image_k.expand(batch, -1, -1), image.expand(batch, -1, -1))
-        got = attn.tokens_to_projected_image(
-            prompt, attn.project_heads(attn.k_proj, image_k), attn.project_heads(attn.v_proj, image)
+        got = pi.tokens_to_projected_image(
+            attn, prompt, pi.project_heads(attn, attn.k_proj, image_k),
+            pi.project_heads(attn, attn.v_proj, image),
         )
         torch.testing.assert_close(got, expected, **TOL)
         residual = torch.randn(1, n_img, 16)
         expected = residual + attn(image_k.expand(batch, -1, -1), prompt, prompt)
-        q_heads_t = attn.project_heads(attn.q_proj, image_k, transposed=True)
-        got = attn.image_to_projected_tokens(q_heads_t, prompt, prompt, residual=residual)
+        q_heads_t = pi.project_heads(attn, attn.q_proj, image_k, transposed=True)
+        got = pi.image_to_projected_tokens(attn, q_heads_t, prompt, prompt, residual=residual)
         assert got.shape == (batch, n_img, 16)
         torch.testing.assert_close(got, expected, **TOL)
 
@@ -192,11 +211,11 @@ def test_projected_cross_attentions_equal_plain_attention(heads, tokens, batch):
 def test_forward_prepared_refuses_training_and_prepare_image_one_image(model):
     transformer = model.mask_decoder.transformer
     pe = model.prompt_encoder.get_dense_pe()
-    prepared = transformer.prepare_image(torch.randn(1, 32, 4, 4), pe)
+    prepared = pi.prepare_image(transformer, torch.randn(1, 32, 4, 4), pe)
     with torch.enable_grad(), pytest.raises(RuntimeError, match="inference"):
-        transformer.forward_prepared(prepared, torch.randn(1, 7, 32))
+        pi.forward_prepared(transformer, prepared, torch.randn(1, 7, 32))
     with pytest.raises(ValueError, match="one image"):
-        transformer.prepare_image(torch.randn(2, 32, 4, 4), pe)
+        pi.prepare_image(transformer, torch.randn(2, 32, 4, 4), pe)
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -213,18 +232,17 @@ def test_transformer_outputs_are_the_leading_rows_of_all_tokens(model, grad):
 
 
 def test_same_tensors_are_recognised_without_reading_their_values(monkeypatch, model):
-    from napari_samscope.core.modeling import image_memo
+    from napari_samscope.core.predict import image_memo
 
+    runner = _runner(model)
     embedding = torch.randn(1, 32, 4, 4)
-    pe = model.prompt_encoder.get_dense_pe()
     prompts = _prompts("points", 2)
-    with torch.no_grad():
-        _decode(model, embedding, pe, prompts)
-        prepared = _memo_value(model)
+    _decode(runner, embedding, prompts)
+    prepared = _memo_value(runner)
 
-        def no_value_reads(*args):  # would synchronise with an accelerator
-            raise AssertionError("the kept image was checked by value")
+    def no_value_reads(*args):  # would synchronise with an accelerator
+        raise AssertionError("the kept image was checked by value")
 
-        monkeypatch.setattr(image_memo.torch, "equal", no_value_reads)
-        _decode(model, embedding, pe, prompts)  # the no-mask embedding is a new view each time
-    assert _memo_value(model) is prepared
+    monkeypatch.setattr(image_memo.torch, "equal", no_value_reads)
+    _decode(runner, embedding, prompts)  # the no-mask embedding is a new view each time
+    assert _memo_value(runner) is prepared

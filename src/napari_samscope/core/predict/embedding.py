@@ -1,0 +1,97 @@
+"""What a predictor keeps of an encoded image (:class:`ImageEmbedding`), the fingerprint
+that ties it to its model (:func:`model_key`), and what a predictor needs of a model
+wrapper (:class:`SamHolder`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.transforms import resize_longest_side_shape
+
+__all__ = ["ImageEmbedding", "SamHolder", "checked_embedding", "model_key"]
+
+
+class SamHolder(Protocol):
+    """What a ``Predictor`` needs of a model wrapper such as
+    :class:`~napari_samscope.core.predict.sam_api.SAM`: the module, its autocast dtype
+    and its registry entry (or None)."""
+
+    model: Sam
+    dtype: Any
+    spec: Any
+
+
+@dataclass
+class ImageEmbedding:
+    """The encoder's output for one image, with what is needed to decode prompts on it.
+
+    Attributes:
+        features: ``(1, C, E, E)`` image embedding (float32, or float16 in a cache).
+        original_size: ``(H, W)`` of the original image.
+        input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
+        model_key: :func:`model_key` of the model that made it; an embedding is only
+            valid for that model.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model_key: str
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by ``features``."""
+        return self.features.numel() * self.features.element_size()
+
+
+def model_key(sam: Sam) -> str:
+    """A short fingerprint of the image-encoder weights and the input size.
+
+    It changes when the architecture or the weights change, so embeddings of one
+    model are never decoded with another. It samples a few values of every encoder
+    tensor (one device transfer), so it costs well under a millisecond on CPU.
+    """
+    digest = hashlib.sha1(f"S={sam.img_size};E={sam.embedding_size}".encode())
+    samples = []
+    for name, tensor in sam.image_encoder.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1)
+        if flat.numel():
+            samples.append(torch.cat([flat[:4], flat[-4:]]).float())
+    if samples:
+        digest.update(torch.cat(samples).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmbedding:
+    """``embedding`` if it fits ``sam`` (whose :func:`model_key` is ``key``), with its sizes
+    as int tuples.
+
+    Raises:
+        ValueError: it was made by another model, or its shapes do not fit this model.
+    """
+    if embedding.model_key != key:
+        raise ValueError(
+            "This embedding was computed by a different model (or different weights); "
+            "encode the image again with this model."
+        )
+    channels = sam.prompt_encoder.embed_dim
+    side = sam.embedding_size
+    if tuple(embedding.features.shape) != (1, channels, side, side):
+        raise ValueError(
+            f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
+            f"needs (1, {channels}, {side}, {side})."
+        )
+    h, w = (int(v) for v in embedding.original_size)
+    expected = resize_longest_side_shape(h, w, sam.img_size)
+    if tuple(embedding.input_size) != expected:
+        raise ValueError(
+            f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
+            f"original_size {(h, w)} (expected {expected})."
+        )
+    return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key)
