@@ -67,3 +67,41 @@ def test_for_predictor_shares_the_model_and_leaves_its_image_alone(image, tiny_s
     assert predictor.get_embedding().features.equal(before)
     with pytest.raises(TypeError, match="needs a Predictor"):
         TiledPredictor.for_predictor(object())
+
+
+def test_predictor_set_image_with_tiles_delegates_to_a_tiled_predictor(
+    tmp_path, image, tiny_sam_factory
+):
+    predictor = Predictor(tiny_sam_factory(img_size=64))
+    reference = TiledPredictor.for_predictor(predictor)
+    reference.set_image(image, tile_shape=64, halo=8)
+    expected = reference.predict(points=[[70, 60]], labels=[1])
+
+    predictor.set_image(image, tile_shape=64, halo=8)
+    assert predictor.is_image_set and predictor.tiled is not None
+    got = predictor.predict(points=[[70, 60]], labels=[1])
+    assert got.masks.shape == (1, 150, 130)  # pixels of the whole image
+    np.testing.assert_array_equal(got.masks, expected.masks)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tiled image"):
+        predictor.get_embedding()
+
+    predictor.set_image(image[:64, :64])  # a plain image leaves tiled mode
+    assert predictor.tiled is None and predictor.original_size == (64, 64)
+    predictor.set_image(image, halo=8, embeddings=tmp_path / "p.zarr")
+    predictor.tiled.precompute_all()
+    predictor.reset_image()
+    assert not predictor.is_image_set and predictor.tiled is None
+
+    reopened = Predictor(predictor.model)
+    reopened.set_image(image, halo=8, embeddings=tmp_path / "p.zarr")
+    reopened.predict(bboxes=[10, 10, 60, 50])
+    assert reopened.tiled.encoded_tiles == 0  # every tile came from the store
+
+
+def test_tiles_refuse_a_channel_axis(image, tiny_sam_factory):
+    predictor = Predictor(tiny_sam_factory(img_size=64))
+    with pytest.raises(ValueError, match="channels last"):
+        predictor.set_image(np.stack([image, image]), channel_axis=0, tile_shape=64, halo=8)
+    with pytest.raises(TypeError, match="Predictor or a SAM"):
+        TiledPredictor("vit_b")

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     rgb = bool(args.rgb) or (
         len(image.shape) >= 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8
     )
-    tiled = TiledPredictor(load_model(args.model, args.device, args.dtype))
+    tiled = TiledPredictor(load_model(args.model, args.device, args.dtype).predictor())
     planes = plane_count(image, rgb)
     start, encoded, total = time.perf_counter(), 0, 0
     for plane in range(planes):

@@ -8,12 +8,18 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from napari_samscope.core.device import autocast
 from napari_samscope.core.modeling.sam import Sam
-from napari_samscope.core.predict.transforms import resize_longest_side_shape
+from napari_samscope.core.predict.transforms import (
+    preprocess_batch,
+    resize_longest_side_shape,
+    resize_rgb_uint8,
+)
 
-__all__ = ["ImageEmbedding", "SamHolder", "checked_embedding", "model_key"]
+__all__ = ["ImageEmbedding", "SamHolder", "checked_embedding", "encode_rgb", "model_key"]
 
 
 class SamHolder(Protocol):
@@ -95,3 +101,26 @@ def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmb
             f"original_size {(h, w)} (expected {expected})."
         )
     return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key)
+
+
+def encode_rgb(
+    sam: Sam, rgbs: list[np.ndarray], batch_size: int, device: Any, dtype: Any, key: str
+) -> list[ImageEmbedding]:
+    """Encode 8-bit RGB images ``(H, W, 3)``: images of one size together, ``batch_size``
+    at a time, each resized (longest side to ``S``) and normalised as the official
+    preprocessing does. Returns one float32 :class:`ImageEmbedding` per image, in order."""
+    out: list[ImageEmbedding | None] = [None] * len(rgbs)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, rgb in enumerate(rgbs):
+        by_size.setdefault(rgb.shape[:2], []).append(i)
+    for size, indices in by_size.items():
+        input_size = resize_longest_side_shape(size[0], size[1], sam.img_size)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            resized = [resize_rgb_uint8(rgbs[i], sam.img_size) for i in chunk]
+            batch = preprocess_batch(resized, sam.pixel_mean, sam.pixel_std, sam.img_size)
+            with autocast(device, dtype):
+                features = sam.image_encoder(batch).float()
+            for j, i in enumerate(chunk):
+                out[i] = ImageEmbedding(features[j : j + 1].clone(), size, input_size, key)
+    return out  # type: ignore[return-value]

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_samscope.core.device import autocast, resolve_dtype, select_device
+from napari_samscope.core.device import resolve_dtype, select_device
 from napari_samscope.core.modeling.sam import Sam
 from napari_samscope.core.predict.embedding import (
     ImageEmbedding,
     SamHolder,
     checked_embedding,
+    encode_rgb,
     model_key,
 )
 from napari_samscope.core.predict.fast_decode import DecoderRunner
@@ -37,9 +38,6 @@ from napari_samscope.core.predict.transforms import (
     MaskUpsampler,
     apply_boxes,
     apply_coords,
-    preprocess_batch,
-    resize_longest_side_shape,
-    resize_rgb_uint8,
 )
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
@@ -98,6 +96,7 @@ class Predictor:
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._embedding: ImageEmbedding | None = None
+        self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
         self._key: str | None = None
 
@@ -143,8 +142,14 @@ class Predictor:
 
     @property
     def is_image_set(self) -> bool:
-        """Whether an image (or an embedding) is set."""
-        return self._embedding is not None
+        """Whether an image (or an embedding, or a tiled image) is set."""
+        return self._embedding is not None or self._tiled is not None
+
+    @property
+    def tiled(self) -> Any:
+        """The :class:`~napari_samscope.core.tiling.predictor.TiledPredictor` of a tiled
+        image (``set_image(..., tile_shape=...)``), else None."""
+        return self._tiled
 
     @property
     def original_size(self) -> tuple[int, int] | None:
@@ -182,8 +187,19 @@ class Predictor:
         channels: Sequence[int] | None = None,
         normalization: str = "percentile",
         contrast_limits: Any = None,
+        tile_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+        embeddings: str | Path | Any = None,
     ) -> None:
         """Encode ``image`` (an array or a file path) and make it the current image.
+
+        With ``tile_shape``, ``halo`` or ``embeddings`` (a ``.zarr`` store path) the image
+        is tiled instead (:mod:`napari_samscope.core.tiling`): ``(H, W)`` or
+        ``(H, W, 3)`` arrays of any size, numpy, zarr or dask, are cut into overlapping
+        tiles encoded at the model's scale on first use (or taken from the store), and
+        :meth:`predict` routes each prompt to the tile that holds it; coordinates and
+        masks stay in pixels of the whole image. ``tiled`` gives the tiled predictor
+        (precompute, windows, segment-everything).
 
         The image is converted with :func:`~napari_samscope.core.predict.image.to_rgb_uint8`
         (8-bit RGB is used as it is). A constant image is refused unless
@@ -193,6 +209,13 @@ class Predictor:
         and discarded (tens of milliseconds next to seconds of encoding), so that the
         first prompt is as fast as the next.
         """
+        if tile_shape is not None or halo is not None or embeddings is not None:
+            if channel_axis is not None or channels is not None:
+                raise ValueError(
+                    "A tiled image is 2D or RGB with channels last; select the channels first."
+                )
+            self._set_tiled(image, tile_shape, halo, embeddings, contrast_limits)
+            return
         with self.lock:
             (embedding,) = self.encode(
                 [image],
@@ -205,10 +228,24 @@ class Predictor:
             self._set_current(embedding)
             self._warm_up()
 
+    def _set_tiled(self, image: Any, tile_shape: Any, halo: Any, embeddings: Any, limits: Any) -> None:
+        from napari_samscope.core.tiling.predictor import TiledPredictor
+
+        source = load_image(image) if isinstance(image, (str, Path)) else image
+        with self.lock:
+            tiled = TiledPredictor.for_predictor(self)
+            tiled.set_image(
+                source, tile_shape=tile_shape, halo=halo, embeddings=embeddings,
+                rgb=len(getattr(source, "shape", ())) == 3, contrast_limits=limits,
+            )
+            self.reset_image()
+            self._tiled = tiled
+
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         with self.lock:
             self._embedding = None
+            self._tiled = None
             self._upsampler = None
             self._runner.clear()
 
@@ -234,7 +271,7 @@ class Predictor:
         """Make ``embedding`` the current image and do the prompt-independent work of
         decoding it now: the decoder's prepared image and the upsampling matrices of its
         size (tens of milliseconds the first time a size is seen)."""
-        self._embedding = embedding
+        self._embedding, self._tiled = embedding, None
         self._upsampler = MaskUpsampler(
             embedding.original_size, embedding.input_size, self.img_size, self.lowres_size
         )
@@ -285,28 +322,7 @@ class Predictor:
             for im in images
         ]
         with self.lock:
-            return self._encode(rgbs, batch_size)
-
-    def _encode(self, rgbs: list[np.ndarray], batch_size: int) -> list[ImageEmbedding]:
-        out: list[ImageEmbedding | None] = [None] * len(rgbs)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, rgb in enumerate(rgbs):
-            by_size.setdefault(rgb.shape[:2], []).append(i)
-        key = self.model_key
-        for size, indices in by_size.items():
-            input_size = resize_longest_side_shape(size[0], size[1], self.img_size)
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                resized = [resize_rgb_uint8(rgbs[i], self.img_size) for i in chunk]
-                batch = preprocess_batch(
-                    resized, self.model.pixel_mean, self.model.pixel_std, self.img_size
-                )
-                with autocast(self.device, self.dtype):
-                    features = self.model.image_encoder(batch)
-                features = features.float()
-                for j, i in enumerate(chunk):
-                    out[i] = ImageEmbedding(features[j : j + 1].clone(), size, input_size, key)
-        return out  # type: ignore[return-value]
+            return encode_rgb(self.model, rgbs, batch_size, self.device, self.dtype, self.model_key)
 
     # ------------------------------------------------------------------ prompts
 
@@ -337,6 +353,8 @@ class Predictor:
             ValueError: no image is set, or the prompts are invalid.
         """
         with self.lock:
+            if self._tiled is not None:
+                return self._tiled.predict(points, labels, bboxes, masks, multimask_output)
             emb = self._require_image()
             prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
             multimask_output = check_flag(multimask_output, "multimask_output")
@@ -409,6 +427,11 @@ class Predictor:
     # ------------------------------------------------------------------ helpers
 
     def _require_image(self) -> ImageEmbedding:
+        if self._embedding is None and self._tiled is not None:
+            raise ValueError(
+                "A tiled image is set: it has one embedding per tile (predictor.tiled); "
+                "prompt it with predict()."
+            )
         if self._embedding is None:
             raise ValueError("No image is set: call set_image(image) (or set_embedding) first.")
         return self._embedding

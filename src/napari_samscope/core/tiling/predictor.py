@@ -30,7 +30,6 @@ import numpy as np
 
 from napari_samscope.core.predict.image import to_rgb_uint8
 from napari_samscope.core.predict.prompts import parse_prompts
-from napari_samscope.core.predict.resolve import as_predictor
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.progress import Progress, run
 from napari_samscope.core.store.embedding_store import EmbeddingStore, StoreSpec
@@ -62,16 +61,25 @@ class TiledPredictor:
     """A predictor for large images, tiles and planes (see the module docstring).
 
     Args:
-        model: anything :func:`~napari_samscope.core.predict.resolve.as_predictor` accepts
-            (None: the default model).
-        cache_tiles: tile embeddings kept in memory when a store holds them all (least
-            recently used dropped first); without a store every tile is kept.
+        model: a :class:`~napari_samscope.core.predict.predictor.Predictor` (tiles are
+            decoded on it, so its current image is replaced) or a
+            :class:`~napari_samscope.SAM` (a new predictor of it). Simplest for a plain
+            image: ``Predictor(model).set_image(image, tile_shape=..., halo=...)``.
+        cache_tiles: tile embeddings kept in memory (least recently used dropped first).
     """
 
-    def __init__(self, model: Any = None, *, cache_tiles: int = 64, **load_kwargs: Any) -> None:
+    def __init__(self, model: Any, *, cache_tiles: int = 64) -> None:
         if cache_tiles < 1:
             raise ValueError(f"cache_tiles must be at least 1, not {cache_tiles}.")
-        self.predictor = as_predictor(model, **load_kwargs)
+        if all(hasattr(model, name) for name in ("encode", "set_embedding", "predict")):
+            self.predictor = model
+        elif callable(getattr(model, "predictor", None)):
+            self.predictor = model.predictor()  # a SAM
+        else:
+            raise TypeError(
+                f"TiledPredictor needs a Predictor or a SAM, not {type(model).__name__}: "
+                "load a model with SAM(name_or_path) first."
+            )
         self.cache_tiles = int(cache_tiles)
         self._cache: OrderedDict[Any, Any] = OrderedDict()
         self._image: Any = None
@@ -85,11 +93,9 @@ class TiledPredictor:
         registry entry) but decodes tiles on its own :class:`Predictor`, so the given
         predictor's current image is never replaced and it may delegate to the tiled one
         (``Predictor.set_image(image, tile_shape=...)``) without re-entering itself."""
-        from napari_samscope.core.predict.predictor import Predictor
-
-        if not isinstance(predictor, Predictor):
+        if not all(hasattr(predictor, name) for name in ("model", "device", "dtype", "spec")):
             raise TypeError(f"for_predictor needs a Predictor, not {type(predictor).__name__}.")
-        sibling = Predictor(
+        sibling = type(predictor)(
             predictor.model, device=predictor.device, dtype=predictor.dtype, spec=predictor.spec
         )
         return cls(sibling, **kwargs)
@@ -274,7 +280,7 @@ class TiledPredictor:
     def _from_store(self, index: int) -> Any:
         import torch
 
-        from napari_samscope.core.predict.predictor import ImageEmbedding
+        from napari_samscope.core.predict.embedding import ImageEmbedding
         from napari_samscope.core.predict.transforms import resize_longest_side_shape
 
         h, w = self._require_grid()[index].shape
