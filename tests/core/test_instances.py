@@ -324,3 +324,16 @@ def test_instance_maps_from_embedding_non_square(tiny_sam_factory):
     predictor.set_image(image_rgb((30, 50)))
     maps = instance_maps_from_embedding(small_decoder(), predictor.get_embedding(), 64)
     assert maps.shape == (3, 30, 50) and maps.flags.c_contiguous
+
+
+def test_maps_follow_the_model_dtype(tiny_sam_factory):
+    from napari_samscope.core.predict.predictor import Predictor
+
+    predictor = Predictor(tiny_sam_factory("vit", 64))
+    predictor.set_image(image_rgb((30, 50)))
+    emb = predictor.get_embedding()
+    decoder = small_decoder(seed=6)
+    full = instance_maps_from_embedding(decoder, emb, 64)
+    half = instance_maps_from_embedding(decoder, emb, 64, torch.bfloat16)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert 0 < np.abs(half - full).max() < 0.05  # bf16 convolutions: close, not equal

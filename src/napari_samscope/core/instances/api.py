@@ -153,7 +153,7 @@ class InstanceSegmentationMixin:
             )
         try:
             return instance_maps_from_embedding(
-                decoder, predictor.get_embedding(), self.model.img_size
+                decoder, predictor.get_embedding(), self.model.img_size, self.dtype
             )
         finally:
             predictor.reset_image()
@@ -208,7 +208,7 @@ class InstanceSegmentationMixin:
             )
         try:
             maps = instance_maps_from_embedding(
-                decoder, predictor.get_embedding(), self.model.img_size
+                decoder, predictor.get_embedding(), self.model.img_size, self.dtype
             )
             if apg is None:
                 return instances_from_maps(maps, **params)
