@@ -61,8 +61,9 @@ def test_batchnorm_uses_each_image_statistics():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.fill_(100.0)  # never used
     x = torch.randn(2, EMBED, 4, 4)
-    both = decoder(x)
-    assert torch.allclose(both[1:], decoder(x[1:]), atol=1e-6)  # batch-independent
+    with torch.no_grad():
+        both = decoder(x)
+        assert torch.allclose(both[1:], decoder(x[1:]), atol=1e-6)  # batch-independent
     assert 0.01 < float(both.std())
 
 
@@ -170,6 +171,17 @@ def test_sam_loads_torch_em_format_with_decoder(microsam_checkpoint):
     np.testing.assert_array_equal(labels, instances_from_maps(maps))
     apg = model.segment_instances(image, mode="apg", min_size=0)
     assert apg.shape == (40, 56) and apg.dtype == np.uint32
+
+
+def test_training_checkpoint_with_objects_is_refused(tmp_path, tiny_sam_factory):
+    path = tmp_path / "torch_em_best.pt"
+    torch.save({
+        "model_state": {"sam." + k: v for k, v in tiny_sam_factory("vit", 64).state_dict().items()},
+        "decoder_state": small_decoder().state_dict(),
+        "init": argparse.Namespace(lr=1e-5),  # training checkpoints pickle such objects
+    }, path)
+    with pytest.raises(UnsafeCheckpointError, match="torch_em_best.pt was refused for safety"):
+        SAM(str(path), device="cpu")
 
 
 def test_no_decoder_is_a_clear_error(tmp_path, tiny_sam_factory):

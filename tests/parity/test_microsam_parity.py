@@ -4,8 +4,9 @@ the AIS post-processing.
 1. The same fully random weights (SAM encoder and UNETR decoder, every parameter and
    buffer; the decoder's last layer scaled so that the maps spread over [0, 1]) are saved
    once in torch_em's training format (``{"model_state": {"sam.…"}, "decoder_state"}``);
-   micro-sam loads that file with ``get_predictor_and_decoder`` and this project with
-   ``SAM(path)``. The maps of a non-square image must agree within 1e-4.
+   micro-sam loads that file with ``get_predictor_and_decoder`` and exports it with its
+   ``export_custom_sam_model``; this project loads micro-sam's export with ``SAM(path)``.
+   The maps of a non-square image must agree within 1e-4.
 2. Given the same maps (from a synthetic label image with 100+ objects, plus noise), our
    ``instances_from_maps`` and micro-sam's ``InstanceSegmentationWithDecoder.generate``
    must find the same objects: >= 99% matched at IoU >= 0.9, both ways.
@@ -35,7 +36,7 @@ import torch
 from micro_sam.instance_segmentation import (
     InstanceSegmentationWithDecoder, get_predictor_and_decoder,
 )
-from micro_sam.util import _to_image
+from micro_sam.util import _to_image, export_custom_sam_model
 
 model_type = str(inputs["model_type"])
 predictor, decoder = get_predictor_and_decoder(model_type, str(inputs["checkpoint"]), device="cpu")
@@ -51,6 +52,10 @@ outputs["maps"] = np.stack(
     [state["foreground"], state["center_distances"], state["boundary_distances"]]
 )
 outputs["image"] = image
+# micro-sam's own export of the same weights, with and without the decoder
+export_custom_sam_model(str(inputs["checkpoint"]), model_type, str(inputs["export"]),
+                        with_segmentation_decoder=True)
+export_custom_sam_model(str(inputs["checkpoint"]), model_type, str(inputs["export_plain"]))
 '''
 
 GENERATE_SNIPPET = '''
@@ -104,10 +109,13 @@ def test_instance_maps_match_micro_sam(arch, randomize, tmp_path):
     blobs = (np.sin(yy / 13.0) * np.cos(xx / 17.0) > 0.3) * 120
     image = np.clip(blobs[..., None] + rng.normal(60, 40, (300, 470, 3)), 0, 255).astype(np.uint8)
 
+    exported, plain = tmp_path / "exported.pt", tmp_path / "exported_plain.pt"
     theirs = run_microsam(MAPS_SNIPPET, {
         "model_type": np.array(arch), "checkpoint": np.array(str(path)), "image": image,
+        "export": np.array(str(exported)), "export_plain": np.array(str(plain)),
     })
-    model = SAM(str(path), device="cpu", dtype=None)
+    assert not SAM(str(plain), device="cpu", dtype=None).has_instance_decoder
+    model = SAM(str(exported), device="cpu", dtype=None)  # written by micro-sam
     assert model.has_instance_decoder
     ours = model.instance_maps(theirs["image"])
     assert ours.shape == theirs["maps"].shape == (3, 300, 470) and ours.dtype == np.float32
