@@ -1,6 +1,6 @@
 """Automatic instance segmentation (AIS) against micro-sam, and against segment-everything.
 
-Rows (medians of ``--repeats`` runs after one warm-up, same process, same image):
+Rows (medians of ``--repeats`` runs, same process, same image; ``--warmup`` runs first):
 
 1. AIS with a ViT-B SAM and a UNETR decoder (random weights, the decoder's last layer
    scaled so the maps spread over [0, 1]), end to end on a 1024x1024 RGB image: encoding,
@@ -44,11 +44,12 @@ predictor, decoder = get_predictor_and_decoder("vit_b", sys.argv[1], device="cpu
 image = np.load(sys.argv[2])
 segmenter = InstanceSegmentationWithDecoder(predictor, decoder)
 runs, count = [], 0
-for i in range(int(sys.argv[4]) + 1):
+warmup = int(sys.argv[5])
+for i in range(int(sys.argv[4]) + warmup):
     start = time.perf_counter()
     segmenter.initialize(image)
     labels = segmenter.generate()
-    if i:  # the first run is the warm-up
+    if i >= warmup:
         runs.append(time.perf_counter() - start)
     count = int(labels.max())
 print(json.dumps({"runs": runs, "objects": count}))
@@ -72,7 +73,7 @@ def random_checkpoint(path: Path) -> None:
                 "decoder_state": decoder.state_dict()}, path)
 
 
-def microsam_runs(checkpoint: Path, image: np.ndarray, repeats: int) -> dict | None:
+def microsam_runs(checkpoint: Path, image: np.ndarray, repeats: int, warmup: int) -> dict | None:
     python = os.environ.get("SAMSCOPE_MICROSAM_PYTHON")
     if not python:
         say("SAMSCOPE_MICROSAM_PYTHON is not set: no micro-sam reference")
@@ -82,7 +83,7 @@ def microsam_runs(checkpoint: Path, image: np.ndarray, repeats: int) -> dict | N
         (Path(tmp) / "timer.py").write_text(textwrap.dedent(MICROSAM_TIMER))
         result = subprocess.run(
             [python, str(Path(tmp) / "timer.py"), str(checkpoint), str(Path(tmp) / "image.npy"),
-             str(torch.get_num_threads()), str(repeats)],
+             str(torch.get_num_threads()), str(repeats), str(warmup)],
             capture_output=True, text=True, check=True,
         )
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -92,7 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amg-repeats", type=int, default=1)
+    parser.add_argument("--dtypes", default="float32,auto",
+                        help="our dtypes to time, comma-separated (float32, auto)")
+    parser.add_argument("--amg-dtypes", default="float32",
+                        help="dtypes for the segment-everything row")
     args = parser.parse_args()
 
     from _data import rgb_image
@@ -105,15 +111,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "vit_b_random_microsam_format.pt"
         random_checkpoint(checkpoint)
-        models = {"float32": SAM(str(checkpoint), device="cpu", dtype=None),
-                  "auto": SAM(str(checkpoint), device="cpu", dtype="auto")}
+        requests = {"float32": None, "auto": "auto"}
+        models = {name: SAM(str(checkpoint), device="cpu", dtype=requests[name])
+                  for name in args.dtypes.split(",")}
         ais = {}
         for name, model in models.items():
             say(f"ours AIS ({name}) ...")
-            ais[name] = measure(lambda m=model: m.segment_instances(image), args.repeats)
+            ais[name] = measure(lambda m=model: m.segment_instances(image), args.repeats, args.warmup)
             say(f"ours AIS ({name}): median {ais[name].median:.2f} s, runs {ais[name].runs}")
         say("micro-sam AIS ...")
-        theirs = microsam_runs(checkpoint, image, args.repeats)
+        theirs = microsam_runs(checkpoint, image, args.repeats, args.warmup)
         load_after = load_average()
         if theirs is not None:
             reference = float(np.median(theirs["runs"]))
@@ -121,9 +128,10 @@ def main() -> None:
             for name, timing in ais.items():
                 rows.append((f"AIS vit_b {args.side}^2, ours ({name}) / micro-sam",
                              timing.median, reference, timing.median / reference, "<= 0.7"))
-        for name, model in models.items():
+        for name in args.amg_dtypes.split(","):
+            model = models[name]
             say(f"ours AMG 32x32 ({name}) ...")
-            amg = measure(lambda m=model: m(image), args.amg_repeats)
+            amg = measure(lambda m=model: m(image), args.amg_repeats, args.warmup)
             say(f"ours AMG ({name}): median {amg.median:.2f} s, runs {amg.runs}")
             rows.append((f"AMG 32x32 / AIS, vit_b {args.side}^2 ({name})",
                          amg.median, ais[name].median, amg.median / ais[name].median, ">= 10"))
