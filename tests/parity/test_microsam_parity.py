@@ -159,3 +159,25 @@ def test_postprocessing_matches_micro_sam():
               f"{forward:.4f} / {backward:.4f}; identical pixels {identical:.5f}")
         assert n_ours >= 100
         assert forward >= 0.99 and backward >= 0.99
+
+
+REGISTRY_SNIPPET = '''
+import json
+from micro_sam.util import models
+
+registry = models()
+outputs["json"] = json.dumps({name: [registry.registry[name], registry.urls[name]]
+                              for name in registry.registry})
+'''
+
+
+def test_zoo_urls_and_hashes_are_micro_sams():
+    import json
+
+    from napari_samscope.core.weights.microsam_zoo import MICROSAM_MODELS
+
+    theirs = json.loads(str(run_microsam(REGISTRY_SNIPPET, {"unused": np.zeros(1)})["json"]))
+    for spec in MICROSAM_MODELS:
+        known_hash, url = theirs[spec.name]
+        assert known_hash == "xxh128:" + spec.xxh128, spec.name
+        assert url == spec.url, spec.name
