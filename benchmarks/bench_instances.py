@@ -113,7 +113,7 @@ def main() -> None:
         random_checkpoint(checkpoint)
         requests = {"float32": None, "auto": "auto"}
         models = {name: SAM(str(checkpoint), device="cpu", dtype=requests[name])
-                  for name in args.dtypes.split(",")}
+                  for name in args.dtypes.split(",") if name}
         ais = {}
         for name, model in models.items():
             say(f"ours AIS ({name}) ...")
@@ -128,7 +128,7 @@ def main() -> None:
             for name, timing in ais.items():
                 rows.append((f"AIS vit_b {args.side}^2, ours ({name}) / micro-sam",
                              timing.median, reference, timing.median / reference, "<= 0.7"))
-        for name in args.amg_dtypes.split(","):
+        for name in [n for n in args.amg_dtypes.split(",") if n]:
             model = models[name]
             say(f"ours AMG 32x32 ({name}) ...")
             amg = measure(lambda m=model: m(image), args.amg_repeats, args.warmup)
