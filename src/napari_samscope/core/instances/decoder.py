@@ -32,37 +32,16 @@ from torch.nn import functional as F
 __all__ = ["UNETRDecoder"]
 
 
-def _image_norm(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
-) -> torch.Tensor:
-    """Normalise each image's channels with their own mean and (biased) variance.
-
-    For one image this is batch normalisation in training mode, which keeps the
-    activations' memory layout (channels-last stays channels-last, no copy);
-    ``instance_norm`` would first copy them into the default layout.
-    """
-    if x.shape[0] == 1:
-        return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
-    return F.instance_norm(x, None, None, weight, bias, use_input_stats=True, eps=eps)
-
-
-class ImageNorm(nn.InstanceNorm2d):
-    """``InstanceNorm2d`` (no affine, no running statistics) computed by :func:`_image_norm`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _image_norm(x, None, None, self.eps)
-
-
 class ConvBlock(nn.Module):
     """Two (InstanceNorm, 3x3 conv, ReLU) layers: ``(B, in, H, W) -> (B, out, H, W)``."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            ImageNorm(in_channels),
+            nn.InstanceNorm2d(in_channels),
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            ImageNorm(out_channels),
+            nn.InstanceNorm2d(out_channels),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
         )
@@ -120,7 +99,10 @@ class ImageStatsBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _image_norm(x, self.weight, self.bias, self.eps)
+        return F.instance_norm(
+            x, None, None, self.weight, self.bias, use_input_stats=True, momentum=0.0,
+            eps=self.eps,
+        )
 
 
 class UpBlock(nn.Module):
