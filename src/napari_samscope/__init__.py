@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "MaskGenerator": "napari_samscope.core.everything.generator:MaskGenerator",
     "auto_annotate": "napari_samscope.core.datasets.annotate:auto_annotate",
     "list_models": "napari_samscope.core.weights.registry:list_models",
+    "instances_from_maps": "napari_samscope.core.instances.postprocess:instances_from_maps",
     # napari console helpers (import napari when first used)
     "segment_image_layer": "napari_samscope._napari.api:segment_image_layer",
     "segment_everything_layer": "napari_samscope._napari.api:segment_everything_layer",
@@ -34,6 +35,7 @@ __all__ = [
     "MaskGenerator",
     "auto_annotate",
     "list_models",
+    "instances_from_maps",
     "segment_image_layer",
     "segment_everything_layer",
     "segment_stack_layer",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from napari_samscope.core.datasets.annotate import auto_annotate
     from napari_samscope.core.everything.generator import MaskGenerator
+    from napari_samscope.core.instances.postprocess import instances_from_maps
     from napari_samscope.core.predict.predictor import Predictor
     from napari_samscope.core.predict.results import Prediction
     from napari_samscope.core.predict.sam_api import SAM

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from napari_samscope.core.instances.api import InstanceSegmentationMixin
 from napari_samscope.core.modeling.sam import Sam
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.predictor import Predictor
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["SAM"]
 
 
-class SAM:
+class SAM(InstanceSegmentationMixin):
     """A SAM-family model, ready to segment.
 
     Args:
@@ -62,6 +63,9 @@ class SAM:
         path: the checkpoint file, when loaded from one.
         spec: the registry entry (``core.registry.ModelSpec``), or None for a file given
             by path or a wrapped module.
+        instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
+            has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
+            come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class SAM:
 
         loaded = load_sam(model, device=device, dtype=dtype, progress=progress)
         self._init(loaded.sam, loaded.name, loaded.device, loaded.dtype, loaded.path, loaded.spec)
+        self._attach_instance_decoder(loaded, progress=progress)  # AIS/APG (core.instances)
 
     @classmethod
     def from_sam(

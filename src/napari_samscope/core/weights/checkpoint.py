@@ -13,7 +13,10 @@ Accepted layouts (after loading):
   top-level entries such as ``"epoch"`` are ignored);
 - the project's own format ``{"model": sd, "config": SamConfig.to_dict(), "meta": {...}}``
   written by :func:`save_checkpoint`;
-- any of these with DataParallel's ``module.`` prefix on every key.
+- any of these with DataParallel's ``module.`` prefix on every key;
+- torch_em's training format (micro-sam): ``{"model_state": sd, "decoder_state": dec}``
+  with a ``sam.`` prefix on every key of ``sd``; the instance decoder's state ``dec`` is
+  kept in :attr:`CheckpointContents.decoder_state`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ FORMAT = "napari-samscope/1"
 WRAPPER_KEYS = ("model", "state_dict", "model_state")
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 _DATAPARALLEL_PREFIX = "module."
+_TORCH_EM_PREFIX = "sam."
 
 
 class CheckpointError(ValueError):
@@ -71,11 +75,14 @@ class CheckpointContents:
         config: the architecture as ``SamConfig.to_dict()`` when the file stores it
             (project format), else None (then it is detected from the shapes).
         meta: free-form JSON-able information (training data, date...), or None.
+        decoder_state: the ``"decoder_state"`` entry of a micro-sam checkpoint (an
+            instance decoder, read by ``core.instances``), else None.
     """
 
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
+    decoder_state: dict[str, Any] | None = None
 
 
 def _corrupt(path: Path, detail: str = "") -> CheckpointError:
@@ -170,6 +177,7 @@ def unwrap_checkpoint(obj: Any, source: str = "the checkpoint") -> CheckpointCon
     """
     config: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
+    decoder_state = obj.get("decoder_state") if isinstance(obj, Mapping) else None
     current = obj
     for _depth in range(3):  # {"model": {"state_dict": sd}} happens; deeper does not
         if not isinstance(current, Mapping) or _has_sam_keys(current):
@@ -190,8 +198,10 @@ def unwrap_checkpoint(obj: Any, source: str = "the checkpoint") -> CheckpointCon
         )
     state = dict(current)
     keys = [k for k in state if isinstance(k, str)]
-    if keys and len(keys) == len(state) and all(k.startswith(_DATAPARALLEL_PREFIX) for k in keys):
-        state = {k[len(_DATAPARALLEL_PREFIX):]: v for k, v in state.items()}
+    for prefix in (_DATAPARALLEL_PREFIX, _TORCH_EM_PREFIX):
+        if keys and len(keys) == len(state) and all(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            keys = list(state)
     if not _has_sam_keys(state):
         first = ", ".join(repr(k) for k in list(state)[:4]) or "none"
         raise CheckpointError(
@@ -204,7 +214,10 @@ def unwrap_checkpoint(obj: Any, source: str = "the checkpoint") -> CheckpointCon
             f"{source} is not a plain SAM state dict: entry {bad[0]!r} is a "
             f"{type(state[bad[0]]).__name__}, not a tensor."
         )
-    return CheckpointContents(state_dict=state, config=config, meta=meta)
+    return CheckpointContents(
+        state_dict=state, config=config, meta=meta,
+        decoder_state=dict(decoder_state) if isinstance(decoder_state, Mapping) else None,
+    )
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointContents:

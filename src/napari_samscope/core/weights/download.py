@@ -2,7 +2,7 @@
 
 The contract: a file appears under its final name in the cache only once it has
 been received completely and its size (and sha256, when the registry knows it)
-matched. Until then the bytes go to a unique ``<name>.<random>.part`` file next to
+matched (and its xxh128, for micro-sam's models). Until then the bytes go to a unique ``<name>.<random>.part`` file next to
 it, which is deleted on any failure: HTTP error, unreachable server, timeout,
 truncated transfer, wrong size or hash, or cancellation (closing the generator).
 
@@ -172,6 +172,17 @@ def _remove_stale_parts(dest: Path) -> None:
                 part.unlink()
 
 
+def _xxh128_hasher() -> Any:
+    """A streaming xxh128 (the hash micro-sam publishes for its models)."""
+    try:
+        import xxhash
+    except ImportError:
+        raise DownloadError(
+            "Checking this model's download needs the 'xxhash' package: pip install xxhash"
+        ) from None
+    return xxhash.xxh128()
+
+
 def _by_hand_hint(spec: ModelSpec, dest: Path) -> str:
     return (
         f"If this computer is offline, download {spec.url} on another computer and put the "
@@ -266,6 +277,7 @@ def download_iter(
                     )
                 total = spec.size if spec.size is not None else (announced or 0)
                 digest = hashlib.sha256()
+                xxh = _xxh128_hasher() if spec.xxh128 is not None else None
                 done = 0
                 yield Progress(message, 0, total)
                 while True:
@@ -281,6 +293,8 @@ def download_iter(
                         break
                     out.write(chunk)
                     digest.update(chunk)
+                    if xxh is not None:
+                        xxh.update(chunk)
                     done += len(chunk)
                     yield Progress(message, done, total)
         expected = announced if announced is not None else spec.size
@@ -300,6 +314,12 @@ def download_iter(
                 f"The file downloaded for model {spec.name!r} is damaged or not the registered "
                 f"one: its sha256 is {actual} but {spec.sha256} was expected. It was deleted; "
                 f"try again. {_by_hand_hint(spec, dest)}"
+            )
+        if xxh is not None and xxh.hexdigest() != spec.xxh128.lower():
+            raise DownloadError(
+                f"The file downloaded for model {spec.name!r} is damaged or not the registered "
+                f"one: its xxh128 is {xxh.hexdigest()} but {spec.xxh128} was expected. It was "
+                f"deleted; try again. {_by_hand_hint(spec, dest)}"
             )
         os.replace(part, dest)
         _remember_sha256(dest, actual)

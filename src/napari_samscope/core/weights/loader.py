@@ -66,6 +66,8 @@ class LoadedModel:
         dtype: autocast dtype to run it with (``None`` = plain float32); see
             ``core.device.autocast``.
         meta: the ``meta`` stored in project-format checkpoints, else None.
+        decoder_state: the instance decoder's state stored in a micro-sam checkpoint,
+            else None (``core.instances`` builds the decoder from it).
     """
 
     sam: Sam
@@ -75,6 +77,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype | None
     meta: dict[str, Any] | None = None
+    decoder_state: dict[str, Any] | None = None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -172,7 +175,7 @@ def load_sam_iter(
     yield Progress(message, 3, 3)
     return LoadedModel(
         sam=sam, name=name, spec=spec, path=path, device=target, dtype=autocast_dtype,
-        meta=contents.meta,
+        meta=contents.meta, decoder_state=contents.decoder_state,
     )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from napari_samscope.core.everything.params import EverythingParams
 from napari_samscope.core.weights.download import cached_file, file_sha256
+from napari_samscope.core.weights.microsam_zoo import MICROSAM_MODELS
 from napari_samscope.core.weights.spec import ModelSpec, ModelStatus
 
 __all__ = [
@@ -122,6 +123,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         description="MobileSAM ViT-T (TinyViT encoder, 10M parameters, 41 MB)",
         auto_bf16=True,
     ),
+    *MICROSAM_MODELS,  # micro-sam's microscopy models and their instance decoders
 )
 
 #: The model used when none is named.
@@ -255,6 +257,7 @@ def list_models() -> list[ModelStatus]:
             path=model_path(spec),
             description=spec.description,
             source=spec.source,
+            domain=spec.domain,
         )
         for spec in _all_specs()
     ]

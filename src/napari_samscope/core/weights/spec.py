@@ -38,6 +38,10 @@ class ModelSpec:
             official defaults exactly. ``((name, value), ...)`` pairs are accepted and
             converted. The values that differ from the official defaults replace them
             for the parameters a user does not set; read them with :meth:`everything_params`.
+        xxh128: hex xxh128 of the file (the hash micro-sam publishes), checked on download
+            like ``sha256``; None when not known.
+        domain: the imaging domain the weights were fine-tuned for (``"LM"``, ``"EM"``,
+            ``"histopathology"``), for grouping in model lists; empty for general models.
         auto_bf16: bfloat16 autocast was measured faster than float32 for this model
             and its masks agree with float32 (IoU >= 0.97), so the default dtype request
             resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
@@ -56,6 +60,8 @@ class ModelSpec:
     local_path: Path | None = None
     everything_defaults: EverythingParams | None = None
     auto_bf16: bool = False
+    xxh128: str | None = None
+    domain: str = ""
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
@@ -101,3 +107,4 @@ class ModelStatus:
     path: Path
     description: str
     source: str
+    domain: str = ""

@@ -1,0 +1,223 @@
+"""Instance segmentation on :class:`~napari_samscope.core.predict.sam_api.SAM`: the
+decoder-based modes (AIS, APG) as a mixin, so that ``SAM`` only inherits it.
+
+``SAM(name_or_path)`` gets its instance decoder from the checkpoint (micro-sam's
+``"decoder_state"``) or from the registry (``<name>_decoder``); see
+:func:`load_instance_decoder`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_samscope.core.instances.apg import (
+    APGParams,
+    instances_from_prompts,
+    point_prompts_from_maps,
+)
+from napari_samscope.core.instances.decoder import UNETRDecoder
+from napari_samscope.core.instances.load import decoder_from_state, read_decoder
+from napari_samscope.core.instances.maps import instance_maps_from_embedding
+from napari_samscope.core.instances.postprocess import instances_from_maps
+from napari_samscope.core.predict.image import load_image
+from napari_samscope.core.predict.predictor import ImageEmbedding, Predictor
+
+__all__ = ["InstanceMode", "InstanceSegmentationMixin", "load_instance_decoder"]
+
+
+class InstanceMode(str, Enum):
+    """How :meth:`InstanceSegmentationMixin.segment_instances` finds objects."""
+
+    #: automatic instance segmentation: seeded watershed of the decoder's maps
+    AIS = "ais"
+    #: automatic prompt generation: decoder seeds as point prompts, refined by SAM
+    APG = "apg"
+
+
+def _no_decoder_message(name: str, what: str) -> str:
+    from napari_samscope.core.weights.microsam_zoo import models_with_decoder
+
+    return (
+        f"Model {name!r} has no instance decoder, so {what} is not available. Models with "
+        f"one: {', '.join(models_with_decoder())} (or a micro-sam checkpoint that holds a "
+        "'decoder_state'; or set one with set_instance_decoder). Without a decoder, use "
+        "segment-everything: model(image)."
+    )
+
+
+def load_instance_decoder(
+    loaded: Any, progress: Callable[[Any], Any] | str | None = None
+) -> UNETRDecoder | None:
+    """The instance decoder that goes with a loaded model (``core.weights.loader.LoadedModel``),
+    on its device, or None.
+
+    From the checkpoint's ``decoder_state`` when it has one; else from the registry's
+    ``<name>_decoder`` companion (downloaded once, xxh128-checked).
+    """
+    embed_dim = int(loaded.sam.prompt_encoder.embed_dim)
+    decoder = None
+    if getattr(loaded, "decoder_state", None) is not None:
+        decoder = decoder_from_state(loaded.decoder_state, source=str(loaded.path), embed_dim=embed_dim)
+    elif loaded.spec is not None:
+        from napari_samscope.core.weights.download import download
+        from napari_samscope.core.weights.microsam_zoo import decoder_name
+        from napari_samscope.core.weights.registry import resolve
+
+        companion = decoder_name(loaded.spec.name)
+        if companion is not None:
+            path = download(resolve(companion), progress=progress)
+            decoder = read_decoder(path, embed_dim=embed_dim)
+    return None if decoder is None else decoder.to(loaded.device).eval()
+
+
+class InstanceSegmentationMixin:
+    """Decoder-based instance segmentation for a model wrapper that has ``model`` (a ``Sam``),
+    ``name``, ``device`` and ``_shared_predictor()`` (as ``SAM`` does)."""
+
+    #: the UNETR instance decoder, or None
+    instance_decoder: UNETRDecoder | None = None
+
+    @property
+    def has_instance_decoder(self) -> bool:
+        """Whether :meth:`segment_instances` and :meth:`instance_maps` can run."""
+        return self.instance_decoder is not None
+
+    def set_instance_decoder(self, decoder: UNETRDecoder | str | os.PathLike[str] | None) -> None:
+        """Use ``decoder`` (a module, a micro-sam decoder file or checkpoint, or None to drop it).
+
+        Raises:
+            TypeError: not a decoder, path or None.
+            ValueError: a file that is not a decoder, or a decoder for other embeddings.
+        """
+        if decoder is None:
+            self.instance_decoder = None
+            return
+        embed_dim = int(self.model.prompt_encoder.embed_dim)
+        if isinstance(decoder, (str, os.PathLike)):
+            decoder = read_decoder(decoder, embed_dim=embed_dim)
+        elif not isinstance(decoder, UNETRDecoder):
+            raise TypeError(
+                f"set_instance_decoder() takes a UNETRDecoder, a file path or None, "
+                f"not {type(decoder).__name__}."
+            )
+        elif decoder.embed_dim != embed_dim:
+            raise ValueError(
+                f"This decoder reads {decoder.embed_dim}-channel embeddings, but the model's "
+                f"encoder gives {embed_dim}: it belongs to another model."
+            )
+        self.instance_decoder = decoder.to(self.device).eval()
+
+    def _attach_instance_decoder(self, loaded: Any, progress: Any = None) -> None:
+        self.instance_decoder = load_instance_decoder(loaded, progress=progress)
+
+    def _require_decoder(self, what: str) -> UNETRDecoder:
+        if self.instance_decoder is None:
+            raise ValueError(_no_decoder_message(self.name, what))
+        return self.instance_decoder
+
+    def instance_maps(
+        self,
+        image: np.ndarray | str | Path | ImageEmbedding,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        normalization: str = "percentile",
+        contrast_limits: Any = None,
+    ) -> np.ndarray:
+        """The decoder's maps for ``image`` (an array, a file, or an :class:`ImageEmbedding`
+        of this model, which skips the encoder).
+
+        Returns:
+            ``(3, H, W)`` float32 at the original image size: foreground probability,
+            distance to the object centre, distance to the object boundary.
+
+        Raises:
+            ValueError: the model has no instance decoder (the message names models that have
+                one), or the image/embedding is unusable.
+        """
+        decoder = self._require_decoder("instance_maps()")
+        predictor = self._shared_predictor()
+        if isinstance(image, ImageEmbedding):
+            predictor.set_embedding(image)
+        else:
+            predictor.set_image(
+                load_image(image) if isinstance(image, (str, Path)) else image,
+                channel_axis=channel_axis, channels=channels,
+                normalization=normalization, contrast_limits=contrast_limits,
+            )
+        try:
+            return instance_maps_from_embedding(
+                decoder, predictor.get_embedding(), self.model.img_size, self.dtype
+            )
+        finally:
+            predictor.reset_image()
+
+    def segment_instances(
+        self,
+        image: np.ndarray | str | Path | ImageEmbedding,
+        mode: InstanceMode | str = InstanceMode.AIS,
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        normalization: str = "percentile",
+        contrast_limits: Any = None,
+        **params: Any,
+    ) -> np.ndarray:
+        """Instances of ``image`` without prompts, from the instance decoder.
+
+        Args:
+            image: an array, an image file, or an :class:`ImageEmbedding` of this model.
+            mode: ``"ais"`` (seeded watershed of the decoder's maps; parameters of
+                :class:`~napari_samscope.core.instances.postprocess.AISParams`) or ``"apg"``
+                (the decoder's seeds as point prompts refined by SAM; parameters of
+                :class:`~napari_samscope.core.instances.apg.APGParams`).
+            **params: the mode's parameters, micro-sam's names and defaults.
+
+        Returns:
+            ``(H, W)`` uint32 labels, 0 background.
+
+        Raises:
+            ValueError: no instance decoder (the message names models that have one), an
+                unknown mode, or bad parameters.
+        """
+        try:
+            mode = InstanceMode(mode.lower() if isinstance(mode, str) else mode)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in InstanceMode)
+            raise ValueError(f"Unknown instance segmentation mode {mode!r}; use one of {valid}.") from None
+        decoder = self._require_decoder(f"segment_instances(mode={mode.value!r})")
+        apg = APGParams.from_kwargs(**params) if mode is InstanceMode.APG else None
+        if apg is None:  # check the parameters before the expensive encoding
+            from napari_samscope.core.instances.postprocess import AISParams
+
+            AISParams.from_kwargs(**params)
+        predictor: Predictor = self._shared_predictor()
+        if isinstance(image, ImageEmbedding):
+            predictor.set_embedding(image)
+        else:
+            predictor.set_image(
+                load_image(image) if isinstance(image, (str, Path)) else image,
+                channel_axis=channel_axis, channels=channels,
+                normalization=normalization, contrast_limits=contrast_limits,
+            )
+        try:
+            maps = instance_maps_from_embedding(
+                decoder, predictor.get_embedding(), self.model.img_size, self.dtype
+            )
+            if apg is None:
+                return instances_from_maps(maps, **params)
+            points = point_prompts_from_maps(
+                maps,
+                foreground_threshold=apg.foreground_threshold,
+                center_distance_threshold=apg.center_distance_threshold,
+                boundary_distance_threshold=apg.boundary_distance_threshold,
+            )
+            return instances_from_prompts(predictor, points, apg)
+        finally:
+            predictor.reset_image()

@@ -1,0 +1,183 @@
+"""Parity with micro-sam (``SAMSCOPE_MICROSAM_PYTHON``): the instance decoder's maps and
+the AIS post-processing.
+
+1. The same fully random weights (SAM encoder and UNETR decoder, every parameter and
+   buffer; the decoder's last layer scaled so that the maps spread over [0, 1]) are saved
+   once in torch_em's training format (``{"model_state": {"sam.…"}, "decoder_state"}``);
+   micro-sam loads that file with ``get_predictor_and_decoder`` and exports it with its
+   ``export_custom_sam_model``; this project loads micro-sam's export with ``SAM(path)``.
+   The maps of a non-square image must agree within 1e-4.
+2. Given the same maps (from a synthetic label image with 100+ objects, plus noise), our
+   ``instances_from_maps`` and micro-sam's ``InstanceSegmentationWithDecoder.generate``
+   must find the same objects: >= 99% matched at IoU >= 0.9, both ways.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _microsam import matched_fraction, microsam_python, run_microsam, skip_reason
+
+from napari_samscope import SAM, instances_from_maps
+from napari_samscope.core.instances.decoder import UNETRDecoder
+from napari_samscope.core.instances.targets import maps_from_labels
+from napari_samscope.core.modeling.build import ARCHITECTURES, build_sam
+
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.skipif(microsam_python() is None, reason=skip_reason()),
+]
+
+MAPS_TOLERANCE = 1e-4
+
+MAPS_SNIPPET = '''
+import torch
+from micro_sam.instance_segmentation import (
+    InstanceSegmentationWithDecoder, get_predictor_and_decoder,
+)
+from micro_sam.util import _to_image, export_custom_sam_model
+
+model_type = str(inputs["model_type"])
+predictor, decoder = get_predictor_and_decoder(model_type, str(inputs["checkpoint"]), device="cpu")
+if model_type == "vit_t":
+    # MobileSAM caches its attention biases when put in eval mode, which its builder does
+    # before micro-sam loads the weights: refresh them so both sides use the loaded ones.
+    predictor.model.eval()
+image = _to_image(inputs["image"])
+segmenter = InstanceSegmentationWithDecoder(predictor, decoder)
+segmenter.initialize(image)
+state = segmenter.get_state()
+outputs["maps"] = np.stack(
+    [state["foreground"], state["center_distances"], state["boundary_distances"]]
+)
+outputs["image"] = image
+# micro-sam's own export of the same weights, with and without the decoder
+export_custom_sam_model(str(inputs["checkpoint"]), model_type, str(inputs["export"]),
+                        with_segmentation_decoder=True)
+export_custom_sam_model(str(inputs["checkpoint"]), model_type, str(inputs["export_plain"]))
+'''
+
+GENERATE_SNIPPET = '''
+from micro_sam.instance_segmentation import InstanceSegmentationWithDecoder
+
+segmenter = InstanceSegmentationWithDecoder(None, None)
+maps = inputs["maps"]
+segmenter.set_state(
+    {"foreground": maps[0], "center_distances": maps[1], "boundary_distances": maps[2]}
+)
+for name in ("default", "tuned"):
+    params = {} if name == "default" else dict(
+        center_distance_threshold=0.4, boundary_distance_threshold=0.6,
+        foreground_threshold=0.6, foreground_smoothing=0.5, distance_smoothing=2.0, min_size=40,
+    )
+    outputs[name] = segmenter.generate(**params).astype("uint32")
+'''
+
+
+def _random_checkpoint(arch: str, randomize, path) -> None:
+    sam = randomize(build_sam(ARCHITECTURES[arch]), seed=11)
+    decoder = randomize(UNETRDecoder(conv_transpose=True), seed=12)
+    with torch.no_grad():
+        # logits of a random decoder are tiny; spread them so the maps are not all ~0.5
+        features = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+        captured = []
+        hook = decoder.out_conv.register_forward_hook(lambda m, i, out: captured.append(out))
+        decoder(features)
+        hook.remove()
+        logits = captured[0]
+        decoder.out_conv.weight.mul_(3.0 / float(logits.std()))
+    model_state = dict(sam.state_dict())
+    if arch == "vit_t":  # MobileSAM files carry TinyViT's unused classifier head; ours drops it
+        generator = torch.Generator().manual_seed(13)
+        width = sam.image_encoder.neck[0].in_channels
+        model_state["image_encoder.norm_head.weight"] = torch.randn(width, generator=generator)
+        model_state["image_encoder.norm_head.bias"] = torch.randn(width, generator=generator)
+        model_state["image_encoder.head.weight"] = torch.randn(1000, width, generator=generator)
+        model_state["image_encoder.head.bias"] = torch.randn(1000, generator=generator)
+    state = {"model_state": {"sam." + k: v for k, v in model_state.items()},
+             "decoder_state": decoder.state_dict()}
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("arch", ["vit_b", "vit_t"])
+def test_instance_maps_match_micro_sam(arch, randomize, tmp_path):
+    path = tmp_path / f"random_{arch}.pt"
+    _random_checkpoint(arch, randomize, path)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:300, :470]
+    blobs = (np.sin(yy / 13.0) * np.cos(xx / 17.0) > 0.3) * 120
+    image = np.clip(blobs[..., None] + rng.normal(60, 40, (300, 470, 3)), 0, 255).astype(np.uint8)
+
+    exported, plain = tmp_path / "exported.pt", tmp_path / "exported_plain.pt"
+    theirs = run_microsam(MAPS_SNIPPET, {
+        "model_type": np.array(arch), "checkpoint": np.array(str(path)), "image": image,
+        "export": np.array(str(exported)), "export_plain": np.array(str(plain)),
+    })
+    assert not SAM(str(plain), device="cpu", dtype=None).has_instance_decoder
+    model = SAM(str(exported), device="cpu", dtype=None)  # written by micro-sam
+    assert model.has_instance_decoder
+    ours = model.instance_maps(theirs["image"])
+    assert ours.shape == theirs["maps"].shape == (3, 300, 470) and ours.dtype == np.float32
+    spread = float(ours.std(axis=(1, 2)).min())
+    diff = float(np.abs(ours - theirs["maps"]).max())
+    print(f"{arch}: max |ours - micro-sam| = {diff:.2e} (map std >= {spread:.3f})")
+    assert spread > 0.05, "the maps are nearly constant: the test would prove little"
+    assert diff <= MAPS_TOLERANCE
+
+
+def _synthetic_labels(shape=(400, 560), count=170, seed=3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.int32)
+    yy, xx = np.indices(shape)
+    for value in range(1, count + 1):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        ry, rx = rng.uniform(7, 16, size=2)
+        angle = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = dy * np.cos(angle) + dx * np.sin(angle)
+        v = -dy * np.sin(angle) + dx * np.cos(angle)
+        labels[(u / ry) ** 2 + (v / rx) ** 2 <= 1] = value
+    return labels
+
+
+def test_postprocessing_matches_micro_sam():
+    labels = _synthetic_labels()
+    maps = maps_from_labels(labels)
+    noise = np.random.default_rng(4).normal(0, 0.08, maps.shape).astype(np.float32)
+    maps = np.clip(maps + noise, 0, 1).astype(np.float32)
+    theirs = run_microsam(GENERATE_SNIPPET, {"maps": maps})
+    tuned = dict(
+        center_distance_threshold=0.4, boundary_distance_threshold=0.6,
+        foreground_threshold=0.6, foreground_smoothing=0.5, distance_smoothing=2.0, min_size=40,
+    )
+    for name, params in (("default", {}), ("tuned", tuned)):
+        ours = instances_from_maps(maps, **params)
+        forward, backward, n_ours, n_theirs = matched_fraction(ours, theirs[name])
+        identical = float((ours == theirs[name]).mean())
+        print(f"{name}: ours {n_ours} objects, micro-sam {n_theirs}; matched at IoU >= 0.9: "
+              f"{forward:.4f} / {backward:.4f}; identical pixels {identical:.5f}")
+        assert n_ours >= 100
+        assert forward >= 0.99 and backward >= 0.99
+
+
+REGISTRY_SNIPPET = '''
+import json
+from micro_sam.util import models
+
+registry = models()
+outputs["json"] = json.dumps({name: [registry.registry[name], registry.urls[name]]
+                              for name in registry.registry})
+'''
+
+
+def test_zoo_urls_and_hashes_are_micro_sams():
+    import json
+
+    from napari_samscope.core.weights.microsam_zoo import MICROSAM_MODELS
+
+    theirs = json.loads(str(run_microsam(REGISTRY_SNIPPET, {"unused": np.zeros(1)})["json"]))
+    for spec in MICROSAM_MODELS:
+        known_hash, url = theirs[spec.name]
+        assert known_hash == "xxh128:" + spec.xxh128, spec.name
+        assert url == spec.url, spec.name
