@@ -75,7 +75,10 @@ def zoo_spec(url: str, data: bytes, **changes) -> ModelSpec:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """Files in the cache, less the sha256 sidecars that remember verified hashes."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".sha256.json"))
 
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 123)  # several chunks of the download loop
@@ -139,3 +142,10 @@ def test_missing_xxhash_package_is_a_clear_error(tmp_cache, monkeypatch):
         with pytest.raises(DownloadError, match="pip install xxhash"):
             download(spec, progress=None)
     assert leftovers(tmp_cache) == []
+
+
+def test_a_decoder_name_is_not_loaded_as_a_sam_model():
+    from napari_samscope.core.weights.loader import load_sam
+
+    with pytest.raises(ValueError, match="instance decoder of 'vit_b_lm'"):
+        load_sam("vit_b_lm_decoder")

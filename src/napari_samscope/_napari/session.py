@@ -135,14 +135,17 @@ class ModelSession:
         return None if self.sam is None else self.sam.name
 
     def models(self) -> list[ModelChoice]:
-        """Registry models for the dropdown, the project default first."""
+        """Registry models for the dropdown: the project default first, then general models,
+        then the microscopy models grouped by domain (their instance decoders are not
+        listed: they come with their SAM model)."""
         from napari_samscope.core.weights.registry import DEFAULT_MODEL, list_models
 
-        choices = [
+        models = [m for m in list_models() if m.arch != "unetr_decoder"]  # decoders come with
+        models.sort(key=lambda m: (m.name != DEFAULT_MODEL, m.domain))  # their SAM; by domain
+        return [
             ModelChoice(m.name, m.cached, m.description, m.name == DEFAULT_MODEL, m.source, m.size)
-            for m in list_models()
+            for m in models
         ]
-        return sorted(choices, key=lambda c: not c.default)
 
     def add_model(self, name: str, path: str | Path, description: str = "") -> Any:
         """Register a model file (e.g. a fine-tuned one) so it appears in the dropdowns.

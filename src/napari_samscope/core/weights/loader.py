@@ -125,6 +125,12 @@ def _locate(model: ModelLike) -> tuple[ModelSpec | None, Path, bool]:
             f"name either (valid names: {', '.join(model_names())})."
         )
     spec = resolve(model)  # raises for unknown names and for missing packaged/local files
+    if spec.arch == "unetr_decoder":
+        sam_name = spec.name.removesuffix("_decoder")
+        raise ValueError(
+            f"{spec.name!r} is the instance decoder of {sam_name!r}, not a SAM model: load "
+            f"{sam_name!r}, which brings its decoder."
+        )
     if spec.source == "download":
         return spec, model_path(spec), True  # download_iter returns at once when cached
     return spec, check_model_file(spec), False
