@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import tifffile
 
 
@@ -93,3 +94,52 @@ def test_recommended_values_reach_the_generator_and_options_win(
                                 "--stability-score-thresh", "0.0")
     assert code == 0, err
     assert "using the model's recommended" not in stdout  # all were overridden
+
+
+def _checkpoint_with_decoder(path):
+    import torch
+
+    from napari_samscope.core.instances.decoder import UNETRDecoder
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
+
+    torch.manual_seed(0)
+    sam = build_sam(tiny_config("vit", 64)).eval()
+    decoder = UNETRDecoder(embed_dim=32, features=(32, 16, 8, 4), conv_transpose=True).eval()
+    torch.save({
+        "model_state": {"sam." + k: v for k, v in sam.state_dict().items()},
+        "decoder_state": decoder.state_dict(),
+    }, path)
+    return path
+
+
+def test_everything_mode_ais_writes_the_decoders_instances(run_cli, nuclei_png, tmp_path):
+    import tifffile
+
+    from napari_samscope import SAM
+    from napari_samscope.core.predict.image import to_rgb_uint8
+
+    model_file = _checkpoint_with_decoder(tmp_path / "with_decoder.pt")
+    out = tmp_path / "ais"
+    code, stdout, err = run_cli(
+        "everything", "--model", model_file, "--source", nuclei_png, "--out", out,
+        "--mode", "ais", "--dtype", "float32",
+    )
+    assert code == 0, err
+    assert "(ais)" in stdout
+    written = tifffile.imread(out / "nuclei_labels.tif")
+    from PIL import Image
+
+    rgb = to_rgb_uint8(np.asarray(Image.open(nuclei_png)))
+    expected = SAM(model_file, dtype="float32").segment_instances(rgb, mode="ais")
+    np.testing.assert_array_equal(written, expected)
+
+
+def test_everything_decoder_modes_need_a_decoder_and_no_grid_options(
+    run_cli, tiny_checkpoint, nuclei_png, tmp_path
+):
+    code, _, err = run_cli("everything", "--model", tiny_checkpoint, "--source", nuclei_png,
+                           "--out", tmp_path / "o", "--mode", "ais")
+    assert code == 1 and "has no instance decoder" in err
+    code, _, err = run_cli("everything", "--model", tiny_checkpoint, "--source", nuclei_png,
+                           "--out", tmp_path / "o", "--mode", "apg", "--records")
+    assert code == 2 and "do not apply to --mode apg" in err

@@ -78,7 +78,7 @@ def load_instance_decoder(
 
 class InstanceSegmentationMixin:
     """Decoder-based instance segmentation for a model wrapper that has ``model`` (a ``Sam``),
-    ``name``, ``device`` and ``_shared_predictor()`` (as ``SAM`` does)."""
+    ``name``, ``device`` and ``predictor()`` (as ``SAM`` does)."""
 
     #: the UNETR instance decoder, or None
     instance_decoder: UNETRDecoder | None = None
@@ -142,7 +142,7 @@ class InstanceSegmentationMixin:
                 one), or the image/embedding is unusable.
         """
         decoder = self._require_decoder("instance_maps()")
-        predictor = self._shared_predictor()
+        predictor = self.predictor()
         if isinstance(image, ImageEmbedding):
             predictor.set_embedding(image)
         else:
@@ -197,7 +197,7 @@ class InstanceSegmentationMixin:
             from napari_samscope.core.instances.postprocess import AISParams
 
             AISParams.from_kwargs(**params)
-        predictor: Predictor = self._shared_predictor()
+        predictor: Predictor = self.predictor()
         if isinstance(image, ImageEmbedding):
             predictor.set_embedding(image)
         else:
