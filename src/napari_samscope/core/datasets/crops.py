@@ -26,12 +26,19 @@ warning) where a prompt cannot be handled this way.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from napari_samscope.core.predict.resolution import (
+    MIN_INPUT_PIXELS,
+    SmallObjectWarning,
+    as_boxes,
+    is_unresolvable,
+    warn_unresolvable,
+)
 
 __all__ = [
     "MAX_MAGNIFICATION",
@@ -48,9 +55,6 @@ __all__ = [
     "warn_unresolvable",
 ]
 
-#: a box whose shorter side is under this many model-input pixels is not resolved by the
-#: decoder (its low-resolution mask has one cell per 4 input pixels)
-MIN_INPUT_PIXELS = 16.0
 #: crops magnify boxes so that their median shorter side is about this many input pixels
 TARGET_INPUT_PIXELS = 64.0
 #: crops never magnify more than this (a few pixels blown up 17x look like nothing the
@@ -58,10 +62,6 @@ TARGET_INPUT_PIXELS = 64.0
 MAX_MAGNIFICATION = 8.0
 #: context kept around a box inside its crop, as a fraction of the crop side
 _CONTEXT = 0.125
-
-
-class SmallObjectWarning(UserWarning):
-    """A prompt's object shrinks below what the model can resolve at this image size."""
 
 
 @dataclass(frozen=True)
@@ -80,58 +80,9 @@ class Crop:
         return self.y0, self.x0
 
 
-def _as_boxes(boxes: Any) -> np.ndarray:
-    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if not np.isfinite(array).all():
-        raise ValueError("boxes must hold finite numbers (x0, y0, x1, y1 in pixels)")
-    return array
-
-
-def is_unresolvable(boxes: Any, image_shape: Sequence[int], img_size: int) -> np.ndarray:
-    """``(N,)`` bool: the boxes (XYXY pixels) whose shorter side, once the image is resized
-    to the model input of side ``img_size``, is under :data:`MIN_INPUT_PIXELS`."""
-    boxes = _as_boxes(boxes)
-    scale = img_size / max(image_shape[0], image_shape[1])
-    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    return sides * scale < MIN_INPUT_PIXELS
-
-
-def warn_unresolvable(
-    image_shape: Sequence[int], img_size: int, boxes: Any = None, what: str = "prompt", stacklevel: int = 2,
-) -> bool:
-    """Warn (:class:`SmallObjectWarning`) when objects would be too small for the model.
-
-    With ``boxes``, warns when any box is unresolvable (:func:`is_unresolvable`); without,
-    warns when the image is shrunk more than 2x, so that objects under
-    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. Returns whether it warned.
-    """
-    shrink = max(image_shape[0], image_shape[1]) / img_size
-    if boxes is not None:
-        small = int(is_unresolvable(boxes, image_shape, img_size).sum())
-        if not small:
-            return False
-        plural = what + ("es" if what.endswith(("s", "x")) else "s")
-        text = f"{small} {what if small == 1 else plural} cover"
-        advice = "Segment them on crops at the model's scale (napari_samscope.core.datasets.crops.segment_boxes)"
-    elif shrink > 2:
-        text = f"objects smaller than {math.ceil(MIN_INPUT_PIXELS * shrink)} pixels in this {what} cover"
-        advice = "Prompt them with boxes (segmented on crops at the model's scale) or crop the image"
-    else:
-        return False
-    warnings.warn(
-        f"{text} fewer than {MIN_INPUT_PIXELS:g} model-input pixels: the "
-        f"{image_shape[0]}x{image_shape[1]} image is shrunk {shrink:.1f}x to the model's "
-        f"{img_size}-pixel input, below what the model can resolve, so their masks are "
-        f"unreliable. {advice}.",
-        SmallObjectWarning,
-        stacklevel=stacklevel + 1,
-    )
-    return True
-
-
 def crop_side(boxes: Any, image_shape: Sequence[int], img_size: int) -> int:
     """The side of the square crops for ``boxes`` (see the module docstring)."""
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     typical = float(np.median(sides)) if len(sides) else 1.0
     side = img_size * max(typical, 1.0) / TARGET_INPUT_PIXELS
@@ -157,7 +108,7 @@ def plan_crops(boxes: Any, image_shape: Sequence[int], side: int) -> list[Crop]:
     the margin allows) gets a crop of its own, centred on it. Crops without boxes are
     dropped. Every box index appears in exactly one crop.
     """
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     height, width = int(image_shape[0]), int(image_shape[1])
     side = int(side)
     if side < 1:
@@ -243,7 +194,7 @@ def segment_boxes(
         position of its top-left pixel in ``image``; None where the mask is empty.
     """
     image = np.asarray(image)
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     results: list[tuple[tuple[int, int], np.ndarray] | None] = [None] * len(boxes)
     if len(boxes) == 0:
         return results

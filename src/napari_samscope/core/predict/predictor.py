@@ -33,6 +33,7 @@ from napari_samscope.core.predict.embedding import (
 from napari_samscope.core.predict.fast_decode import DecoderRunner
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.prompts import check_flag, parse_prompts
+from napari_samscope.core.predict.resolution import warn_unresolvable
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import (
     MaskUpsampler,
@@ -349,6 +350,10 @@ class Predictor:
             A :class:`Prediction`. One object: its 3 candidates (multimask) or 1 mask.
             ``N`` objects: one mask each, the best-scored candidate when multimask.
 
+        Warns:
+            SmallObjectWarning: objects would shrink below what the model resolves at this
+                image size (:mod:`~napari_samscope.core.predict.resolution`).
+
         Raises:
             ValueError: no image is set, or the prompts are invalid.
         """
@@ -358,6 +363,10 @@ class Predictor:
             emb = self._require_image()
             prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
             multimask_output = check_flag(multimask_output, "multimask_output")
+            if prompts.boxes is not None:  # objects too small for the model at this scale
+                warn_unresolvable(emb.original_size, self.img_size, prompts.boxes, "box", 3)
+            elif prompts.points is not None:
+                warn_unresolvable(emb.original_size, self.img_size, what="image", stacklevel=3)
             return self._predict(emb, prompts, multimask_output)
 
     def _predict(self, emb: ImageEmbedding, prompts: Any, multimask_output: bool) -> Prediction:

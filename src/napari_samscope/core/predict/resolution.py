@@ -1,0 +1,84 @@
+"""What the model can resolve: objects that shrink below a few model-input pixels when the
+image is resized to the model input get masks that are noise, and a warning says so.
+
+SAM resizes the whole image so that its longest side fills the model input. The
+decoder's low-resolution mask has one cell per 4 input pixels, so a box whose shorter
+side becomes fewer than :data:`MIN_INPUT_PIXELS` input pixels is not resolved.
+:mod:`napari_samscope.core.datasets.crops` segments such boxes on crops instead; the
+predictor warns (:class:`SmallObjectWarning`) when it is given one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MIN_INPUT_PIXELS",
+    "SmallObjectWarning",
+    "as_boxes",
+    "is_unresolvable",
+    "warn_unresolvable",
+]
+
+#: a box whose shorter side is under this many model-input pixels is not resolved by the
+#: decoder (its low-resolution mask has one cell per 4 input pixels)
+MIN_INPUT_PIXELS = 16.0
+
+
+class SmallObjectWarning(UserWarning):
+    """A prompt's object shrinks below what the model can resolve at this image size."""
+
+
+def as_boxes(boxes: Any) -> np.ndarray:
+    """``(N, 4)`` float64 XYXY boxes; non-finite values are refused."""
+    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(array).all():
+        raise ValueError("boxes must hold finite numbers (x0, y0, x1, y1 in pixels)")
+    return array
+
+
+def is_unresolvable(boxes: Any, image_shape: Sequence[int], img_size: int) -> np.ndarray:
+    """``(N,)`` bool: the boxes (XYXY pixels) whose shorter side, once the image is resized
+    to the model input of side ``img_size``, is under :data:`MIN_INPUT_PIXELS`."""
+    boxes = as_boxes(boxes)
+    scale = img_size / max(image_shape[0], image_shape[1])
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return sides * scale < MIN_INPUT_PIXELS
+
+
+def warn_unresolvable(
+    image_shape: Sequence[int], img_size: int, boxes: Any = None, what: str = "prompt", stacklevel: int = 2,
+) -> bool:
+    """Warn (:class:`SmallObjectWarning`) when objects would be too small for the model.
+
+    With ``boxes``, warns when any box is unresolvable (:func:`is_unresolvable`); without,
+    warns when the image is shrunk more than 2x, so that objects under
+    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. Returns whether it warned.
+    """
+    shrink = max(image_shape[0], image_shape[1]) / img_size
+    if boxes is not None:
+        small = int(is_unresolvable(boxes, image_shape, img_size).sum())
+        if not small:
+            return False
+        plural = what + ("es" if what.endswith(("s", "x")) else "s")
+        text = f"{small} {what if small == 1 else plural} cover"
+        advice = "Segment them on crops at the model's scale (napari_samscope.core.datasets.crops.segment_boxes)"
+    elif shrink > 2:
+        text = f"objects smaller than {math.ceil(MIN_INPUT_PIXELS * shrink)} pixels in this {what} cover"
+        advice = "Prompt them with boxes (segmented on crops at the model's scale) or crop the image"
+    else:
+        return False
+    warnings.warn(
+        f"{text} fewer than {MIN_INPUT_PIXELS:g} model-input pixels: the "
+        f"{image_shape[0]}x{image_shape[1]} image is shrunk {shrink:.1f}x to the model's "
+        f"{img_size}-pixel input, below what the model can resolve, so their masks are "
+        f"unreliable. {advice}.",
+        SmallObjectWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
