@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_samscope.core.progress import TqdmBar
+
 __all__ = [
     "UsageError",
     "add_debug",
@@ -200,31 +202,8 @@ def expand_key_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> l
 # ----------------------------------------------------------------------------- model and files
 
 
-class ProgressBar:
-    """A ``Progress`` callback that opens a tqdm bar on stderr at the first report only
-    (no empty bar for jobs that report nothing); use as a context manager."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def __call__(self, report: Any) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=report.total or None, leave=False)
-        if report.total and self._bar.total != report.total:
-            self._bar.reset(total=report.total)
-        self._bar.set_description(report.message, refresh=False)
-        self._bar.n = report.done
-        self._bar.refresh()
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+#: a ``Progress`` callback with a tqdm bar on stderr that opens at the first report only
+ProgressBar = TqdmBar
 
 
 def load_model(name: str | None, device: str = "", dtype: str = "default") -> Any:

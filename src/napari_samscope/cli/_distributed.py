@@ -65,8 +65,8 @@ def run_annotate(args: argparse.Namespace) -> int:
         args.data, det_model=args.det_model, sam_model=args.sam_model, device=args.device,
         output_dir=args.output_dir, conf=args.conf, classes=args.classes, max_det=args.max_det,
         overwrite=args.overwrite, save_tiff=args.save_tiff, save_coco=args.save_coco,
-        split_parts=args.split_parts, dtype=args.dtype, scheduler=spec.address,
-        workers=spec.workers, echo=print,
+        split_parts=args.split_parts, channel_axis=args.channel_axis, dtype=args.dtype,
+        scheduler=spec.address, workers=spec.workers, echo=print,
     )
     with ProgressBar() as bar:
         summary = run(job, progress=bar)

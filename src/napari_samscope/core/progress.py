@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Progress", "Job", "Cancelled", "run"]
+__all__ = ["Progress", "Job", "Cancelled", "TqdmBar", "run"]
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,7 @@ def run(
     bar = None
     callback: Callable[[Progress], Any] | None
     if progress == "tqdm":
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=0, leave=False)
-
-        def callback(p: Progress) -> None:
-            if p.total and bar.total != p.total:
-                bar.reset(total=p.total)
-            bar.set_description(p.message, refresh=False)
-            bar.n = p.done
-            bar.refresh()
-
+        callback = bar = TqdmBar()
     elif isinstance(progress, str):
         raise ValueError(f"progress must be None, 'tqdm' or a callable, not {progress!r}")
     else:
@@ -109,3 +99,34 @@ def run(
     finally:
         if bar is not None:
             bar.close()
+
+
+class TqdmBar:
+    """A :class:`Progress` callback that shows a tqdm bar on stderr, opened at the first
+    report (a job that reports nothing leaves no empty ``0it`` line) and closed by
+    :meth:`close` or at the end of a ``with`` block."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, report: Progress) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=report.total or None, leave=False)
+        if report.total and self._bar.total != report.total:
+            self._bar.reset(total=report.total)
+        self._bar.set_description(report.message, refresh=False)
+        self._bar.n = report.done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> TqdmBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_samscope.core.datasets.annotate import AnnotateSummary, auto_annotate_job
+from napari_samscope.core.datasets.annotate import auto_annotate_job
 from napari_samscope.core.datasets.annotate_io import list_images, output_stems, safe_stem
+from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.progress import Job, Progress, run
 from napari_samscope.distributed.cluster import (
     ClusterSpec,
@@ -54,12 +56,9 @@ def plan_tasks(files: Sequence[Path]) -> list[list[int]]:
     return [group] + [[i] for i in range(len(files)) if i not in grouped]
 
 
-def annotate_task(
-    files: list[Path], ref: ModelRef, det_model: Any, options: dict[str, Any]
-) -> AnnotateSummary:
+def annotate_task(files: list[Path], ref: ModelRef, options: AnnotateOptions) -> AnnotateSummary:
     """Annotate ``files`` on this worker (the function each dask task runs)."""
-    job = auto_annotate_job(files, det_model=det_model, sam_model=LazyPredictor(ref), **options)
-    return run(job)
+    return run(auto_annotate_job(files, options, sam_model=LazyPredictor(ref)))
 
 
 def _merge(total: AnnotateSummary, part: AnnotateSummary) -> None:
@@ -73,54 +72,43 @@ def _merge(total: AnnotateSummary, part: AnnotateSummary) -> None:
 
 def auto_annotate_job_distributed(
     data: str | os.PathLike | Sequence[str | os.PathLike],
-    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
-    sam_model: str | os.PathLike | None = None,
-    device: str = "",
-    output_dir: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    classes: Iterable[int] | None = None,
-    max_det: int = 300,
-    overwrite: bool = False,
-    save_tiff: bool = False,
-    save_coco: bool = False,
-    split_parts: bool = False,
+    options: AnnotateOptions | None = None,
     *,
     dtype: str = "default",
     scheduler: str = "local",
     workers: int | None = None,
     retries: int = 2,
     echo: Callable[[str], Any] | None = print,
+    **params: Any,
 ) -> Job[AnnotateSummary]:
     """The generator behind :func:`auto_annotate` with a scheduler (yields ``Progress`` per task)."""
     spec = ClusterSpec(scheduler, workers)
     if spec.in_process:
         raise ValueError("auto_annotate_job_distributed needs a scheduler ('local' or an address)")
     require_distributed()  # before anything is written
-    ref = ModelRef.of(sam_model, device, dtype)
-    classes = None if classes is None else [int(c) for c in classes]
-    options = dict(
-        device=device, conf=conf, classes=classes, max_det=max_det, overwrite=overwrite,
-        save_tiff=save_tiff, save_coco=False, split_parts=split_parts,
-    )
+    opts = AnnotateOptions.from_arguments(options, params)
+    ref = ModelRef.of(opts.sam_model, opts.device, dtype)
     files, default_dir = list_images(data)
     files = [path.absolute() for path in files]
-    out = (Path(output_dir).expanduser() if output_dir is not None else default_dir).absolute()
+    out = (Path(opts.output_dir).expanduser() if opts.output_dir is not None else default_dir).absolute()
+    # every task writes into the same folder; the COCO file covers the whole folder and is
+    # assembled at the end
+    task_options = replace(opts, sam_model=None, output_dir=out, save_coco=False)
     # Check the arguments and the output names exactly as the in-process run does, before
     # any cluster starts: the core job validates everything up to its first report.
-    check = auto_annotate_job(files, det_model=det_model, sam_model=LazyPredictor(ref), output_dir=out, **options)
+    check = auto_annotate_job(files, task_options, sam_model=LazyPredictor(ref))
     next(check)
     check.close()
     tasks = plan_tasks(files)
     summary = AnnotateSummary(output_dir=out, images=len(files))
     with open_client(spec, echo=echo) as client:
-        arguments = [([files[i] for i in task], ref, det_model, dict(options, output_dir=out)) for task in tasks]
+        arguments = [([files[i] for i in task], ref, task_options) for task in tasks]
         parts = yield from run_tasks(client, annotate_task, arguments, retries=retries, message="auto-annotating")
     for part in parts:
         _merge(summary, part)
-    if save_coco:  # every image is done: the core's skip path assembles the COCO file
+    if opts.save_coco:  # every image is done: the core's skip path assembles the COCO file
         coco = run(auto_annotate_job(
-            files, det_model=det_model, sam_model=LazyPredictor(ref), output_dir=out,
-            **dict(options, save_coco=True, overwrite=False),
+            files, task_options, sam_model=LazyPredictor(ref), save_coco=True, overwrite=False
         ))
         summary.coco_path = coco.coco_path
         summary.files.append(coco.coco_path)
@@ -129,28 +117,20 @@ def auto_annotate_job_distributed(
 
 def auto_annotate(
     data: str | os.PathLike | Sequence[str | os.PathLike],
-    det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
-    sam_model: Any = None,
-    device: str = "",
-    output_dir: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    classes: Iterable[int] | None = None,
-    max_det: int = 300,
-    overwrite: bool = False,
-    save_tiff: bool = False,
-    save_coco: bool = False,
-    split_parts: bool = False,
+    options: AnnotateOptions | str | os.PathLike | Callable[[np.ndarray], Any] | None = None,
+    *,
     progress: Callable[[Progress], Any] | str | None = "tqdm",
     verbose: bool = True,
-    *,
     dtype: str = "default",
     scheduler: str | None = None,
     workers: int | None = None,
     retries: int = 2,
+    **params: Any,
 ) -> AnnotateSummary:
     """:func:`~napari_samscope.core.datasets.annotate.auto_annotate`, optionally on a dask cluster.
 
-    The arguments before ``dtype`` are those of the in-process function. The others:
+    ``options``, the keyword options (``sam_model=``, ``save_tiff=``, ...), ``progress``
+    and ``verbose`` are those of the in-process function. The others:
 
     Args:
         dtype: compute precision request (``"default"``, ``"float32"``, ``"bfloat16"``,
@@ -171,6 +151,11 @@ def auto_annotate(
         ValueError: bad arguments, an unreachable scheduler, or a worker that cannot
             load the model.
     """
+    if options is not None and not isinstance(options, AnnotateOptions):
+        if "det_model" in params:
+            raise TypeError("det_model was given twice (as the second argument and by name)")
+        params["det_model"], options = options, None
+    opts = AnnotateOptions.from_arguments(options, params)
     spec = ClusterSpec(scheduler, workers)
     if spec.in_process:
         from napari_samscope.core.datasets.annotate import auto_annotate as annotate_here
@@ -178,17 +163,13 @@ def auto_annotate(
         if dtype != "default":
             from napari_samscope.core.predict.sam_api import SAM
 
-            sam_model = SAM(sam_model, device=device or "auto", dtype=dtype)
-        return annotate_here(
-            data, det_model, sam_model, device, output_dir, conf, classes, max_det, overwrite,
-            save_tiff, save_coco, split_parts, progress=progress, verbose=verbose,
-        )
+            opts = replace(opts, sam_model=SAM(opts.sam_model, device=opts.device or "auto", dtype=dtype))
+        return annotate_here(data, opts, progress=progress, verbose=verbose)
     echo = (lambda line: print(line, file=sys.stderr)) if verbose else None
     summary = run(
         auto_annotate_job_distributed(
-            data, det_model, sam_model, device, output_dir, conf, classes, max_det, overwrite,
-            save_tiff, save_coco, split_parts, dtype=dtype, scheduler=spec.address,
-            workers=spec.workers, retries=retries, echo=echo,
+            data, opts, dtype=dtype, scheduler=spec.address, workers=spec.workers,
+            retries=retries, echo=echo,
         ),
         progress=progress,
     )

@@ -373,38 +373,10 @@ def auto_annotate(
             raise TypeError("det_model was given twice (as the second argument and by name)")
         params["det_model"], options = options, None
     job = auto_annotate_job(data, options, **params)
-    bar = _LazyBar() if progress == "tqdm" else None
-    try:
-        summary = run(job, progress=bar if bar is not None else progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    summary = run(job, progress=progress)  # a tqdm bar opens at the first report only
     if verbose:
         for path, reason in summary.failed:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         print(summary, file=sys.stderr)
     return summary
 
-
-class _LazyBar:
-    """A tqdm bar on stderr opened at the first report and closed at the last one, so that
-    a run that reports nothing leaves no empty ``0it`` line behind."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def __call__(self, report: Progress) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=report.total or None, leave=False)
-        if report.total and self._bar.total != report.total:
-            self._bar.reset(total=report.total)
-        self._bar.set_description(report.message, refresh=False)
-        self._bar.n = report.done
-        self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None

@@ -116,6 +116,21 @@ class InstanceSegmentationMixin:
     def _attach_instance_decoder(self, loaded: Any, progress: Any = None) -> None:
         self.instance_decoder = load_instance_decoder(loaded, progress=progress)
 
+    def _predictor_on(
+        self, image: Any, channel_axis: Any, channels: Any, normalization: str, limits: Any
+    ) -> Predictor:
+        """A new predictor of this model with ``image`` (array, file or embedding) set."""
+        predictor = self.predictor()
+        if isinstance(image, ImageEmbedding):
+            predictor.set_embedding(image)
+        else:
+            predictor.set_image(
+                load_image(image) if isinstance(image, (str, Path)) else image,
+                channel_axis=channel_axis, channels=channels,
+                normalization=normalization, contrast_limits=limits,
+            )
+        return predictor
+
     def _require_decoder(self, what: str) -> UNETRDecoder:
         if self.instance_decoder is None:
             raise ValueError(_no_decoder_message(self.name, what))
@@ -142,15 +157,7 @@ class InstanceSegmentationMixin:
                 one), or the image/embedding is unusable.
         """
         decoder = self._require_decoder("instance_maps()")
-        predictor = self.predictor()
-        if isinstance(image, ImageEmbedding):
-            predictor.set_embedding(image)
-        else:
-            predictor.set_image(
-                load_image(image) if isinstance(image, (str, Path)) else image,
-                channel_axis=channel_axis, channels=channels,
-                normalization=normalization, contrast_limits=contrast_limits,
-            )
+        predictor = self._predictor_on(image, channel_axis, channels, normalization, contrast_limits)
         try:
             return instance_maps_from_embedding(
                 decoder, predictor.get_embedding(), self.model.img_size, self.dtype
@@ -197,15 +204,7 @@ class InstanceSegmentationMixin:
             from napari_samscope.core.instances.postprocess import AISParams
 
             AISParams.from_kwargs(**params)
-        predictor: Predictor = self.predictor()
-        if isinstance(image, ImageEmbedding):
-            predictor.set_embedding(image)
-        else:
-            predictor.set_image(
-                load_image(image) if isinstance(image, (str, Path)) else image,
-                channel_axis=channel_axis, channels=channels,
-                normalization=normalization, contrast_limits=contrast_limits,
-            )
+        predictor = self._predictor_on(image, channel_axis, channels, normalization, contrast_limits)
         try:
             maps = instance_maps_from_embedding(
                 decoder, predictor.get_embedding(), self.model.img_size, self.dtype
