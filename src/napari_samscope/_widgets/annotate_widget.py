@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
@@ -29,7 +28,7 @@ from napari_samscope._napari.prompts import ObjectPrompt, collect_prompts
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import Section, spin_box
-from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info, objects_text
+from napari_samscope._widgets.workers import notify_error, notify_info, objects_text
 
 __all__ = ["AutoAnnotateWidget", "ANNOTATE_NAME", "SOURCES", "SCOPE_LABELS"]
 
@@ -49,15 +48,12 @@ class AutoAnnotateWidget(SamscopeDock):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
-        self.runner = self.add_runner(JobRunner(self.progress.show_progress,
-                                                self.progress.tracker("job"), background=True))
+        self.runner = self.add_job_runner()
 
         import napari.layers as nl
 
-        self.image = ComboBox(label="image", choices=lambda _w: [
-            (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Image)])
-        self.shapes = ComboBox(label="shapes", nullable=True, choices=lambda _w: [
-            (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Shapes)])
+        self.image = self.layer_combo("image", nl.Image)
+        self.shapes = self.layer_combo("shapes", nl.Shapes, nullable=True)
         self.shapes.null_string = "none"
         self.source = QComboBox()
         for text, kind in SOURCES.items():

@@ -105,6 +105,23 @@ class SamscopeDock(ShutsDownWithDock, QWidget):
         self._runners.append(runner)
         return runner
 
+    def add_job_runner(self) -> Any:
+        """A runner for this dock's long jobs (a background worker reporting into the
+        dock's progress row), cancelled and shut down with the dock."""
+        from napari_samscope._widgets.workers import JobRunner
+
+        return self.add_runner(
+            JobRunner(self.progress.show_progress, self.progress.tracker("job"), background=True)
+        )
+
+    def layer_combo(self, label: str, kind: type, nullable: bool = False) -> Any:
+        """A magicgui ComboBox listing the viewer's layers of type ``kind``."""
+        from magicgui.widgets import ComboBox
+
+        viewer = self.viewer
+        return ComboBox(label=label, nullable=nullable, choices=lambda _w: [
+            (layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)])
+
     def link(self, signal: Any, slot: Callable[..., Any]) -> None:
         """Connect ``signal`` to ``slot`` until the dock shuts down."""
         signal.connect(slot)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
@@ -28,7 +27,7 @@ from napari_samscope._napari.options import Scope, parse
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
 from napari_samscope._widgets.panels import Section, spin_box
-from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info, objects_text
+from napari_samscope._widgets.workers import notify_error, notify_info, objects_text
 
 __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
 
@@ -74,13 +73,11 @@ class SegmentEverythingWidget(SamscopeDock):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         napari_viewer = self.viewer
-        self.runner = self.add_runner(JobRunner(self.progress.show_progress,
-                                                self.progress.tracker("job"), background=True))
+        self.runner = self.add_job_runner()
 
         import napari.layers as nl
 
-        self.image = ComboBox(label="image", choices=lambda _w: [
-            (layer.name, layer) for layer in napari_viewer.layers if isinstance(layer, nl.Image)])
+        self.image = self.layer_combo("image", nl.Image)
         self.normalization = QComboBox()
         self.normalization.addItems(list(NORMALIZATION_LABELS))
         self.points_per_side = spin_box(QSpinBox, 1, 128, 32, "Grid of point prompts per side")

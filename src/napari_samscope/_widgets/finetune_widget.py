@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -97,11 +96,8 @@ class FineTuneWidget(SamscopeDock):
 
         import napari.layers as nl
 
-        def layers_of(kind: type) -> Any:
-            return lambda _w: [(la.name, la) for la in napari_viewer.layers if isinstance(la, kind)]
-
-        self.image = ComboBox(label="image", choices=layers_of(nl.Image))
-        self.labels = ComboBox(label="labels", choices=layers_of(nl.Labels))
+        self.image = self.layer_combo("image", nl.Image)
+        self.labels = self.layer_combo("labels", nl.Labels)
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(54)
         self.add_button = QPushButton("Add pair")

@@ -10,8 +10,7 @@ Parameter names and defaults follow micro-sam's ``AutomaticPromptGenerator.gener
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from napari_samscope.core.everything.mask_ops import stability_score
+from napari_samscope.core.instances.postprocess import NumberParams
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.predict.transforms import apply_coords
 
@@ -29,8 +29,10 @@ _STABILITY_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
-class APGParams:
+class APGParams(NumberParams):
     """Parameters of APG, with micro-sam's names and defaults."""
+
+    kind = "APG"
 
     min_size: int = 25
     center_distance_threshold: float = 0.5
@@ -40,22 +42,10 @@ class APGParams:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise TypeError(f"{f.name} must be a number, not {type(value).__name__}.")
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{f.name} must be a finite number >= 0, not {value}.")
+        self._check_numbers()
         if self.batch_size < 1 or int(self.batch_size) != self.batch_size:
             raise ValueError(f"batch_size must be a whole number >= 1, not {self.batch_size}.")
 
-    @classmethod
-    def from_kwargs(cls, **params: Any) -> APGParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise TypeError(f"Unknown APG parameter(s) {unknown}; valid: {sorted(known)}.")
-        return cls(**params)
 
 
 def point_prompts_from_maps(

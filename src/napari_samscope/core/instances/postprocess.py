@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-__all__ = ["AISParams", "instances_from_maps"]
+__all__ = ["AISParams", "NumberParams", "instances_from_maps"]
 
 # Gaussian support of +-3 sigma with mirrored borders, as vigra's gaussianSmoothing
 # (which micro-sam uses) does.
@@ -29,8 +29,33 @@ _TRUNCATE = 3.0
 _BORDER = "mirror"
 
 
+class NumberParams:
+    """Base of the frozen parameter dataclasses whose every field is a finite number >= 0
+    (AIS, APG): the checks and the keyword constructor they share."""
+
+    #: how the parameters are named in error messages
+    kind = "instance segmentation"
+
+    def _check_numbers(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(f"{f.name} must be a number, not {type(value).__name__}.")
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} must be a finite number >= 0, not {value}.")
+
+    @classmethod
+    def from_kwargs(cls, **params: Any) -> Any:
+        """Build from keyword arguments; an unknown name is a clear error."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"Unknown {cls.kind} parameter(s) {unknown}; valid: {sorted(known)}.")
+        return cls(**params)
+
+
 @dataclass(frozen=True)
-class AISParams:
+class AISParams(NumberParams):
     """Parameters of :func:`instances_from_maps`, with micro-sam's names and defaults.
 
     Attributes:
@@ -50,25 +75,10 @@ class AISParams:
     min_size: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise TypeError(f"{f.name} must be a number, not {type(value).__name__}.")
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{f.name} must be a finite number >= 0, not {value}.")
+        self._check_numbers()
         if int(self.min_size) != self.min_size:
             raise ValueError(f"min_size must be a whole number of pixels, not {self.min_size}.")
 
-    @classmethod
-    def from_kwargs(cls, **params: Any) -> AISParams:
-        """Build from keyword arguments; an unknown name is a clear error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise TypeError(
-                f"Unknown instance segmentation parameter(s) {unknown}; valid: {sorted(known)}."
-            )
-        return cls(**params)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
