@@ -15,6 +15,7 @@ preview, "Precompute embeddings", propagation and segment-everything share them.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Generator, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -26,6 +27,7 @@ from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.options import PropagationMode, parse
 from napari_samscope._napari.prompts import ObjectPrompt, PromptSet, mask_to_prompt_logits
+from napari_samscope.core.predict.resolution import SmallObjectWarning
 from napari_samscope.core.progress import Progress
 
 __all__ = [
@@ -116,7 +118,8 @@ def decode_objects(
     embedding when several threads share it.
     """
     masks: list[np.ndarray | None] = [None] * len(objects)
-    with lock if lock is not None else nullcontext():
+    with lock if lock is not None else nullcontext(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallObjectWarning)
         predictor.set_embedding(embedding)
         box_only = [i for i, o in enumerate(objects)
                     if o.box is not None and o.mask is None and len(o.points) == 0]
@@ -138,7 +141,24 @@ def decode_objects(
             pred = predictor.predict(**kwargs)
             best = int(np.argmax(pred.scores)) if multimask_output else 0
             masks[i] = pred.masks[best]
+    notify_warnings(caught)
     return [np.asarray(m, dtype=bool) for m in masks]  # type: ignore[arg-type]
+
+
+def notify_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
+    """Show each distinct :class:`SmallObjectWarning` as a napari notification (a user
+    looking at the canvas never sees the console) and pass other warnings on."""
+    shown: set[str] = set()
+    for record in caught:
+        if issubclass(record.category, SmallObjectWarning):
+            text = str(record.message)
+            if text not in shown:
+                shown.add(text)
+                from napari.utils.notifications import show_warning
+
+                show_warning(text)
+        else:
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
 
 
 def segment_plane_iter(
