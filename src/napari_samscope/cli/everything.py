@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from napari_samscope.cli._common import (
     ProgressBar,
     UsageError,
@@ -180,7 +182,7 @@ def _run_instances(args: argparse.Namespace) -> int:
             rgb = plane_to_rgb(plane)
             labels = model.segment_instances(rgb, mode=args.mode)
             files = write_results(out, stem + suffix, rgb, labels)
-            found = int(len(set(labels.ravel().tolist()) - {0}))
+            found = int(np.count_nonzero(np.unique(labels)))  # ids need not be consecutive
             where = f" plane {suffix[2:]}" if suffix else ""
             print(f"{path.name}{where}: {found} object{'' if found == 1 else 's'} ({args.mode}) -> "
                   f"{', '.join(str(p) for p in files)}")
