@@ -26,7 +26,12 @@ The run has nine phases (all with ``core.training.train_iter``, trainable "all")
    dim and noisy (``low_snr_style``);
 8. ``settle`` - 200 more steps like ``lowsnr`` on new images at half its learning rate;
 9. ``steady`` - 700 more steps like ``lowsnr`` on 400 new images (the low-SNR box IoU
-   was still rising at the end of ``lowsnr`` and ``settle``).
+   was still rising at the end of ``lowsnr`` and ``settle``);
+10. ``annotate`` - input 1024 on images that look like real fluorescence images
+   (``realistic_nuclei_style``: clumps, PSF tails, defocus, chromatin) and on the earlier
+   looks, all outlined at half contrast as annotators draw them; a quarter of the steps
+   prompt a positive point plus a negative point on a touching neighbour, and half of
+   the corrective rounds get no mask prompt (as the napari plugin prompts).
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
@@ -50,6 +55,7 @@ from napari_samscope.core.synthetic import (
     SyntheticStyle,
     make_membrane_cells_2d,
     random_style,
+    realistic_nuclei_style,
     render_nuclei_2d,
 )
 from napari_samscope.core.training import TrainConfig, prepare_pair, train_iter
@@ -100,6 +106,21 @@ def low_snr_style(rng: np.random.Generator) -> SyntheticStyle:
     )
 
 
+def annotate_style(rng: np.random.Generator) -> SyntheticStyle:
+    """The ``annotate`` phase's mix: 55% ``realistic_nuclei_style``, 20% ``low_snr_style``,
+    15% ``plain_nuclei_style``, 10% ``random_style``; all outlined at half contrast."""
+    draw = rng.random()
+    if draw < 0.55:
+        return realistic_nuclei_style(rng)
+    if draw < 0.75:
+        style = low_snr_style(rng)
+    elif draw < 0.9:
+        style = plain_nuclei_style(rng)
+    else:
+        style = random_style(rng)
+    return replace(style, boundary="half_contrast")
+
+
 #: The phases at input 1024 that train on dim, noisy images (60% ``low_snr_style``).
 LOW_SNR_PHASES = ("lowsnr", "settle", "steady")
 #: The phases whose other images are half ``plain_nuclei_style``.
@@ -116,6 +137,8 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             style = random_style(rng, size_scale=float(rng.uniform(1.0, 2.0)))
             style = replace(style, n_objects=int(rng.integers(2, 7)), touching=0.2)
             image, labels = render_nuclei_2d(style, (size, size), rng)
+        elif kind == "annotate":
+            image, labels = render_nuclei_2d(annotate_style(rng), (render, render), rng)
         elif kind in LOW_SNR_PHASES and rng.random() < 0.6:
             image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
         elif kind in PLAIN_MIX_PHASES and rng.random() < 0.5:
@@ -154,10 +177,12 @@ PHASES = {
     "lowsnr": (1024, 300, dict(steps=260, lr=1e-4, **_LOW_SNR_STEP)),
     "settle": (1024, 300, dict(steps=200, lr=5e-5, **_LOW_SNR_STEP)),
     "steady": (1024, 400, dict(steps=700, lr=1e-4, **_LOW_SNR_STEP)),
+    "annotate": (1024, 320, dict(steps=500, lr=1e-4, negative_pair_fraction=0.25,
+                                 feedback_mask_p=0.5, **_LOW_SNR_STEP)),
 }
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
+RENDER_SIZE = {"upscale": 512, "annotate": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400}
 
@@ -178,7 +203,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="training/runs/default")
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--phases", default="localise,dense,full,tighten,polish,upscale,lowsnr,settle,steady")
+    parser.add_argument(
+        "--phases",
+        default="localise,dense,full,tighten,polish,upscale,lowsnr,settle,steady,annotate",
+    )
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
     parser.add_argument("--threads", type=int, default=1,

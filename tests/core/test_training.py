@@ -326,3 +326,39 @@ def test_a_frozen_encoder_encodes_each_plane_once():
     calls.clear()
     train(sam, TrainingData(images, labels), replace(config, trainable="all"))
     assert calls == [2] * 5  # a trained encoder runs every step
+
+
+def test_negative_pair_prompts_click_the_touching_neighbour():
+    from napari_samscope.core.training.prompts import pair_prompts, touching_neighbours
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[10:20, 10:20] = 1
+    labels[10:20, 21:30] = 2  # one pixel gap: touching at reach 2
+    labels[30:35, 50:55] = 3  # alone
+    near = touching_neighbours(labels, np.array([1, 2, 3]))
+    assert np.array_equal(near[0], labels == 2) and np.array_equal(near[1], labels == 1)
+    assert not near[2].any()
+    targets = torch.from_numpy(labels[None] == np.array([1, 2, 3])[:, None, None])
+    prompts = pair_prompts(targets, torch.from_numpy(near), torch.Generator().manual_seed(0))
+    assert prompts.points.shape == (3, 2, 2) and prompts.boxes is None and prompts.masks is None
+    assert prompts.labels.tolist() == [[1, 0], [1, 0], [1, -1]]
+    for row, (own, other) in enumerate([(1, 2), (2, 1)]):
+        (px, py), (nx, ny) = prompts.points[row].long().tolist()
+        assert labels[py, px] == own and labels[ny, nx] == other
+
+
+def test_training_with_negative_pairs_and_no_mask_feedback_runs_and_is_deterministic():
+    images, labels = [], []
+    for seed in range(2):
+        image, lab = make_nuclei_2d((64, 64), n=4, radius_range=(9, 12), touching=0.9, seed=seed)
+        images.append(image)
+        labels.append(lab)
+    config = _quick_config(steps=4, trainable="decoder", corrective_rounds=1,
+                           negative_pair_fraction=1.0, feedback_mask_p=0.0)
+    first = train(tiny_config("vit", img_size=64), TrainingData(images, labels), config)
+    second = train(tiny_config("vit", img_size=64), TrainingData(images, labels), config)
+    assert first.history == second.history and len(first.history) == 4
+    with pytest.raises(ValueError, match="negative_pair_fraction"):
+        TrainConfig(negative_pair_fraction=1.5)
+    with pytest.raises(ValueError, match="feedback_mask_p"):
+        TrainConfig(feedback_mask_p=-0.1)

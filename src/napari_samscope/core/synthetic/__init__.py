@@ -27,11 +27,16 @@ from napari_samscope.core.synthetic.generators import (
     make_nuclei_3d,
     render_nuclei_2d,
 )
-from napari_samscope.core.synthetic.style import SyntheticStyle, random_style
+from napari_samscope.core.synthetic.style import (
+    SyntheticStyle,
+    random_style,
+    realistic_nuclei_style,
+)
 
 __all__ = [
     "SyntheticStyle",
     "random_style",
+    "realistic_nuclei_style",
     "render_nuclei_2d",
     "make_nuclei_2d",
     "make_membrane_cells_2d",

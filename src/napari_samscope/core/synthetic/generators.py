@@ -9,6 +9,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_samscope.core.synthetic.optics import (
+    chromatin_texture,
+    defocus_objects,
+    half_contrast_labels,
+    psf_blur,
+)
 from napari_samscope.core.synthetic.render import (
     acquire,
     as_rng,
@@ -38,7 +44,12 @@ def render_nuclei_2d(
     min_area = max(6, int(0.25 * math.pi * style.radius_range[0] ** 2))
     labels, dist = rasterise(shape, objects, rng, min_area)
     signal = object_signal(labels, dist, style, rng)
-    return acquire(signal, style, rng, (style.blur, style.blur)), labels
+    signal = chromatin_texture(signal, labels, style, rng)
+    signal = defocus_objects(signal, labels, style, rng)
+    blurred = psf_blur(signal, style, (style.blur, style.blur))
+    if style.boundary == "half_contrast":
+        labels = half_contrast_labels(labels, blurred, min_area)
+    return acquire(blurred, style, rng, (0.0, 0.0)), labels
 
 
 def make_nuclei_2d(

@@ -7,6 +7,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_samscope.core.synthetic.optics import psf_blur
 from napari_samscope.core.synthetic.style import SyntheticStyle
 
 __all__ = [
@@ -160,11 +161,11 @@ def object_signal(
 def acquire(
     signal: np.ndarray, style: SyntheticStyle, rng: np.random.Generator, blur: tuple[float, ...]
 ) -> np.ndarray:
-    """Blur, add background, add photon + read noise and digitise. ``signal`` ~1 on objects."""
+    """Blur (:func:`~.optics.psf_blur`), add background, add photon + read noise and
+    digitise. ``signal`` ~1 on objects; pass ``blur`` zeros for an already blurred one."""
     noise_sd = math.sqrt(style.background_photons + style.read_noise**2)
     amplitude = style.snr * noise_sd
-    if max(blur) > 0:
-        signal = ndi.gaussian_filter(signal, blur)
+    signal = psf_blur(signal, style, blur)
     shape = signal.shape
     ramp_axis = [np.linspace(-0.5, 0.5, s, dtype=np.float32) for s in shape[-2:]]
     angle = rng.uniform(0, 2 * math.pi)

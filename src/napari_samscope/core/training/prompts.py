@@ -7,6 +7,9 @@ them to pixel centres); boxes are XYXY.
 - The first prompt of an object is a positive point drawn uniformly inside it, a box
   around it with noise (standard deviation ``10%`` of its side, at most 20 pixels), or a
   box plus a positive point.
+- Optionally (``TrainConfig.negative_pair_fraction``) the first prompt is a positive
+  point in the object plus a negative point in a touching neighbour, with no mask
+  prompt: how a user separates two touching nuclei with one corrective click.
 - Each corrective round adds one point drawn uniformly from the error region of the
   previous prediction: positive in a false-negative pixel, negative in a false-positive
   one. The previous low-resolution logits go back in as the mask prompt.
@@ -17,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
+import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 __all__ = [
     "PromptKind",
@@ -27,6 +32,8 @@ __all__ = [
     "jittered_boxes",
     "corrective_points",
     "initial_prompts",
+    "pair_prompts",
+    "touching_neighbours",
 ]
 
 
@@ -163,3 +170,48 @@ def initial_prompts(
         positive = torch.ones(targets.shape[0], dtype=torch.long)
         prompts = prompts.with_point(random_points_in(targets, generator), positive)
     return prompts
+
+
+def touching_neighbours(labels: np.ndarray, ids: np.ndarray, reach: int = 2) -> np.ndarray:
+    """For each object id, the union of the objects within ``reach`` pixels of it.
+
+    Args:
+        labels: ``(H, W)`` integer label image (0 = background).
+        ids: ``(N,)`` object ids present in ``labels``.
+        reach: how close (pixels, 8-connected dilation steps) a neighbour must come.
+
+    Returns:
+        ``(N, H, W)`` bool; all False for an object with no neighbour that close.
+    """
+    out = np.zeros((len(ids), *labels.shape), dtype=bool)
+    boxes = ndi.find_objects(labels)
+    height, width = labels.shape
+    for row, obj in enumerate(np.asarray(ids).tolist()):
+        box = boxes[obj - 1] if 0 < obj <= len(boxes) else None
+        if box is None:
+            continue
+        ys = slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height))
+        xs = slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width))
+        crop = labels[ys, xs]
+        grown = ndi.binary_dilation(crop == obj, np.ones((3, 3), bool), iterations=reach)
+        near = np.unique(crop[grown & (crop > 0) & (crop != obj)])
+        if near.size:
+            out[row] = np.isin(labels, near)
+    return out
+
+
+def pair_prompts(
+    targets: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator
+) -> Prompts:
+    """A positive point inside each target and a negative point inside a touching
+    neighbour (label -1, an ignored point, where the object has no neighbour).
+
+    Args:
+        targets: ``(N, H, W)`` bool target masks.
+        neighbours: ``(N, H, W)`` bool masks of each target's touching neighbours.
+    """
+    positive = torch.ones(targets.shape[0], dtype=torch.long)
+    prompts = Prompts().with_point(random_points_in(targets, generator), positive)
+    has = neighbours.reshape(neighbours.shape[0], -1).any(dim=1)
+    negative = torch.where(has, 0, -1).long()
+    return prompts.with_point(random_points_in(neighbours, generator), negative)

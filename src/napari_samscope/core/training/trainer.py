@@ -32,7 +32,13 @@ import torch
 from napari_samscope.core.progress import Progress, run
 from napari_samscope.core.training.data import PreparedSample, TrainingData
 from napari_samscope.core.training.losses import LOSS_RESOLUTIONS, sam_loss
-from napari_samscope.core.training.prompts import PromptKind, corrective_points, initial_prompts
+from napari_samscope.core.training.prompts import (
+    PromptKind,
+    corrective_points,
+    initial_prompts,
+    pair_prompts,
+    touching_neighbours,
+)
 
 __all__ = ["TRAINABLE_PARTS", "TrainConfig", "TrainResult", "train_iter", "train"]
 
@@ -59,6 +65,11 @@ class TrainConfig:
         trainable: ``"decoder"``, ``"decoder+prompt"`` or ``"all"``.
         corrective_rounds: clicks added in the error region after the first prompt.
         prompt_weights: probabilities of a first prompt being point, box, box+point.
+        negative_pair_fraction: probability that a step's first prompts are instead a
+            positive point plus a negative point in a touching neighbour (no mask prompt).
+        feedback_mask_p: probability that a corrective round also gets the previous
+            round's logits as mask prompt (1.0 as SAM; lower trains clicks without it,
+            which is how the napari plugin prompts).
         augment: random flips and transposes of the planes.
         loss_resolution: ``"lowres"`` (soft targets at the logits' resolution, fast) or
             ``"input"`` (logits upsampled to the input frame); see ``losses.sam_loss``.
@@ -81,6 +92,8 @@ class TrainConfig:
     trainable: str = "decoder"
     corrective_rounds: int = 2
     prompt_weights: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    negative_pair_fraction: float = 0.0
+    feedback_mask_p: float = 1.0
     augment: bool = True
     loss_resolution: str = "lowres"
     focal_alpha: float = 0.25
@@ -104,6 +117,8 @@ class TrainConfig:
         weights = np.asarray(self.prompt_weights, dtype=float)
         if weights.shape != (3,) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError("prompt_weights must be 3 non-negative numbers (point, box, box+point).")
+        if not 0.0 <= self.negative_pair_fraction <= 1.0 or not 0.0 <= self.feedback_mask_p <= 1.0:
+            raise ValueError("negative_pair_fraction and feedback_mask_p must be in [0, 1].")
         if self.loss_resolution not in LOSS_RESOLUTIONS:
             raise ValueError(
                 f"loss_resolution must be one of {LOSS_RESOLUTIONS}, not {self.loss_resolution!r}."
@@ -249,7 +264,8 @@ class _Stepper:
 
     def step(self, lr: float, optimizer: torch.optim.Optimizer, params: list[Any]) -> dict[str, float]:
         cfg, sam, size = self.config, self.sam, self.sam.img_size
-        images, keys, targets, owners = [], [], [], []
+        images, keys, targets, owners, near = [], [], [], [], []
+        pairs = cfg.negative_pair_fraction > 0 and self.rng.random() < cfg.negative_pair_fraction
         for slot, index in enumerate(self._next_indices()):
             code = int(self.rng.integers(8)) if cfg.augment else 0
             image, labels = _augment(self.samples[index], code)
@@ -258,14 +274,19 @@ class _Stepper:
             padded = np.zeros((size, size), dtype=labels.dtype)
             padded[: labels.shape[0], : labels.shape[1]] = labels
             targets.append(torch.from_numpy(padded[None] == chosen[:, None, None]))
+            if pairs:
+                near.append(torch.from_numpy(touching_neighbours(padded, chosen)))
             owners += [slot] * len(chosen)
             images.append(image)
             keys.append((index, code))
         targets_t = torch.cat(targets).to(self.device)
         sam.image_encoder.train(self.encoder_trained)
         features = self._encode(images, keys)[torch.as_tensor(owners, device=self.device)]
-        kind = list(PromptKind)[int(self.rng.choice(3, p=self.kind_p))]
-        prompts = initial_prompts(kind, targets_t.cpu(), self.generator, bounds=(size, size))
+        if pairs:
+            prompts = pair_prompts(targets_t.cpu(), torch.cat(near), self.generator)
+        else:
+            kind = list(PromptKind)[int(self.rng.choice(3, p=self.kind_p))]
+            prompts = initial_prompts(kind, targets_t.cpu(), self.generator, bounds=(size, size))
         prompts = _to(prompts, self.device)
         image_pe = sam.prompt_encoder.get_dense_pe()
         total, first_iou = 0.0, 0.0
@@ -284,7 +305,8 @@ class _Stepper:
             if r + 1 < rounds:
                 coords, labels = corrective_points(single.masks.cpu(), targets_t.cpu(), self.generator)
                 prompts = prompts.with_point(coords.to(self.device), labels.to(self.device))
-                prompts = replace(prompts, masks=low[:, :1].detach().float())
+                feed = cfg.feedback_mask_p >= 1.0 or self.rng.random() < cfg.feedback_mask_p
+                prompts = replace(prompts, masks=low[:, :1].detach().float() if feed else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
