@@ -79,6 +79,24 @@ def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "point IoU" in line and "box IoU" in line and "in 1 images" in line
     assert "(float32)" in line  # a checkpoint path runs float32 by default
+    assert "Otsu threshold in the box" in line
+
+
+def test_evaluate_reports_touching_pairs_and_half_contrast_outlines(folders, tmp_path, capsys):
+    _, _, config = folders
+    out = tmp_path / "m.pt"
+    args = _parser().parse_args(["train", "--synthetic", "1", "--config", str(config),
+                                 "--out", str(out), "--steps", "1", "--objects-per-image", "1"])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    args = _parser().parse_args(["evaluate", "--model", str(out), "--synthetic", "1", "--size", "128",
+                                 "--outline", "half_contrast", "--touching-pairs", "--device", "cpu",
+                                 "--json"])
+    assert args.func(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pairs = figures["touching_pairs"]
+    assert pairs["pairs"] > 0 and 0 <= pairs["positive_iou"] <= 1 and 0 <= pairs["pair_iou"] <= 1
+    assert 0.0 <= figures["otsu_box_iou"] <= 1.0
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -121,6 +139,8 @@ def test_main_runs_the_subcommands(folders, tmp_path):
         (["train", "--synthetic", "1", "--model", "vit_t", "--config", "c.json", "--out", "x.pt"],
          "either --model"),
         (["evaluate", "--images", "a", "--labels", "b", "--uint16"], "only apply to --synthetic"),
+        (["evaluate", "--images", "a", "--labels", "b", "--outline", "half_contrast"],
+         "only apply to --synthetic"),
     ],
 )
 def test_bad_usage_exits_with_2(argv, message, capsys):

@@ -88,3 +88,23 @@ def test_realistic_style_renders_annotator_outlines_with_touching_nuclei():
 def test_bad_optics_are_refused(kwargs):
     with pytest.raises(ValueError):
         SyntheticStyle(**kwargs)
+
+
+def test_touching_pairs_are_found_and_scored_through_the_predictor():
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
+    from napari_samscope.core.training.touching_pairs import evaluate_touching_pairs, touching_pairs
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[_disk(labels.shape, (30, 20), 9)] = 1
+    labels[_disk(labels.shape, (30, 38), 9) & (labels == 0)] = 2
+    labels[_disk(labels.shape, (55, 55), 5)] = 3  # alone
+    assert touching_pairs(labels, min_area=30) == [(1, 2), (2, 1)]
+    image = (labels > 0).astype(np.uint8) * 200
+    import torch
+
+    torch.manual_seed(0)
+    result = evaluate_touching_pairs(build_sam(tiny_config("vit", img_size=64)), [image], [labels])
+    assert result.pairs == 2 and len(result.positive_ious) == 2
+    assert all(0.0 <= v <= 1.0 for v in result.pair_ious + result.positive_ious)
+    with pytest.raises(ValueError, match="labels are"):
+        evaluate_touching_pairs(build_sam(tiny_config("vit", img_size=64)), [image], [labels[:10]])

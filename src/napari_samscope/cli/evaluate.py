@@ -10,7 +10,8 @@ from napari_samscope.cli._common import UsageError, add_debug, add_device
 DESCRIPTION = """\
 Prompt every labelled object once with a single positive point at a random interior
 position and once with its bounding box, and report the mean IoU of each (plus the
-point IoU when the best of 3 candidate masks is kept). Data: --images/--labels folders
+point IoU when the best of 3 candidate masks is kept), next to a baseline that needs no
+model: Otsu's threshold inside the same box. Data: --images/--labels folders
 (matching names, stacks split into planes) or --synthetic N generated nuclei images
 with --seed (use a seed never used in training; --uint16 and --low-snr give the
 harder variants).
@@ -18,6 +19,7 @@ harder variants).
 examples:
   samscope evaluate --model my_model.pt --images imgs --labels masks
   samscope evaluate --synthetic 20 --seed 9000 --uint16 --low-snr
+  samscope evaluate --synthetic 10 --seed 9000 --touching-pairs
 """
 
 
@@ -40,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=512, help="side of the synthetic images")
     parser.add_argument("--uint16", action="store_true", help="synthetic images as uint16")
     parser.add_argument("--low-snr", action="store_true", help="synthetic images with low SNR")
+    parser.add_argument("--outline", choices=("geometric", "half_contrast"), default="geometric",
+                        help="synthetic ground truth: the drawn ellipses (default) or outlines at "
+                             "half contrast, where annotators draw them")
+    parser.add_argument("--touching-pairs", action="store_true",
+                        help="also report one positive click vs positive + negative click on "
+                             "the touching neighbour, for every touching pair")
     parser.add_argument("--min-area", type=int, default=10, help="skip smaller objects (pixels)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device(parser)
@@ -57,11 +65,11 @@ def _pairs(args: argparse.Namespace) -> tuple[list, list]:
 
         images, labels = synthetic_eval_set(
             args.synthetic, args.seed, shape=(args.size, args.size), uint16=args.uint16,
-            low_snr=args.low_snr,
+            low_snr=args.low_snr, boundary=args.outline,
         )
         return list(images), list(labels)
-    if args.uint16 or args.low_snr:
-        raise UsageError("--uint16 and --low-snr only apply to --synthetic images")
+    if args.uint16 or args.low_snr or args.outline != "geometric":
+        raise UsageError("--uint16, --low-snr and --outline only apply to --synthetic images")
     if not args.images or not args.labels:
         raise UsageError("--images and --labels are both required (or use --synthetic N)")
     from napari_samscope.core.training import TrainingData
@@ -83,12 +91,24 @@ def run(args: argparse.Namespace) -> int:
     )
     precision = "float32" if model.dtype is None else str(model.dtype).replace("torch.", "")
     figures = {"model": str(args.model or "default"), "dtype": precision, **result.as_dict()}
+    pairs = None
+    if args.touching_pairs:
+        from napari_samscope.core.training.touching_pairs import evaluate_touching_pairs
+
+        pairs = evaluate_touching_pairs(model, images, labels, n_images=len(images), progress="tqdm")
+        figures["touching_pairs"] = pairs.as_dict()
     if args.json:
         print(json.dumps(figures))
     else:
         print(
             f"{figures['model']} ({precision}): point IoU {result.point_iou:.4f} "
             f"(best of 3: {result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} "
-            f"over {result.objects} objects in {result.images} images"
+            f"over {result.objects} objects in {result.images} images; "
+            f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f}"
         )
+        if pairs is not None:
+            print(
+                f"touching pairs ({pairs.pairs}): one positive click {pairs.as_dict()['positive_iou']:.4f}, "
+                f"plus a negative click on the neighbour {pairs.as_dict()['pair_iou']:.4f}"
+            )
     return 0

@@ -215,16 +215,19 @@ def synthetic_eval_set(
     shape: tuple[int, int] = (512, 512),
     uint16: bool = False,
     low_snr: bool = False,
+    boundary: str = "geometric",
 ) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
     """The held-out synthetic nuclei set used to report the default model's quality.
 
     ``n`` images of :func:`~napari_samscope.core.synthetic.make_nuclei_2d` with seeds
     ``seed, seed+1, ...`` and its default statistics (radius 8-18 px, SNR 15, blur 1,
     30% touching, uint8), or ``uint16`` / ``low_snr`` (SNR 3, more read noise) variants.
+    ``boundary="half_contrast"`` outlines the same nuclei where annotators draw them (see
+    :class:`~napari_samscope.core.synthetic.SyntheticStyle`); the images are identical.
     """
     from napari_samscope.core.synthetic import make_nuclei_2d
 
-    kwargs: dict[str, Any] = {"dtype": "uint16" if uint16 else "uint8"}
+    kwargs: dict[str, Any] = {"dtype": "uint16" if uint16 else "uint8", "boundary": boundary}
     if low_snr:
         kwargs.update(snr=3.0, read_noise=6.0, background_photons=10.0)
     pairs = [make_nuclei_2d(shape, seed=seed + i, **kwargs) for i in range(n)]
