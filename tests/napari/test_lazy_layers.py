@@ -139,7 +139,8 @@ def test_an_embeddings_file_of_another_image_is_refused_and_kept(viewer, main_wi
     viewer.layers.clear()
     qtbot.waitUntil(lambda: main_widget.points_layer is None)
     preview = _prompt_once(viewer, main_widget, qtbot, other, store, at=(50, 60))
-    assert any("was made for other image data" in m for m in notifications.errors())
+    assert any("was made for other image data" in m and "embeddings file" in m
+               for m in notifications.errors())
     assert preview is None or not preview.any()
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing lost
 
@@ -220,3 +221,26 @@ def test_precompute_fills_the_embeddings_file_plane_by_plane(viewer, main_widget
     opened = EmbeddingStore(store, spec)
     assert all(opened.done(p).all() for p in range(3))
     assert {loc[0] for loc in log.at(0)} == {0, 1, 2}
+
+
+def test_a_store_made_outside_napari_is_reused_for_a_zarr_layer(viewer, main_widget, qtbot,
+                                                                tmp_path, segmenting_sam):
+    """A zarr image embedded by the core (as ``samscope embed`` does) opens in napari with
+    the same file and prompts without encoding."""
+    import zarr
+
+    from napari_samscope.core.tiling import TiledPredictor
+
+    image = disk_image((512, 512), centres=((300, 400, 20), (100, 90, 25)))
+    array = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=image.shape,
+                            chunks=(128, 128), dtype=image.dtype)
+    array[:] = image
+    store = tmp_path / "image.emb.zarr"
+    outside = TiledPredictor(SegmentingPredictor(segmenting_sam))
+    outside.set_image(zarr.open_array(str(tmp_path / "image.zarr"), mode="r"), embeddings=store)
+    assert outside.precompute_all() == len(outside.grid) > 1
+    calls = _encoder_calls(segmenting_sam)
+    preview = _prompt_once(viewer, main_widget, qtbot,
+                           zarr.open_array(str(tmp_path / "image.zarr"), mode="r"), store,
+                           at=(300, 400))
+    assert calls == [] and preview[300, 400] == 1

@@ -78,7 +78,10 @@ def forget_tiled(layer_uid: str) -> None:
 def _limits(source: PlaneSource, view: Any, key: PlaneKey, rgb: bool) -> Any:
     kwargs = source.stack_kwargs
     if "contrast_limits" in kwargs:
-        return kwargs["contrast_limits"]
+        limits = tuple(float(v) for v in kwargs["contrast_limits"])
+        # 8-bit data at its full range is what the core does by default: say so, so that
+        # a store made outside napari (``samscope embed``) matches
+        return None if view.dtype == np.uint8 and limits == (0.0, 255.0) else limits
     if kwargs.get("normalization") is Normalization.MINMAX:
         from napari_samscope.core.tiling import lazy
 
@@ -134,10 +137,18 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
                 _TILED.move_to_end(cache_key)
                 return entry
             del _TILED[cache_key]  # its store was deleted: open (create) it again
+    from napari_samscope.core.store import StoreMismatch
+
     view, rgb = _view(source)
     tiled = TiledPredictor.for_predictor(predictor)
-    tiled.set_image(view, plane=tuple(key), rgb=rgb, embeddings=source.embeddings,
-                    contrast_limits=_limits(source, view, key, rgb))
+    try:
+        tiled.set_image(view, plane=tuple(key), rgb=rgb, embeddings=source.embeddings,
+                        contrast_limits=_limits(source, view, key, rgb))
+    except StoreMismatch as error:
+        raise StoreMismatch(
+            f"{error} In napari: change or clear the 'embeddings file' field (or the image "
+            "conversion settings), or delete that folder to compute it again."
+        ) from error
     entry = _Entry(tiled, threading.Lock())
     with _TILED_LOCK:
         entry = _TILED.setdefault(cache_key, entry)
