@@ -244,3 +244,31 @@ def test_a_store_made_outside_napari_is_reused_for_a_zarr_layer(viewer, main_wid
                            zarr.open_array(str(tmp_path / "image.zarr"), mode="r"), store,
                            at=(300, 400))
     assert calls == [] and preview[300, 400] == 1
+
+
+def test_everything_on_a_multiscale_layer_runs_by_tiles(viewer, everything_widget, qtbot,
+                                                        monkeypatch):
+    from napari_samscope.core import tiling
+
+    tiled_runs = []
+    original = tiling.segment_everything_tiled_iter
+
+    def spy(tiled, **params):
+        tiled_runs.append(len(tiled.grid))
+        return original(tiled, **params)
+
+    monkeypatch.setattr(tiling, "segment_everything_tiled_iter", spy)
+    image = disk_image((512, 512), centres=((300, 400, 20), (100, 90, 25), (250, 250, 18)))
+    log = ReadLog()
+    viewer.add_image(_pyramid(log, image, 128), multiscale=True, name="pyramid")
+    everything_widget.reset_choices()
+    everything_widget.points_per_side.setValue(8)
+    with qtbot.waitSignal(everything_widget.finished, timeout=60_000):
+        everything_widget.run()
+    labels = viewer.layers["SAM everything"].data
+    assert labels.shape == (512, 512)
+    found = {int(labels[r, c]) for r, c in ((300, 400), (100, 90), (250, 250))}
+    assert 0 not in found and len(found) == 3  # each disk once, whichever tile saw it
+    assert labels[5, 5] == 0
+    assert tiled_runs == [9]  # 256 px tiles (the double's input), halo 32, on 512 x 512
+    assert not log.at(1) and not log.at(2)

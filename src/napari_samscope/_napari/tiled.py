@@ -40,6 +40,7 @@ from napari_samscope.core.progress import Progress
 
 __all__ = [
     "MAX_TILED_PLANES",
+    "TILES_IN_MEMORY",
     "uses_tiles",
     "tiled_plane_iter",
     "decode_tiled",
@@ -49,6 +50,9 @@ __all__ = [
 
 #: How many planes keep their tiled predictor (and the tiles held in memory).
 MAX_TILED_PLANES = 4
+#: Tiles of a plane with an embeddings file kept in memory besides the file (the most
+#: recently prompted ones); without a file every encoded tile of the plane is kept.
+TILES_IN_MEMORY = 16
 
 
 @dataclass
@@ -140,7 +144,7 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     from napari_samscope.core.store import StoreMismatch
 
     view, rgb = _view(source)
-    tiled = TiledPredictor.for_predictor(predictor)
+    tiled = TiledPredictor.for_predictor(predictor, cache_tiles=TILES_IN_MEMORY)
     try:
         tiled.set_image(view, plane=tuple(key), rgb=rgb, embeddings=source.embeddings,
                         contrast_limits=_limits(source, view, key, rgb))
