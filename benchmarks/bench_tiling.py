@@ -198,8 +198,23 @@ def _child(mode: str, image: str, store: str, tile: int, halo: int, prompts: int
     out["prompts"] = len(spread) - 1
     out["encoded_during_prompts"] = tiled.encoded_tiles - out.get("encoded", 0)
     out["tiles"] = len(tiled.grid)
+    # reference at the same moment: a plain Predictor prompt on one tile's embedding
+    plain = sam.predictor()
+    plain.set_embedding(tiled.tile_embedding(0))
+    half = tile / 2
+    out["plain_prompt_median_ms"] = statistics.median(
+        _prompt_times_plain(plain, [(half + k, half) for k in range(prompts)])[1:])
     out["load_end"] = _load()
     return out
+
+
+def _prompt_times_plain(predictor, points) -> list[float]:
+    times = []
+    for x, y in points:
+        t = time.perf_counter()
+        predictor.predict(points=[x, y])
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def row_store(args: argparse.Namespace) -> None:
@@ -244,6 +259,9 @@ def _store_side(args: argparse.Namespace, side: int) -> None:
                     f"{r['prompt_local_median_ms']:.0f} ms; tiles encoded "
                     f"{r['encoded_during_prompts']} [{load}]", flush=True,
                 )
+            if "plain_prompt_median_ms" in r:
+                print(f"  ({mode}) reference in the same process: a plain Predictor prompt on "
+                      f"one tile's embedding, median {r['plain_prompt_median_ms']:.0f} ms")
         size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
         print(f"  store on disk: {size / 1e6:.0f} MB", flush=True)
 
