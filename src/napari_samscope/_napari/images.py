@@ -93,6 +93,14 @@ def _stack_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
     return kwargs
 
 
+def _store_path(text: Any) -> str | None:
+    """The embeddings file typed by the user (``~`` expanded), or None when empty."""
+    import os
+
+    text = str(text or "").strip()
+    return os.path.expanduser(text) if text else None
+
+
 _STACKS: OrderedDict[str, Any] = OrderedDict()
 _STACKS_LOCK = threading.Lock()
 #: How many normalised stack lines stay in memory (each holds its planes' raw data).
@@ -183,7 +191,7 @@ class PlaneSource:
             signature=settings.signature(layer),
             stack_kwargs=_stack_kwargs(layer, settings),
             lazy=is_lazy(data, bool(getattr(layer, "multiscale", False))),
-            embeddings=str(embeddings).strip() or None if embeddings else None,
+            embeddings=_store_path(embeddings),
         )
 
     def view(self, select_channels: bool = False) -> Any:
