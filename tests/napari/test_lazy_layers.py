@@ -272,3 +272,18 @@ def test_everything_on_a_multiscale_layer_runs_by_tiles(viewer, everything_widge
     assert labels[5, 5] == 0
     assert tiled_runs == [9]  # 256 px tiles (the double's input), halo 32, on 512 x 512
     assert not log.at(1) and not log.at(2)
+
+
+def test_segment_all_slices_with_an_embeddings_file(viewer, main_widget, qtbot, tmp_path):
+    stack, truth = ball_stack()
+    viewer.add_image(stack, name="ball")
+    viewer.dims.set_point(0, 4)
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    main_widget.ui.embeddings.setText(str(tmp_path / "ball.emb.zarr"))
+    add_points(main_widget.points_layer, [[4, 32, 30]])
+    wait_idle(qtbot, main_widget)
+    assert viewer.layers["SAM preview"].data[4, 32, 30] == 1
+    main_widget.segment_all_slices()
+    wait_idle(qtbot, main_widget)
+    assert _iou(viewer.layers["SAM preview"].data > 0, truth) > 0.8
+    assert main_widget.commit() == [1]
