@@ -10,6 +10,11 @@ layer, so a layer deleted mid-run cannot break them.
 Embeddings live in a ``core.volume.EmbeddingCache`` under the core's key
 ``(image_key, z, model_key)`` (``PlaneSource.image_key`` names the stack line), so the
 preview, "Precompute embeddings", propagation and segment-everything share them.
+
+A layer with an embeddings file, or a lazy layer whose planes are larger than the
+model input, is segmented by tiles instead (:mod:`napari_samscope._napari.tiled`):
+prompts, "Precompute embeddings" and segment-everything on a plane go through the
+core's tiled predictor; ``segment_plane_iter`` and ``precompute_iter`` choose the path.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.options import PropagationMode, parse
 from napari_samscope._napari.prompts import ObjectPrompt, PromptSet, mask_to_prompt_logits
+from napari_samscope._napari.tiled import (
+    decode_tiled,
+    precompute_tiled_iter,
+    tiled_plane_iter,
+    uses_tiles,
+)
 from napari_samscope.core.predict.resolution import SmallObjectWarning
 from napari_samscope.core.progress import Progress
 
@@ -42,6 +53,8 @@ __all__ = [
     "everything_plane_iter",
     "everything_stack_iter",
     "annotate_planes_iter",
+    "segment_tiled_iter",
+    "uses_tiles",
 ]
 
 PROPAGATION_MODES = tuple(mode.value for mode in PropagationMode)
@@ -71,8 +84,9 @@ def embedding_iter(
 def cached_embeddings(
     predictor: Any, cache: Any, source: PlaneSource, keys: Sequence[PlaneKey]
 ) -> dict[PlaneKey, Any] | None:
-    """The cached embeddings of planes ``keys``, or ``None`` unless every one is cached."""
-    if cache is None:
+    """The cached embeddings of planes ``keys``, or ``None`` unless every one is cached
+    (always ``None`` for a tiled layer: its tiles are chosen by the prompts)."""
+    if cache is None or uses_tiles(predictor, source):
         return None
     found = {}
     for key in keys:
@@ -169,10 +183,36 @@ def segment_plane_iter(
     objects: Sequence[ObjectPrompt],
     lock: threading.Lock | None = None,
 ) -> Generator[Progress, None, Segmentation]:
-    """Segment the objects prompted on plane ``key`` (encoding the plane if needed)."""
+    """Segment the objects prompted on plane ``key`` (encoding the plane, or the tiles
+    under the prompts of a tiled layer, if needed)."""
+    if uses_tiles(predictor, source):
+        entry = yield from tiled_plane_iter(predictor, source, key)
+        masks = _decode_tiled(entry, objects)
+        return Segmentation(source.geometry, [{key: m} for m in masks])
     embedding = yield from embedding_iter(predictor, cache, source, key)
     masks = decode_objects(predictor, embedding, objects, lock)
     return Segmentation(source.geometry, [{key: m} for m in masks])
+
+
+def segment_tiled_iter(
+    predictor: Any, source: PlaneSource, prompts: PromptSet
+) -> Generator[Progress, None, Segmentation]:
+    """Segment the objects prompted on every prompted plane of a tiled layer
+    (:func:`uses_tiles`): only the tiles under the prompts are read and encoded (or read
+    from the embeddings file)."""
+    objects: list[dict[PlaneKey, np.ndarray]] = []
+    for key in prompts.prompted_planes:
+        entry = yield from tiled_plane_iter(predictor, source, key)
+        objects.extend({key: m} for m in _decode_tiled(entry, prompts.on(key).objects()))
+    return Segmentation(source.geometry, objects)
+
+
+def _decode_tiled(entry: Any, objects: Sequence[ObjectPrompt]) -> list[np.ndarray]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallObjectWarning)
+        masks = decode_tiled(entry, objects)
+    notify_warnings(caught)
+    return masks
 
 
 def precompute_iter(
@@ -183,10 +223,18 @@ def precompute_iter(
 
     Returns the number of planes of the line. Each finished batch is cached before
     the next yield, so cancelling keeps the work done.
+
+    A tiled layer (:func:`uses_tiles`) encodes the tiles of every plane of the line
+    into its embeddings file, plane by plane; without a file (a large lazy layer) only
+    the plane through ``around`` is encoded, since tiles without a file live in memory.
     """
     from napari_samscope.core.volume import encode_planes_iter
 
     around = source.geometry.current if around is None else around
+    if uses_tiles(predictor, source):
+        keys = source.stack_keys(around) if source.embeddings is not None else [tuple(around)]
+        yield from precompute_tiled_iter(predictor, source, keys)
+        return len(keys)
     stack = yield from _stack_iter(source, around)
     done = yield from encode_planes_iter(
         predictor, stack, None, batch_size=batch_size, cache=cache,
@@ -259,11 +307,33 @@ def everything_plane_iter(
     """
     from napari_samscope.core.everything.generator import MaskGenerator
 
+    if uses_tiles(predictor, source):
+        return (yield from _everything_tiled_iter(predictor, source, key, params))
     generator = MaskGenerator(predictor, **params)
     stack = yield from _stack_iter(source, key)
     z = source.z_of(key)
     cached = cache.get((source.image_key(key), z, predictor.model_key)) if cache is not None else None
     result = yield from generator.generate_iter(stack.plane(z), embedding=cached)
+    return np.asarray(result.to_label_image(), dtype=np.uint32)
+
+
+def _everything_tiled_iter(
+    predictor: Any, source: PlaneSource, key: PlaneKey, params: dict[str, Any]
+) -> Generator[Progress, None, np.ndarray]:
+    """Segment everything on plane ``key`` of a tiled layer, tile by tile, stitched
+    across the halos (``core.tiling.segment_everything_tiled_iter``)."""
+    from napari_samscope.core.tiling import segment_everything_tiled_iter
+
+    entry = yield from tiled_plane_iter(predictor, source, key)
+    steps = segment_everything_tiled_iter(entry.tiled, **params)
+    while True:
+        with entry.lock:
+            try:
+                report = next(steps)
+            except StopIteration as stop:
+                result = stop.value
+                break
+        yield report
     return np.asarray(result.to_label_image(), dtype=np.uint32)
 
 

@@ -2,10 +2,11 @@
 
 An image layer may be greyscale, RGB(A), or hold a channel axis; it may be 2D, a
 3D stack or a time series, and of any dtype. :class:`ImageSettings` says how its
-planes become 8-bit RGB. Conversion is done per *stack line* (the planes along the
-stack axis through a plane; one plane for a 2D image) by
+planes become 8-bit RGB. Conversion of an in-memory (numpy) layer is done per *stack
+line* (the planes along the stack axis through a plane; one plane for a 2D image) by
 ``core.volume.StackNormalizer``, so every plane of a stack gets the same contrast
-limits:
+limits; a dask, zarr or multiscale layer is read and normalised plane by plane instead
+(``_napari.lazy_layers``), so that no more than the planes in use is ever read:
 
 - ``Normalization.PERCENTILE``: automatic 0.5-99.5 percentiles of the line, per channel
   (8-bit data is never stretched);
@@ -32,6 +33,7 @@ __all__ = [
     "PlaneSource",
     "plane_array",
     "forget_layer",
+    "is_lazy",
 ]
 
 
@@ -55,6 +57,11 @@ class ImageSettings:
         if self.normalization is Normalization.CONTRAST:
             limits = tuple(float(v) for v in np.ravel(layer.contrast_limits))
         return (self.normalization.value, self.channel_axis, self.channels, limits)
+
+
+def is_lazy(data: Any, multiscale: bool = False) -> bool:
+    """Whether layer data is read plane by plane (it is not an in-memory numpy array)."""
+    return multiscale or not isinstance(data, np.ndarray)
 
 
 def _level0(layer: Any) -> Any:
@@ -84,6 +91,14 @@ def _stack_kwargs(layer: Any, settings: ImageSettings) -> dict[str, Any]:
     elif settings.normalization is Normalization.MINMAX:
         kwargs["normalization"] = Normalization.MINMAX
     return kwargs
+
+
+def _store_path(text: Any) -> str | None:
+    """The embeddings file typed by the user (``~`` expanded), or None when empty."""
+    import os
+
+    text = str(text or "").strip()
+    return os.path.expanduser(text) if text else None
 
 
 _STACKS: OrderedDict[str, Any] = OrderedDict()
@@ -123,6 +138,11 @@ class PlaneSource:
         layer_id: identifies the layer and its data array.
         signature: :meth:`ImageSettings.signature` at snapshot time.
         stack_kwargs: keyword arguments for ``StackNormalizer``.
+        lazy: the data is not an in-memory numpy array (dask, zarr, a multiscale
+            layer): planes are read one at a time, never a whole stack line
+            (``_napari.lazy_layers``).
+        embeddings: the embedding store (a ``.zarr`` path) to read and write the tile
+            embeddings of this layer, or ``None`` (embeddings stay in memory).
     """
 
     name: str
@@ -133,10 +153,15 @@ class PlaneSource:
     layer_id: tuple[str, int]
     signature: tuple[Any, ...]
     stack_kwargs: dict[str, Any]
+    lazy: bool = False
+    embeddings: str | None = None
 
     @classmethod
-    def from_layer(cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings) -> PlaneSource:
-        """Snapshot ``layer``.
+    def from_layer(
+        cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings,
+        embeddings: str | None = None,
+    ) -> PlaneSource:
+        """Snapshot ``layer`` (``embeddings``: see the class attributes; empty = none).
 
         Raises:
             ValueError: more than 3 channels on the channel axis and no channel choice,
@@ -165,7 +190,18 @@ class PlaneSource:
             layer_id=(str(getattr(layer, "unique_id", id(layer))), id(data)),
             signature=settings.signature(layer),
             stack_kwargs=_stack_kwargs(layer, settings),
+            lazy=is_lazy(data, bool(getattr(layer, "multiscale", False))),
+            embeddings=_store_path(embeddings),
         )
+
+    def view(self, select_channels: bool = False) -> Any:
+        """The layer as a ``_napari.lazy_layers.LayerView`` (``(*key, H, W[, C])``, read
+        window by window); ``select_channels`` keeps only the chosen channels."""
+        from napari_samscope._napari.lazy_layers import LayerView
+
+        channels = self.stack_kwargs.get("channels") if select_channels else None
+        return LayerView(self.data, self.geometry, self.rgb,
+                         None if channels is None else tuple(channels))
 
     # ------------------------------------------------------------------ planes and lines
 
@@ -200,7 +236,7 @@ class PlaneSource:
         """The raw stack line through ``key`` as ``(Z, H, W)`` or ``(Z, H, W, C)``.
 
         A view of the layer's data when it is a numpy array (no copy); other arrays
-        (dask, zarr) are read into memory.
+        (dask, zarr) are read into memory (:meth:`stack` never does that for them).
         """
         g = self.geometry
         index = list(g.image_index(key))
@@ -232,7 +268,12 @@ class PlaneSource:
                 _STACKS.move_to_end(image_key)
                 return stack
         try:
-            stack = StackNormalizer(self.line_volume(key), **self.stack_kwargs)
+            if self.lazy:  # read plane by plane, never the whole line
+                from napari_samscope._napari.lazy_layers import LazyStack
+
+                stack = LazyStack(self.view(), self.stack_keys(key), **self.stack_kwargs)
+            else:
+                stack = StackNormalizer(self.line_volume(key), **self.stack_kwargs)
         except ValueError as error:
             raise ValueError(f"Cannot segment layer '{self.name}': {error}") from error
         stack.samscope_layer = self.layer_id[0]  # for forget_layer

@@ -67,6 +67,11 @@ class MainControls:
         self.channels = QLineEdit()
         self.channels.setPlaceholderText("e.g. 0,1,2")
         self.channels.setToolTip("Channels shown as R,G,B (needed with more than 3 channels)")
+        self.embeddings = QLineEdit()
+        self.embeddings.setPlaceholderText("empty: in memory; e.g. /data/cells.emb.zarr")
+        self.embeddings.setToolTip(
+            "A .zarr folder that keeps the image's tile embeddings: created on first use, "
+            "reused when the same image is opened again (nothing is encoded twice)")
         # prompts
         self.points = ComboBox(label="points", choices=layer_choices["points"], nullable=True)
         self.points.tooltip = "Point prompts; T toggles the polarity (green +, red -)"
@@ -144,6 +149,7 @@ class MainControls:
         row.addWidget(QLabel("R,G,B"))
         row.addWidget(self.channels, 1)
         form.addRow("channel axis", row)
+        form.addRow("embeddings file", self.embeddings)
         body.addWidget(self.image_section)
 
         self.stack_section = Section("3D stacks and time series", expanded=False)

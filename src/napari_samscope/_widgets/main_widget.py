@@ -28,6 +28,7 @@ from napari_samscope._napari.images import ImageSettings, PlaneSource, forget_la
 from napari_samscope._napari.labels import Segmentation, write_preview
 from napari_samscope._napari.labels import commit as commit_segmentation
 from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope._napari.tiled import forget_tiled
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.layer_wiring import LayerWiring
 from napari_samscope._widgets.main_ui import MainControls
@@ -173,6 +174,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
             return
 
         def job():
+            if engine.uses_tiles(predictor, source):  # large lazy layer or embeddings file
+                return (yield from engine.segment_tiled_iter(predictor, source, prompts))
             embeddings = {}
             for key in planes:
                 embeddings[key] = yield from engine.embedding_iter(predictor, cache, source, key)
@@ -276,7 +279,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
     def _snapshot(self, prompts: bool = True) -> tuple[Any, PlaneSource, Any]:
         image = self._require_image()
         geometry = self._geometry(image)
-        source = PlaneSource.from_layer(image, geometry, self.settings())
+        source = PlaneSource.from_layer(image, geometry, self.settings(),
+                                        embeddings=self.ui.embeddings.text())
         self._active_image = image
         found = None
         if prompts:
@@ -381,6 +385,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         layer = event.value
         self.wiring.forget(layer)
         forget_layer(layer)
+        forget_tiled(str(getattr(layer, "unique_id", id(layer))))
         if layer.name == plugin_layers.PREVIEW_NAME:
             self._drawn = []
         if layer is self._active_image:
