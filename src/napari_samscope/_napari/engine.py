@@ -8,7 +8,7 @@ headless with ``core.progress.run``. Jobs read images through a
 layer, so a layer deleted mid-run cannot break them.
 
 Embeddings live in a ``core.volume.EmbeddingCache`` under the core's key
-``(image_key, z, model_key)`` (``PlaneSource.image_key`` names the stack line), so the
+``(image_key, z, embedding_key)`` (``PlaneSource.image_key`` names the stack line), so the
 preview, "Precompute embeddings", propagation and segment-everything share them.
 """
 
@@ -27,6 +27,7 @@ from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.options import PropagationMode, parse
 from napari_samscope._napari.prompts import ObjectPrompt, PromptSet, mask_to_prompt_logits
+from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.predict.resolution import SmallObjectWarning
 from napari_samscope.core.progress import Progress
 
@@ -60,7 +61,7 @@ def embedding_iter(
 
     z, image_key = source.z_of(key), source.image_key(key)
     if cache is not None:
-        hit = cache.get((image_key, z, predictor.model_key))
+        hit = cache.get((image_key, z, embedding_key(predictor)))
         if hit is not None:
             return hit  # no progress to report: the live preview stays quiet
     stack = yield from _stack_iter(source, key)
@@ -76,7 +77,7 @@ def cached_embeddings(
         return None
     found = {}
     for key in keys:
-        hit = cache.get((source.image_key(key), source.z_of(key), predictor.model_key))
+        hit = cache.get((source.image_key(key), source.z_of(key), embedding_key(predictor)))
         if hit is None:
             return None
         found[key] = hit
@@ -137,7 +138,9 @@ def decode_objects(
             if obj.box is not None:
                 kwargs["bboxes"] = obj.box
             if obj.mask is not None:
-                kwargs["masks"] = mask_to_prompt_logits(obj.mask, predictor.lowres_size)
+                kwargs["masks"] = mask_to_prompt_logits(
+                    obj.mask, predictor.lowres_size, scale=_prompt_scale(predictor, obj.mask.shape)
+                )
             pred = predictor.predict(**kwargs)
             best = int(np.argmax(pred.scores)) if multimask_output else 0
             masks[i] = pred.masks[best]
@@ -262,7 +265,7 @@ def everything_plane_iter(
     generator = MaskGenerator(predictor, **params)
     stack = yield from _stack_iter(source, key)
     z = source.z_of(key)
-    cached = cache.get((source.image_key(key), z, predictor.model_key)) if cache is not None else None
+    cached = cache.get((source.image_key(key), z, embedding_key(predictor))) if cache is not None else None
     result = yield from generator.generate_iter(stack.plane(z), embedding=cached)
     return np.asarray(result.to_label_image(), dtype=np.uint32)
 
@@ -311,3 +314,14 @@ def annotate_planes_iter(
             key, np.uint32)
     yield Progress("auto-annotating", len(keys), len(keys))
     return planes
+
+
+def _prompt_scale(predictor: Any, shape: tuple[int, ...]) -> float | None:
+    """Low-resolution prompt pixels per image pixel for a mask of ``shape`` on the
+    predictor's current image: None (SAM's fill geometry) unless the image was placed at
+    another magnification (``scale="auto"`` or a number)."""
+    magnification = getattr(predictor, "magnification", None)
+    height, width = int(shape[0]), int(shape[1])
+    if magnification is None or magnification == predictor.img_size * 1.0 / max(height, width):
+        return None
+    return float(magnification) * predictor.lowres_size / predictor.img_size

@@ -42,27 +42,33 @@ def as_boxes(boxes: Any) -> np.ndarray:
     return array
 
 
-def is_unresolvable(boxes: Any, image_shape: Sequence[int], img_size: int) -> np.ndarray:
+def is_unresolvable(
+    boxes: Any, image_shape: Sequence[int], img_size: int, magnification: float | None = None
+) -> np.ndarray:
     """``(N,)`` bool: the boxes (XYXY pixels) whose shorter side, once the image is resized
-    to the model input of side ``img_size``, is under :data:`MIN_INPUT_PIXELS`."""
+    to the model input of side ``img_size`` (or by ``magnification`` when given, see
+    :mod:`~napari_samscope.core.predict.input_scale`), is under :data:`MIN_INPUT_PIXELS`."""
     boxes = as_boxes(boxes)
-    scale = img_size / max(image_shape[0], image_shape[1])
+    scale = img_size / max(image_shape[0], image_shape[1]) if magnification is None else magnification
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     return sides * scale < MIN_INPUT_PIXELS
 
 
 def warn_unresolvable(
     image_shape: Sequence[int], img_size: int, boxes: Any = None, what: str = "prompt", stacklevel: int = 2,
+    magnification: float | None = None,
 ) -> bool:
     """Warn (:class:`SmallObjectWarning`) when objects would be too small for the model.
 
     With ``boxes``, warns when any box is unresolvable (:func:`is_unresolvable`); without,
     warns when the image is shrunk more than 2x, so that objects under
-    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. Returns whether it warned.
+    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. ``magnification``: how much
+    the image was magnified into the input (default: SAM's fill). Returns whether it warned.
     """
-    shrink = max(image_shape[0], image_shape[1]) / img_size
+    fill = img_size / max(image_shape[0], image_shape[1])
+    shrink = 1.0 / (fill if magnification is None else magnification)
     if boxes is not None:
-        small = int(is_unresolvable(boxes, image_shape, img_size).sum())
+        small = int(is_unresolvable(boxes, image_shape, img_size, magnification).sum())
         if not small:
             return False
         plural = what + ("es" if what.endswith(("s", "x")) else "s")
