@@ -81,10 +81,15 @@ def warn_unresolvable(
         return False
     warnings.warn(
         f"{text} fewer than {MIN_INPUT_PIXELS:g} model-input pixels: the "
-        f"{image_shape[0]}x{image_shape[1]} image is shrunk {shrink:.1f}x to the model's "
+        f"{image_shape[0]}x{image_shape[1]} image is {_resized(shrink)} to the model's "
         f"{img_size}-pixel input, below what the model can resolve, so their masks are "
         f"unreliable. {advice}.",
         SmallObjectWarning,
         stacklevel=stacklevel + 1,
     )
     return True
+
+
+def _resized(shrink: float) -> str:
+    """``"shrunk 4.0x"`` or ``"magnified 2.0x"``."""
+    return f"shrunk {shrink:.1f}x" if shrink >= 1 else f"magnified {1 / shrink:.1f}x"
