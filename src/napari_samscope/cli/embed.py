@@ -12,6 +12,7 @@ from napari_samscope.cli._common import (
     add_debug,
     add_device,
     add_model,
+    add_scale,
     load_model,
 )
 
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recompute", action="store_true",
                         help="replace a store made for another image, model or tiling")
     add_device(parser)
+    add_scale(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     rgb = bool(args.rgb) or (
         len(image.shape) >= 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8
     )
-    tiled = TiledPredictor(load_model(args.model, args.device, args.dtype).predictor())
+    tiled = TiledPredictor(load_model(args.model, args.device, args.dtype, args.scale).predictor())
     planes = plane_count(image, rgb)
     start, encoded, total = time.perf_counter(), 0, 0
     for plane in range(planes):

@@ -195,6 +195,8 @@ class ScaleSetting:
         if input_scale is not None and not isinstance(input_scale, InputScale):
             raise TypeError(f"input_scale must be an InputScale or None, not {type(input_scale).__name__}.")
         self.input_scale = input_scale or declared_input_scale(model) or declared_input_scale(self)
+        if scale is None:  # a model wrapper's own default (``SAM.scale``), if it has one
+            scale = getattr(model, "scale", None) if hasattr(model, "model") else None
         self._scale = default_scale(self.input_scale) if scale is None else check_scale(scale)
 
     @property

@@ -67,6 +67,9 @@ class SAM(InstanceSegmentationMixin):
             (``core.weights.spec.InputScale``, from the registry entry or the checkpoint's
             meta), or None; with one, images go into the model with ``scale="auto"`` by
             default (:mod:`~napari_samscope.core.predict.input_scale`).
+        scale: the input scale of the predictors made from this model when they are
+            given none (``"auto"``, ``"fill"``, a magnification, or None for the model's
+            default: ``"auto"`` when it declares its scale, else ``"fill"``); settable.
         instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
             has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
             come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
@@ -136,6 +139,18 @@ class SAM(InstanceSegmentationMixin):
         self.path = None if path is None else Path(path)
         self.spec = spec
         self.input_scale = getattr(spec, "input_scale", None)
+        self._scale: str | float | None = None
+
+    @property
+    def scale(self) -> str | float | None:
+        """The default input scale of this model's predictors (see the class docstring)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: Any) -> None:
+        from napari_samscope.core.predict.input_scale import check_scale
+
+        self._scale = None if value is None else check_scale(value)
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
@@ -193,7 +208,8 @@ class SAM(InstanceSegmentationMixin):
     def predictor(self, scale: Any = None) -> Predictor:
         """A new :class:`Predictor` on this model (encode once, prompt many times);
         ``scale`` is its default input scale (``"auto"``, ``"fill"`` or a magnification;
-        default ``"auto"`` when the model declares its scale, else ``"fill"``)."""
+        default :attr:`scale`, else ``"auto"`` when the model declares its scale, else
+        ``"fill"``)."""
         return Predictor(self, scale=scale)
 
     # ------------------------------------------------------------------ inference
