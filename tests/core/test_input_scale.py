@@ -243,6 +243,11 @@ def test_a_tiled_image_uses_tiles_that_fit_the_declared_scale(declared_sam):
     assert tiled.scale_record(tiled.grid.tile_shape) == "x2.0"
     mask = predictor.predict(points=[[40.5, 50.5]]).masks[0]
     assert mask.shape == (90, 70) and mask[50, 40]
+    # a box larger than a tile: a window fitted around it, resized into the input ("fill")
+    mask = predictor.predict(bboxes=[[6, 5, 64, 85]]).masks[0]
+    rows, cols = np.nonzero(mask)
+    assert abs(cols.min() - 6) <= 2 and abs(cols.max() + 1 - 64) <= 2
+    assert abs(rows.min() - 5) <= 2 and abs(rows.max() + 1 - 85) <= 2
     with pytest.raises(ValueError, match="does not fit"):
         predictor.set_image(image, tile_shape=48, halo=4)
 

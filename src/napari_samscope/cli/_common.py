@@ -33,6 +33,7 @@ __all__ = [
     "parse_box",
     "expand_key_values",
     "load_model",
+    "with_scale",
     "process_files",
     "write_results",
 ]
@@ -229,17 +230,20 @@ def expand_key_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> l
 ProgressBar = TqdmBar
 
 
-def load_model(
-    name: str | None, device: str = "", dtype: str = "default", scale: Any = None
-) -> Any:
+def load_model(name: str | None, device: str = "", dtype: str = "default") -> Any:
     """``SAM(name)`` on ``device`` (automatic when empty) with the ``dtype`` request, with a
-    progress bar if it takes time; ``scale`` (``--scale``) becomes ``SAM.scale``, the input
-    scale of every predictor made from it."""
+    progress bar if it takes time."""
     from napari_samscope.core.predict.sam_api import SAM
 
     with ProgressBar() as bar:
-        model = SAM(name, device=device or "auto", dtype=dtype, progress=bar)
-    model.scale = scale
+        return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
+
+
+def with_scale(model: Any, scale: Any) -> Any:
+    """``model`` with ``--scale`` as its ``SAM.scale``, the input scale of every predictor
+    made from it (None: the model's default)."""
+    if scale is not None:
+        model.scale = scale
     return model
 
 

@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return run_annotate(args)
     sam_model = args.sam_model
     if args.dtype != "default" or args.scale is not None:  # load the model here with them
-        from napari_samscope.cli._common import load_model
+        from napari_samscope.cli._common import load_model, with_scale
 
-        sam_model = load_model(args.sam_model, args.device, args.dtype, args.scale)
+        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale)
     with ProgressBar() as bar:
         summary = auto_annotate(
             args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,

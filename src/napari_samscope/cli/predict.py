@@ -24,6 +24,7 @@ from napari_samscope.cli._common import (
     parse_point,
     plane_to_rgb,
     process_files,
+    with_scale,
     write_results,
 )
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
-    model = load_model(args.model, args.device, args.dtype, args.scale)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}

@@ -11,8 +11,10 @@ Prompt routing: an object's prompts (its points and box together) go to the tile
 holds them with the most margin from a cut edge. When no tile holds them whole (a box
 larger than a tile, or one across a tile boundary wider than the halo), a window of the
 tile's size is fitted around them (:meth:`TileGrid.fitted_window`) and encoded on
-demand; a window larger than the model input is then resized into it (the one case where
-pixels are shrunk). Such windows are kept in memory only, never in the store.
+demand; a window larger than the model input (or than the predictor's ``scale`` lets
+into it: ``"auto"`` for a model that declares its scale) is then resized into it with
+``"fill"`` (the one case where pixels are shrunk). Such windows are kept in memory only,
+never in the store.
 
 The image is read window by window (numpy, memmap, zarr or dask arrays), never whole;
 all tiles share one intensity mapping estimated from a sample of the plane.
@@ -286,7 +288,22 @@ class TiledPredictor:
     def _encode(self, windows: list[Window]) -> list[Any]:
         rgbs = [self.read_rgb(w) for w in windows]
         self.encoded_tiles += len(rgbs)
-        return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
+        if all(self._fits(rgb.shape[:2]) for rgb in rgbs):
+            return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
+        # a window fitted around a large box may not fit at the scale: it is resized into
+        # the model input (the one case where pixels are shrunk, see the module docstring)
+        return [
+            self.predictor.encode([rgb], **({} if self._fits(rgb.shape[:2]) else {"scale": "fill"}))[0]
+            for rgb in rgbs
+        ]
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a window of ``shape`` fits the model input at the predictor's scale."""
+        try:
+            self._magnification((int(shape[0]), int(shape[1])))
+        except ValueError:
+            return False
+        return True
 
     def _writable_store(self) -> bool:
         return self.store is not None and not self.store.read_only
