@@ -83,6 +83,7 @@ def row_small(args: argparse.Namespace) -> None:
     )
     inside = np.setdiff1d(np.unique(crop_labels), np.concatenate([[0], border]))
     sam = SAM()
+    sam.scale = "fill"  # SAM's resize, as these rows were measured (the whole field does not fit "auto")
     if not args.skip_untiled:
         t = time.perf_counter()
         untiled = MaskGenerator(sam).generate(image)
@@ -150,6 +151,7 @@ def _child(mode: str, image: str, store: str, tile: int, halo: int) -> dict:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     sam = SAM()
+    sam.scale = "fill"  # SAM's resize of each tile, as these rows were measured
     tiled = TiledPredictor(sam)
     data = zarr.open_array(image, mode="r")
     out: dict = {"rss_model_mb": _rss_now_mb()}
