@@ -4,6 +4,7 @@ mode, cache keys, declarations in the registry and in checkpoints, and bad value
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -338,3 +339,18 @@ def test_segment_everything_on_a_small_image_at_the_declared_scale(one_torch_thr
     masks = result.masks
     assert masks.shape[1:] == (64, 64)
     assert max(_iou(m, obj) for m in masks) >= 0.8
+
+
+def test_the_small_object_warning_uses_the_magnification_in_use(declared_sam):
+    from napari_samscope.core.predict.resolution import SmallObjectWarning
+
+    image = np.random.default_rng(7).integers(0, 255, (20, 20), dtype=np.uint8)
+    box = [4, 4, 10, 10]  # 6 pixels: 12 input pixels at 2x, 19 at "fill" (3.2x)
+    predictor = PaintingPredictor(declared_sam)
+    predictor.set_image(image)
+    with pytest.warns(SmallObjectWarning, match="magnified 2.0x"):
+        predictor.predict(bboxes=box)
+    predictor.set_image(image, scale="fill")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallObjectWarning)
+        predictor.predict(bboxes=box)
