@@ -85,6 +85,7 @@ def row_small(args: argparse.Namespace) -> None:
     )
     inside = np.setdiff1d(np.unique(crop_labels), np.concatenate([[0], border]))
     sam = SAM()
+    sam.scale = "fill"  # SAM's resize, as these rows were measured (the whole field does not fit "auto")
     if not args.skip_untiled:
         t = time.perf_counter()
         untiled = MaskGenerator(sam).generate(image)
@@ -168,6 +169,7 @@ def _child(mode: str, image: str, store: str, tile: int, halo: int, prompts: int
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     sam = SAM()
+    sam.scale = "fill"  # SAM's resize of each tile, as these rows were measured
     tiled = TiledPredictor(sam)
     data = zarr.open_array(image, mode="r")
     out: dict = {"rss_model_mb": _rss_now_mb(), "threads": threads, "load_start": _load()}

@@ -39,7 +39,7 @@ def main() -> None:
     ids = np.random.default_rng(0).choice(len(slices), args.boxes, replace=False) + 1
     boxes = np.array([[slices[i - 1][1].start, slices[i - 1][0].start,
                        slices[i - 1][1].stop - 1, slices[i - 1][0].stop - 1] for i in ids], float)
-    predictor = as_predictor(SAM())
+    predictor = as_predictor(SAM(), scale="fill")  # the whole image does not fit "auto"
 
     def iou(offset: tuple[int, int], piece: np.ndarray, label: int) -> float:
         r, c = offset

@@ -113,10 +113,10 @@ def test_far_but_sane_points_and_numpy_bools_are_accepted(predictor):
 def test_many_objects_are_decoded_a_few_at_a_time_with_the_same_result(
     predictor, monkeypatch, multimask
 ):
-    from napari_samscope.core.predict import predictor as predictor_module
+    from napari_samscope.core.predict import object_decode
 
     whole = predictor.predict(bboxes=_boxes(), multimask_output=multimask)
-    monkeypatch.setattr(predictor_module, "_OBJECTS_PER_DECODE", 5)  # 12 objects: 3 parts
+    monkeypatch.setattr(object_decode, "OBJECTS_PER_DECODE", 5)  # 12 objects: 3 parts
     parts = predictor.predict(bboxes=_boxes(), multimask_output=multimask)
     np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(parts.logits, whole.logits, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,7 @@ headless with ``core.progress.run``. Jobs read images through a
 layer, so a layer deleted mid-run cannot break them.
 
 Embeddings live in a ``core.volume.EmbeddingCache`` under the core's key
-``(image_key, z, model_key)`` (``PlaneSource.image_key`` names the stack line), so the
+``(image_key, z, embedding_key)`` (``PlaneSource.image_key`` names the stack line), so the
 preview, "Precompute embeddings", propagation and segment-everything share them.
 
 A layer with an embeddings file, or a lazy layer whose planes are larger than the
@@ -38,6 +38,7 @@ from napari_samscope._napari.tiled import (
     tiled_plane_iter,
     uses_tiles,
 )
+from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.predict.resolution import SmallObjectWarning
 from napari_samscope.core.progress import Progress
 
@@ -73,11 +74,14 @@ def embedding_iter(
 
     z, image_key = source.z_of(key), source.image_key(key)
     if cache is not None:
-        hit = cache.get((image_key, z, predictor.model_key))
+        hit = cache.get((image_key, z, embedding_key(predictor)))
         if hit is not None:
             return hit  # no progress to report: the live preview stays quiet
     stack = yield from _stack_iter(source, key)
-    found = yield from encode_planes_iter(predictor, stack, [z], cache=cache, image_key=image_key)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. a plane shrunk below the
+        warnings.simplefilter("always", SmallObjectWarning)  # model's scale: say so
+        found = yield from encode_planes_iter(predictor, stack, [z], cache=cache, image_key=image_key)
+    notify_warnings(caught)
     return found[z]
 
 
@@ -90,7 +94,7 @@ def cached_embeddings(
         return None
     found = {}
     for key in keys:
-        hit = cache.get((source.image_key(key), source.z_of(key), predictor.model_key))
+        hit = cache.get((source.image_key(key), source.z_of(key), embedding_key(predictor)))
         if hit is None:
             return None
         found[key] = hit
@@ -151,7 +155,9 @@ def decode_objects(
             if obj.box is not None:
                 kwargs["bboxes"] = obj.box
             if obj.mask is not None:
-                kwargs["masks"] = mask_to_prompt_logits(obj.mask, predictor.lowres_size)
+                kwargs["masks"] = mask_to_prompt_logits(
+                    obj.mask, predictor.lowres_size, scale=_prompt_scale(predictor, obj.mask.shape)
+                )
             pred = predictor.predict(**kwargs)
             best = int(np.argmax(pred.scores)) if multimask_output else 0
             masks[i] = pred.masks[best]
@@ -312,7 +318,7 @@ def everything_plane_iter(
     generator = MaskGenerator(predictor, **params)
     stack = yield from _stack_iter(source, key)
     z = source.z_of(key)
-    cached = cache.get((source.image_key(key), z, predictor.model_key)) if cache is not None else None
+    cached = cache.get((source.image_key(key), z, embedding_key(predictor))) if cache is not None else None
     result = yield from generator.generate_iter(stack.plane(z), embedding=cached)
     return np.asarray(result.to_label_image(), dtype=np.uint32)
 
@@ -381,3 +387,14 @@ def annotate_planes_iter(
             key, np.uint32)
     yield Progress("auto-annotating", len(keys), len(keys))
     return planes
+
+
+def _prompt_scale(predictor: Any, shape: tuple[int, ...]) -> float | None:
+    """Low-resolution prompt pixels per image pixel for a mask of ``shape`` on the
+    predictor's current image: None (SAM's fill geometry) unless the image was placed at
+    another magnification (``scale="auto"`` or a number)."""
+    magnification = getattr(predictor, "magnification", None)
+    height, width = int(shape[0]), int(shape[1])
+    if magnification is None or magnification == predictor.img_size * 1.0 / max(height, width):
+        return None
+    return float(magnification) * predictor.lowres_size / predictor.img_size

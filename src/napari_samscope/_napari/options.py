@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
-__all__ = ["Scope", "BoxSource", "PropagationMode", "parse"]
+__all__ = ["Scope", "BoxSource", "PropagationMode", "SCALE_CHOICES", "parse", "parse_scale"]
 
 
 class Scope(str, Enum):
@@ -33,6 +33,21 @@ class PropagationMode(str, Enum):
     MASK = "mask"
     BOX = "box"
     POINTS = "points"
+
+
+#: What the model line's scale box offers: how images are placed into the model input
+#: (``core.predict.input_scale``); any other magnification above 0 may be typed.
+SCALE_CHOICES = ("auto", "fill", "1", "2", "4")
+
+
+def parse_scale(value: str | float) -> str | float:
+    """A scale typed or chosen in a widget: ``"auto"``, ``"fill"`` or a magnification
+    (``"2"``, ``"2x"``); ``ValueError`` with a sentence otherwise."""
+    from napari_samscope.core.predict.input_scale import check_scale
+
+    if isinstance(value, str) and value.strip().lower().endswith("x"):
+        value = value.strip()[:-1]
+    return check_scale(value)
 
 
 E = TypeVar("E", bound=Enum)

@@ -284,12 +284,15 @@ def collect_prompts(
     return PromptSet(planes, skipped)
 
 
-def mask_to_prompt_logits(mask: np.ndarray, side: int, value: float = 8.0) -> np.ndarray:
+def mask_to_prompt_logits(
+    mask: np.ndarray, side: int, value: float = 8.0, scale: float | None = None
+) -> np.ndarray:
     """A ``(H, W)`` bool mask -> a ``(side, side)`` float32 SAM mask prompt.
 
     Follows SAM's geometry: the longest side is scaled to ``side`` (new size rounded
-    as ``int(x + 0.5)``), the rest is zero padded at the bottom and right. Inside is
-    ``+value``, outside and padding ``-value`` (confident logits).
+    as ``int(x + 0.5)``), or the mask by ``scale`` (prompt pixels per image pixel, for an
+    image placed at another input scale), the rest is zero padded at the bottom and
+    right. Inside is ``+value``, outside and padding ``-value`` (confident logits).
     """
     from skimage.transform import resize
 
@@ -297,8 +300,8 @@ def mask_to_prompt_logits(mask: np.ndarray, side: int, value: float = 8.0) -> np
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"a mask prompt must be a non-empty (H, W) array, got shape {mask.shape}.")
     h, w = mask.shape
-    scale = side / max(h, w)
-    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    scale = side / max(h, w) if scale is None else float(scale)
+    nh, nw = min(side, int(h * scale + 0.5)), min(side, int(w * scale + 0.5))
     small = resize(mask.astype(np.float32), (nh, nw), order=1, anti_aliasing=True) >= 0.5
     out = np.full((side, side), -value, dtype=np.float32)
     out[:nh, :nw][small] = value

@@ -87,12 +87,14 @@ class ModelSession:
         models_changed(): the list of models changed (a model was added).
         cache_changed(int, int): bytes held and the bound, after a change.
         selection_changed(object): the registry name chosen in a model dropdown.
+        scale_changed(object): the input scale chosen (``"auto"``, ``"fill"`` or a number).
     """
 
     model_changed = Signal(object)
     models_changed = Signal()
     cache_changed = Signal(int, int)
     selection_changed = Signal(object)
+    scale_changed = Signal(object)
 
     def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.sam: Any = None
@@ -108,6 +110,10 @@ class ModelSession:
         #: True while a widget is loading a model for this session.
         self.loading = False
         self._after_load: list[Any] = []
+        #: How images go into the model input, for every predictor of the session:
+        #: ``"auto"`` (the scale the model declares; SAM's "fill" for models that declare
+        #: none), ``"fill"`` or a magnification (``core.predict.input_scale``).
+        self.scale: str | float = "auto"
 
     # ------------------------------------------------------------------ choosing and loading
 
@@ -116,6 +122,25 @@ class ModelSession:
         if name != self.selected_model:
             self.selected_model = name
             self.selection_changed.emit(name)
+
+    def set_scale(self, value: str | float) -> None:
+        """Use the input scale ``value`` (``"auto"``, ``"fill"``, a magnification or its
+        text, such as ``"2x"``) from now on, for the loaded model and the next ones.
+        Embeddings made at another scale stay cached under their own key.
+
+        Raises:
+            ValueError: not a valid scale (the current one stays).
+        """
+        from napari_samscope._napari.options import parse_scale
+
+        scale = parse_scale(value)
+        with self.decode_lock:
+            self.scale = scale
+            if self.sam is not None:
+                self.sam.scale = scale
+            if self.predictor is not None and hasattr(self.predictor, "scale"):
+                self.predictor.scale = scale
+        self.scale_changed.emit(scale)
 
     def set_loading(self, loading: bool) -> None:
         """A widget started (True) or ended (False) loading a model; when a load ends
@@ -188,6 +213,7 @@ class ModelSession:
             )
         if name is not None:
             sam.name = name
+        sam.scale = self.scale  # the session's choice reaches every predictor of the model
         factory = predictor_factory or Predictor
         with self.decode_lock:
             self.sam = sam

@@ -7,7 +7,7 @@ at the model's scale, on first use, optionally kept in a zarr embedding store) w
   from the store, and the ones it lacks are encoded and written to it, so that opening
   the same image again (in a new viewer or a new napari) encodes nothing; or
 - the layer is lazy (dask, zarr, multiscale: ``PlaneSource.lazy``) and its planes are
-  larger than the model input: only the tiles under the prompts are read and encoded,
+  larger than fits the model input at its scale (``Predictor.max_side``): only the tiles under the prompts are read and encoded,
   never the whole plane.
 
 Other layers keep the in-memory path of ``_napari.engine`` (one embedding per plane).
@@ -36,6 +36,7 @@ from napari_samscope._napari.coords import PlaneKey
 from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.prompts import ObjectPrompt
 from napari_samscope.core.predict.image import Normalization
+from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.progress import Progress
 
 __all__ = [
@@ -69,7 +70,8 @@ def uses_tiles(predictor: Any, source: PlaneSource) -> bool:
     """Whether planes of ``source`` are segmented by tiles (see the module docstring)."""
     if source.embeddings is not None:
         return True
-    return source.lazy and max(source.geometry.plane_shape) > int(predictor.img_size)
+    side = predictor.max_side() if hasattr(predictor, "max_side") else int(predictor.img_size)
+    return source.lazy and max(source.geometry.plane_shape) > side
 
 
 def forget_tiled(layer_uid: str) -> None:
@@ -131,7 +133,7 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     """The tiled predictor of plane ``key`` (made and its store opened on first use)."""
     from napari_samscope.core.tiling import TiledPredictor
 
-    cache_key = (source.layer_id, source.signature, tuple(key), str(predictor.model_key),
+    cache_key = (source.layer_id, source.signature, tuple(key), embedding_key(predictor),
                  source.embeddings)
     with _TILED_LOCK:
         entry = _TILED.get(cache_key)

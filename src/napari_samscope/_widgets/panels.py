@@ -23,8 +23,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samscope._napari.options import SCALE_CHOICES
 from napari_samscope._napari.session import DEVICES, ModelSession
-from napari_samscope._widgets.workers import JobRunner, notify_info
+from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 from napari_samscope.core.progress import Progress
 
 __all__ = ["ModelPanel", "ProgressRow", "Section", "spin_box", "time_left"]
@@ -116,7 +117,8 @@ class ProgressRow(QWidget):
 
 
 class ModelPanel(QWidget):
-    """The model line: model dropdown, device, Load and "..." (a checkpoint file).
+    """The model line: model dropdown, device, input scale, Load and "..." (a checkpoint
+    file).
 
     Every samscope dock of a viewer shows one of these over the viewer's shared
     session: the chosen model is the session's (choosing it in one dock chooses it in
@@ -139,6 +141,18 @@ class ModelPanel(QWidget):
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICES))
         self.device_box.setToolTip("Device: auto = CUDA, then Apple MPS, then CPU")
+        #: How images go into the model input; editable: a magnification may be typed.
+        self.scale_box = QComboBox()
+        self.scale_box.setEditable(True)
+        self.scale_box.addItems(list(SCALE_CHOICES))
+        self.scale_box.setCurrentText(str(session.scale))
+        self.scale_box.setMinimumContentsLength(4)
+        self.scale_box.setToolTip(
+            "Input scale: 'auto' keeps images at the magnification the model was trained for "
+            "(small crops are not blown up; models that declare none fill the input), 'fill' "
+            "resizes the longest side to the model input (SAM's way), a number is the "
+            "magnification. Prompts and masks stay in image pixels."
+        )
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Load the chosen model now (in the background)")
         self.file_button = QPushButton("...")
@@ -152,12 +166,18 @@ class ModelPanel(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.model_box, 1)
         row.addWidget(self.device_box)
+        row.addWidget(self.scale_box)
         row.addWidget(self.load_button)
         row.addWidget(self.file_button)
 
         self.load_button.clicked.connect(lambda: self.load(self.selected_model()))
         self.file_button.clicked.connect(self._choose_file)
         self.model_box.currentIndexChanged.connect(self._chosen)
+        self.scale_box.activated.connect(lambda _index: self.choose_scale(self.scale_box.currentText()))
+        self.scale_box.lineEdit().editingFinished.connect(
+            lambda: self.choose_scale(self.scale_box.currentText())
+        )
+        session.scale_changed.connect(self._show_scale)
         session.models_changed.connect(self.refresh_models)
         session.model_changed.connect(self._show_model)
         session.selection_changed.connect(self._select)
@@ -184,6 +204,17 @@ class ModelPanel(QWidget):
 
     def device(self) -> str:
         return self.device_box.currentText()
+
+    def choose_scale(self, text: str) -> None:
+        """Use the input scale ``text`` for the viewer's session; a bad one is a
+        notification and the box shows the current scale again."""
+        if text.strip() == str(self.session.scale):
+            return
+        try:
+            self.session.set_scale(text)
+        except ValueError as error:
+            notify_error(error)
+            self._show_scale(self.session.scale)
 
     def load(self, model: str | Path | None, device: str | None = None, then: Any = None) -> Any:
         """Load ``model`` (registry name or file) in a worker; ``then()`` runs after success.
@@ -218,6 +249,7 @@ class ModelPanel(QWidget):
         self.session.models_changed.disconnect(self.refresh_models)
         self.session.model_changed.disconnect(self._show_model)
         self.session.selection_changed.disconnect(self._select)
+        self.session.scale_changed.disconnect(self._show_scale)
 
     # ------------------------------------------------------------------ internals
 
@@ -235,6 +267,12 @@ class ModelPanel(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Load a SAM checkpoint", "", _CHECKPOINT_FILTER)
         if path:
             self.load(Path(path))
+
+    def _show_scale(self, scale: Any) -> None:
+        if self.scale_box.currentText() != str(scale):
+            self.scale_box.blockSignals(True)
+            self.scale_box.setCurrentText(str(scale))
+            self.scale_box.blockSignals(False)
 
     def _set_busy(self, busy: bool) -> None:
         self.session.set_loading(busy)

@@ -28,10 +28,12 @@ __all__ = [
     "accept_negative_values",
     "add_channel_axis",
     "add_model",
+    "add_scale",
     "parse_point",
     "parse_box",
     "expand_key_values",
     "load_model",
+    "with_scale",
     "process_files",
     "write_results",
 ]
@@ -70,6 +72,28 @@ def add_device(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="default", choices=DTYPES,
         help="compute precision: 'default' (bfloat16 autocast for registry models on hardware "
              "with native bf16, else float32), 'float32', 'bfloat16' or 'auto' [default]",
+    )
+
+
+def parse_scale(text: str) -> str | float:
+    """``--scale``: ``auto``, ``fill`` or a magnification above 0."""
+    from napari_samscope.core.predict.input_scale import check_scale
+
+    try:
+        return check_scale(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_scale(parser: argparse.ArgumentParser) -> None:
+    """``--scale``: how images are placed into the model input (``Predictor.set_image``'s
+    ``scale``)."""
+    parser.add_argument(
+        "--scale", type=parse_scale, default=None, metavar="auto|fill|X",
+        help="how each image goes into the model input: 'fill' resizes its longest side to "
+             "the input (SAM's way), 'auto' keeps it at the magnification the model was "
+             "trained for (small images are not blown up), a number is the magnification; "
+             "default: 'auto' for models that declare their scale (the default model), else 'fill'",
     )
 
 
@@ -213,6 +237,14 @@ def load_model(name: str | None, device: str = "", dtype: str = "default") -> An
 
     with ProgressBar() as bar:
         return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
+
+
+def with_scale(model: Any, scale: Any) -> Any:
+    """``model`` with ``--scale`` as its ``SAM.scale``, the input scale of every predictor
+    made from it (None: the model's default)."""
+    if scale is not None:
+        model.scale = scale
+    return model
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:

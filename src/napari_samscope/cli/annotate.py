@@ -7,9 +7,11 @@ import argparse
 from napari_samscope.cli._common import (
     DEFAULT_MODEL_HELP,
     ProgressBar,
+    UsageError,
     add_channel_axis,
     add_debug,
     add_device,
+    add_scale,
 )
 from napari_samscope.cli._distributed import add_scheduler, run_annotate, wants_cluster
 
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one line per connected part of an object (default: parts bridged in one line)")
     add_channel_axis(parser)
     add_device(parser)
+    add_scale(parser)
     add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
@@ -57,16 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.datasets.annotate import auto_annotate
 
     if not 0.0 <= args.conf <= 1.0:
-        from napari_samscope.cli._common import UsageError
-
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
     if wants_cluster(args):  # --scheduler / --workers: the job runs on a dask cluster
+        if args.scale is not None:
+            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
+                             "the workers use the model's default scale")
         return run_annotate(args)
     sam_model = args.sam_model
-    if args.dtype != "default":  # an explicit precision: load the model here with it
-        from napari_samscope.cli._common import load_model
+    if args.dtype != "default" or args.scale is not None:  # load the model here with them
+        from napari_samscope.cli._common import load_model, with_scale
 
-        sam_model = load_model(args.sam_model, args.device, args.dtype)
+        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale)
     with ProgressBar() as bar:
         summary = auto_annotate(
             args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,

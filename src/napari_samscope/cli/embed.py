@@ -12,7 +12,9 @@ from napari_samscope.cli._common import (
     add_debug,
     add_device,
     add_model,
+    add_scale,
     load_model,
+    with_scale,
 )
 
 DESCRIPTION = """\
@@ -55,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recompute", action="store_true",
                         help="replace a store made for another image, model or tiling")
     add_device(parser)
+    add_scale(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     rgb = bool(args.rgb) or (
         len(image.shape) >= 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8
     )
-    tiled = TiledPredictor(load_model(args.model, args.device, args.dtype).predictor())
+    tiled = TiledPredictor(with_scale(load_model(args.model, args.device, args.dtype), args.scale).predictor())
     planes = plane_count(image, rgb)
     start, encoded, total = time.perf_counter(), 0, 0
     for plane in range(planes):

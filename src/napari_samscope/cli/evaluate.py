@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from napari_samscope.cli._common import UsageError, add_debug, add_device
+from napari_samscope.cli._common import UsageError, add_debug, add_device, add_scale
 
 DESCRIPTION = """\
 Prompt every labelled object once with a single positive point at a random interior
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-area", type=int, default=10, help="skip smaller objects (pixels)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device(parser)
+    add_scale(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     images, labels = _pairs(args)
     model = SAM(args.model, device=args.device or "auto", dtype=args.dtype, progress="tqdm")
+    model.scale = args.scale
     result = evaluate(
         model, images, labels, seed=args.seed, min_area=args.min_area,
         n_images=len(images), progress="tqdm",

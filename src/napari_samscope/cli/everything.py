@@ -14,10 +14,12 @@ from napari_samscope.cli._common import (
     add_debug,
     add_device,
     add_model,
+    add_scale,
     image_planes,
     load_model,
     plane_to_rgb,
     process_files,
+    with_scale,
     write_results,
 )
 from napari_samscope.core.everything.params import EVERYTHING_DEFAULTS, EverythingParams
@@ -99,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="amg: the point grid (default); ais / apg: the instance decoder")
     parser.add_argument("--records", action="store_true", help="also write <stem>_masks.json")
     add_device(parser)
+    add_scale(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         if given or args.records:
             raise UsageError(f"the point-grid options and --records do not apply to --mode {args.mode}")
         return _run_instances(args)
-    model = load_model(args.model, args.device, args.dtype)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
     recommended = model_everything_defaults(model)
     generator = MaskGenerator(model, params=EverythingParams.with_defaults(given, recommended))
     applied = {k: v for k, v in recommended.items() if k not in given}
@@ -171,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_instances(args: argparse.Namespace) -> int:
     """``--mode ais`` / ``apg``: instances from the model's instance decoder."""
-    model = load_model(args.model, args.device, args.dtype)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
     if not model.has_instance_decoder:
         model.segment_instances(None, mode=args.mode)  # raises the error that names the models with a decoder
     out = Path(args.out)

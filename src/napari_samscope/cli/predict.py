@@ -17,12 +17,14 @@ from napari_samscope.cli._common import (
     add_debug,
     add_device,
     add_model,
+    add_scale,
     image_planes,
     load_model,
     parse_box,
     parse_point,
     plane_to_rgb,
     process_files,
+    with_scale,
     write_results,
 )
 
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="results", help="output folder (default: ./results)")
     add_channel_axis(parser)
     add_device(parser)
+    add_scale(parser)
     add_debug(parser)
     accept_negative_values(parser)
     parser.set_defaults(func=run)
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
-    model = load_model(args.model, args.device, args.dtype)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}
@@ -128,12 +131,15 @@ def run(args: argparse.Namespace) -> int:
     boxes_only = args.bboxes is not None and args.points is None
 
     def segment(rgb: np.ndarray) -> np.ndarray:
-        if boxes_only and is_unresolvable(kwargs["bboxes"], rgb.shape, predictor.img_size).any():
+        mag = _magnification(predictor, rgb.shape)
+        if boxes_only and is_unresolvable(kwargs["bboxes"], rgb.shape, predictor.img_size, mag).any():
             return label_boxes_on_crops(predictor, rgb, kwargs["bboxes"])
         if prompted:
-            warn_unresolvable(rgb.shape, predictor.img_size, boxes=kwargs.get("bboxes"), what="box")
+            warn_unresolvable(
+                rgb.shape, predictor.img_size, boxes=kwargs.get("bboxes"), what="box", magnification=mag
+            )
             if args.points is not None:
-                warn_unresolvable(rgb.shape, predictor.img_size, what="image")
+                warn_unresolvable(rgb.shape, predictor.img_size, what="image", magnification=mag)
         result = model(rgb, **kwargs)
         if prompted and args.multimask and n_objects == 1:  # 3 candidates of one object
             result = result.best()
@@ -158,3 +164,14 @@ def run(args: argparse.Namespace) -> int:
         return count, written
 
     return process_files(args.source, out, process)
+
+
+def _magnification(predictor: Any, shape: tuple[int, ...]) -> float | None:
+    """The magnification an image of ``shape`` goes into the model at (the predictor's
+    ``--scale``); None when it does not fit (encoding it then says why)."""
+    from napari_samscope.core.predict.input_scale import resolve_magnification
+
+    try:
+        return resolve_magnification(shape[:2], predictor.img_size, predictor.scale, predictor.input_scale)
+    except ValueError:
+        return None

@@ -13,13 +13,21 @@ import torch
 
 from napari_samscope.core.device import autocast
 from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.input_scale import resolve_magnification, scaled_size
 from napari_samscope.core.predict.transforms import (
     preprocess_batch,
     resize_longest_side_shape,
-    resize_rgb_uint8,
+    resize_rgb_to,
 )
+from napari_samscope.core.weights.spec import InputScale
 
-__all__ = ["ImageEmbedding", "SamHolder", "checked_embedding", "encode_rgb", "model_key"]
+__all__ = [
+    "ImageEmbedding",
+    "SamHolder",
+    "checked_embedding",
+    "encode_rgb",
+    "model_key",
+]
 
 
 class SamHolder(Protocol):
@@ -42,12 +50,16 @@ class ImageEmbedding:
         input_size: ``(h, w)`` of the resized image inside the ``S x S`` model input.
         model_key: :func:`model_key` of the model that made it; an embedding is only
             valid for that model.
+        magnification: how much the image was magnified into the model input
+            (:mod:`~napari_samscope.core.predict.input_scale`); None for an embedding made
+            without it, which then has SAM's "fill" geometry.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     model_key: str
+    magnification: float | None = None
 
     @property
     def nbytes(self) -> int:
@@ -94,33 +106,53 @@ def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmb
             f"needs (1, {channels}, {side}, {side})."
         )
     h, w = (int(v) for v in embedding.original_size)
-    expected = resize_longest_side_shape(h, w, sam.img_size)
-    if tuple(embedding.input_size) != expected:
+    magnification = embedding.magnification
+    if magnification is None:
+        expected = resize_longest_side_shape(h, w, sam.img_size)
+    else:
+        expected = scaled_size((h, w), float(magnification))
+    if tuple(embedding.input_size) != expected or max(expected) > sam.img_size:
         raise ValueError(
             f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
-            f"original_size {(h, w)} (expected {expected})."
+            f"original_size {(h, w)} (expected {expected}, at most {sam.img_size})."
         )
-    return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key)
+    return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key, magnification)
 
 
 def encode_rgb(
-    sam: Sam, rgbs: list[np.ndarray], batch_size: int, device: Any, dtype: Any, key: str
+    sam: Sam,
+    rgbs: list[np.ndarray],
+    batch_size: int,
+    device: Any,
+    dtype: Any,
+    key: str,
+    scale: Any = "fill",
+    declared: InputScale | None = None,
 ) -> list[ImageEmbedding]:
     """Encode 8-bit RGB images ``(H, W, 3)``: images of one size together, ``batch_size``
-    at a time, each resized (longest side to ``S``) and normalised as the official
-    preprocessing does. Returns one float32 :class:`ImageEmbedding` per image, in order."""
+    at a time, each resized by the magnification ``scale`` resolves to for its size
+    (:func:`~napari_samscope.core.predict.input_scale.resolve_magnification`; ``"fill"``:
+    the longest side to ``S``, as the official preprocessing), zero-padded and normalised
+    as the official preprocessing does. Returns one float32 :class:`ImageEmbedding` per
+    image, in order. Every image's scale is checked before anything is encoded."""
     out: list[ImageEmbedding | None] = [None] * len(rgbs)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, rgb in enumerate(rgbs):
         by_size.setdefault(rgb.shape[:2], []).append(i)
+    magnifications = {
+        size: resolve_magnification(size, sam.img_size, scale, declared) for size in by_size
+    }
     for size, indices in by_size.items():
-        input_size = resize_longest_side_shape(size[0], size[1], sam.img_size)
+        magnification = magnifications[size]
+        input_size = scaled_size(size, magnification)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            resized = [resize_rgb_uint8(rgbs[i], sam.img_size) for i in chunk]
+            resized = [resize_rgb_to(rgbs[i], input_size) for i in chunk]
             batch = preprocess_batch(resized, sam.pixel_mean, sam.pixel_std, sam.img_size)
             with autocast(device, dtype):
                 features = sam.image_encoder(batch).float()
             for j, i in enumerate(chunk):
-                out[i] = ImageEmbedding(features[j : j + 1].clone(), size, input_size, key)
+                out[i] = ImageEmbedding(
+                    features[j : j + 1].clone(), size, input_size, key, magnification
+                )
     return out  # type: ignore[return-value]

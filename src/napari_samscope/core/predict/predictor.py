@@ -32,22 +32,16 @@ from napari_samscope.core.predict.embedding import (
 )
 from napari_samscope.core.predict.fast_decode import DecoderRunner
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
+from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
+from napari_samscope.core.predict.object_decode import decode_objects
 from napari_samscope.core.predict.prompts import check_flag, parse_prompts
 from napari_samscope.core.predict.resolution import warn_unresolvable
 from napari_samscope.core.predict.results import Prediction
-from napari_samscope.core.predict.transforms import (
-    MaskUpsampler,
-    apply_boxes,
-    apply_coords,
-)
+from napari_samscope.core.predict.transforms import MaskUpsampler
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
-#: Objects decoded together by ``predict`` (the decoder's intermediates grow with them).
-_OBJECTS_PER_DECODE = 64
-
-
-class Predictor:
+class Predictor(ScaleSetting):
     """Prompted segmentation of one image at a time with a SAM-family model.
 
     Args:
@@ -59,6 +53,12 @@ class Predictor:
         spec: the registry entry of the weights (``core.weights.spec.ModelSpec``), which
             brings the model's recommended segment-everything parameters. Default: the
             wrapper's ``spec``, or None for a bare module.
+        scale: how images go into the model input, ``"auto"``, ``"fill"`` or a
+            magnification (:mod:`~napari_samscope.core.predict.input_scale`); the default
+            of :meth:`set_image` and :meth:`encode`, settable as :attr:`scale`. Default:
+            ``"auto"`` for a model that declares its scale, else ``"fill"``.
+        input_scale: the scale the model declares (``core.weights.spec.InputScale``).
+            Default: the wrapper's ``input_scale``, else the ``spec``'s, else None.
 
     Threads: a predictor serialises its calls. Every method that reads or changes the
     current image (``set_image``, ``set_embedding``, ``reset_image``, ``encode``,
@@ -70,7 +70,8 @@ class Predictor:
     """
 
     def __init__(
-        self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None
+        self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None,
+        scale: Any = None, input_scale: Any = None,
     ) -> None:
         if isinstance(model, Sam):
             sam, default_device, default_dtype = model, model.device, None
@@ -96,6 +97,7 @@ class Predictor:
         #: the registry entry of a registry model (its recommended segment-everything
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
+        self._init_scale(model, input_scale, scale)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
@@ -191,8 +193,13 @@ class Predictor:
         tile_shape: int | Sequence[int] | None = None,
         halo: int | Sequence[int] | None = None,
         embeddings: str | Path | Any = None,
+        scale: Any = None,
     ) -> None:
         """Encode ``image`` (an array or a file path) and make it the current image.
+
+        ``scale``: ``"fill"``, ``"auto"`` or a magnification (default :attr:`scale`), see
+        :mod:`~napari_samscope.core.predict.input_scale`; prompts and masks stay in
+        pixels of ``image`` whatever the scale.
 
         With ``tile_shape``, ``halo`` or ``embeddings`` (a ``.zarr`` store path) the image
         is tiled instead (:mod:`napari_samscope.core.tiling`): ``(H, W)`` or
@@ -215,26 +222,25 @@ class Predictor:
                 raise ValueError(
                     "A tiled image is 2D or RGB with channels last; select the channels first."
                 )
-            self._set_tiled(image, tile_shape, halo, embeddings, contrast_limits)
+            self._set_tiled(image, tile_shape, halo, embeddings, contrast_limits, scale)
             return
         with self.lock:
             (embedding,) = self.encode(
-                [image],
-                channel_axis=channel_axis,
-                channels=channels,
-                normalization=normalization,
-                contrast_limits=contrast_limits,
+                [image], scale=scale, channel_axis=channel_axis, channels=channels,
+                normalization=normalization, contrast_limits=contrast_limits,
                 allow_constant=False,
             )
             self._set_current(embedding)
             self._warm_up()
 
-    def _set_tiled(self, image: Any, tile_shape: Any, halo: Any, embeddings: Any, limits: Any) -> None:
+    def _set_tiled(
+        self, image: Any, tile_shape: Any, halo: Any, embeddings: Any, limits: Any, scale: Any
+    ) -> None:
         from napari_samscope.core.tiling.predictor import TiledPredictor
 
         source = load_image(image) if isinstance(image, (str, Path)) else image
         with self.lock:
-            tiled = TiledPredictor.for_predictor(self)
+            tiled = TiledPredictor.for_predictor(self, scale=scale)
             tiled.set_image(
                 source, tile_shape=tile_shape, halo=halo, embeddings=embeddings,
                 rgb=len(getattr(source, "shape", ())) == 3, contrast_limits=limits,
@@ -295,6 +301,7 @@ class Predictor:
         images: Sequence[np.ndarray | str | Path],
         *,
         batch_size: int = 4,
+        scale: Any = None,
         **norm_kwargs: Any,
     ) -> list[ImageEmbedding]:
         """Encode several images without changing the current image.
@@ -306,6 +313,8 @@ class Predictor:
         Args:
             images: arrays or file paths, each accepted by :meth:`set_image`.
             batch_size: images per encoder pass.
+            scale: ``"auto"``, ``"fill"`` or a magnification (as in :meth:`set_image`);
+                default :attr:`scale`.
             **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``,
                 ``contrast_limits``, ``allow_constant`` for
                 :func:`~napari_samscope.core.predict.image.to_rgb_uint8`.
@@ -318,12 +327,16 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
         norm_kwargs.setdefault("allow_constant", True)
+        scale = self._scale if scale is None else check_scale(scale)
         rgbs = [
             to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
             for im in images
         ]
         with self.lock:
-            return encode_rgb(self.model, rgbs, batch_size, self.device, self.dtype, self.model_key)
+            return encode_rgb(
+                self.model, rgbs, batch_size, self.device, self.dtype, self.model_key,
+                scale, self.input_scale,
+            )
 
     # ------------------------------------------------------------------ prompts
 
@@ -363,38 +376,12 @@ class Predictor:
             emb = self._require_image()
             prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
             multimask_output = check_flag(multimask_output, "multimask_output")
+            size, mag = emb.original_size, emb.magnification
             if prompts.boxes is not None:  # objects too small for the model at this scale
-                warn_unresolvable(emb.original_size, self.img_size, prompts.boxes, "box", 3)
+                warn_unresolvable(size, self.img_size, prompts.boxes, "box", 3, magnification=mag)
             elif prompts.points is not None:
-                warn_unresolvable(emb.original_size, self.img_size, what="image", stacklevel=3)
-            return self._predict(emb, prompts, multimask_output)
-
-    def _predict(self, emb: ImageEmbedding, prompts: Any, multimask_output: bool) -> Prediction:
-        coords = labels_t = boxes_t = mask_t = None
-        if prompts.points is not None:
-            coords = self._tensor(apply_coords(prompts.points, emb.original_size, emb.input_size))
-            labels_t = torch.as_tensor(prompts.labels, dtype=torch.int, device=self.device)
-        if prompts.boxes is not None:
-            boxes_t = self._tensor(apply_boxes(prompts.boxes, emb.original_size, emb.input_size))
-        if prompts.masks is not None:
-            mask_t = self._tensor(prompts.masks)
-        low = iou = None
-        for start in range(0, prompts.count, _OBJECTS_PER_DECODE):  # bounds the decoder's memory
-            rows = slice(start, start + _OBJECTS_PER_DECODE)
-            part = (None if t is None else t[rows] for t in (coords, labels_t, boxes_t, mask_t))
-            low_part, iou_part = self.decode(*part, multimask_output)
-            if prompts.count > 1 and low_part.shape[1] > 1:  # several objects: the best each
-                best = iou_part.argmax(dim=1)
-                index = torch.arange(low_part.shape[0], device=low_part.device)
-                low_part, iou_part = low_part[index, best][:, None], iou_part[index, best][:, None]
-            if low is None or iou is None:
-                low = low_part.new_empty((prompts.count, *low_part.shape[1:]))
-                iou = iou_part.new_empty((prompts.count, *iou_part.shape[1:]))
-            low[rows], iou[rows] = low_part, iou_part
-        low = low.reshape(-1, *low.shape[-2:])  # N objects x K candidates -> (N*K, L, L)
-        return Prediction.from_logits(
-            low, iou.reshape(-1), self.mask_upsampler, self.model.mask_threshold
-        )
+                warn_unresolvable(size, self.img_size, what="image", stacklevel=3, magnification=mag)
+            return decode_objects(self, emb, prompts, multimask_output)
 
     @torch.no_grad()
     def decode(

@@ -34,6 +34,12 @@ class SmallObjectWarning(UserWarning):
     """A prompt's object shrinks below what the model can resolve at this image size."""
 
 
+class ShrunkImageWarning(SmallObjectWarning):
+    """``scale="auto"`` had to shrink an image below the magnification range its model
+    was trained for, so that it fits the input in one piece: its objects look smaller
+    than the training objects. Tiling (``tile_shape=``) keeps them at the model's scale."""
+
+
 def as_boxes(boxes: Any) -> np.ndarray:
     """``(N, 4)`` float64 XYXY boxes; non-finite values are refused."""
     array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -42,27 +48,33 @@ def as_boxes(boxes: Any) -> np.ndarray:
     return array
 
 
-def is_unresolvable(boxes: Any, image_shape: Sequence[int], img_size: int) -> np.ndarray:
+def is_unresolvable(
+    boxes: Any, image_shape: Sequence[int], img_size: int, magnification: float | None = None
+) -> np.ndarray:
     """``(N,)`` bool: the boxes (XYXY pixels) whose shorter side, once the image is resized
-    to the model input of side ``img_size``, is under :data:`MIN_INPUT_PIXELS`."""
+    to the model input of side ``img_size`` (or by ``magnification`` when given, see
+    :mod:`~napari_samscope.core.predict.input_scale`), is under :data:`MIN_INPUT_PIXELS`."""
     boxes = as_boxes(boxes)
-    scale = img_size / max(image_shape[0], image_shape[1])
+    scale = img_size / max(image_shape[0], image_shape[1]) if magnification is None else magnification
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     return sides * scale < MIN_INPUT_PIXELS
 
 
 def warn_unresolvable(
     image_shape: Sequence[int], img_size: int, boxes: Any = None, what: str = "prompt", stacklevel: int = 2,
+    magnification: float | None = None,
 ) -> bool:
     """Warn (:class:`SmallObjectWarning`) when objects would be too small for the model.
 
     With ``boxes``, warns when any box is unresolvable (:func:`is_unresolvable`); without,
     warns when the image is shrunk more than 2x, so that objects under
-    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. Returns whether it warned.
+    ``MIN_INPUT_PIXELS * shrink`` pixels cannot be resolved. ``magnification``: how much
+    the image was magnified into the input (default: SAM's fill). Returns whether it warned.
     """
-    shrink = max(image_shape[0], image_shape[1]) / img_size
+    fill = img_size / max(image_shape[0], image_shape[1])
+    shrink = 1.0 / (fill if magnification is None else magnification)
     if boxes is not None:
-        small = int(is_unresolvable(boxes, image_shape, img_size).sum())
+        small = int(is_unresolvable(boxes, image_shape, img_size, magnification).sum())
         if not small:
             return False
         plural = what + ("es" if what.endswith(("s", "x")) else "s")
@@ -75,10 +87,15 @@ def warn_unresolvable(
         return False
     warnings.warn(
         f"{text} fewer than {MIN_INPUT_PIXELS:g} model-input pixels: the "
-        f"{image_shape[0]}x{image_shape[1]} image is shrunk {shrink:.1f}x to the model's "
+        f"{image_shape[0]}x{image_shape[1]} image is {_resized(shrink)} to the model's "
         f"{img_size}-pixel input, below what the model can resolve, so their masks are "
         f"unreliable. {advice}.",
         SmallObjectWarning,
         stacklevel=stacklevel + 1,
     )
     return True
+
+
+def _resized(shrink: float) -> str:
+    """``"shrunk 4.0x"`` or ``"magnified 2.0x"``."""
+    return f"shrunk {shrink:.1f}x" if shrink >= 1 else f"magnified {1 / shrink:.1f}x"

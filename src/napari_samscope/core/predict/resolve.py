@@ -32,25 +32,37 @@ def is_predictor(model: Any) -> bool:
 
 
 def as_predictor(
-    model: Any = None, *, device: Any = "auto", dtype: Any = "default", progress: Any = None
+    model: Any = None, *, device: Any = "auto", dtype: Any = "default", progress: Any = None,
+    scale: Any = None,
 ) -> Any:
     """A predictor for ``model`` (see the module docstring for what is accepted).
 
     ``device``, ``dtype`` and ``progress`` only apply when a model has to be loaded from
     a name or a file (as in :class:`~napari_samscope.core.predict.sam_api.SAM`).
+    ``scale`` (``"auto"``, ``"fill"`` or a magnification) becomes the predictor's
+    :attr:`~Predictor.scale` (a given predictor's is changed); None keeps the default
+    (``"auto"`` for models that declare their scale, else ``"fill"``).
 
     Raises:
         TypeError: ``model`` is none of the accepted kinds.
     """
     if is_predictor(model):
+        if scale is not None:
+            model.scale = scale
         return model
     if isinstance(model, Sam) or isinstance(getattr(model, "model", None), Sam):
-        return Predictor(model)
+        return Predictor(model, scale=scale)
     if model is None or isinstance(model, (str, Path, os.PathLike)):
+        from napari_samscope.core.predict.input_scale import check_scale
         from napari_samscope.core.weights.loader import load_sam
 
+        if scale is not None:
+            check_scale(scale)  # a bad scale fails before any loading
         loaded = load_sam(model, device=device, dtype=dtype, progress=progress)
-        return Predictor(loaded.sam, device=loaded.device, dtype=loaded.dtype, spec=loaded.spec)
+        return Predictor(
+            loaded.sam, device=loaded.device, dtype=loaded.dtype, spec=loaded.spec,
+            scale=scale, input_scale=loaded.input_scale,
+        )
     raise TypeError(
         "Expected a model name or checkpoint path, a SAM, a Sam module or a Predictor, "
         f"not {type(model).__name__}."

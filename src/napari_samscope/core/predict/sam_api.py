@@ -63,6 +63,13 @@ class SAM(InstanceSegmentationMixin):
         path: the checkpoint file, when loaded from one.
         spec: the registry entry (``core.registry.ModelSpec``), or None for a file given
             by path or a wrapped module.
+        input_scale: the object scale the weights were trained for
+            (``core.weights.spec.InputScale``, from the registry entry or the checkpoint's
+            meta), or None; with one, images go into the model with ``scale="auto"`` by
+            default (:mod:`~napari_samscope.core.predict.input_scale`).
+        scale: the input scale of the predictors made from this model when they are
+            given none (``"auto"``, ``"fill"``, a magnification, or None for the model's
+            default: ``"auto"`` when it declares its scale, else ``"fill"``); settable.
         instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
             has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
             come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
@@ -79,6 +86,7 @@ class SAM(InstanceSegmentationMixin):
 
         loaded = load_sam(model, device=device, dtype=dtype, progress=progress)
         self._init(loaded.sam, loaded.name, loaded.device, loaded.dtype, loaded.path, loaded.spec)
+        self.input_scale = loaded.input_scale
         self._attach_instance_decoder(loaded, progress=progress)  # AIS/APG (core.instances)
 
     @classmethod
@@ -91,6 +99,7 @@ class SAM(InstanceSegmentationMixin):
         *,
         spec: Any = None,
         path: str | Path | None = None,
+        input_scale: Any = None,
     ) -> SAM:
         """Wrap an in-memory :class:`Sam` (tests, training); no file is read.
 
@@ -98,6 +107,7 @@ class SAM(InstanceSegmentationMixin):
         the default here is None (float32). ``spec`` is the registry entry the weights
         came from (a ``LoadedModel``'s): it brings the model's recommended
         segment-everything parameters and what ``dtype="default"`` means.
+        ``input_scale``: the scale the weights declare (default: the ``spec``'s).
         """
         from napari_samscope.core.device import resolve_dtype, select_device
 
@@ -109,6 +119,8 @@ class SAM(InstanceSegmentationMixin):
         obj = cls.__new__(cls)
         auto_bf16 = bool(getattr(spec, "auto_bf16", False))
         obj._init(sam, name, target, resolve_dtype(dtype, target, auto_bf16=auto_bf16), path, spec)
+        if input_scale is not None:
+            obj.input_scale = input_scale
         return obj
 
     def _init(
@@ -126,6 +138,19 @@ class SAM(InstanceSegmentationMixin):
         self.dtype = dtype
         self.path = None if path is None else Path(path)
         self.spec = spec
+        self.input_scale = getattr(spec, "input_scale", None)
+        self._scale: str | float | None = None
+
+    @property
+    def scale(self) -> str | float | None:
+        """The default input scale of this model's predictors (see the class docstring)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: Any) -> None:
+        from napari_samscope.core.predict.input_scale import check_scale
+
+        self._scale = None if value is None else check_scale(value)
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
@@ -180,9 +205,12 @@ class SAM(InstanceSegmentationMixin):
 
         return {**EVERYTHING_DEFAULTS, **model_everything_defaults(self)}
 
-    def predictor(self) -> Predictor:
-        """A new :class:`Predictor` on this model (encode once, prompt many times)."""
-        return Predictor(self)
+    def predictor(self, scale: Any = None) -> Predictor:
+        """A new :class:`Predictor` on this model (encode once, prompt many times);
+        ``scale`` is its default input scale (``"auto"``, ``"fill"`` or a magnification;
+        default :attr:`scale`, else ``"auto"`` when the model declares its scale, else
+        ``"fill"``)."""
+        return Predictor(self, scale=scale)
 
     # ------------------------------------------------------------------ inference
 
@@ -199,6 +227,7 @@ class SAM(InstanceSegmentationMixin):
         channels: Sequence[int] | None = None,
         normalization: str = "percentile",
         contrast_limits: Any = None,
+        scale: Any = None,
         **everything_kwargs: Any,
     ) -> Prediction | EverythingResult:
         """Segment ``source`` (an array or an image file).
@@ -210,12 +239,16 @@ class SAM(InstanceSegmentationMixin):
         and returns its result; parameters not given take the model's recommended values
         (:meth:`everything_defaults`), then the official ones. ``channel_axis``, ``channels``, ``normalization`` and
         ``contrast_limits`` choose how the image becomes 8-bit RGB
-        (:func:`~napari_samscope.core.predict.image.to_rgb_uint8`).
+        (:func:`~napari_samscope.core.predict.image.to_rgb_uint8`). ``scale`` places the
+        image in the model input (``"auto"``, ``"fill"`` or a magnification, see
+        :mod:`~napari_samscope.core.predict.input_scale`; default as :meth:`predictor`);
+        coordinates and masks stay in pixels of ``source``.
 
         Each call works on its own predictor (no state is shared between calls), so
         several threads may call one ``SAM`` at the same time.
         """
         prompted = any(p is not None for p in (bboxes, points, labels, masks))
+        predictor = Predictor(self, scale=scale)  # a bad scale fails before the encoding
         if prompted:  # fail on bad prompts before the expensive encoding
             parse_prompts(points, labels, bboxes, masks, 4 * self.model.embedding_size)
         image = load_image(source) if isinstance(source, (str, Path)) else source
@@ -232,7 +265,6 @@ class SAM(InstanceSegmentationMixin):
                     f"Unexpected arguments {sorted(everything_kwargs)}: segment-everything "
                     "options only apply when no prompt is given."
                 )
-            predictor = Predictor(self)
             predictor.set_image(rgb)
             return predictor.predict(
                 points=points,
@@ -247,7 +279,7 @@ class SAM(InstanceSegmentationMixin):
         )
 
         generator = MaskGenerator(
-            Predictor(self), model_defaults=model_everything_defaults(self),
+            predictor, model_defaults=model_everything_defaults(self),
             **everything_kwargs,
         )
         return generator.generate(rgb)

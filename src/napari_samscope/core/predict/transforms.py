@@ -29,6 +29,7 @@ _BAND_ELEMENTS = 1 << 18  # float32 output values per row band (1 MB: stays in t
 __all__ = [
     "resize_longest_side_shape",
     "resize_rgb_uint8",
+    "resize_rgb_to",
     "preprocess",
     "preprocess_batch",
     "apply_coords",
@@ -53,14 +54,25 @@ def resize_rgb_uint8(image: np.ndarray, target: int) -> np.ndarray:
 
     Returns ``(new_h, new_w, 3) uint8``; bit-identical to the official preprocessing.
     """
-    from PIL import Image
-
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             f"resize_rgb_uint8 needs an (H, W, 3) uint8 image, not {image.shape} {image.dtype}; "
             "convert it with core.image.to_rgb_uint8 first."
         )
-    new_h, new_w = resize_longest_side_shape(image.shape[0], image.shape[1], target)
+    return resize_rgb_to(image, resize_longest_side_shape(image.shape[0], image.shape[1], target))
+
+
+def resize_rgb_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W, 3) uint8`` to ``size`` ``(new_h, new_w)`` with Pillow's bilinear
+    filter, as the official preprocessing resizes (a no-op copy at the same size)."""
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"resize_rgb_to needs an (H, W, 3) uint8 image, not {image.shape} {image.dtype}; "
+            "convert it with core.image.to_rgb_uint8 first."
+        )
+    new_h, new_w = (int(v) for v in size)
     pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
     return np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
 

@@ -45,7 +45,9 @@ class StoreSpec:
 
     Attributes:
         model_key: ``Predictor.model_key`` of the encoder.
-        scale: how tiles are fitted into the model input (``"fill"`` today).
+        scale: how tiles are placed into the model input: ``"fill"`` (SAM's resize of
+            the longest side) or ``"x<m>"``, the magnification ``m`` of a whole tile
+            (``TiledPredictor.scale_record``).
         tile_shape, halo: the tile geometry ``(y, x)``.
         image_shape: the whole array's shape (planes and channels included).
         dtype: the image dtype (numpy ``str``).

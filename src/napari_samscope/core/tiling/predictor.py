@@ -11,8 +11,10 @@ Prompt routing: an object's prompts (its points and box together) go to the tile
 holds them with the most margin from a cut edge. When no tile holds them whole (a box
 larger than a tile, or one across a tile boundary wider than the halo), a window of the
 tile's size is fitted around them (:meth:`TileGrid.fitted_window`) and encoded on
-demand; a window larger than the model input is then resized into it (the one case where
-pixels are shrunk). Such windows are kept in memory only, never in the store.
+demand; a window larger than the model input (or than the predictor's ``scale`` lets
+into it: ``"auto"`` for a model that declares its scale) is then resized into it with
+``"fill"`` (the one case where pixels are shrunk). Such windows are kept in memory only,
+never in the store.
 
 The image is read window by window (numpy, memmap, zarr or dask arrays), never whole;
 all tiles share one intensity mapping estimated from a sample of the plane.
@@ -88,16 +90,21 @@ class TiledPredictor:
         self.encoded_tiles = 0  # tiles (and windows) encoded since set_image
 
     @classmethod
-    def for_predictor(cls, predictor: Any, **kwargs: Any) -> TiledPredictor:
-        """A tiled predictor that shares ``predictor``'s model (weights, device, dtype and
-        registry entry) but decodes tiles on its own :class:`Predictor`, so the given
-        predictor's current image is never replaced and it may delegate to the tiled one
-        (``Predictor.set_image(image, tile_shape=...)``) without re-entering itself."""
+    def for_predictor(cls, predictor: Any, scale: Any = None, **kwargs: Any) -> TiledPredictor:
+        """A tiled predictor that shares ``predictor``'s model (weights, device, dtype,
+        registry entry and declared input scale) but decodes tiles on its own
+        :class:`Predictor`, so the given predictor's current image is never replaced and it
+        may delegate to the tiled one (``Predictor.set_image(image, tile_shape=...)``)
+        without re-entering itself. ``scale``: how tiles go into the model input (default:
+        ``predictor``'s ``scale``)."""
         if not all(hasattr(predictor, name) for name in ("model", "device", "dtype", "spec")):
             raise TypeError(f"for_predictor needs a Predictor, not {type(predictor).__name__}.")
         sibling = type(predictor)(
             predictor.model, device=predictor.device, dtype=predictor.dtype, spec=predictor.spec
         )
+        if hasattr(sibling, "scale"):
+            sibling.input_scale = getattr(predictor, "input_scale", None)
+            sibling.scale = scale if scale is not None else getattr(predictor, "scale", "fill")
         return cls(sibling, **kwargs)
 
     # ------------------------------------------------------------------ image
@@ -121,8 +128,11 @@ class TiledPredictor:
                 numpy, memmap, zarr or dask. Leading axes are planes (Z, T, ...). A list
                 of such arrays is taken as a multiscale pyramid: its first (full
                 resolution) level is used.
-            tile_shape: ``(th, tw)`` or one int; at most the model input ``S`` (a tile
-                is never shrunk). Default ``(S, S)``.
+            tile_shape: ``(th, tw)`` or one int; it must fit the model input at the
+                predictor's ``scale`` (a tile is never shrunk: at most ``S`` with
+                ``"fill"``). Default: the largest square tile that fits
+                (``Predictor.max_side``: ``S`` with ``"fill"``, ``S / 2`` for a model
+                declaring magnification 2 with ``"auto"``).
             halo: overlap on each side of a tile's inner region; default ``S // 8``.
             embeddings: a ``.zarr`` path (created or reused) or an open store.
             plane: which plane of a stack (flat number or index tuple).
@@ -140,13 +150,15 @@ class TiledPredictor:
             image = image[0]  # a multiscale pyramid: compute on the full resolution
         lazy.check_array(image, rgb)
         size = int(self.predictor.img_size)
-        tile = tile_shape if tile_shape is not None else (size, size)
+        side = int(self.predictor.max_side()) if hasattr(self.predictor, "max_side") else size
+        tile = tile_shape if tile_shape is not None else (min(side, size),) * 2
         grid = TileGrid(lazy.plane_shape(image, rgb), tile, halo if halo is not None else size // 8)
         if max(grid.tile_shape) > size:
             raise ValueError(
                 f"tile_shape {grid.tile_shape} is larger than the model input ({size} px): a "
                 f"tile would be shrunk. Use tiles of at most {size} px."
             )
+        self._magnification(grid.tile_shape)  # a tile that does not fit at the scale fails now
         index = lazy.plane_index(image, plane, rgb)
         if contrast_limits is not None:
             limits = tuple(float(v) for v in contrast_limits)
@@ -173,7 +185,7 @@ class TiledPredictor:
             embed_dim, side = int(probe.features.shape[1]), int(probe.features.shape[-1])
         return StoreSpec(
             model_key=str(self.predictor.model_key),
-            scale="fill",
+            scale=self.scale_record(grid.tile_shape),
             tile_shape=grid.tile_shape,
             halo=grid.halo,
             image_shape=tuple(int(s) for s in image.shape),
@@ -184,6 +196,25 @@ class TiledPredictor:
             n_planes=lazy.plane_count(image, rgb),
             feature_shape=(embed_dim, side, side),
         )
+
+    def _magnification(self, shape: tuple[int, int]) -> float:
+        """The magnification a window of ``shape`` is encoded at (the predictor's scale)."""
+        from napari_samscope.core.predict.input_scale import resolve_magnification
+
+        scale = getattr(self.predictor, "scale", "fill")
+        declared = getattr(self.predictor, "input_scale", None)
+        return resolve_magnification(shape, int(self.predictor.img_size), scale, declared)
+
+    def scale_record(self, tile_shape: tuple[int, int]) -> str:
+        """The scale an embedding store records: ``"fill"`` for SAM's resize, else
+        ``"x<m>"`` with the magnification ``m`` of a whole tile."""
+        from napari_samscope.core.predict.input_scale import check_scale
+
+        scale = check_scale(getattr(self.predictor, "scale", "fill"))
+        declared = getattr(self.predictor, "input_scale", None)
+        if scale == "fill" or (scale == "auto" and declared is None):
+            return "fill"
+        return f"x{self._magnification(tile_shape)!r}"
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -257,7 +288,22 @@ class TiledPredictor:
     def _encode(self, windows: list[Window]) -> list[Any]:
         rgbs = [self.read_rgb(w) for w in windows]
         self.encoded_tiles += len(rgbs)
-        return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
+        if all(self._fits(rgb.shape[:2]) for rgb in rgbs):
+            return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)))
+        # a window fitted around a large box may not fit at the scale: it is resized into
+        # the model input (the one case where pixels are shrunk, see the module docstring)
+        return [
+            self.predictor.encode([rgb], **({} if self._fits(rgb.shape[:2]) else {"scale": "fill"}))[0]
+            for rgb in rgbs
+        ]
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a window of ``shape`` fits the model input at the predictor's scale."""
+        try:
+            self._magnification((int(shape[0]), int(shape[1])))
+        except ValueError:
+            return False
+        return True
 
     def _writable_store(self) -> bool:
         return self.store is not None and not self.store.read_only
@@ -281,12 +327,15 @@ class TiledPredictor:
         import torch
 
         from napari_samscope.core.predict.embedding import ImageEmbedding
-        from napari_samscope.core.predict.transforms import resize_longest_side_shape
+        from napari_samscope.core.predict.input_scale import scaled_size
 
         h, w = self._require_grid()[index].shape
         features = torch.from_numpy(self.store.read(self._plane, index))  # type: ignore[union-attr]
-        input_size = resize_longest_side_shape(h, w, int(self.predictor.img_size))
-        return ImageEmbedding(features, (h, w), input_size, str(self.predictor.model_key))
+        magnification = self._magnification((h, w))
+        return ImageEmbedding(
+            features, (h, w), scaled_size((h, w), magnification), str(self.predictor.model_key),
+            magnification,
+        )
 
     # ------------------------------------------------------------------ prompts
 

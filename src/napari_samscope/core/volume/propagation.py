@@ -187,8 +187,9 @@ def _step(
 def mask_to_lowres_logits(predictor: Any, mask: np.ndarray, scale: float = 20.0) -> np.ndarray:
     """A ``(H, W)`` bool mask as an ``(L, L)`` float32 mask prompt in the model frame.
 
-    The mask is resized like the image (longest side to ``S``), zero-padded to
-    ``S x S``, area-averaged to ``L x L`` and mapped to logits ``scale * (2 f - 1)``.
+    The mask is resized like the image (to the current image's ``input_size`` when the
+    mask has its size, whatever its input scale; else longest side to ``S``), zero-padded
+    to ``S x S``, area-averaged to ``L x L`` and mapped to logits ``scale * (2 f - 1)``.
     """
     from torch.nn import functional as F
 
@@ -196,6 +197,8 @@ def mask_to_lowres_logits(predictor: Any, mask: np.ndarray, scale: float = 20.0)
 
     size, lowres = predictor.img_size, predictor.lowres_size
     h, w = resize_longest_side_shape(mask.shape[0], mask.shape[1], size)
+    if getattr(predictor, "original_size", None) == tuple(mask.shape[:2]) and predictor.input_size:
+        h, w = predictor.input_size
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
     m = F.interpolate(m, (h, w), mode="bilinear", align_corners=False, antialias=True)
     m = F.pad(m, (0, size - w, 0, size - h))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from napari_samscope.core.predict.image import Normalization
+from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.progress import Progress
 
 __all__ = [
@@ -38,7 +39,8 @@ _SAMPLE_VALUES = 1 << 22  # values read to estimate stack percentiles (and finge
 class EmbeddingCache:
     """Least-recently-used plane embeddings, bounded by the bytes their features hold.
 
-    Keys are ``(image_key, plane_index, model_key)``. Stored features are detached
+    Keys are ``(image_key, plane_index, embedding_key)`` (``embedding_key``: the model and
+    the scale request, :func:`~napari_samscope.core.predict.embedding.embedding_key`). Stored features are detached
     copies on ``device`` in ``dtype`` (float16 by default: masks decoded from them agree
     with float32 ones to within a few boundary pixels; the predictor converts them back
     to float32). Thread-safe: the napari worker fills it while the GUI reads its size.
@@ -107,6 +109,7 @@ class EmbeddingCache:
             tuple(embedding.original_size),
             tuple(embedding.input_size),
             embedding.model_key,
+            getattr(embedding, "magnification", None),
         )
         with self._lock:
             old = self._entries.pop(key, None)
@@ -299,7 +302,7 @@ def encode_planes_iter(
     )
     wanted = plane_indices(planes, len(stack))
     key = image_key if image_key is not None else stack.signature()
-    model_key = predictor.model_key
+    model_key = embedding_key(predictor)
     out: dict[int, Any] = {}
     missing = []
     for z in wanted:
@@ -323,7 +326,7 @@ def plane_embedding(
     predictor: Any, stack: StackNormalizer, key: str, cache: EmbeddingCache | None, z: int
 ) -> Any:
     """Plane ``z``'s embedding from ``cache``, else encoded (and stored in ``cache``)."""
-    cache_key = (key, z, predictor.model_key)
+    cache_key = (key, z, embedding_key(predictor))
     hit = cache.get(cache_key) if cache is not None else None
     if hit is not None:
         return hit

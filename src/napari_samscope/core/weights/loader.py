@@ -43,6 +43,7 @@ from napari_samscope.core.weights.registry import (
     model_path,
     resolve,
 )
+from napari_samscope.core.weights.spec import InputScale
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_samscope.core.modeling.sam import Sam
@@ -68,6 +69,9 @@ class LoadedModel:
         meta: the ``meta`` stored in project-format checkpoints, else None.
         decoder_state: the instance decoder's state stored in a micro-sam checkpoint,
             else None (``core.instances`` builds the decoder from it).
+        input_scale: the object scale the weights were trained for: the registry
+            entry's ``input_scale``, else the one declared in the checkpoint's ``meta``
+            (``meta["input_scale"]``), else None (SAM's "fill" placement).
     """
 
     sam: Sam
@@ -78,6 +82,7 @@ class LoadedModel:
     dtype: torch.dtype | None
     meta: dict[str, Any] | None = None
     decoder_state: dict[str, Any] | None = None
+    input_scale: InputScale | None = None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -172,6 +177,11 @@ def load_sam_iter(
     yield Progress(message, 0, 3)
     contents = read_checkpoint(path)
     _refuse_non_finite(contents.state_dict, path)
+    declared = spec.input_scale if spec is not None else None
+    try:
+        input_scale = declared or InputScale.from_meta(contents.meta, str(path))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     yield Progress(message, 1, 3)
     sam = _build(contents.state_dict, contents.config, path)
     if spec is not None:
@@ -181,7 +191,7 @@ def load_sam_iter(
     yield Progress(message, 3, 3)
     return LoadedModel(
         sam=sam, name=name, spec=spec, path=path, device=target, dtype=autocast_dtype,
-        meta=contents.meta, decoder_state=contents.decoder_state,
+        meta=contents.meta, decoder_state=contents.decoder_state, input_scale=input_scale,
     )
 
 

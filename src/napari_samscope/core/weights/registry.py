@@ -26,7 +26,7 @@ from pathlib import Path
 from napari_samscope.core.everything.params import EverythingParams
 from napari_samscope.core.weights.download import cached_file, file_sha256
 from napari_samscope.core.weights.microsam_zoo import MICROSAM_MODELS
-from napari_samscope.core.weights.spec import ModelSpec, ModelStatus
+from napari_samscope.core.weights.spec import InputScale, ModelSpec, ModelStatus
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -56,6 +56,16 @@ SAMSCOPE_NUCLEI_ARCH = "custom"
 #: ``python training/calibrate_everything.py`` prints these values for a retrained model
 #: (held-out images, masks matched at IoU >= 0.5; the figures are in training/README.md).
 SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_score_thresh=0.95)
+#: The object scale the default model was trained for (``scale="auto"`` keeps images in it).
+#: Its training images were rendered at 512x512 with nuclei of radius 6-31 px and upsampled
+#: 2x into the 1024 input (training/README.md), so it saw nuclei of radius 12-62 input
+#: pixels at magnification 2. Between 1.5x and 2.5x, nuclei the size of the rendered ones
+#: span radius 9-78 input pixels: the training range give or take a quarter, on both ends.
+#: Beyond that they are smaller or larger than anything the model was trained on (at the
+#: "fill" magnification of a 64x64 crop, 16x, a nucleus of radius 10 px becomes 160).
+SAMSCOPE_NUCLEI_INPUT_SCALE = InputScale(
+    magnification=2.0, min_magnification=1.5, max_magnification=2.5
+)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -77,6 +87,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         package_file=SAMSCOPE_NUCLEI_FILE,
         everything_defaults=SAMSCOPE_NUCLEI_EVERYTHING,
         auto_bf16=True,
+        input_scale=SAMSCOPE_NUCLEI_INPUT_SCALE,
     ),
     ModelSpec(
         name="vit_b",

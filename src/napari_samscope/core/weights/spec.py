@@ -5,13 +5,86 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from napari_samscope.core.everything.params import EverythingParams
 
-__all__ = ["ModelSpec", "ModelStatus"]
+__all__ = ["InputScale", "ModelSpec", "ModelStatus"]
+
+#: The key of :class:`InputScale` in a checkpoint's ``meta`` (and its ``.pt.json`` sidecar).
+INPUT_SCALE_META_KEY = "input_scale"
+
+
+@dataclass(frozen=True)
+class InputScale:
+    """The object scale a model was trained for, as magnifications of the user's pixels
+    into the model input (``2.0``: one image pixel becomes 2 x 2 input pixels).
+
+    ``scale="auto"`` (:mod:`napari_samscope.core.predict.input_scale`) keeps an image's
+    magnification between ``min_magnification`` and ``max_magnification``, and places a
+    small image at ``magnification`` instead of blowing it up to fill the input.
+
+    Attributes:
+        magnification: the magnification of the training images.
+        min_magnification: the least magnification at which objects still look like the
+            training objects (a large image is shrunk no further).
+        max_magnification: the largest one (a small image is magnified no further).
+    """
+
+    magnification: float
+    min_magnification: float
+    max_magnification: float
+
+    def __post_init__(self) -> None:
+        for name in ("magnification", "min_magnification", "max_magnification"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"InputScale.{name} must be a number, not {value!r}.")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"InputScale.{name} must be a finite number above 0, not {value!r}.")
+            object.__setattr__(self, name, float(value))
+        if not self.min_magnification <= self.magnification <= self.max_magnification:
+            raise ValueError(
+                "InputScale needs min_magnification <= magnification <= max_magnification, not "
+                f"{self.min_magnification:g} / {self.magnification:g} / {self.max_magnification:g}."
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        """The JSON-able form stored in checkpoint ``meta`` under ``"input_scale"``."""
+        return {
+            "magnification": self.magnification,
+            "min_magnification": self.min_magnification,
+            "max_magnification": self.max_magnification,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None, source: str = "the checkpoint") -> InputScale | None:
+        """The scale declared in a checkpoint's ``meta`` (``meta["input_scale"]``, the form
+        of :meth:`to_dict`), or None when it declares none.
+
+        Raises:
+            ValueError: the entry is there but is not a valid declaration.
+        """
+        if not isinstance(meta, Mapping) or meta.get(INPUT_SCALE_META_KEY) is None:
+            return None
+        entry = meta[INPUT_SCALE_META_KEY]
+        try:
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"it is a {type(entry).__name__}")
+            return cls(
+                entry["magnification"], entry["min_magnification"], entry["max_magnification"]
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{source} declares an input scale that cannot be read ({error}): "
+                '"input_scale" must be {"magnification": m, "min_magnification": a, '
+                '"max_magnification": b} with 0 < a <= m <= b.'
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -46,6 +119,9 @@ class ModelSpec:
             and its masks agree with float32 (IoU >= 0.97), so the default dtype request
             resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
             :func:`default_dtype_request`.
+        input_scale: the object scale the weights were trained for (an
+            :class:`InputScale`); with one, ``scale="auto"`` is the model's default input
+            placement. None (official and micro-sam models): SAM's "fill" resize.
     """
 
     name: str
@@ -62,6 +138,7 @@ class ModelSpec:
     auto_bf16: bool = False
     xxh128: str | None = None
     domain: str = ""
+    input_scale: InputScale | None = None
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
