@@ -3,8 +3,8 @@ manifest with a tiny random SAM and a tiny random instance decoder."""
 
 import numpy as np
 import pytest
-from decoder_model import blob_image, tiny_sam_with_decoder
 
+from _decoder_model import blob_image, tiny_sam_with_decoder
 from napari_samscope._napari.instances import (
     DECODER_DEFAULTS,
     EverythingMode,

@@ -1,6 +1,5 @@
-"""A tiny random SAM with a tiny random instance decoder, for the decoder modes' widget
-tests: the real architectures, with the decoder's last layer scaled so that its maps
-spread over [0, 1] and AIS finds several objects."""
+"""A tiny random SAM with a tiny random instance decoder whose maps spread over [0, 1]
+(the decoder's last layer scaled), so that AIS and APG find several objects."""
 
 from __future__ import annotations
 
@@ -27,6 +26,16 @@ def tiny_sam_with_decoder(name: str = "tiny-ais", seed: int = 3):
     model = SAM.from_sam(sam, name)
     model.set_instance_decoder(decoder)
     return model
+
+
+def save_microsam_format(model, path) -> None:
+    """Save ``model`` and its decoder as torch_em's training checkpoint (micro-sam's format)."""
+    import torch
+
+    torch.save({
+        "model_state": {"sam." + k: v for k, v in model.model.state_dict().items()},
+        "decoder_state": model.instance_decoder.state_dict(),
+    }, path)
 
 
 def blob_image(shape=(96, 128), seed=0) -> np.ndarray:
