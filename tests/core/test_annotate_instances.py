@@ -95,3 +95,4 @@ def test_instance_detector_boxes_hold_its_objects(model):
     for value, (x0, y0, x1, y1) in enumerate(found.boxes.astype(int), start=1):
         rows, cols = np.nonzero(labels == value)
         assert (rows.min(), rows.max(), cols.min(), cols.max()) == (y0, y1, x0, x1)
+
