@@ -363,3 +363,33 @@ def test_apg_seeds_and_pieces_are_four_connected():
     painted[3:7, 3:7] = painted[7:11, 7:11] = 1
     pieces = _split_and_filter(painted, 0)
     assert pieces.max() == 2 and pieces[4, 4] != pieces[8, 8]
+
+
+def test_a_torch_em_training_checkpoint_is_refused_with_the_export_to_use(
+    tmp_path, tiny_sam_factory, monkeypatch
+):
+    """torch_em's trainer pickles its datasets into "init": refused, naming micro-sam's export."""
+    import sys
+    import types
+
+    module = types.ModuleType("torch_em.data.fake_dataset")
+
+    class SegmentationDataset:  # stands for the dataset a real training run pickles
+        pass
+
+    SegmentationDataset.__module__ = module.__name__
+    SegmentationDataset.__qualname__ = "SegmentationDataset"
+    module.SegmentationDataset = SegmentationDataset
+    for parent in ("torch_em", "torch_em.data"):
+        if parent not in sys.modules:
+            monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "best.pt"
+    torch.save({
+        "model_state": {"sam." + k: v for k, v in tiny_sam_factory("vit", 64).state_dict().items()},
+        "decoder_state": small_decoder().state_dict(),
+        "init": {"train_dataset": SegmentationDataset()},
+    }, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"best.pt was refused for safety.*"
+                       r"export_custom_sam_model"):
+        SAM(str(path), device="cpu")
