@@ -186,10 +186,18 @@ def test_zoo_urls_and_hashes_are_micro_sams():
 # ----------------------------------------------------------------------------- APG
 #
 # micro-sam's APG (``AutomaticPromptGenerator.generate``) is deterministic: point prompts
-# from the thresholded maps, the SAM mask decoder on each point, then ``apply_nms``. The
-# decoder maps and the SAM mask decoder are compared elsewhere (above, and the official SAM
-# parity tests); here the two APG-specific steps are compared on inputs with 100+ objects,
-# and the whole pipeline on one random model.
+# from the unsmoothed, thresholded maps (4-connected seeds, each seed's point farthest from
+# its outline), the SAM mask decoder on each point (high-resolution logits > 0, stability
+# at offset 1), then ``apply_nms`` (size filter, mask NMS on predicted IoU x stability,
+# painting largest first, 4-connected pieces, size filter). The decoder maps (above) and
+# the SAM mask decoder (the official SAM parity tests) are compared elsewhere; here the two
+# APG-specific steps are compared with micro-sam's own functions on inputs with 100+
+# objects. End to end on random weights the comparison says nothing: a random SAM mask
+# decoder gives specks, and with the default min_size both sides find no object (178
+# identical prompts, 0 objects each, on the image of test_instance_maps_match_micro_sam).
+# One difference by design: micro-sam computes the seeds' distance transform in 512-pixel
+# blocks with a 16-pixel halo, ours over the whole image, so on images larger than 512
+# pixels a seed wider than 32 pixels that crosses a block border may get another point.
 
 POINTS_SNIPPET = '''
 from micro_sam.instance_segmentation import _derive_point_prompts
