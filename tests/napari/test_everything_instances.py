@@ -174,3 +174,21 @@ def test_decoder_params_and_defaults_agree_with_the_core():
         decoder_params(EverythingMode.AMG, {})
     assert model_has_decoder(None, "vit_t_lm") and not model_has_decoder(None, "vit_t")
     assert not model_has_decoder(None, None)
+
+
+def test_console_segment_everything_layer_in_decoder_modes(viewer, decoder_sam, tiny_random_sam):
+    from napari_samscope import segment_everything_layer
+
+    image = blob_image()
+    layer = viewer.add_image(image, name="blobs")
+    for mode in ("ais", "apg"):
+        labels = segment_everything_layer(layer, decoder_sam, mode=mode, viewer=viewer)
+        np.testing.assert_array_equal(labels, decoder_sam.segment_instances(image, mode=mode))
+    tuned = segment_everything_layer(layer, decoder_sam, mode="ais", viewer=viewer, min_size=30)
+    np.testing.assert_array_equal(tuned, decoder_sam.segment_instances(image, mode="ais", min_size=30))
+    with pytest.raises(ValueError, match="has no instance decoder"):
+        segment_everything_layer(layer, tiny_random_sam, mode="ais", viewer=viewer)
+    with pytest.raises(TypeError, match="Unknown instance segmentation parameter"):
+        segment_everything_layer(layer, decoder_sam, mode="ais", viewer=viewer, points_per_side=8)
+    with pytest.raises(ValueError, match="mode must be"):
+        segment_everything_layer(layer, decoder_sam, mode="grid", viewer=viewer)
