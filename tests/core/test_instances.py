@@ -349,3 +349,47 @@ def test_maps_follow_the_model_dtype(tiny_sam_factory):
     half = instance_maps_from_embedding(decoder, emb, 64, torch.bfloat16)
     assert half.dtype == np.float32 and half.shape == full.shape
     assert 0 < np.abs(half - full).max() < 0.05  # bf16 convolutions: close, not equal
+
+
+def test_apg_seeds_and_pieces_are_four_connected():
+    """As micro-sam's APG (elf's label): regions touching only at a corner stay apart."""
+    maps = np.zeros((3, 20, 20), dtype=np.float32)
+    maps[0] = 1.0  # foreground everywhere
+    maps[1:] = 1.0  # no seed ...
+    maps[1:, 3:7, 3:7] = 0.0  # ... but two squares touching at one corner
+    maps[1:, 7:11, 7:11] = 0.0
+    assert len(point_prompts_from_maps(maps)) == 2
+    painted = np.zeros((20, 20), dtype=np.uint32)
+    painted[3:7, 3:7] = painted[7:11, 7:11] = 1
+    pieces = _split_and_filter(painted, 0)
+    assert pieces.max() == 2 and pieces[4, 4] != pieces[8, 8]
+
+
+def test_a_torch_em_training_checkpoint_is_refused_with_the_export_to_use(
+    tmp_path, tiny_sam_factory, monkeypatch
+):
+    """torch_em's trainer pickles its datasets into "init": refused, naming micro-sam's export."""
+    import sys
+    import types
+
+    module = types.ModuleType("torch_em.data.fake_dataset")
+
+    class SegmentationDataset:  # stands for the dataset a real training run pickles
+        pass
+
+    SegmentationDataset.__module__ = module.__name__
+    SegmentationDataset.__qualname__ = "SegmentationDataset"
+    module.SegmentationDataset = SegmentationDataset
+    for parent in ("torch_em", "torch_em.data"):
+        if parent not in sys.modules:
+            monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "best.pt"
+    torch.save({
+        "model_state": {"sam." + k: v for k, v in tiny_sam_factory("vit", 64).state_dict().items()},
+        "decoder_state": small_decoder().state_dict(),
+        "init": {"train_dataset": SegmentationDataset()},
+    }, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"best.pt was refused for safety.*"
+                       r"export_custom_sam_model"):
+        SAM(str(path), device="cpu")

@@ -8,6 +8,7 @@ In napari's console (``Window > Console``)::
     viewer.add_labels(labels, scale=viewer.layers["nuclei"].scale)
 
     everything = segment_everything_layer(viewer.layers["nuclei"], points_per_side=16)
+    instances = segment_everything_layer(viewer.layers["nuclei"], "vit_b_lm", mode="ais")
     stack = segment_stack_layer(viewer.layers["nuclei 3D"], viewer.layers["SAM points"])
 
 Every function returns a ``uint32`` array shaped like the image's planes (its
@@ -27,7 +28,13 @@ import numpy as np
 from napari_samscope._napari import engine
 from napari_samscope._napari.coords import PlaneGeometry, PlaneKey, current_geometry
 from napari_samscope._napari.images import ImageSettings, Normalization, PlaneSource
+from napari_samscope._napari.instances import (
+    EverythingMode,
+    everything_planes_iter,
+    require_decoder,
+)
 from napari_samscope._napari.labels import Segmentation
+from napari_samscope._napari.options import Scope, parse
 from napari_samscope._napari.prompts import collect_prompts
 from napari_samscope._napari.session import get_session
 from napari_samscope.core.progress import run
@@ -55,6 +62,22 @@ def _predictor(model: Any, viewer: Any) -> Any:
         if session.sam is not None:
             return session.new_predictor()
     return as_predictor(model)
+
+
+def _instance_model(model: Any, viewer: Any) -> Any:
+    """The ``SAM`` (with its instance decoder) for the decoder modes."""
+    if model is None and viewer is not None and get_session(viewer).sam is not None:
+        return get_session(viewer).sam
+    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
+        from napari_samscope.core.predict.sam_api import SAM
+
+        return SAM(model)
+    if not hasattr(model, "has_instance_decoder"):
+        raise TypeError(
+            "The instance decoder modes need a SAM, a registry name or a checkpoint path as "
+            f"model, not a {type(model).__name__}."
+        )
+    return model
 
 
 def _geometry(image: Any, viewer: Any, channel_axis: int | None) -> tuple[PlaneGeometry, Any]:
@@ -155,33 +178,39 @@ def segment_everything_layer(
     normalization: str = "percentile",
     channel_axis: int | None = None,
     channels: Any = None,
+    mode: str = "amg",
     **params: Any,
 ) -> np.ndarray:
     """Segment everything on the current plane of ``image`` (or every plane, ``stack=True``).
 
     With ``stack=True`` ids are linked across planes by overlap (``link_iou``), so an
-    object keeps one id through the stack. ``params`` go to ``MaskGenerator``
-    (``points_per_side``, ``pred_iou_thresh``, ...).
+    object keeps one id through the stack. ``mode``: ``"amg"`` (the grid of point prompts;
+    ``params`` go to ``MaskGenerator``: ``points_per_side``, ``pred_iou_thresh``, ...), or
+    ``"ais"`` / ``"apg"`` with a model that has an instance decoder (``params`` with
+    micro-sam's names, as ``SAM.segment_instances``).
 
     Returns:
         ``uint32`` labels shaped like the image's planes (only the segmented plane(s)
         are non-zero).
     """
     viewer = _viewer(viewer)
+    mode = parse(EverythingMode, mode, "mode")
     geometry, _point = _geometry(image, viewer, channel_axis)
     source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
-    predictor = _predictor(model, viewer)
-    out = np.zeros(geometry.labels_shape, dtype=np.uint32)
-    if stack:
-        if geometry.stack_axis is None:
-            raise ValueError(f"'{image.name}' has a single plane; call with stack=False.")
-        keys, volume = run(engine.everything_stack_iter(predictor, None, source, params, link_iou))
-        for key, plane in zip(keys, volume):
-            out[geometry.labels_index(key)] = plane
+    if stack and geometry.stack_axis is None:
+        raise ValueError(f"'{image.name}' has a single plane; call with stack=False.")
+    sam = None
+    if mode.uses_decoder:
+        sam = _instance_model(model, viewer)
+        require_decoder(sam, mode)
+        predictor = sam.predictor()
     else:
-        key = geometry.current
-        out[geometry.labels_index(key)] = run(
-            engine.everything_plane_iter(predictor, None, source, key, params))
+        predictor = _predictor(model, viewer)
+    scope = Scope.STACK if stack else Scope.PLANE
+    planes = run(everything_planes_iter(sam, predictor, None, source, scope, mode, params, link_iou))
+    out = np.zeros(geometry.labels_shape, dtype=np.uint32)
+    for key, plane in planes.items():
+        out[geometry.labels_index(key)] = plane
     return out
 
 

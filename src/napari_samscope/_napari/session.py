@@ -227,15 +227,23 @@ class ModelSession:
     def load_iter(
         self, model: str | Path | None = None, device: str = "auto", dtype: Any = "default"
     ) -> Generator[Progress, None, Any]:
-        """The loading job (downloads if needed): yields progress, returns a ``LoadedModel``.
+        """The loading job (downloads if needed): yields progress, returns a ``SAM`` with
+        its instance decoder when the checkpoint or the registry has one (fetched here, in
+        the worker, not on the GUI thread).
 
         ``dtype`` as in ``core.loader.load_sam``: ``"default"`` is bf16 autocast on
         hardware that computes it natively for registry models verified in bf16
         (``ModelSpec.auto_bf16``), float32 otherwise; ``"float32"`` forces float32.
         """
+        from napari_samscope.core.instances.api import load_instance_decoder
+        from napari_samscope.core.predict.sam_api import SAM
         from napari_samscope.core.weights.loader import load_sam_iter
 
-        return (yield from load_sam_iter(model, device=device, dtype=dtype))
+        loaded = yield from load_sam_iter(model, device=device, dtype=dtype)
+        sam = SAM.from_sam(loaded.sam, loaded.name, dtype=loaded.dtype, spec=loaded.spec,
+                           path=loaded.path)
+        sam.set_instance_decoder(load_instance_decoder(loaded))
+        return sam
 
     def load(
         self, model: str | Path | None = None, device: str = "auto", dtype: Any = "default"

@@ -4,6 +4,11 @@ Shares the viewer's model session with the main widget. On a stack, every plane 
 segmented and ids are linked across planes by overlap, so one object keeps one id
 through z. Results go to the plugin's Labels layer "SAM everything".
 
+Modes (``_napari.instances.EverythingMode``): the grid of point prompts (AMG), and, for a
+model with an instance decoder (micro-sam's ``*_lm``, ``*_em_organelles``, ...), AIS and
+APG; the mode choice and the "Instance decoder" parameters (micro-sam's names) are shown
+only for such a model.
+
 Per-model defaults: the threshold fields start at the recommended values of the model
 in use (the registry's ``ModelSpec.everything_defaults``; the official values for
 official models). When another model is loaded, every field the user has not edited
@@ -18,10 +23,18 @@ from typing import Any
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
-from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource
+from napari_samscope._napari.instances import (
+    DECODER_DEFAULTS,
+    DECODER_FIELDS,
+    EverythingMode,
+    decoder_params,
+    everything_planes_iter,
+    model_has_decoder,
+    require_decoder,
+)
 from napari_samscope._napari.labels import count_ids, write_planes
 from napari_samscope._napari.options import Scope, parse
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
@@ -35,6 +48,10 @@ EVERYTHING_NAME = "SAM everything"
 #: Scopes as shown.
 SCOPE_LABELS = {"current plane": Scope.PLANE,
                 "all planes of the stack (ids linked through z)": Scope.STACK}
+#: Modes as shown.
+MODE_LABELS = {"grid of point prompts (AMG)": EverythingMode.AMG,
+               "instance decoder (AIS)": EverythingMode.AIS,
+               "decoder prompts (APG)": EverythingMode.APG}
 #: The official defaults of the parameters shown (``core.everything.EVERYTHING_DEFAULTS``,
 #: repeated so that building the widget does not import torch; a test checks they agree).
 OFFICIAL_SHOWN = {
@@ -88,6 +105,15 @@ class SegmentEverythingWidget(SamscopeDock):
         self.scope = QComboBox()
         for text, scope in SCOPE_LABELS.items():
             self.scope.addItem(text, scope)
+        self.mode = QComboBox()
+        for text, mode in MODE_LABELS.items():
+            self.mode.addItem(text, mode)
+        self.mode.setToolTip("AIS and APG use the model's instance decoder (micro-sam models)")
+        self.decoder_fields = {
+            f.name: spin_box(QSpinBox if f.integer else QDoubleSpinBox, f.low, f.high,
+                             _default(f.name), f.tip)
+            for f in DECODER_FIELDS
+        }
         self.link_iou = spin_box(QDoubleSpinBox, 0.0, 1.0, 0.3, "Link objects of neighbouring planes "
                               "overlapping at least this much (stack)")
         self._fields = {
@@ -109,6 +135,7 @@ class SegmentEverythingWidget(SamscopeDock):
 
         main = Section("Segment everything")
         main.form.addRow("image", self.image.native)
+        main.form.addRow("mode", self.mode)
         main.form.addRow("scope", self.scope)
         main.form.addRow(self.run_button)
         self.thresholds = Section("Thresholds", expanded=False)
@@ -121,15 +148,22 @@ class SegmentEverythingWidget(SamscopeDock):
         form.addRow("min region area", self.min_area)
         form.addRow("link IoU (stack)", self.link_iou)
         form.addRow(self.defaults_button)
-        for section in (main, self.thresholds):
+        self.decoder = Section("Instance decoder", expanded=False)
+        for name, box in self.decoder_fields.items():
+            self.decoder.form.addRow(name, box)
+        for section in (main, self.thresholds, self.decoder):
             self.body.addWidget(section)
         self.body.addStretch(1)
         self.keep_in_view(main)
 
         self.run_button.clicked.connect(lambda: self.run())
         self.defaults_button.clicked.connect(lambda: self.apply_model_defaults(keep_edits=False))
+        self.mode.currentIndexChanged.connect(lambda _i: self._show_mode())
         self.apply_model_defaults(keep_edits=False)
         self.link(self.session.model_changed, self._model_changed)
+        self.link(self.session.selection_changed, lambda _name: self.update_modes())
+        self._shown_min_size = self.decoder_fields["min_size"].value()
+        self.update_modes()
         self.reset_choices()
 
     # ------------------------------------------------------------------ public API
@@ -174,10 +208,32 @@ class SegmentEverythingWidget(SamscopeDock):
             "min_mask_region_area": int(self.min_area.value()),
         }
 
-    def run(self, scope: Scope | str | None = None) -> None:
-        """Segment everything on the current plane (``"plane"``) or the stack (``"stack"``)."""
+    def decoder_available(self) -> bool:
+        """Whether the decoder modes are offered (the model has an instance decoder)."""
+        return model_has_decoder(self.session.sam, self.model_panel.selected_model())
+
+    def update_modes(self) -> None:
+        """Offer the decoder modes only for a model with an instance decoder."""
+        available = self.decoder_available()
+        _show_row(self.mode, available)
+        if not available and self.mode.currentData().uses_decoder:
+            self.mode.setCurrentIndex(0)  # comes back through _show_mode
+        self._show_mode()
+
+    def decoder_values(self) -> dict[str, Any]:
+        """The AIS / APG parameters of the current mode, micro-sam's names."""
+        values = {name: box.value() for name, box in self.decoder_fields.items()}
+        return decoder_params(self.mode.currentData(), values)
+
+    def run(self, scope: Scope | str | None = None, mode: EverythingMode | str | None = None) -> None:
+        """Segment everything on the current plane (``"plane"``) or the stack (``"stack"``),
+        by ``mode`` (``"amg"``, ``"ais"``, ``"apg"``; default: the one chosen)."""
         scope = self.scope.currentData() if scope is None else parse(Scope, scope, "scope")
-        if not self.with_model(lambda: self.run(scope)):  # load the chosen model, then run
+        if mode is not None:
+            index = self.mode.findData(parse(EverythingMode, mode, "mode"))
+            self.mode.setCurrentIndex(index)
+        mode = self.mode.currentData()
+        if not self.with_model(lambda: self.run(scope, mode)):  # load the chosen model, then run
             return
         try:
             image = self.image.value
@@ -188,23 +244,18 @@ class SegmentEverythingWidget(SamscopeDock):
             source = PlaneSource.from_layer(image, geometry, settings)
             if scope is Scope.STACK and geometry.stack_axis is None:
                 raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")
+            require_decoder(self.session.sam, mode)
+            params = self.decoder_values() if mode.uses_decoder else self.params()
             predictor = self.session.new_predictor()
         except ValueError as error:
             notify_error(error)
             return
-        params, link, cache = self.params(), float(self.link_iou.value()), self.session.cache
-        if scope is Scope.PLANE:
-            def job():
-                key = geometry.current
-                labels = yield from engine.everything_plane_iter(predictor, cache, source, key, params)
-                return {key: labels}
-        else:
-            def job():
-                keys, volume = yield from engine.everything_stack_iter(
-                    predictor, cache, source, params, link_iou=link)
-                return dict(zip(keys, volume))
+        sam, link, cache = self.session.sam, float(self.link_iou.value()), self.session.cache
 
-        self.start_job(self.runner, job, lambda planes: self._show(planes, image, geometry),
+        def job():
+            return everything_planes_iter(sam, predictor, cache, source, scope, mode, params, link)
+
+        self.start_job(self.runner, job, lambda planes: self._show(planes, image, geometry, mode),
                        label="segment everything")
 
     def reset_choices(self, event: Any = None) -> None:
@@ -214,17 +265,50 @@ class SegmentEverythingWidget(SamscopeDock):
 
     def _model_changed(self, sam: Any) -> None:
         self.apply_model_defaults(keep_edits=True)
+        self.update_modes()
 
-    def _show(self, planes: dict[Any, Any], image: Any, geometry: Any) -> None:
+    def _show_mode(self) -> None:
+        """Show the fields of the chosen mode; min_size follows the mode's default unless
+        the user edited it."""
+        mode = self.mode.currentData()
+        for box in self._fields.values():
+            _show_row(box, not mode.uses_decoder)
+        _show_row(self.defaults_button, not mode.uses_decoder)
+        self.decoder.setVisible(mode.uses_decoder)
+        if mode.uses_decoder:
+            for name, box in self.decoder_fields.items():
+                _show_row(box, name in DECODER_DEFAULTS[mode])
+            min_size = self.decoder_fields["min_size"]
+            if _same(min_size.value(), self._shown_min_size):
+                min_size.setValue(DECODER_DEFAULTS[mode]["min_size"])
+                self._shown_min_size = min_size.value()
+
+    def _show(self, planes: dict[Any, Any], image: Any, geometry: Any,
+              mode: EverythingMode = EverythingMode.AMG) -> None:
         if image not in self.viewer.layers:
             raise ValueError(f"The image layer '{image.name}' was removed while it was being "
                              "segmented; the result was discarded.")
         layer, _ = plugin_layers.ensure_plugin_labels(self.viewer, EVERYTHING_NAME, image, geometry)
         write_planes(layer, geometry, planes)
-        notify_info(f"segment everything: {objects_text(count_ids(planes.values()))} on {len(planes)} "
+        what = "segment everything" + (f" ({mode.value.upper()})" if mode.uses_decoder else "")
+        notify_info(f"{what}: {objects_text(count_ids(planes.values()))} on {len(planes)} "
                     f"plane(s) of '{image.name}'")
         self.finished.emit()
 
 
 def _same(a: float, b: float) -> bool:
     return abs(float(a) - float(b)) < 1e-9
+
+
+def _default(name: str) -> float:
+    """The value a decoder field starts at (AIS's default, else APG's)."""
+    return DECODER_DEFAULTS[EverythingMode.AIS].get(name, DECODER_DEFAULTS[EverythingMode.APG].get(name, 0))
+
+
+def _show_row(field: Any, visible: bool) -> None:
+    """Show or hide a form row: the field and its label."""
+    field.setVisible(visible)
+    form = field.parentWidget().layout() if field.parentWidget() is not None else None
+    label = form.labelForField(field) if hasattr(form, "labelForField") else None
+    if label is not None:
+        label.setVisible(visible)

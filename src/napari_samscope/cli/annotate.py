@@ -23,6 +23,9 @@ stacks give <stem>_z0000.txt, <stem>_z0001.txt, ... Default output folder:
 <data parent>/<data name>_auto_annotate_labels/. Images already annotated are skipped
 unless --overwrite; unreadable images are reported and skipped (exit code 1 if any).
 
+With --det-model ais (or apg) the model's instance decoder finds the objects and their
+masks in one pass (micro-sam models such as vit_b_lm, or a checkpoint with a decoder).
+
 Ultralytics-style: samscope annotate data=path/to/images det_model=blobs sam_model=sam_b.pt
 """
 
@@ -34,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data", help="a folder of images, or one image file")
     parser.add_argument("--det-model", default="blobs",
-                        help="'blobs' (default) or Ultralytics YOLO weights (needs 'ultralytics')")
+                        help="'blobs' (default), Ultralytics YOLO weights (needs 'ultralytics'), or "
+                        "'ais' / 'apg': the objects and masks of the SAM model's instance decoder "
+                        "(a model that has one, e.g. --sam-model vit_b_lm)")
     parser.add_argument("--sam-model", "--model", dest="sam_model", default=None, metavar="MODEL",
                         help=f"SAM model name, alias or checkpoint path; default: {DEFAULT_MODEL_HELP}")
     parser.add_argument("--output-dir", "--out", dest="output_dir", default=None,

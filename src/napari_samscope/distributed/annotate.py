@@ -28,6 +28,7 @@ import numpy as np
 from napari_samscope.core.datasets.annotate import auto_annotate_job
 from napari_samscope.core.datasets.annotate_io import list_images, output_stems, safe_stem
 from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
+from napari_samscope.core.datasets.detectors import instance_mode
 from napari_samscope.core.progress import Job, Progress, run
 from napari_samscope.distributed.cluster import (
     ClusterSpec,
@@ -58,7 +59,29 @@ def plan_tasks(files: Sequence[Path]) -> list[list[int]]:
 
 def annotate_task(files: list[Path], ref: ModelRef, options: AnnotateOptions) -> AnnotateSummary:
     """Annotate ``files`` on this worker (the function each dask task runs)."""
-    return run(auto_annotate_job(files, options, sam_model=LazyPredictor(ref)))
+    model = LazySAM(ref) if instance_mode(options.det_model) else LazyPredictor(ref)
+    return run(auto_annotate_job(files, options, sam_model=model))
+
+
+_SAMS: dict[tuple[Any, ...], Any] = {}
+
+
+class LazySAM:
+    """Stands for ``SAM(ref)`` (with its instance decoder, for ``det_model="ais"``), loaded
+    at its first use and kept for the process's later tasks."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self._ref = ref
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        key = self._ref.cache_key()
+        if key not in _SAMS:
+            from napari_samscope.core.predict.sam_api import SAM
+
+            _SAMS[key] = SAM(self._ref.model, device=self._ref.device or "auto", dtype=self._ref.dtype)
+        return getattr(_SAMS[key], name)
 
 
 def _merge(total: AnnotateSummary, part: AnnotateSummary) -> None:

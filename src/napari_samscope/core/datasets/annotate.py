@@ -2,7 +2,8 @@
 
 A detector proposes boxes (``"blobs"`` for fluorescent nuclei, a callable, or YOLO
 weights; see :mod:`~napari_samscope.core.datasets.detectors`), SAM turns every box into a mask,
-and the masks are written as YOLO segmentation text (:mod:`~napari_samscope.core.datasets.yolo_format`).
+or, with ``det_model="ais"`` (or ``"apg"``), the SAM model's instance decoder gives the objects
+and their masks at once; the masks are written as YOLO segmentation text (:mod:`~napari_samscope.core.datasets.yolo_format`).
 
 Outputs, in ``output_dir`` (default ``<data parent>/<data name>_auto_annotate_labels/``):
 
@@ -50,7 +51,13 @@ from napari_samscope.core.datasets.annotate_io import (
 from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.datasets.coco_format import CocoWriter
 from napari_samscope.core.datasets.crops import crop_mask, is_unresolvable, segment_boxes
-from napari_samscope.core.datasets.detectors import Detections, make_detector
+from napari_samscope.core.datasets.detectors import (
+    Detections,
+    InstanceDetector,
+    instance_mode,
+    make_detector,
+    make_instance_detector,
+)
 from napari_samscope.core.datasets.manifest import Manifest, resolved_path
 from napari_samscope.core.datasets.yolo_format import (
     object_to_yolo_lines,
@@ -198,8 +205,11 @@ def auto_annotate_job(
     files = [p for p in files if resolved_path(p) not in produced]  # our outputs are never inputs
     inputs = {resolved_path(p) for p in files}
     classes = None if opts.classes is None else list(opts.classes)
-    detector = make_detector(opts.det_model, device=opts.device, conf=opts.conf, classes=classes,
-                             max_det=opts.max_det)
+    if instance_mode(opts.det_model) is None:
+        detector = make_detector(opts.det_model, device=opts.device, conf=opts.conf,
+                                 classes=classes, max_det=opts.max_det)
+    else:  # the SAM model's instance decoder: made with the model, when first needed
+        detector = None
     predictor = None
     coco = CocoWriter() if opts.save_coco else None
     summary = AnnotateSummary(output_dir=out, images=len(files))
@@ -233,7 +243,9 @@ def auto_annotate_job(
         except (OSError, ValueError) as exc:
             summary.failed.append((path, str(exc)))
             continue
-        if predictor is None:
+        if predictor is None and detector is None:  # a model error stops the run
+            detector = predictor = make_instance_detector(opts.det_model, opts.sam_model, opts.device)
+        elif predictor is None:
             predictor = _make_predictor(opts.sam_model, opts.device)
         try:
             results = yield from _annotate_file(path, planes, detector, predictor, opts, index, len(files))
@@ -313,9 +325,25 @@ def _annotate_file(
         plane = as_valid_plane(plane)
         if opts.channel_axis is not None:  # channels last since read_planes: as RGB for both steps
             plane = to_rgb_uint8(plane, channel_axis=-1)
+        if isinstance(detector, InstanceDetector):
+            results.append(_instance_objects(detector, plane, opts))
+            continue
         found = detector(plane).filtered(conf=opts.conf, classes=classes, max_det=opts.max_det)
         results.append(annotate_plane(predictor, plane, found))
     return results
+
+
+def _instance_objects(detector: InstanceDetector, plane: np.ndarray, opts: AnnotateOptions) -> list[AnnotatedObject]:
+    """The instance decoder's objects of one plane (class 0, score 1), in label order; the
+    ``max_det`` largest when there are more."""
+    if (opts.classes is not None and 0 not in opts.classes) or np.ptp(plane) == 0:
+        return []
+    found = detector.objects(plane)
+    if len(found) > opts.max_det:
+        areas = np.array([int(crop.sum()) for _offset, crop in found])
+        keep = np.sort(np.argsort(-areas, kind="stable")[: opts.max_det])
+        found = [found[i] for i in keep]
+    return [AnnotatedObject(0, 1.0, offset, crop) for offset, crop in found]
 
 
 def _add_existing_to_coco(coco: CocoWriter, image_path: Path, txt_paths: Sequence[Path]) -> None:
@@ -351,7 +379,9 @@ def auto_annotate(
             value of ``options``:
 
             - ``det_model``: ``"blobs"`` (default, fluorescent nuclei, no weights), a
-              callable ``image -> (boxes XYXY, class_ids, scores)``, or Ultralytics YOLO weights;
+              callable ``image -> (boxes XYXY, class_ids, scores)``, Ultralytics YOLO weights,
+              or ``"ais"`` / ``"apg"``: the objects and masks of the SAM model's instance
+              decoder (a model that has one, e.g. ``sam_model="vit_b_lm"``; class 0, score 1);
             - ``sam_model``: registry name, alias or checkpoint path; None for the
               project's default model; or a ready ``SAM`` / ``Predictor``;
             - ``device``: ``""`` picks automatically (CUDA, MPS, CPU); or ``"cpu"``, ``"cuda:0"``...;

@@ -1,7 +1,7 @@
 """Object detectors that turn an image into box prompts for SAM.
 
 A detector is any callable ``image -> Detections``. Three kinds are built in by
-:func:`make_detector`:
+:func:`make_detector`, and a fourth by :func:`make_instance_detector`:
 
 - ``"blobs"`` (the default, no weights): :class:`BlobDetector`, a scikit-image peak
   detector tuned for fluorescent nuclei (bright, roughly round objects on a dark
@@ -10,7 +10,10 @@ A detector is any callable ``image -> Detections``. Three kinds are built in by
 - a Python callable ``image -> (boxes XYXY, class_ids, scores)`` (or just the
   ``(N, 4)`` boxes, which gives class 0 and score 1);
 - a path to Ultralytics YOLO weights (``"yolov8x.pt"``), when the optional
-  ``ultralytics`` package is installed.
+  ``ultralytics`` package is installed;
+- ``"ais"`` (or ``"apg"``): the SAM model's own instance decoder
+  (:class:`InstanceDetector`, ``core.instances``); its objects come with their masks, so
+  ``auto_annotate`` uses those masks as they are instead of prompting SAM with boxes.
 
 Boxes are ``(N, 4)`` float32 ``(x0, y0, x1, y1)`` in pixels of the image, SAM's
 convention: ``x`` is the column, ``y`` the row; ``x1``/``y1`` are the last covered
@@ -30,7 +33,20 @@ import numpy as np
 #: file suffixes of Ultralytics YOLO weights (names like "yolov8x.pt" are downloaded by Ultralytics)
 YOLO_SUFFIXES = (".pt", ".onnx", ".engine", ".torchscript", ".mlpackage", ".tflite", ".pb")
 
-__all__ = ["Detections", "BlobDetector", "CallableDetector", "YoloDetector", "make_detector"]
+#: det_model names that mean the SAM model's instance decoder (``core.instances`` modes)
+INSTANCE_DETECTORS = ("ais", "apg")
+
+__all__ = [
+    "Detections",
+    "BlobDetector",
+    "CallableDetector",
+    "InstanceDetector",
+    "YoloDetector",
+    "INSTANCE_DETECTORS",
+    "instance_mode",
+    "make_detector",
+    "make_instance_detector",
+]
 
 
 @dataclass(frozen=True)
@@ -246,6 +262,76 @@ class YoloDetector:
         return Detections.from_arrays(as_numpy(boxes.xyxy), as_numpy(boxes.cls), as_numpy(boxes.conf))
 
 
+def instance_mode(det_model: Any) -> str | None:
+    """``"ais"`` / ``"apg"`` when ``det_model`` names the instance decoder, else None."""
+    if isinstance(det_model, str) and det_model.strip().lower() in INSTANCE_DETECTORS:
+        return det_model.strip().lower()
+    return None
+
+
+class InstanceDetector:
+    """A SAM model's instance decoder as a detector: its objects (AIS or APG), each with its
+    box and its mask (class 0, score 1).
+
+    Args:
+        model: a ``SAM`` with an instance decoder.
+        mode: ``"ais"`` or ``"apg"``.
+        **params: the mode's parameters (micro-sam's names; see ``SAM.segment_instances``).
+    """
+
+    def __init__(self, model: Any, mode: str = "ais", **params: Any) -> None:
+        self.model, self.mode, self.params = model, mode, params
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W)`` uint32 labels of ``image``, 0 background."""
+        return self.model.segment_instances(image, mode=self.mode, **self.params)
+
+    def objects(self, image: np.ndarray) -> list[tuple[tuple[int, int], np.ndarray]]:
+        """``(offset (row, col), bool crop)`` of every object of ``image``, in label order."""
+        from scipy import ndimage
+
+        labels = self.segment(image)
+        found = []
+        for value, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is not None:
+                found.append(((box[0].start, box[1].start), labels[box] == value))
+        return found
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        boxes = [[c, r, c + crop.shape[1] - 1, r + crop.shape[0] - 1]
+                 for (r, c), crop in self.objects(image)]
+        return Detections.from_arrays(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+def make_instance_detector(det_model: str, sam_model: Any, device: str = "") -> InstanceDetector:
+    """The instance decoder of ``sam_model`` as a detector (``det_model`` ``"ais"``/``"apg"``).
+
+    ``sam_model``: a ``SAM``, or a registry name / checkpoint path / None (the default model),
+    loaded here.
+
+    Raises:
+        ValueError: the model has no instance decoder (the message names models with one).
+        TypeError: ``sam_model`` is a bare module or a predictor, which carry no decoder.
+    """
+    mode = instance_mode(det_model)
+    if mode is None:
+        raise ValueError(f"det_model={det_model!r} is not one of {', '.join(INSTANCE_DETECTORS)}.")
+    if sam_model is None or isinstance(sam_model, str | os.PathLike):
+        from napari_samscope.core.predict.sam_api import SAM
+
+        sam_model = SAM(sam_model, device=device or "auto")
+    if not hasattr(sam_model, "has_instance_decoder"):
+        raise TypeError(
+            f"det_model={mode!r} uses the instance decoder of the SAM model: give sam_model as a "
+            f"registry name, a checkpoint path or a SAM, not a {type(sam_model).__name__}."
+        )
+    if not sam_model.has_instance_decoder:
+        from napari_samscope.core.instances.api import no_decoder_message
+
+        raise ValueError(no_decoder_message(sam_model.name, f"det_model={mode!r}"))
+    return InstanceDetector(sam_model, mode)
+
+
 def make_detector(
     det_model: str | os.PathLike | Callable[[np.ndarray], Any] | None = "blobs",
     device: str = "",
@@ -265,9 +351,15 @@ def make_detector(
         ImportError: YOLO weights but ``ultralytics`` is not installed.
         FileNotFoundError: a weight path that does not exist (YOLO names such as
             ``yolov8x.pt`` are still handed to Ultralytics, which downloads them).
-        ValueError: a name that is neither ``"blobs"`` nor a weight file name.
+        ValueError: a name that is neither ``"blobs"`` nor a weight file name; ``"ais"`` /
+            ``"apg"``, which need the SAM model (:func:`make_instance_detector`).
         TypeError: anything else.
     """
+    if instance_mode(det_model) is not None:
+        raise ValueError(
+            f"det_model={det_model!r} is the SAM model's instance decoder: build it with "
+            "make_instance_detector(det_model, sam_model)."
+        )
     if det_model is None or (isinstance(det_model, str) and det_model.lower() in ("blobs", "blob")):
         return BlobDetector()
     if isinstance(det_model, BlobDetector | CallableDetector | YoloDetector):

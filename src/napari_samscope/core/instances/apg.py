@@ -22,9 +22,11 @@ from napari_samscope.core.instances.postprocess import NumberParams
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.predict.transforms import apply_coords
 
-__all__ = ["APGParams", "instances_from_prompts", "mask_nms", "point_prompts_from_maps"]
+__all__ = ["APGParams", "instances_from_prompts", "mask_nms", "merge_masks", "point_prompts_from_maps"]
 
-_EIGHT = np.ones((3, 3), dtype=bool)
+# micro-sam's APG labels seeds and pieces with elf's ``label``, which is 4-connected (AIS,
+# by contrast, labels its seeds 8-connected)
+_FOUR = ndimage.generate_binary_structure(2, 1)
 _STABILITY_OFFSET = 1.0
 
 
@@ -58,13 +60,13 @@ def point_prompts_from_maps(
     """One ``(x, y)`` point per seed region of the (unsmoothed) maps, ``(N, 2)`` float.
 
     Seeds: centre distance and boundary distance below their thresholds where the
-    foreground is not below its threshold, 8-connected. Each point is the pixel of its
+    foreground is not below its threshold, 4-connected. Each point is the pixel of its
     seed farthest from the seed's outline (never on the image border).
     """
     foreground, center, boundary = maps[0], maps[1], maps[2]
     seeds = (center < center_distance_threshold) & (boundary < boundary_distance_threshold)
     seeds &= ~(foreground < foreground_threshold)
-    labels, count = ndimage.label(seeds, structure=_EIGHT)
+    labels, count = ndimage.label(seeds, structure=_FOUR)
     if count == 0:
         return np.zeros((0, 2), dtype=np.float64)
     inside = ~find_boundaries(labels, mode="outer")
@@ -149,25 +151,43 @@ def instances_from_prompts(predictor: Predictor, points: np.ndarray, params: APG
         kept_scores.append(scores[keep].cpu())
     masks = torch.cat(kept_masks).numpy()
     scores = torch.cat(kept_scores).numpy()
+    return merge_masks(masks, scores, int(params.min_size), params.nms_threshold, (H, W))
+
+
+def merge_masks(
+    masks: np.ndarray, scores: np.ndarray, min_size: int, nms_threshold: float,
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """APG's last step (micro-sam's ``apply_nms``): ``(N, H, W)`` bool masks with their
+    scores (predicted IoU x stability) -> ``(H, W)`` uint32 labels.
+
+    Masks of ``min_size`` pixels or fewer are dropped, the rest go through :func:`mask_nms`,
+    are painted largest first without overwriting, split into 4-connected pieces, and
+    pieces under ``min_size`` pixels are removed.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    shape = tuple(masks.shape[1:]) if shape is None else shape
+    keep = masks.reshape(masks.shape[0], -1).sum(axis=1) > min_size
+    masks, scores = masks[keep], np.asarray(scores)[keep]
     if masks.shape[0] == 0:
-        return np.zeros((H, W), dtype=np.uint32)
-    masks = masks[mask_nms(masks, scores, params.nms_threshold)]
+        return np.zeros(shape, dtype=np.uint32)
+    masks = masks[mask_nms(masks, scores, nms_threshold)]
     # paint largest first, never over an earlier mask
     areas = masks.reshape(masks.shape[0], -1).sum(axis=1)
-    painted = np.zeros((H, W), dtype=np.uint32)
+    painted = np.zeros(shape, dtype=np.uint32)
     for new_id, index in enumerate(np.argsort(-areas, kind="stable"), start=1):
         painted[masks[index] & (painted == 0)] = new_id
-    return _split_and_filter(painted, int(params.min_size))
+    return _split_and_filter(painted, int(min_size))
 
 
 def _split_and_filter(painted: np.ndarray, min_size: int) -> np.ndarray:
-    """Connected pieces (8-connected, per id) numbered 1..N, pieces under ``min_size`` removed."""
+    """Connected pieces (4-connected, per id) numbered 1..N, pieces under ``min_size`` removed."""
     out = np.zeros(painted.shape, dtype=np.uint32)
     next_id = 1
     for value, box in enumerate(ndimage.find_objects(painted), start=1):
         if box is None:
             continue
-        pieces, count = ndimage.label(painted[box] == value, structure=_EIGHT)
+        pieces, count = ndimage.label(painted[box] == value, structure=_FOUR)
         for piece in range(1, count + 1):
             where = pieces == piece
             if where.sum() < min_size:

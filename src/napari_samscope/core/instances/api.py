@@ -28,7 +28,7 @@ from napari_samscope.core.instances.postprocess import instances_from_maps
 from napari_samscope.core.predict.image import load_image
 from napari_samscope.core.predict.predictor import ImageEmbedding, Predictor
 
-__all__ = ["InstanceMode", "InstanceSegmentationMixin", "load_instance_decoder"]
+__all__ = ["InstanceMode", "InstanceSegmentationMixin", "load_instance_decoder", "no_decoder_message"]
 
 
 class InstanceMode(str, Enum):
@@ -40,7 +40,9 @@ class InstanceMode(str, Enum):
     APG = "apg"
 
 
-def _no_decoder_message(name: str, what: str) -> str:
+def no_decoder_message(name: str, what: str) -> str:
+    """The error for a model ``name`` without an instance decoder asked for ``what``: it
+    names the models that have one."""
     from napari_samscope.core.weights.microsam_zoo import models_with_decoder
 
     return (
@@ -133,7 +135,7 @@ class InstanceSegmentationMixin:
 
     def _require_decoder(self, what: str) -> UNETRDecoder:
         if self.instance_decoder is None:
-            raise ValueError(_no_decoder_message(self.name, what))
+            raise ValueError(no_decoder_message(self.name, what))
         return self.instance_decoder
 
     def instance_maps(

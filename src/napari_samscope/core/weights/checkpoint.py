@@ -143,10 +143,18 @@ def _load_safely(path: Path) -> Any:
         found = re.search(r"GLOBAL\s+([\w.]+)", message)
         if found or "global" in message.lower():
             what = f" ({found.group(1)})" if found else ""
+            hint = ""
+            if found and found.group(1).startswith(("torch_em.", "micro_sam.")):
+                # torch_em's trainer pickles its datasets into the checkpoint's "init"
+                hint = (
+                    " It is a micro-sam / torch_em training checkpoint: export its weights with "
+                    "micro-sam (micro_sam.util.export_custom_sam_model(checkpoint, model_type, "
+                    "'model.pt', with_segmentation_decoder=True)) and load the exported file."
+                )
             raise UnsafeCheckpointError(
                 f"{path} was refused for safety: it contains Python code or objects{what} "
                 "that are not plain tensors, and loading it could run that code. Only load "
-                "model files from sources you trust; SAM checkpoints hold tensors only."
+                f"model files from sources you trust; SAM checkpoints hold tensors only.{hint}"
             ) from None
         raise _corrupt(path, "its content is not a tensor pickle") from None
     except (EOFError, ValueError) as error:
