@@ -11,7 +11,7 @@ import argparse
 
 from napari_samscope.cli._common import ProgressBar, UsageError
 
-__all__ = ["add_scheduler", "run_annotate", "wants_cluster"]
+__all__ = ["add_scheduler", "run_annotate", "run_everything", "wants_cluster"]
 
 
 def _workers(text: str) -> int:
@@ -73,4 +73,26 @@ def run_annotate(args: argparse.Namespace) -> int:
     for path, reason in summary.failed:
         print(f"skipped {path}: {reason}")
     print(summary)
+    return 1 if summary.failed else 0
+
+
+def run_everything(args: argparse.Namespace, options) -> int:  # options: EverythingBatchOptions
+    """``samscope everything`` on the cluster of ``--scheduler`` / ``--workers``."""
+    from pathlib import Path
+
+    from napari_samscope.core.everything.batch import print_failures
+    from napari_samscope.core.progress import run
+    from napari_samscope.distributed.everything import everything_folder_job
+
+    spec = _spec(args)
+    job = everything_folder_job(
+        args.source, args.out, options, model=args.model, device=args.device, dtype=args.dtype,
+        scheduler=spec.address, workers=spec.workers, echo=print,
+    )
+    with ProgressBar() as bar:
+        summary = run(job, progress=bar)
+    for line in summary.lines:
+        print(line)
+    print_failures(summary)
+    print(summary.text(Path(args.out)))
     return 1 if summary.failed else 0
