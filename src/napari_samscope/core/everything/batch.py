@@ -196,11 +196,14 @@ def plan_stems(source: str | os.PathLike, out: Path) -> list[tuple[Path, str]]:
 # ----------------------------------------------------------------------------- segmenting
 
 
-Segmenter = Callable[[np.ndarray], tuple[np.ndarray, list[dict[str, Any]] | None]]
+#: ``segment(rgb)``: a job (yielding the model's own progress) whose value is
+#: ``(labels, records or None)``
+Segmenter = Callable[[np.ndarray], Job[tuple[np.ndarray, list[dict[str, Any]] | None]]]
 
 
 def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segmenter, str]:
-    """``(segment, note)``: ``segment(rgb) -> (labels, records or None)`` with ``model``
+    """``(segment, note)``: ``segment(rgb)``, a job whose value is ``(labels, records or
+    None)``, with ``model``
     (a :class:`~napari_samscope.core.predict.sam_api.SAM`), and a note naming the
     model's recommended values in use (``""`` when none).
 
@@ -211,7 +214,8 @@ def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segment
         if not model.has_instance_decoder:
             model.segment_instances(None, mode=options.mode)  # the error that names the models with one
 
-        def instances(rgb: np.ndarray) -> tuple[np.ndarray, None]:
+        def instances(rgb: np.ndarray) -> Job[tuple[np.ndarray, None]]:
+            yield from ()
             return model.segment_instances(rgb, mode=options.mode), None
 
         return instances, ""
@@ -227,8 +231,8 @@ def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segment
         shown = ", ".join(f"{k} {v:g}" for k, v in applied.items())
         note = f"{model.name}: using the model's recommended {shown} (set the options to change)"
 
-    def grid(rgb: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        result = generator.generate(rgb)
+    def grid(rgb: np.ndarray) -> Job[tuple[np.ndarray, list[dict[str, Any]]]]:
+        result = yield from generator.generate_iter(rgb)
         records = [
             {
                 "label": i + 1, "area": r.area, "bbox": list(r.bbox),
@@ -251,6 +255,16 @@ def _expected_outputs(out: Path, stem: str, path: Path, records: bool) -> list[P
     suffixes = [""] if count == 1 else [f"_z{z:04d}" for z in range(count)]
     kinds = ("_labels.tif", "_overlay.png") + (("_masks.json",) if records else ())
     return [out / f"{stem}{s}{k}" for s in suffixes for k in kinds]
+
+
+def _relabelled(job: Job[Any], where: str) -> Job[Any]:
+    """``job``'s own progress reports, their message prefixed with ``where``."""
+    while True:
+        try:
+            report = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(f"{where}: {report.message}", report.done, report.total)
 
 
 def _reason(exc: Exception) -> str:
@@ -309,7 +323,7 @@ def everything_files_job(
                 if len(planes) > 1:
                     yield Progress(f"segmenting images (plane {z + 1}/{len(planes)})", index, total)
                 rgb = plane_to_rgb(plane)
-                labels, records = segment(rgb)
+                labels, records = yield from _relabelled(segment(rgb), f"image {index + 1}/{total}")
                 files = write_results(out, stem + suffix, rgb, labels)
                 if options.records and records is not None:
                     json_path = out / f"{stem}{suffix}_masks.json"
