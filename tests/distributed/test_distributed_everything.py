@@ -82,3 +82,12 @@ def test_a_worker_without_the_model_fails_the_run_clearly(run_cli, cluster, imag
     assert "the worker on" in err and "could not load" in err and "shared file system" in err
     assert not list((tmp_path / "o").glob("*_labels.tif"))
 
+
+
+def test_stacks_are_split_into_plane_tasks():
+    from napari_samscope.distributed.everything import split_planes
+
+    assert split_planes([3], workers=2) == [[[0], [1], [2]]]
+    chunks = split_planes([32, 5], workers=2)  # 37 planes, about 8 tasks: 5 planes each
+    assert [sum(chunk, []) for chunk in chunks] == [list(range(32)), list(range(5))]
+    assert all(len(c) <= 5 for chunk in chunks for c in chunk) and len(chunks[0]) == 7

@@ -91,7 +91,7 @@ def run_everything(args: argparse.Namespace, options) -> int:  # options: Everyt
     )
     with ProgressBar() as bar:
         summary = run(job, progress=bar)
-    for line in summary.lines:
+    for line in summary.notes + summary.lines:
         print(line)
     print_failures(summary)
     print(summary.text(Path(args.out)))

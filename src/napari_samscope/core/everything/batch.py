@@ -36,6 +36,7 @@ __all__ = [
     "EverythingBatchSummary",
     "MODES",
     "everything_files_job",
+    "expected_outputs",
     "image_planes",
     "make_segmenter",
     "overlay",
@@ -79,7 +80,8 @@ class EverythingBatchOptions:
 @dataclass
 class EverythingBatchSummary:
     """What a run did: ``done`` images segmented, ``skipped`` done before, ``objects``
-    found, ``failed`` ``(path, reason)``, ``files`` written, ``lines`` one per plane."""
+    found, ``failed`` ``(path, reason)``, ``files`` written, ``lines`` one per plane,
+    ``notes`` about the model (once each)."""
 
     done: int = 0
     skipped: int = 0
@@ -87,6 +89,7 @@ class EverythingBatchSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def text(self, out: Path) -> str:
         """The run's summary line."""
@@ -102,6 +105,7 @@ class EverythingBatchSummary:
         self.failed += other.failed
         self.files += other.files
         self.lines += other.lines
+        self.notes += [note for note in other.notes if note not in self.notes]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -246,7 +250,9 @@ def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segment
     return grid, note
 
 
-def _expected_outputs(out: Path, stem: str, path: Path, records: bool) -> list[Path] | None:
+def expected_outputs(out: Path, stem: str, path: Path, records: bool) -> list[Path] | None:
+    """The files a finished image has in ``out`` (None when its planes cannot be counted
+    from the header)."""
     from napari_samscope.core.datasets.annotate_io import plane_count
 
     count = plane_count(path)
@@ -279,19 +285,28 @@ def everything_files_job(
     options: EverythingBatchOptions,
     *,
     echo: Callable[[str], Any] | None = None,
+    only_planes: Sequence[int] | None = None,
 ) -> Job[EverythingBatchSummary]:
     """Segment every ``(image, stem)`` of ``items`` into ``out`` (yields ``Progress`` per plane).
 
     ``model`` is a ``SAM``, or a function without arguments that returns one, called
     when the first image needs work (the distributed workers pass their model cache, so
-    a task whose images are all done loads nothing). A file that fails is recorded in the summary and the next
-    one is tried; ``echo`` receives each plane's line as it is done.
+    a task whose images are all done loads nothing). A file that fails is recorded in
+    the summary and the next one is tried; ``echo`` receives each plane's line as it is
+    done.
+
+    ``only_planes`` (with a single item): segment only these planes of the stack, without
+    the skip-if-done check and without recording the file in the manifest (the caller
+    records it once all its planes are done; a cluster splits a stack this way).
 
     Raises:
-        ValueError: the model cannot segment in this mode (before any file is written).
+        ValueError: the model cannot segment in this mode (before any file is written),
+            or ``only_planes`` with several items.
     """
     from napari_samscope.core.datasets.manifest import Manifest
 
+    if only_planes is not None and len(items) != 1:
+        raise ValueError("only_planes applies to a single image")
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
     summary = EverythingBatchSummary()
@@ -299,13 +314,17 @@ def everything_files_job(
     total = len(items)
     for index, (path, stem) in enumerate(items):
         yield Progress("segmenting images", index, total)
-        expected = _expected_outputs(out, stem, path, options.records)
-        if not options.overwrite and expected is not None \
+        expected = expected_outputs(out, stem, path, options.records)
+        if only_planes is None and not options.overwrite and expected is not None \
                 and manifest.is_done(stem, path, expected, settings=options.settings):
             summary.skipped += 1
             continue
         try:
             planes = image_planes(path)
+            if only_planes is not None:
+                if any(not 0 <= z < len(planes) for z in only_planes):
+                    raise ValueError(f"planes {list(only_planes)} are not all in this {len(planes)}-plane image")
+                planes = [planes[z] for z in only_planes]
         except (OSError, ValueError) as exc:
             summary.failed.append((path, _reason(exc)))
             continue
@@ -314,13 +333,13 @@ def everything_files_job(
                 model = model()
             segment, note = make_segmenter(model, options)
             if note:
-                summary.lines.append(note)
+                summary.notes.append(note)
                 if echo is not None:
                     echo(note)
         try:
             found, written = 0, []
             for z, (suffix, plane) in enumerate(planes):
-                if len(planes) > 1:
+                if len(planes) > 1 and only_planes is None:
                     yield Progress(f"segmenting images (plane {z + 1}/{len(planes)})", index, total)
                 rgb = plane_to_rgb(plane)
                 labels, records = yield from _relabelled(segment(rgb), f"image {index + 1}/{total}")
@@ -344,9 +363,10 @@ def everything_files_job(
         except Exception as exc:  # one unusable image never stops the folder
             summary.failed.append((path, _reason(exc)))
             continue
-        manifest.record(stem, path, written, keep=False, settings=options.settings)
-        manifest.save()
-        summary.done += 1
+        if only_planes is None:
+            manifest.record(stem, path, written, keep=False, settings=options.settings)
+            manifest.save()
+            summary.done += 1
         summary.objects += found
         summary.files += written
     yield Progress("segmenting images", total, total)
