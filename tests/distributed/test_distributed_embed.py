@@ -38,17 +38,17 @@ def _arrays(path):
 def test_two_workers_fill_one_store_with_the_in_process_embeddings(
     run_cli, cluster, stack_tif, tiny_model_file, tmp_path
 ):
-    from distributed import get_task_stream
     from napari_samscope.core.store import EmbeddingStore
+    from napari_samscope.distributed.embed import EmbedJob, embed_prepare_task, embed_tiles_task
+    from napari_samscope.distributed.worker import ModelRef
 
     address, client = cluster
+    client.wait_for_workers(2, timeout=120)  # a worker killed by an earlier test restarts
     code, stdout, err = _embed(run_cli, stack_tif, tiny_model_file, tmp_path / "here.zarr")
     assert code == 0, err
-    with get_task_stream(client) as stream:
-        code, there, err = _embed(run_cli, stack_tif, tiny_model_file, tmp_path / "there.zarr",
-                                  "--scheduler", address)
+    code, there, err = _embed(run_cli, stack_tif, tiny_model_file, tmp_path / "there.zarr",
+                              "--scheduler", address)
     assert code == 0, err
-    writers = {t["worker"] for t in stream.data if str(t["key"]).startswith("embed_tiles_task")}
     assert EmbeddingStore.read_spec(tmp_path / "here.zarr") == EmbeddingStore.read_spec(tmp_path / "there.zarr")
     features, done = _arrays(tmp_path / "there.zarr")
     expected, expected_done = _arrays(tmp_path / "here.zarr")
@@ -56,7 +56,21 @@ def test_two_workers_fill_one_store_with_the_in_process_embeddings(
     np.testing.assert_array_equal(features, expected)
     tiles = done.size
     assert f"4 plane(s) x {tiles // 4} tiles" in there and f"encoded {tiles}, reused 0" in there
-    assert len(writers) == 2  # both workers wrote tiles into the one store
+
+    # the same with every plane's tiles shared out between the two workers, pinned, at once
+    job = EmbedJob(str(stack_tif), str(tmp_path / "both.zarr"), ModelRef(str(tiny_model_file), "cpu", "float32"),
+                   (64, 64), (8, 8))
+    first, second = sorted(client.scheduler_info()["workers"])
+    summary, missing = client.submit(embed_prepare_task, job, workers=[first], pure=False).result()
+    futures = [
+        client.submit(embed_tiles_task, job, plane, tiles[k::2], workers=[worker],
+                      allow_other_workers=False, pure=False)
+        for plane, tiles in enumerate(missing) for k, worker in enumerate((first, second))
+    ]
+    assert sum(f.result() for f in futures) == tiles and summary.reused == 0
+    both, both_done = _arrays(tmp_path / "both.zarr")
+    assert both_done.all()
+    np.testing.assert_array_equal(both, expected)
 
 
 def test_a_rerun_encodes_only_the_missing_tiles(run_cli, cluster, stack_tif, tiny_model_file, tmp_path):

@@ -24,6 +24,7 @@ def test_folder_on_the_cluster_equals_the_in_process_run(
     run_cli, same_folders, cluster, image_folder, tiny_model_file, tmp_path
 ):
     address, client = cluster
+    client.wait_for_workers(2, timeout=120)  # a worker killed by an earlier test restarts
     here = _everything(run_cli, image_folder, tiny_model_file, tmp_path / "here", *GRID)
     client.run(clear_cache)
     there = _everything(run_cli, image_folder, tiny_model_file, tmp_path / "there", *GRID,
