@@ -52,7 +52,9 @@ def test_gitignore_covers_what_the_docs_create():
         pytest.skip("not a git checkout")
     created = ["samples/png/nuclei_2d.png", "results/nuclei_2d_labels.tif", "onnx/x.onnx",
                "samples_auto_annotate_labels/nuclei_2d.txt", "gt_annotations/nuclei_2d.txt",
-               "python_labels/nuclei_2d.txt", "model.pt"]
+               "python_labels/nuclei_2d.txt", "model.pt", "results_cluster/nuclei_2d_labels.tif",
+               "results_folder/nuclei_2d_labels.tif", "stack_emb.zarr/zarr.json",
+               "everything_out/nuclei_2d_labels.tif", "stack_embeddings.zarr/zarr.json"]
     for path in created:
         done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
         assert done.returncode == 0, f"{path} is not ignored"

@@ -143,3 +143,23 @@ def test_everything_decoder_modes_need_a_decoder_and_no_grid_options(
     code, _, err = run_cli("everything", "--model", tiny_checkpoint, "--source", nuclei_png,
                            "--out", tmp_path / "o", "--mode", "apg", "--records")
     assert code == 2 and "do not apply to --mode apg" in err
+
+
+def test_a_rerun_skips_done_images_and_other_options_redo_them(run_cli, tiny_checkpoint, nuclei_png, tmp_path):
+    out = tmp_path / "o"
+    args = ("everything", "--model", tiny_checkpoint, "--source", nuclei_png.parent, "--out", out,
+            "--points-per-side", "4", "--conf", "0")
+    code, stdout, err = run_cli(*args)
+    assert code == 0 and "done: 1 image(s)" in stdout, err
+    stamp = (out / "nuclei_labels.tif").stat().st_mtime_ns
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    code, stdout, _ = run_cli(*args)
+    assert code == 0 and "done: 0 image(s), 0 objects, 0 failed, 1 skipped" in stdout
+    assert (out / "nuclei_labels.tif").stat().st_mtime_ns == stamp
+    code, stdout, _ = run_cli(*args, "--overwrite")
+    assert code == 0 and "done: 1 image(s)" in stdout and "skipped" not in stdout
+    code, stdout, _ = run_cli(*args[:-2], "--conf", "0.1")  # other options: the image is redone
+    assert code == 0 and "done: 1 image(s)" in stdout and "skipped" not in stdout
+    (out / "nuclei_overlay.png").unlink()  # an output missing: redone
+    code, stdout, _ = run_cli(*args[:-2], "--conf", "0.1")
+    assert code == 0 and "done: 1 image(s)" in stdout and (out / "nuclei_overlay.png").exists()

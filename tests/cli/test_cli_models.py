@@ -95,3 +95,22 @@ def test_info_says_which_size_is_the_file(run_cli, tiny_checkpoint):
     assert code == 0, err
     size = tiny_checkpoint.stat().st_size / 1e6
     assert f"file: {tiny_checkpoint} ({size:.1f} MB on disk" in out
+
+
+def test_models_and_info_print_the_same_decimal_size_for_the_default_model(run_cli):
+    import re
+
+    from napari_samscope import SAM
+    from napari_samscope.core.weights.registry import DEFAULT_MODEL
+
+    code, listing, err = run_cli("models")
+    assert code == 0, err
+    row = next(line for line in listing.splitlines() if line.startswith(f"{DEFAULT_MODEL} (default)"))
+    figure = re.search(r"(\d+\.\d) MB", row).group(1)
+    code, info, err = run_cli("info", "--device", "cpu")
+    assert code == 0, err
+    assert f"{figure} MB file" in info and f"({figure} MB on disk)" in info
+    assert "MiB" not in listing + info
+    model = SAM(DEFAULT_MODEL, device="cpu")
+    assert model.info(verbose=False)["file_mb"] == float(figure)
+    assert float(figure) == round(model.path.stat().st_size / 1e6, 1)  # decimal MB, 10^6 bytes

@@ -109,6 +109,16 @@ def test_lazy_encoding_only_touches_needed_tiles_and_precompute_reports_progress
     assert tp.encoded_tiles == len(tp.grid)  # nothing encoded after precompute
 
 
+def test_precompute_of_chosen_tiles_encodes_only_those_and_refuses_bad_indices():
+    image = disc_image((256, 256), [(100, 100)], radius=6)
+    tp = _tiled(image, tile_shape=64, halo=8)
+    assert tp.precompute_all(tiles=[0, 3]) == 2 and tp.encoded_tiles == 2
+    assert tp.precompute_all(tiles=[3, 4]) == 1 and tp.encoded_tiles == 3  # tile 3 was kept
+    with pytest.raises(ValueError, match=f"tile {len(tp.grid)} does not exist"):
+        tp.precompute_all(tiles=[1, len(tp.grid)])
+    assert tp.encoded_tiles == 3  # nothing encoded before the check
+
+
 def test_a_box_larger_than_a_tile_is_decoded_in_a_fitted_window():
     image = np.zeros((256, 256), np.uint8)
     image[40:200, 100:130] = 200  # 160 px tall: larger than a 64 px tile

@@ -93,3 +93,25 @@ def run_cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def decoder_model_file(tmp_path_factory):
+    """Path of a tiny random SAM with a tiny random instance decoder (micro-sam's training
+    format) whose last layer is scaled so that AIS and APG find objects on the test images."""
+    import torch
+
+    from napari_samscope.core.instances.decoder import UNETRDecoder
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
+
+    torch.manual_seed(3)
+    sam = build_sam(tiny_config("vit", 64)).eval()
+    decoder = UNETRDecoder(embed_dim=32, features=(32, 16, 8, 4), conv_transpose=True).eval()
+    last = [m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # outputs far from 0.5: foreground and distances with structure
+        last.weight.mul_(10.0)
+        last.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    path = tmp_path_factory.mktemp("models") / "with_decoder.pt"
+    torch.save({"model_state": {"sam." + k: v for k, v in sam.state_dict().items()},
+                "decoder_state": decoder.state_dict()}, path)
+    return path

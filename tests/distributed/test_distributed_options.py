@@ -86,6 +86,36 @@ def test_without_distributed_a_scheduler_gives_the_install_command(image_folder,
     assert code == 1 and "distributed" not in err
 
 
+def test_everything_and_embed_without_distributed_give_the_install_command(
+    image_folder, tiny_model_file, tmp_path, monkeypatch, run_cli
+):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
+    out = tmp_path / "o"
+    code, _, err = run_cli("everything", "--source", image_folder, "--out", out, "--workers", "2")
+    assert code == 1 and INSTALL_HINT in err
+    code, _, err = run_cli("embed", image_folder / "stack.tif", "--out", tmp_path / "e.zarr",
+                           "--model", tiny_model_file, "--scheduler", "tcp://127.0.0.1:8786")
+    assert code == 1 and INSTALL_HINT in err
+    assert not out.exists() and not (tmp_path / "e.zarr").exists()  # nothing written before the check
+
+
+@needs_distributed
+def test_everything_and_embed_with_a_bad_scheduler_fail_fast(image_folder, tiny_model_file, tmp_path,
+                                                             monkeypatch, run_cli):
+    from napari_samscope.distributed import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    code, _, err = run_cli("everything", "--source", image_folder, "--out", tmp_path / "o",
+                           "--scheduler", address)
+    assert code == 1 and f"could not reach a dask scheduler at {address}" in err
+    code, _, err = run_cli("embed", image_folder / "stack.tif", "--out", tmp_path / "e.zarr",
+                           "--model", tiny_model_file, "--scheduler", address)
+    assert code == 1 and f"could not reach a dask scheduler at {address}" in err
+    code, _, err = run_cli("everything", "--source", image_folder, "--workers", "2", "--scheduler", address)
+    assert code == 2 and "workers applies to scheduler='local' only" in err
+
+
 def test_cli_options(run_cli, image_folder, tmp_path):
     code, _, err = run_cli("annotate", image_folder, "--workers", "0")
     assert code == 2 and "not a number of workers" in err
@@ -110,7 +140,8 @@ def test_importing_the_package_loads_neither_torch_nor_dask():
     import subprocess
 
     code = (
-        "import sys, napari_samscope.distributed, napari_samscope.cli._distributed; "
+        "import sys, napari_samscope.distributed, napari_samscope.cli._distributed, "
+        "napari_samscope.distributed.everything, napari_samscope.distributed.embed; "
         "print(sorted(m for m in ('torch', 'distributed', 'dask') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

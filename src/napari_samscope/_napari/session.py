@@ -23,6 +23,7 @@ from typing import Any
 from psygnal import Signal
 
 from napari_samscope.core.progress import Progress
+from napari_samscope.core.units import MB
 
 __all__ = [
     "ModelSession",
@@ -33,7 +34,7 @@ __all__ = [
     "DEVICES",
 ]
 
-#: Default bound of the embedding cache, in MiB.
+#: Default bound of the embedding cache, in MB (10^6 bytes).
 DEFAULT_CACHE_MB = 1024
 #: Devices offered by the widgets.
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -66,7 +67,7 @@ class ModelChoice:
         if self.cached:
             state = "cached"
         elif self.source == "download":
-            size = f" {self.size / 1e6:.0f} MB" if self.size else ""
+            size = f" {self.size / MB:.0f} MB" if self.size else ""
             state = f"not cached (downloads{size})"
         else:
             state = "not installed"
@@ -104,7 +105,7 @@ class ModelSession:
         #: Guards the shared predictor's current embedding (set_embedding + predict).
         self.decode_lock = threading.Lock()
         self._cache: Any = None
-        self._cache_bytes = int(cache_mb * 2**20)
+        self._cache_bytes = int(cache_mb * MB)
         #: The registry name chosen in the widgets' model dropdowns (``None``: none yet).
         self.selected_model: str | None = None
         #: True while a widget is loading a model for this session.

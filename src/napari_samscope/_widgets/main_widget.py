@@ -34,6 +34,7 @@ from napari_samscope._widgets.layer_wiring import LayerWiring
 from napari_samscope._widgets.main_ui import MainControls
 from napari_samscope._widgets.stack_actions import StackActions
 from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_error, notify_info
+from napari_samscope.core.units import MB
 
 __all__ = ["SegmentAnythingWidget", "INLINE_DECODE_MS"]
 
@@ -97,7 +98,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         ui.clear.clicked.connect(self.clear_prompts)
         ui.precompute.clicked.connect(self.precompute)
         ui.propagate.clicked.connect(self.segment_all_slices)
-        ui.cache_mb.valueChanged.connect(lambda mb: self.session.set_cache_limit(mb * 2**20))
+        ui.cache_mb.valueChanged.connect(lambda mb: self.session.set_cache_limit(mb * MB))
         self.link(self.session.cache_changed, self._show_cache)
         self.link(self.session.model_changed, self._model_changed)
         self.link(napari_viewer.layers.events.removed, self._layer_removed)

@@ -13,6 +13,7 @@ from typing import Any
 from napari_samscope._napari import engine
 from napari_samscope._widgets.main_ui import PROPAGATION_LABELS
 from napari_samscope._widgets.workers import notify_error, notify_info
+from napari_samscope.core.units import MB
 
 __all__ = ["StackActions"]
 
@@ -64,4 +65,4 @@ class StackActions:
                        label="precomputing embeddings (the planes encoded so far stay cached)")
 
     def _show_cache(self, nbytes: int, limit: int) -> None:
-        self.ui.cache_label.setText(f"embeddings: {nbytes / 2**20:.1f} MB of {limit / 2**20:.0f} MB")
+        self.ui.cache_label.setText(f"embeddings: {nbytes / MB:.1f} MB of {limit / MB:.0f} MB")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_samscope.core.everything.batch import image_planes, overlay, plane_to_rgb, write_results
 from napari_samscope.core.progress import TqdmBar
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "with_scale",
     "process_files",
     "write_results",
+    "image_planes",
+    "overlay",
+    "plane_to_rgb",
 ]
 
 DEFAULT_MODEL_HELP = "the project default model (samscope_nuclei)"
@@ -247,37 +251,6 @@ def with_scale(model: Any, scale: Any) -> Any:
     return model
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """``(H, W, 3) uint8`` image with each label tinted and outlined in its colour."""
-    from skimage.color import label2rgb
-    from skimage.segmentation import find_boundaries
-
-    if labels.max() == 0:
-        return rgb.copy()
-    tinted = label2rgb(labels, image=rgb, alpha=alpha, bg_label=0, image_alpha=1.0)
-    edges = find_boundaries(labels, mode="inner")
-    colours = label2rgb(labels, bg_label=0)
-    tinted[edges] = colours[edges]
-    return np.clip(tinted * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def write_results(out_dir: Path, stem: str, rgb: np.ndarray, labels: np.ndarray) -> list[Path]:
-    """``<stem>_labels.tif`` (uint16/uint32) and ``<stem>_overlay.png`` in ``out_dir``.
-
-    ``labels`` is ``(H, W)``; ``rgb`` the ``(H, W, 3) uint8`` image shown under it.
-    """
-    from PIL import Image
-
-    from napari_samscope.core.datasets.annotate_io import write_label_tiff
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    label_path = out_dir / f"{stem}_labels.tif"
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    write_label_tiff(label_path, labels)
-    Image.fromarray(overlay(rgb, labels)).save(overlay_path)
-    return [label_path, overlay_path]
-
-
 def add_channel_axis(parser: argparse.ArgumentParser) -> None:
     """``--channel-axis``: which axis of the files holds the channels (as the API's ``channel_axis``)."""
     parser.add_argument(
@@ -285,27 +258,6 @@ def add_channel_axis(parser: argparse.ArgumentParser) -> None:
         help="the axis of the image array that holds channels (e.g. 2 for a (H, W, 2) TIFF); "
              "default: only RGB(A) images have channels",
     )
-
-
-def image_planes(path: Path, channel_axis: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """``(suffix, plane)`` for each plane of an image file: ``""`` for a 2D image,
-    ``"_z0003"`` for plane 3 of a stack (as ``auto_annotate`` names them). Planes are
-    ``(H, W)``, ``(H, W, 3|4)`` or, with ``channel_axis``, ``(H, W, C)``."""
-    from napari_samscope.core.datasets.annotate_io import read_planes
-
-    planes = read_planes(path, channel_axis=channel_axis)
-    if len(planes) == 1:
-        return [("", planes[0])]
-    return [(f"_z{z:04d}", plane) for z, plane in enumerate(planes)]
-
-
-def plane_to_rgb(plane: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
-    """``(H, W, 3) uint8`` of one plane from :func:`image_planes` (channels last when
-    ``channel_axis`` was given), by the API's own conversion rule."""
-    from napari_samscope.core.datasets.annotate_io import as_valid_plane
-    from napari_samscope.core.predict.image import to_rgb_uint8
-
-    return to_rgb_uint8(as_valid_plane(plane), channel_axis=-1 if channel_axis is not None else None)
 
 
 def process_files(

@@ -11,7 +11,7 @@ import argparse
 
 from napari_samscope.cli._common import ProgressBar, UsageError
 
-__all__ = ["add_scheduler", "run_annotate", "wants_cluster"]
+__all__ = ["add_scheduler", "run_annotate", "run_embed", "run_everything", "wants_cluster"]
 
 
 def _workers(text: str) -> int:
@@ -74,3 +74,53 @@ def run_annotate(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}")
     print(summary)
     return 1 if summary.failed else 0
+
+
+def run_everything(args: argparse.Namespace, options) -> int:  # options: EverythingBatchOptions
+    """``samscope everything`` on the cluster of ``--scheduler`` / ``--workers``."""
+    from pathlib import Path
+
+    from napari_samscope.core.everything.batch import print_failures
+    from napari_samscope.core.progress import run
+    from napari_samscope.distributed.everything import everything_folder_job
+
+    spec = _spec(args)
+    job = everything_folder_job(
+        args.source, args.out, options, model=args.model, device=args.device, dtype=args.dtype,
+        scheduler=spec.address, workers=spec.workers, echo=print,
+    )
+    with ProgressBar() as bar:
+        summary = run(job, progress=bar)
+    for line in summary.notes + summary.lines:
+        print(line)
+    print_failures(summary)
+    print(summary.text(Path(args.out)))
+    return 1 if summary.failed else 0
+
+
+def run_embed(args: argparse.Namespace, image, rgb: bool) -> int:
+    """``samscope embed`` on the cluster of ``--scheduler`` / ``--workers``."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_samscope.core.progress import run
+    from napari_samscope.distributed.embed import embed_job
+
+    spec = _spec(args)
+    start = time.perf_counter()
+    job = embed_job(
+        args.image, args.out, model=args.model, device=args.device, dtype=args.dtype,
+        tile_shape=args.tile_shape, halo=args.halo, rgb=rgb, recompute=args.recompute,
+        scheduler=spec.address, workers=spec.workers, echo=print,
+    )
+    with ProgressBar() as bar:
+        summary = run(job, progress=bar)
+    print(
+        f"{Path(args.image).name}: shape {tuple(image.shape)} {np.dtype(image.dtype)}, "
+        f"{summary.planes} plane(s) x {summary.tiles} tiles of {summary.tile_shape} "
+        f"(halo {summary.halo}); encoded {summary.encoded}, reused {summary.reused} in "
+        f"{time.perf_counter() - start:.1f} s -> {args.out}"
+    )
+    return 0

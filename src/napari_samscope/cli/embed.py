@@ -16,6 +16,7 @@ from napari_samscope.cli._common import (
     load_model,
     with_scale,
 )
+from napari_samscope.cli._distributed import add_scheduler, run_embed, wants_cluster
 
 DESCRIPTION = """\
 Encode an image tile by tile and keep the embeddings in a zarr store, so that napari,
@@ -23,6 +24,9 @@ the Python API (TiledPredictor(...).set_image(image, embeddings=STORE)) and late
 decode prompts without encoding anything. Large TIFF files and OME-Zarr images are read
 window by window, never whole; every plane of a stack or time series is embedded. Run
 it again to finish a store that was interrupted: finished tiles are kept.
+With --scheduler / --workers the tiles of every plane are encoded by the workers of a
+dask cluster, which read the image and write the store themselves (a shared file
+system); the store holds the same embeddings as an in-process run.
 """
 
 
@@ -58,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="replace a store made for another image, model or tiling")
     add_device(parser)
     add_scale(parser)
+    add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -74,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     rgb = bool(args.rgb) or (
         len(image.shape) >= 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8
     )
+    if wants_cluster(args):  # --scheduler / --workers: the workers encode the tiles
+        if args.scale is not None:
+            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
+                             "the workers use the model's default scale")
+        return run_embed(args, image, rgb)
     tiled = TiledPredictor(with_scale(load_model(args.model, args.device, args.dtype), args.scale).predictor())
     planes = plane_count(image, rgb)
     start, encoded, total = time.perf_counter(), 0, 0

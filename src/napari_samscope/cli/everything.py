@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from napari_samscope.cli._common import (
     ProgressBar,
     UsageError,
@@ -15,12 +13,14 @@ from napari_samscope.cli._common import (
     add_device,
     add_model,
     add_scale,
-    image_planes,
     load_model,
-    plane_to_rgb,
-    process_files,
     with_scale,
-    write_results,
+)
+from napari_samscope.cli._distributed import add_scheduler, run_everything, wants_cluster
+from napari_samscope.core.everything.batch import (
+    EverythingBatchOptions,
+    EverythingBatchSummary,
+    print_failures,
 )
 from napari_samscope.core.everything.params import EVERYTHING_DEFAULTS, EverythingParams
 
@@ -29,6 +29,10 @@ Segment everything in an image (or every image of a folder) by prompting the mod
 a grid of points, as the official automatic mask generator does. Writes per image
 <stem>_labels.tif, <stem>_overlay.png and, with --records, <stem>_masks.json (one record
 per mask: area, bbox x,y,w,h, predicted_iou, stability_score, point, crop_box).
+Files are written atomically; a rerun with the same options skips the images already
+done (--overwrite redoes them), so an interrupted folder continues where it stopped.
+With --scheduler / --workers the images are segmented by the workers of a dask cluster,
+one task per image, with the same outputs byte for byte.
 Unset options take the model's recommended values when its registry entry has some
 (below), else the official defaults (shown in brackets).
 
@@ -100,8 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("amg", "ais", "apg"), default="amg",
                         help="amg: the point grid (default); ais / apg: the instance decoder")
     parser.add_argument("--records", action="store_true", help="also write <stem>_masks.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo images whose outputs exist (a rerun with the same options "
+                             "otherwise skips them)")
     add_device(parser)
     add_scale(parser)
+    add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -124,73 +132,57 @@ def given_params(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
+def settings_key(args: argparse.Namespace, given: dict[str, object]) -> str:
+    """What the outputs depend on besides the source, as the manifest records it: a rerun
+    with the same key skips finished images, any other key redoes them."""
+    model = args.model
+    if model is not None and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    return json.dumps({
+        "command": "everything", "mode": args.mode, "model": model, "dtype": args.dtype,
+        "params": {k: given[k] for k in sorted(given)}, "records": bool(args.records),
+        "scale": getattr(args, "scale", None),
+    }, sort_keys=True)
+
+
+def batch_options(args: argparse.Namespace) -> EverythingBatchOptions:
+    """The checked options of one run (before any model is loaded).
+
+    Raises:
+        UsageError: bad values, or grid options with a decoder mode (exit code 2).
+    """
+    given = given_params(args)
+    if args.mode != "amg" and (given or args.records):
+        raise UsageError(f"the point-grid options and --records do not apply to --mode {args.mode}")
+    return EverythingBatchOptions(
+        mode=args.mode, params=tuple(sorted(given.items())), records=bool(args.records),
+        overwrite=bool(args.overwrite), settings=settings_key(args, given),
+    )
+
+
+def report(summary: EverythingBatchSummary, out: Path) -> int:
+    """The failures on stderr, one summary line; the exit code (1 when a file failed)."""
+    print_failures(summary)
+    print(summary.text(out))
+    return 1 if summary.failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.datasets.annotate_io import list_images
-    from napari_samscope.core.everything.generator import MaskGenerator, model_everything_defaults
+    from napari_samscope.core.everything.batch import everything_files_job, plan_stems
+    from napari_samscope.core.progress import run as run_job
 
-    given = given_params(args)  # checked before the model is loaded
+    options = batch_options(args)  # checked before the model is loaded
     list_images(args.source)  # a missing source fails before the model is loaded
-    if args.mode != "amg":
-        if given or args.records:
-            raise UsageError(f"the point-grid options and --records do not apply to --mode {args.mode}")
-        return _run_instances(args)
-    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
-    recommended = model_everything_defaults(model)
-    generator = MaskGenerator(model, params=EverythingParams.with_defaults(given, recommended))
-    applied = {k: v for k, v in recommended.items() if k not in given}
-    if applied:
-        shown = ", ".join(f"{k} {v:g}" for k, v in applied.items())
-        print(f"{model.name}: using the model's recommended {shown} (set the options to change)")
+    if wants_cluster(args):
+        if args.scale is not None:
+            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
+                             "the workers use the model's default scale")
+        return run_everything(args, options)
     out = Path(args.out)
-
-    def process(path: Path, stem: str) -> tuple[int, list[Path]]:
-        count, written = 0, []
-        for suffix, plane in image_planes(path):
-            rgb = plane_to_rgb(plane)
-            with ProgressBar() as bar:
-                result = generator.generate(rgb, progress=bar)
-            files = write_results(out, stem + suffix, rgb, result.to_label_image())
-            if args.records:
-                records = [
-                    {
-                        "label": i + 1, "area": r.area, "bbox": list(r.bbox),
-                        "predicted_iou": r.predicted_iou, "stability_score": r.stability_score,
-                        "point": list(r.point_coords), "crop_box": list(r.crop_box),
-                    }
-                    for i, r in enumerate(result.records)
-                ]
-                json_path = out / f"{stem}{suffix}_masks.json"
-                json_path.write_text(json.dumps(records, indent=1), encoding="utf-8")
-                files.append(json_path)
-            where = f" plane {suffix[2:]}" if suffix else ""
-            print(f"{path.name}{where}: {len(result)} mask{'' if len(result) == 1 else 's'} -> "
-                  f"{', '.join(str(p) for p in files)}")
-            count += len(result)
-            written += files
-        return count, written
-
-    return process_files(args.source, out, process, what="masks")
-
-
-def _run_instances(args: argparse.Namespace) -> int:
-    """``--mode ais`` / ``apg``: instances from the model's instance decoder."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = plan_stems(args.source, out)
     model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
-    if not model.has_instance_decoder:
-        model.segment_instances(None, mode=args.mode)  # raises the error that names the models with a decoder
-    out = Path(args.out)
-
-    def process(path: Path, stem: str) -> tuple[int, list[Path]]:
-        count, written = 0, []
-        for suffix, plane in image_planes(path):
-            rgb = plane_to_rgb(plane)
-            labels = model.segment_instances(rgb, mode=args.mode)
-            files = write_results(out, stem + suffix, rgb, labels)
-            found = int(np.count_nonzero(np.unique(labels)))  # ids need not be consecutive
-            where = f" plane {suffix[2:]}" if suffix else ""
-            print(f"{path.name}{where}: {found} object{'' if found == 1 else 's'} ({args.mode}) -> "
-                  f"{', '.join(str(p) for p in files)}")
-            count += found
-            written += files
-        return count, written
-
-    return process_files(args.source, out, process, what="objects")
+    with ProgressBar() as bar:
+        summary = run_job(everything_files_job(items, out, model, options, echo=print), progress=bar)
+    return report(summary, out)

@@ -40,11 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _size(nbytes: int | None) -> str:
     """A file size in decimal units (MB = 10^6 bytes), as the registry's descriptions."""
-    if nbytes is None:
-        return "?"
-    if nbytes >= 1e9:
-        return f"{nbytes / 1e9:.2f} GB"
-    return f"{nbytes / 1e6:.1f} MB"
+    from napari_samscope.core.units import format_size
+
+    return format_size(nbytes)
 
 
 def _cached_column(status: object) -> tuple[str, str | None]:
@@ -116,10 +114,7 @@ def run_info(args: argparse.Namespace) -> int:
     model.info(verbose=True)
     path = getattr(model, "path", None)
     if path is not None and Path(path).is_file():
-        # the summary's size counts parameters and buffers in memory; `samscope models`
-        # lists the file, so say both to avoid two different "sizes"
-        print(f"  file: {path} ({_size(Path(path).stat().st_size)} on disk; the size above is "
-              "the weights in memory)")
+        print(f"  file: {path} ({_size(Path(path).stat().st_size)} on disk)")
     return 0
 
 

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LazyPredictor", "ModelRef", "cached_predictor", "clear_cache", "load_count"]
+__all__ = [
+    "LazyPredictor",
+    "ModelRef",
+    "cached_model",
+    "cached_predictor",
+    "clear_cache",
+    "load_count",
+]
 
 _PREDICTORS: dict[tuple[Any, ...], Any] = {}
 _LOADS = [0]  # models this process has loaded since it started or was cleared
@@ -82,10 +89,30 @@ def cached_predictor(ref: ModelRef) -> Any:
     return predictor
 
 
-def _load(ref: ModelRef) -> Any:
+def cached_model(ref: ModelRef) -> Any:
+    """This process's :class:`~napari_samscope.core.predict.sam_api.SAM` for ``ref``, loaded
+    as the ``samscope`` commands load it (``SAM(model, device, dtype)``).
+
+    Raises:
+        ValueError: the model cannot be loaded here (the message names the worker).
+    """
+    key = ("SAM", *ref.cache_key())
+    model = _PREDICTORS.get(key)
+    if model is None:
+        model = _load(ref, as_sam=True)
+        _PREDICTORS[key] = model
+        _LOADS[0] += 1
+    return model
+
+
+def _load(ref: ModelRef, as_sam: bool = False) -> Any:
     from napari_samscope.core.predict.resolve import as_predictor
 
     try:
+        if as_sam:
+            from napari_samscope.core.predict.sam_api import SAM
+
+            return SAM(ref.model, device=ref.device or "auto", dtype=ref.dtype)
         if ref.dtype == "default":  # as auto_annotate resolves a name or a path
             return as_predictor(ref.model, device=ref.device or "auto")
         from napari_samscope.core.predict.sam_api import SAM
@@ -127,3 +154,4 @@ class LazyPredictor:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(cached_predictor(self._ref), name)
+

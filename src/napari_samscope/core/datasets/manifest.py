@@ -50,6 +50,8 @@ class SourceRecord:
         mtime_ns: its modification time (nanoseconds) when it was annotated.
         sha256: hex sha256 of its content.
         outputs: the names of the files written for it, in the output folder.
+        settings: what else the outputs depend on (a command's options, the model), as
+            the command that wrote them spells it; ``""`` when nothing is recorded.
     """
 
     source: str
@@ -57,6 +59,13 @@ class SourceRecord:
     mtime_ns: int
     sha256: str
     outputs: list[str] = field(default_factory=list)
+    settings: str = ""
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if not self.settings:  # manifests without settings keep their layout
+            del data["settings"]
+        return data
 
 
 def resolved_path(path: Path) -> Path:
@@ -124,6 +133,7 @@ class Manifest:
                 str(stem): SourceRecord(
                     source=str(item["source"]), size=int(item["size"]), mtime_ns=int(item["mtime_ns"]),
                     sha256=str(item["sha256"]), outputs=[str(n) for n in item.get("outputs", [])],
+                    settings=str(item.get("settings", "")),
                 )
                 for stem, item in data["sources"].items()
             }
@@ -145,14 +155,18 @@ class Manifest:
         names = {MANIFEST_NAME, *(n for rec in self.records.values() for n in rec.outputs)}
         return {folder / n for n in names}
 
-    def is_done(self, stem: str, source: Path, outputs: Iterable[Path]) -> bool:
+    def is_done(self, stem: str, source: Path, outputs: Iterable[Path],
+                settings: str | None = None) -> bool:
         """True when every path of ``outputs`` exists and the manifest records them as
-        made from ``source`` with its current content."""
+        made from ``source`` with its current content (and, when ``settings`` is given,
+        with these settings)."""
         outputs = list(outputs)
         if not all(p.exists() for p in outputs):
             return False
         record = self.records.get(stem)
         if record is None or record.source != str(resolved_path(source)):
+            return False
+        if settings is not None and record.settings != settings:
             return False
         if not {p.name for p in outputs} <= set(record.outputs):
             return False
@@ -164,16 +178,19 @@ class Manifest:
             self._changed.add(stem)
         return True
 
-    def record(self, stem: str, source: Path, outputs: Iterable[Path], keep: bool = True) -> None:
+    def record(self, stem: str, source: Path, outputs: Iterable[Path], keep: bool = True,
+               settings: str = "") -> None:
         """Record that ``outputs`` were made from ``source`` (its current content) under
-        ``stem``; with ``keep``, names recorded earlier for the same source are kept."""
+        ``stem`` with ``settings``; with ``keep``, names recorded earlier for the same
+        source are kept."""
         known = self.records.get(stem)
         same_source = known is not None and known.source == str(resolved_path(source))
         size, mtime_ns, digest = source_fingerprint(source, known if same_source else None)
         names = [p.name for p in outputs]
         if keep and same_source:
             names = sorted({*known.outputs, *names})
-        self.records[stem] = SourceRecord(str(resolved_path(source)), size, mtime_ns, digest, names)
+        self.records[stem] = SourceRecord(str(resolved_path(source)), size, mtime_ns, digest, names,
+                                          settings)
         self._changed.add(stem)
 
     def save(self) -> None:
@@ -187,7 +204,7 @@ class Manifest:
             on_disk = self._read(self.path) or {}
             merged = {**on_disk, **{s: self.records[s] for s in self._changed if s in self.records}}
             merged.update({s: r for s, r in self.records.items() if s not in on_disk})
-            data = {"format": _FORMAT, "sources": {s: asdict(r) for s, r in sorted(merged.items())}}
+            data = {"format": _FORMAT, "sources": {s: r.to_json() for s, r in sorted(merged.items())}}
             tmp = self.path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}-{threading.get_ident()}")
             try:
                 tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -162,10 +162,13 @@ class SAM(InstanceSegmentationMixin):
         """Summary of the model: layers, parameters, size, input size.
 
         Returns a dict with ``name``, ``architecture`` (encoder type), ``layers`` (leaf
-        modules), ``parameters``, ``size_mb`` (parameters and buffers, MiB),
-        ``file_mb`` (checkpoint size or None), ``input_size`` (``S``),
+        modules), ``parameters``, ``size_mb`` (parameters and buffers in memory, MB),
+        ``file_mb`` (checkpoint file size in MB, or None), ``input_size`` (``S``),
         ``embedding_size`` (``E``), ``device`` and ``dtype``; prints it when ``verbose``.
+        Sizes are decimal (1 MB = 10^6 bytes), as ``samscope models`` lists files.
         """
+        from napari_samscope.core.units import format_size, megabytes
+
         modules = list(self.model.modules())
         layers = sum(1 for m in modules if next(m.children(), None) is None)
         params = sum(p.numel() for p in self.model.parameters())
@@ -173,13 +176,13 @@ class SAM(InstanceSegmentationMixin):
         nbytes += sum(b.numel() * b.element_size() for b in self.model.buffers())
         file_mb = None
         if self.path is not None and self.path.is_file():
-            file_mb = round(self.path.stat().st_size / 2**20, 1)
+            file_mb = megabytes(self.path.stat().st_size)
         summary = {
             "name": self.name,
             "architecture": getattr(self.model.config, "encoder_type", "unknown"),
             "layers": layers,
             "parameters": params,
-            "size_mb": round(nbytes / 2**20, 1),
+            "size_mb": megabytes(nbytes),
             "file_mb": file_mb,
             "input_size": self.model.img_size,
             "embedding_size": self.model.embedding_size,
@@ -187,9 +190,12 @@ class SAM(InstanceSegmentationMixin):
             "dtype": "float32" if self.dtype is None else str(self.dtype).replace("torch.", ""),
         }
         if verbose:
+            sizes = f"{format_size(nbytes)} in memory"
+            if file_mb is not None:  # the figure `samscope models` lists comes first
+                sizes = f"{format_size(self.path.stat().st_size)} file, {sizes}"
             print(
                 f"{self.name} summary: {layers} layers, {params:,} parameters, "
-                f"{summary['size_mb']} MB, input {summary['input_size']}x{summary['input_size']}, "
+                f"{sizes}, input {summary['input_size']}x{summary['input_size']}, "
                 f"{summary['architecture']} on {summary['device']} ({summary['dtype']})"
             )
         return summary

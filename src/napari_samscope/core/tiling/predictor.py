@@ -223,14 +223,25 @@ class TiledPredictor:
 
     # ------------------------------------------------------------------ embeddings
 
-    def precompute(self, batch_size: int = 1) -> Generator[Progress, None, int]:
-        """Encode every tile not yet in memory or in the store, yielding progress; returns
-        the number of tiles encoded. With a store, each tile is written (and marked
-        complete) as soon as it is encoded, so stopping early loses nothing done, and
-        is not kept in memory (prompts read it back), so memory does not grow with the
-        image; without a store, every tile is kept in memory."""
+    def precompute(
+        self, batch_size: int = 1, tiles: Sequence[int] | None = None
+    ) -> Generator[Progress, None, int]:
+        """Encode every tile (or every tile of ``tiles``, indices into :attr:`grid`) not yet
+        in memory or in the store, yielding progress; returns the number of tiles encoded.
+        With a store, each tile is written (and marked complete) as soon as it is encoded,
+        so stopping early loses nothing done, and is not kept in memory (prompts read it
+        back), so memory does not grow with the image; without a store, every tile is
+        kept in memory.
+
+        Raises:
+            ValueError: a tile index out of range.
+        """
         grid = self._require_grid()
-        todo = [t.index for t in grid if not self._available(t.index)]
+        wanted = range(len(grid)) if tiles is None else [int(i) for i in tiles]
+        bad = [i for i in wanted if not 0 <= i < len(grid)]
+        if bad:
+            raise ValueError(f"tile {bad[0]} does not exist: this plane has {len(grid)} tiles (0 to {len(grid) - 1})")
+        todo = [i for i in wanted if not self._available(i)]
         for start in range(0, len(todo), max(1, batch_size)):
             yield Progress("encoding tiles", start, len(todo))
             chunk = todo[start : start + max(1, batch_size)]
@@ -240,9 +251,11 @@ class TiledPredictor:
         yield Progress("encoding tiles", len(todo), len(todo))
         return len(todo)
 
-    def precompute_all(self, progress: Any = None, batch_size: int = 1) -> int:
+    def precompute_all(
+        self, progress: Any = None, batch_size: int = 1, tiles: Sequence[int] | None = None
+    ) -> int:
         """Run :meth:`precompute` to the end (``progress`` as in ``core.progress.run``)."""
-        return run(self.precompute(batch_size), progress=progress)
+        return run(self.precompute(batch_size, tiles), progress=progress)
 
     def tile_embedding(self, index: int) -> Any:
         """The ``ImageEmbedding`` of tile ``index`` (from memory, the store, or encoded now)."""
