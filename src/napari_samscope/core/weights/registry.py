@@ -48,14 +48,14 @@ SAMSCOPE_NUCLEI_FILE = "models/samscope_nuclei.pt"
 #: Exact byte size of the shipped file (the packaged file is refused when it differs).
 SAMSCOPE_NUCLEI_SIZE: int | None = 7483515
 #: Hex sha256 of the shipped file (the packaged file is refused when it differs).
-SAMSCOPE_NUCLEI_SHA256: str | None = "4160cab72186cc20feed8b354ec779e9d5d4882f8e313934bd9edd37d4fd1e66"
+SAMSCOPE_NUCLEI_SHA256: str | None = "56c4bc62b42705d1380fd44dcfe1aa8142114466ad1ab93455719bed7741bc0e"
 #: Informational architecture label; loading always reads the config stored in the file.
 SAMSCOPE_NUCLEI_ARCH = "custom"
 #: Segment-everything parameters recommended for the default model (its IoU head is
 #: calibrated differently from Meta's, so the official 0.88 / 0.95 miss half the nuclei).
 #: ``python training/calibrate_everything.py`` prints these values for a retrained model
 #: (held-out images, masks matched at IoU >= 0.5; the figures are in training/README.md).
-SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_score_thresh=0.95)
+SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_score_thresh=0.92)
 #: The object scale the default model was trained for (``scale="auto"`` keeps images in it).
 #: Its training images were rendered at 512x512 with nuclei of radius 6-31 px and upsampled
 #: 2x into the 1024 input (training/README.md), so it saw nuclei of radius 12-62 input
