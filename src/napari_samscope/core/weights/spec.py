@@ -46,6 +46,8 @@ class ModelSpec:
             and its masks agree with float32 (IoU >= 0.97), so the default dtype request
             resolves to ``"auto"`` (bf16 where the hardware computes it natively); see
             :func:`default_dtype_request`.
+        decoder: the registry name of the model's instance decoder companion (a
+            ``"unetr_decoder"`` entry, loaded with the model for AIS/APG), or None.
     """
 
     name: str
@@ -62,6 +64,7 @@ class ModelSpec:
     auto_bf16: bool = False
     xxh128: str | None = None
     domain: str = ""
+    decoder: str | None = None
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
