@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20240615)
     parser.add_argument("--planes", type=int, default=160, help="training planes (each encoded once)")
     parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--features", default="64,32,16,8",
+                        help="decoder widths, each half the one before (32,16,8,4 is faster)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--eval", type=int, default=10, metavar="N",
                         help="held-out images per set for the AIS figures in the sidecar (0: none)")
@@ -91,7 +93,11 @@ def main() -> None:
     samples, counts = make_pool(args.planes, sam.img_size, np.random.default_rng(args.seed))
     render_s = time.perf_counter() - start
     print(f"pool of {len(samples)} planes {counts} in {render_s:.0f} s", file=log)
-    config = DecoderTrainConfig(steps=args.steps, seed=args.seed)
+    try:
+        features = tuple(int(v) for v in args.features.split(","))
+        config = DecoderTrainConfig(steps=args.steps, seed=args.seed, features=features)
+    except ValueError as error:
+        parser.error(str(error))
     torch.manual_seed(config.seed)
     decoder = UNETRDecoder(embed_dim=int(sam.prompt_encoder.embed_dim), features=config.features)
     job = train_decoder_iter(sam, samples, config, decoder=decoder)
@@ -125,6 +131,7 @@ def main() -> None:
         model.set_instance_decoder(path)
         meta["held_out"] = synthetic_ais_scores(model, args.eval, EVAL_SEED)
     meta["seconds"]["total"] = round(time.perf_counter() - start)
+    meta["seconds"]["cpu"] = round(time.process_time())  # all threads; ~ the wall time of one idle core
     meta["file"] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     path.with_name(path.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta, indent=2), file=log)

@@ -74,7 +74,9 @@ def test_the_default_model_finds_unseen_nuclei_with_ais(default_model):
     found = default_model.segment_instances(image, mode="ais")
     assert found.shape == labels.shape and found.dtype == np.uint32
     scores = instance_scores([found], [labels])
-    # THRESHOLDS
+    # The targets on the held-out sets are F1 >= 0.90 and mean matched IoU >= 0.85;
+    # one sparse image asks a little less. A decoder that does not find nuclei (an untrained
+    # one, or one made for another encoder) gives F1 near 0.
     assert scores["f1"] > 0.85, scores
     assert scores["mean_matched_iou"] > 0.80, scores
     maps = default_model.instance_maps(image)
