@@ -81,9 +81,6 @@ def test_the_default_model_finds_unseen_nuclei_with_ais(default_model):
     assert scores["mean_matched_iou"] > 0.80, scores
     maps = default_model.instance_maps(image)
     assert maps.shape == (3, 512, 512) and maps.dtype == np.float32
-    # the foreground map agrees with the nuclei
-    fg = maps[0] > 0.5
-    assert (fg & (labels > 0)).sum() / (fg | (labels > 0)).sum() > 0.8
 
 
 def test_a_decoder_for_another_encoder_is_refused(default_model):
