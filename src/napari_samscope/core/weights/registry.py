@@ -61,8 +61,8 @@ SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_sco
 #: ``python training/train_instance_decoder.py`` (training/README.md) and checked like the
 #: model. Size and sha256 are None while no decoder is shipped: the model then has none.
 SAMSCOPE_NUCLEI_DECODER_FILE = "models/samscope_nuclei_decoder.pt"
-SAMSCOPE_NUCLEI_DECODER_SIZE: int | None = 1033365
-SAMSCOPE_NUCLEI_DECODER_SHA256: str | None = "95702942f305db833b159ab4acc364061e62d917a9016f4ad5be2799eb94fcc0"
+SAMSCOPE_NUCLEI_DECODER_SIZE: int | None = 1034909
+SAMSCOPE_NUCLEI_DECODER_SHA256: str | None = "8a17d28c3988bb2c3f59d94f03f39fee2410f273175fcce6a737c25c78fa4573"
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
