@@ -43,11 +43,11 @@ class InstanceMode(str, Enum):
 def no_decoder_message(name: str, what: str) -> str:
     """The error for a model ``name`` without an instance decoder asked for ``what``: it
     names the models that have one."""
-    from napari_samscope.core.weights.microsam_zoo import models_with_decoder
+    from napari_samscope.core.weights.registry import decoder_models
 
     return (
         f"Model {name!r} has no instance decoder, so {what} is not available. Models with "
-        f"one: {', '.join(models_with_decoder())} (or a micro-sam checkpoint that holds a "
+        f"one: {', '.join(decoder_models())} (or a micro-sam checkpoint that holds a "
         "'decoder_state'; or set one with set_instance_decoder). Without a decoder, use "
         "segment-everything: model(image)."
     )
@@ -60,7 +60,8 @@ def load_instance_decoder(
     on its device, or None.
 
     From the checkpoint's ``decoder_state`` when it has one; else from the registry's
-    ``<name>_decoder`` companion (downloaded once, xxh128-checked).
+    companion (``ModelSpec.decoder``): a packaged file (size and sha256 checked) or a
+    download (once, hash-checked).
     """
     embed_dim = int(loaded.sam.prompt_encoder.embed_dim)
     decoder = None
@@ -68,12 +69,14 @@ def load_instance_decoder(
         decoder = decoder_from_state(loaded.decoder_state, source=str(loaded.path), embed_dim=embed_dim)
     elif loaded.spec is not None:
         from napari_samscope.core.weights.download import download
-        from napari_samscope.core.weights.microsam_zoo import decoder_name
-        from napari_samscope.core.weights.registry import resolve
+        from napari_samscope.core.weights.registry import check_model_file, resolve
 
-        companion = decoder_name(loaded.spec.name)
-        if companion is not None:
-            path = download(resolve(companion), progress=progress)
+        if loaded.spec.decoder is not None:
+            spec = resolve(loaded.spec.decoder)
+            if spec.source == "download":
+                path = download(spec, progress=progress)
+            else:
+                path = check_model_file(spec)
             decoder = read_decoder(path, embed_dim=embed_dim)
     return None if decoder is None else decoder.to(loaded.device).eval()
 

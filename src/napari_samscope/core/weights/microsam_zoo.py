@@ -86,7 +86,7 @@ def _specs() -> tuple[ModelSpec, ...]:
     for name, (arch, domain, data, (url, xxh), (dec_url, dec_xxh)) in _TABLE.items():
         specs.append(ModelSpec(
             name=name, arch=arch, filename=f"microsam_{name}.pt", url=url, xxh128=xxh,
-            domain=domain,
+            domain=domain, decoder=name + DECODER_SUFFIX,
             description=f"micro-sam {_ARCH_LABEL[arch]} fine-tuned for {data}; "
             "with an instance decoder (AIS)",
         ))

@@ -33,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "ModelStatus",
     "check_model_file",
+    "decoder_models",
     "list_models",
     "lookup",
     "model_names",
@@ -66,10 +67,30 @@ SAMSCOPE_NUCLEI_EVERYTHING = EverythingParams(pred_iou_thresh=0.7, stability_sco
 SAMSCOPE_NUCLEI_INPUT_SCALE = InputScale(
     magnification=2.0, min_magnification=1.5, max_magnification=2.5
 )
+#: The default model's instance decoder (AIS), trained on its frozen encoder by
+#: ``python training/train_instance_decoder.py`` (training/README.md) and checked like the
+#: model. Size and sha256 are None while no decoder is shipped: the model then has none.
+SAMSCOPE_NUCLEI_DECODER_FILE = "models/samscope_nuclei_decoder.pt"
+SAMSCOPE_NUCLEI_DECODER_SIZE: int | None = 1034909
+SAMSCOPE_NUCLEI_DECODER_SHA256: str | None = "8a17d28c3988bb2c3f59d94f03f39fee2410f273175fcce6a737c25c78fa4573"
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
+
+#: The entry of the default model's decoder companion, once one is shipped.
+_NUCLEI_DECODER: tuple[ModelSpec, ...] = (
+    (ModelSpec(
+        name="samscope_nuclei_decoder",
+        arch="unetr_decoder",
+        filename="samscope_nuclei_decoder.pt",
+        size=SAMSCOPE_NUCLEI_DECODER_SIZE,
+        sha256=SAMSCOPE_NUCLEI_DECODER_SHA256,
+        description="instance decoder of samscope_nuclei (loaded with it; not a SAM model)",
+        package_file=SAMSCOPE_NUCLEI_DECODER_FILE,
+    ),)
+    if SAMSCOPE_NUCLEI_DECODER_SHA256 else ()
+)
 
 # auto_bf16: every registry model runs faster under bf16 autocast than in float32 on
 # hardware with native bf16 (the set_image figures are in benchmarks/RESULTS.md), and its
@@ -88,7 +109,9 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         everything_defaults=SAMSCOPE_NUCLEI_EVERYTHING,
         auto_bf16=True,
         input_scale=SAMSCOPE_NUCLEI_INPUT_SCALE,
+        decoder=_NUCLEI_DECODER[0].name if _NUCLEI_DECODER else None,
     ),
+    *_NUCLEI_DECODER,
     ModelSpec(
         name="vit_b",
         arch="vit_b",
@@ -167,6 +190,11 @@ def lookup(name: str) -> ModelSpec | None:
         if key in (_key(n) for n in spec.names):
             return spec
     return None
+
+
+def decoder_models() -> list[str]:
+    """Names of the registered models that come with an instance decoder."""
+    return [spec.name for spec in _all_specs() if spec.decoder]
 
 
 def model_path(spec: ModelSpec) -> Path:

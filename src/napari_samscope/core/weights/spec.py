@@ -122,6 +122,8 @@ class ModelSpec:
         input_scale: the object scale the weights were trained for (an
             :class:`InputScale`); with one, ``scale="auto"`` is the model's default input
             placement. None (official and micro-sam models): SAM's "fill" resize.
+        decoder: the registry name of the model's instance decoder companion (a
+            ``"unetr_decoder"`` entry, loaded with the model for AIS/APG), or None.
     """
 
     name: str
@@ -139,6 +141,7 @@ class ModelSpec:
     xxh128: str | None = None
     domain: str = ""
     input_scale: InputScale | None = None
+    decoder: str | None = None
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
