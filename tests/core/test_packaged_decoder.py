@@ -24,13 +24,16 @@ from napari_samscope.core.weights.spec import ModelSpec
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _package(tmp_path, monkeypatch, embed_dim: int = 128, damage: bool = False) -> None:
+def _package(tmp_path, monkeypatch, embed_dim: int = 128, damage: bool = False,
+             trained_on: str | None = None) -> None:
     model = registry.resolve("samscope_nuclei")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(registry.model_path(model), models / "samscope_nuclei.pt")
     torch.manual_seed(0)
-    path = save_decoder(models / "decoder.pt", UNETRDecoder(embed_dim=embed_dim, features=(8, 4, 2, 1)))
+    meta = {"sam_sha256": trained_on if trained_on is not None else model.sha256}
+    path = save_decoder(models / "decoder.pt", UNETRDecoder(embed_dim=embed_dim, features=(8, 4, 2, 1)),
+                        meta=meta)
     data = path.read_bytes()
     spec = ModelSpec(
         name="samscope_nuclei_decoder", arch="unetr_decoder", filename="decoder.pt",
@@ -66,6 +69,12 @@ def test_a_damaged_packaged_decoder_is_refused(tmp_path, monkeypatch):
 def test_a_packaged_decoder_for_another_encoder_is_refused(tmp_path, monkeypatch):
     _package(tmp_path, monkeypatch, embed_dim=256)
     with pytest.raises(ValueError, match="256-channel image embeddings, but this model's encoder gives 128"):
+        SAM(device="cpu")
+
+
+def test_a_packaged_decoder_trained_on_another_checkpoint_is_refused(tmp_path, monkeypatch):
+    _package(tmp_path, monkeypatch, trained_on="ab" * 32)
+    with pytest.raises(ValueError, match=r"trained on another samscope_nuclei checkpoint \(sha256 abababababab"):
         SAM(device="cpu")
 
 

@@ -78,7 +78,29 @@ def load_instance_decoder(
             else:
                 path = check_model_file(spec)
             decoder = read_decoder(path, embed_dim=embed_dim)
+            _check_trained_on(path, loaded.spec)
     return None if decoder is None else decoder.to(loaded.device).eval()
+
+
+def _check_trained_on(path: Any, model_spec: Any) -> None:
+    """Refuse a companion decoder trained on another checkpoint of its model.
+
+    A decoder reads the embeddings of the encoder it was trained on; the same channel
+    count does not make another encoder's embeddings readable (its maps would be noise).
+    The project's decoder files record the SAM file's sha256 in their ``meta``
+    (``training/train_instance_decoder.py``); files without it (micro-sam's) pass.
+    """
+    import torch
+
+    meta = torch.load(path, map_location="cpu", weights_only=True).get("meta") or {}
+    trained_on = str(meta.get("sam_sha256") or "").lower()
+    expected = str(getattr(model_spec, "sha256", None) or "").lower()
+    if trained_on and expected and trained_on != expected:
+        raise ValueError(
+            f"The instance decoder {path} was trained on another {model_spec.name} checkpoint "
+            f"(sha256 {trained_on[:12]}..., this one is {expected[:12]}...): its maps would be "
+            "noise. Retrain it with training/train_instance_decoder.py on this checkpoint."
+        )
 
 
 class InstanceSegmentationMixin:
