@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
         if pairs is not None:
             print(
                 f"touching pairs ({pairs.pairs}): one positive click {pairs.as_dict()['positive_iou']:.4f}, "
-                f"plus a negative click on the neighbour {pairs.as_dict()['pair_iou']:.4f}"
+                f"plus a negative click on the neighbour {pairs.as_dict()['pair_iou']:.4f}; where the "
+                f"positive click alone was below IoU 0.7 ({pairs.as_dict()['failed_pairs']} pairs): "
+                f"{pairs.as_dict()['failed_positive_iou']:.4f} -> {pairs.as_dict()['failed_pair_iou']:.4f}"
             )
         if "ais_f1" in figures:
             print(f"AIS: object F1 at IoU 0.5 {figures['ais_f1']:.4f}, mean matched IoU "

@@ -39,10 +39,15 @@ class PairResult:
     def pairs(self) -> int:
         return len(self.pair_ious)
 
-    def as_dict(self) -> dict[str, float]:
-        mean = lambda v: round(float(np.mean(v)), 4) if v else float("nan")  # noqa: E731
-        return {"positive_iou": mean(self.positive_ious), "pair_iou": mean(self.pair_ious),
-                "pairs": self.pairs}
+    def as_dict(self, failed_below: float = 0.7) -> dict[str, float]:
+        """Means over all pairs, and over the pairs where the positive click alone failed
+        (IoU below ``failed_below``: the case a negative click is for)."""
+        mean = lambda v: round(float(np.mean(v)), 4) if len(v) else float("nan")  # noqa: E731
+        alone, both = np.asarray(self.positive_ious), np.asarray(self.pair_ious)
+        failed = alone < failed_below
+        return {"positive_iou": mean(alone), "pair_iou": mean(both), "pairs": self.pairs,
+                "failed_pairs": int(failed.sum()), "failed_positive_iou": mean(alone[failed]),
+                "failed_pair_iou": mean(both[failed])}
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:
