@@ -71,8 +71,8 @@ SAMSCOPE_NUCLEI_INPUT_SCALE = InputScale(
 #: ``python training/train_instance_decoder.py`` (training/README.md) and checked like the
 #: model. Size and sha256 are None while no decoder is shipped: the model then has none.
 SAMSCOPE_NUCLEI_DECODER_FILE = "models/samscope_nuclei_decoder.pt"
-SAMSCOPE_NUCLEI_DECODER_SIZE: int | None = 1034909
-SAMSCOPE_NUCLEI_DECODER_SHA256: str | None = "8a17d28c3988bb2c3f59d94f03f39fee2410f273175fcce6a737c25c78fa4573"
+SAMSCOPE_NUCLEI_DECODER_SIZE: int | None = 1034845
+SAMSCOPE_NUCLEI_DECODER_SHA256: str | None = "877203d3fd005a7c552d6bd32d125a1d2536fc0c92e48cde1632bab368463aac"
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
