@@ -31,7 +31,10 @@ prefix ``PYTHONPATH=src`` when the installed package is not this checkout)::
     python training/calibrate_everything.py --model path/to/model.pt --n 6
     python training/calibrate_everything.py --points-per-side 32,64   # 4x slower
 
-Figures for the model shipped on 2026-11-26 (sha256 4160cab7..., phase ``steady``,
+Figures for the shipped model (phase ``annotate``, sha256 56c4bc62...), 3 + 3 images, 79 s
+on a shared machine: the official 0.88 / 0.95 give F1 0.602; best 0.7 / 0.92 with a
+32-point grid (F1 0.874, mean IoU of matches 0.908).
+Figures for the model shipped before it (sha256 4160cab7..., phase ``steady``,
 input 1024), 3 + 3 images, 43 s: the official 0.88 / 0.95 give F1 0.671 (precision
 0.95 / 0.95, recall 0.58 / 0.46); best 0.7 / 0.95 with a 32-point grid (F1 0.864, mean
 IoU of matches 0.920; 0.3 / 0.95 gives 0.861, 0.6 / 0.95 0.862). The ``settle`` state
