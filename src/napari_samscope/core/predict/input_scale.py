@@ -169,8 +169,12 @@ def _warn_shrunk(height: int, width: int, img_size: int, fill: float, declared: 
     from napari_samscope.core.predict.resolution import ShrunkImageWarning
 
     side = largest_side(img_size, "auto", declared)
+    if fill < 1:
+        placed = f"shrunk {1 / fill:.2g}x"
+    else:
+        placed = "kept at 1x" if fill == 1 else f"magnified only {fill:.2g}x"
     warnings.warn(
-        f"The {height}x{width} image is shrunk {1 / fill:.2g}x to fit the model's "
+        f"The {height}x{width} image is {placed} to fit the model's "
         f"{img_size}-pixel input, below the {declared.min_magnification:g}-"
         f"{declared.max_magnification:g}x the model was trained for: small objects may be "
         f"missed. Tile it (tile_shape=({side}, {side})) to keep the model's scale.",
