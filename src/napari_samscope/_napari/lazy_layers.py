@@ -134,16 +134,10 @@ class LazyStack(StackNormalizer):
         normalization: Normalization | str = Normalization.PERCENTILE,
         contrast_limits: Any = None,
     ) -> None:
+        from napari_samscope.core.volume.stack import stack_channels
+
         volume = _LineVolume(view, keys)
-        if 0 in volume.shape:
-            raise ValueError(f"The stack is empty (shape {volume.shape}).")
-        if volume.ndim == 4 and channels is None:
-            if volume.shape[-1] == 4:
-                channels = (0, 1, 2)  # RGBA: drop alpha
-            elif volume.shape[-1] > 4:
-                raise ValueError(
-                    f"The stack has {volume.shape[-1]} channels; choose up to 3 with channels=(i, j, k)."
-                )
+        channels = stack_channels(tuple(volume.shape), channels)
         self.volume = volume
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.normalization = Normalization.parse(normalization, "normalization")

@@ -41,6 +41,14 @@ def add_scheduler(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def refuse_scale(args: argparse.Namespace) -> None:
+    """``--scale`` with ``--scheduler/--workers`` is a usage error (the workers load the
+    model themselves, at its default scale)."""
+    if getattr(args, "scale", None) is not None:
+        raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
+                         "the workers use the model's default scale")
+
+
 def wants_cluster(args: argparse.Namespace) -> bool:
     """Whether the command line asks for a dask cluster."""
     return getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None

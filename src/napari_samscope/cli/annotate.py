@@ -13,7 +13,12 @@ from napari_samscope.cli._common import (
     add_device,
     add_scale,
 )
-from napari_samscope.cli._distributed import add_scheduler, run_annotate, wants_cluster
+from napari_samscope.cli._distributed import (
+    add_scheduler,
+    refuse_scale,
+    run_annotate,
+    wants_cluster,
+)
 
 DESCRIPTION = """\
 Detect objects (default: fluorescent nuclei with a blob detector, no weights needed),
@@ -67,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.conf <= 1.0:
         raise UsageError(f"--conf must be between 0 and 1, not {args.conf}")
     if wants_cluster(args):  # --scheduler / --workers: the job runs on a dask cluster
-        if args.scale is not None:
-            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
-                             "the workers use the model's default scale")
+        refuse_scale(args)
         return run_annotate(args)
     sam_model = args.sam_model
     if args.dtype != "default" or args.scale is not None:  # load the model here with them

@@ -16,7 +16,7 @@ from napari_samscope.cli._common import (
     load_model,
     with_scale,
 )
-from napari_samscope.cli._distributed import add_scheduler, run_embed, wants_cluster
+from napari_samscope.cli._distributed import add_scheduler, refuse_scale, run_embed, wants_cluster
 
 DESCRIPTION = """\
 Encode an image tile by tile and keep the embeddings in a zarr store, so that napari,
@@ -80,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
         len(image.shape) >= 3 and image.shape[-1] in (3, 4) and np.dtype(image.dtype) == np.uint8
     )
     if wants_cluster(args):  # --scheduler / --workers: the workers encode the tiles
-        if args.scale is not None:
-            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
-                             "the workers use the model's default scale")
+        refuse_scale(args)
         return run_embed(args, image, rgb)
     tiled = TiledPredictor(with_scale(load_model(args.model, args.device, args.dtype), args.scale).predictor())
     planes = plane_count(image, rgb)

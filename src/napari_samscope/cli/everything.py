@@ -16,7 +16,12 @@ from napari_samscope.cli._common import (
     load_model,
     with_scale,
 )
-from napari_samscope.cli._distributed import add_scheduler, run_everything, wants_cluster
+from napari_samscope.cli._distributed import (
+    add_scheduler,
+    refuse_scale,
+    run_everything,
+    wants_cluster,
+)
 from napari_samscope.core.everything.batch import (
     EverythingBatchOptions,
     EverythingBatchSummary,
@@ -175,9 +180,7 @@ def run(args: argparse.Namespace) -> int:
     options = batch_options(args)  # checked before the model is loaded
     list_images(args.source)  # a missing source fails before the model is loaded
     if wants_cluster(args):
-        if args.scale is not None:
-            raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
-                             "the workers use the model's default scale")
+        refuse_scale(args)
         return run_everything(args, options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,25 @@ __all__ = [
 _SAMPLE_VALUES = 1 << 22  # values read to estimate stack percentiles (and fingerprints)
 
 
+
+def stack_channels(shape: tuple[int, ...], channels: Any) -> Any:
+    """The channels of a ``(Z, H, W)`` or ``(Z, H, W, C)`` stack to use: ``channels`` when
+    given, RGB for an RGBA stack, all of up to 3.
+
+    Raises:
+        ValueError: an empty stack, or more than 4 channels with no choice made.
+    """
+    if 0 in shape:
+        raise ValueError(f"The stack is empty (shape {tuple(shape)}).")
+    if len(shape) == 4 and channels is None:
+        if shape[-1] == 4:
+            return (0, 1, 2)  # RGBA: drop alpha
+        if shape[-1] > 4:
+            raise ValueError(
+                f"The stack has {shape[-1]} channels; choose up to 3 with channels=(i, j, k)."
+            )
+    return channels
+
 class EmbeddingCache:
     """Least-recently-used plane embeddings, bounded by the bytes their features hold.
 
@@ -171,15 +190,7 @@ class StackNormalizer:
                 f"A stack must be (Z, H, W) or (Z, H, W, C) with channels last, not shape "
                 f"{volume.shape}; pass channel_axis=... if the channels are elsewhere."
             )
-        if 0 in volume.shape:
-            raise ValueError(f"The stack is empty (shape {volume.shape}).")
-        if volume.ndim == 4 and channels is None:
-            if volume.shape[-1] == 4:
-                channels = (0, 1, 2)  # RGBA: drop alpha
-            elif volume.shape[-1] > 4:
-                raise ValueError(
-                    f"The stack has {volume.shape[-1]} channels; choose up to 3 with channels=(i, j, k)."
-                )
+        channels = stack_channels(volume.shape, channels)
         normalization = Normalization.parse(normalization, "normalization")
         if normalization is Normalization.CONTRAST and contrast_limits is None:
             raise ValueError("normalization='contrast limits' needs contrast_limits=(low, high).")
