@@ -46,6 +46,7 @@ __all__ = [
     "tiled_plane_iter",
     "decode_tiled",
     "precompute_tiled_iter",
+    "instances_tiled_iter",
     "forget_tiled",
 ]
 
@@ -213,3 +214,31 @@ def precompute_tiled_iter(
                     break
             yield Progress(f"plane {i + 1}/{len(keys)}: {report.message}", report.done, report.total)
     return encoded
+
+
+def _locked_steps(entry: Any, steps: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
+    """Run a core job on the entry's tiled predictor, holding its lock between yields
+    (so prompts on the same plane wait for a step, not for the whole job)."""
+    while True:
+        with entry.lock:
+            try:
+                report = next(steps)
+            except StopIteration as stop:
+                return stop.value
+        yield report
+
+
+def instances_tiled_iter(
+    predictor: Any, decoder: Any, source: PlaneSource, key: PlaneKey, mode: str,
+    params: dict[str, Any],
+) -> Generator[Progress, None, np.ndarray]:
+    """The instance decoder's mode (``"ais"`` or ``"apg"``) on plane ``key``, tile by tile
+    (``core.tiling.segment_instances_tiled_iter``: each tile's maps from its embedding,
+    from the embeddings file when it has them, AIS once on the assembled maps):
+    ``(H, W)`` uint32 labels."""
+    from napari_samscope.core.tiling import segment_instances_tiled_iter
+
+    entry = yield from tiled_plane_iter(predictor, source, key)
+    steps = segment_instances_tiled_iter(entry.tiled, decoder, mode, **params)
+    labels = yield from _locked_steps(entry, steps)
+    return np.asarray(labels, dtype=np.uint32)
