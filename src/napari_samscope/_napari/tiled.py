@@ -3,6 +3,8 @@
 A plane is segmented through ``core.tiling.TiledPredictor`` (overlapping tiles encoded
 at the model's scale, on first use, optionally kept in a zarr embedding store) when
 
+- a tiling is asked for (``PlaneSource.tile_shape`` / ``halo``: the console functions'
+  ``tile_shape=`` / ``halo=``); or
 - the layer has an *embeddings file* (``PlaneSource.embeddings``): its tiles are read
   from the store, and the ones it lacks are encoded and written to it, so that opening
   the same image again (in a new viewer or a new napari) encodes nothing; or
@@ -69,7 +71,7 @@ _TILED_LOCK = threading.Lock()
 
 def uses_tiles(predictor: Any, source: PlaneSource) -> bool:
     """Whether planes of ``source`` are segmented by tiles (see the module docstring)."""
-    if source.embeddings is not None:
+    if source.embeddings is not None or source.tile_shape is not None or source.halo is not None:
         return True
     side = predictor.max_side() if hasattr(predictor, "max_side") else int(predictor.img_size)
     return source.lazy and max(source.geometry.plane_shape) > side
@@ -135,7 +137,7 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     from napari_samscope.core.tiling import TiledPredictor
 
     cache_key = (source.layer_id, source.signature, tuple(key), embedding_key(predictor),
-                 source.embeddings)
+                 source.embeddings, source.tile_shape, source.halo)
     with _TILED_LOCK:
         entry = _TILED.get(cache_key)
         if entry is not None:
@@ -150,7 +152,8 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     tiled = TiledPredictor.for_predictor(predictor, cache_tiles=TILES_IN_MEMORY)
     try:
         tiled.set_image(view, plane=tuple(key), rgb=rgb, embeddings=source.embeddings,
-                        contrast_limits=_limits(source, view, key, rgb))
+                        contrast_limits=_limits(source, view, key, rgb),
+                        tile_shape=source.tile_shape, halo=source.halo)
     except StoreMismatch as error:
         raise StoreMismatch(
             f"{error} In napari: change or clear the 'embeddings file' field (or the image "
