@@ -20,8 +20,10 @@ made by ``samscope embed`` on the same array (a 2D image, or a stack whose plane
 the viewer's) is the one napari reuses. Intensities: percentiles of a sample of each
 plane (as ``samscope embed``), the layer's contrast limits, or min/max of that sample.
 
-A polygon or ellipse prompt is used through its bounding box on a tiled plane (the
-box chooses the tile; a full-plane mask prompt has no tile to go to).
+A polygon or ellipse prompt is its bounding box plus a mask prompt, as on an untiled
+plane: the box chooses the window (the tile that holds it with the most margin, or a
+window fitted around a box larger than a tile), and the filled shape, cropped to that
+window, is the mask prompt at that window's geometry.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 
 from napari_samscope._napari.coords import PlaneKey
 from napari_samscope._napari.images import PlaneSource
-from napari_samscope._napari.prompts import ObjectPrompt
+from napari_samscope._napari.prompts import ObjectPrompt, mask_to_prompt_logits
 from napari_samscope.core.predict.image import Normalization
 from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.progress import Progress
@@ -192,9 +194,26 @@ def decode_tiled(entry: Any, objects: Sequence[ObjectPrompt]) -> list[np.ndarray
                 kwargs["points"], kwargs["labels"] = obj.points, obj.labels
             if obj.box is not None:
                 kwargs["bboxes"] = obj.box
+            if obj.mask is not None:
+                kwargs["masks"] = _window_mask_prompt(entry.tiled, obj.mask, kwargs)
             (part,) = entry.tiled.predict_windows(**kwargs)
             masks.append(part.full_masks()[0])
     return masks
+
+
+def _window_mask_prompt(tiled: Any, mask: np.ndarray, prompts: dict[str, Any]) -> np.ndarray:
+    """The ``(L, L)`` mask prompt of a plane-sized ``mask`` in the window that the object's
+    ``prompts`` (points, box) are decoded in, at that window's input geometry."""
+    y0, y1, x0, x1 = tiled.frame_of(prompts.get("points"), prompts.get("labels"),
+                                    prompts.get("bboxes"))
+    emb = tiled.window_embedding((y0, y1, x0, x1))
+    side, size = int(tiled.predictor.lowres_size), int(tiled.predictor.img_size)
+    h, w = y1 - y0, x1 - x0
+    magnification = getattr(emb, "magnification", None)
+    scale = None  # SAM's fill geometry, unless the window was placed at another scale
+    if magnification is not None and magnification != size * 1.0 / max(h, w):
+        scale = float(magnification) * side / size
+    return mask_to_prompt_logits(mask[y0:y1, x0:x1], side, scale=scale)
 
 
 def precompute_tiled_iter(

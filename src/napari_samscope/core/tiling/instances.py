@@ -18,7 +18,7 @@ then reads them through the page cache).
 APG: the point prompts come from the assembled maps (as untiled APG takes them from the
 whole image's maps); each point is decoded by SAM's mask decoder on the tile that holds
 it with the most margin from a cut edge (the tiled predictor's routing,
-:meth:`TileGrid.best_tile`), masks stay cropped to their box, and they are merged as APG
+:meth:`TileGrid.route`), masks stay cropped to their box, and they are merged as APG
 merges (:func:`~napari_samscope.core.instances.apg.merge_masks`: NMS on mask IoU, painted
 largest first, split into pieces, small pieces removed) without ever holding one
 full-image mask per object.
@@ -206,11 +206,11 @@ def _decode_points_iter(
     from napari_samscope.core.predict.transforms import apply_coords
 
     grid = tiled._require_grid()
+    tile_of = {t.outer: t.index for t in grid}
     groups: dict[int, list[int]] = {}
     for k, (x, y) in enumerate(points):
-        row, col = int(np.floor(y)), int(np.floor(x))
-        tile = grid.best_tile((row, row + 1, col, col + 1))
-        groups.setdefault(tile.index, []).append(k)  # type: ignore[union-attr]
+        # a point always lies inside some tile: its window is that tile's outer window
+        groups.setdefault(tile_of[grid.route([x], [y])], []).append(k)
     predictor = tiled.predictor
     masks: list[CroppedMask] = []
     scores: list[float] = []
