@@ -136,3 +136,19 @@ def test_merge_of_cropped_masks_equals_apg_merge(seed):
     expected = merge_masks(np.stack(full), scores, 10, 0.7, shape)
     got = merge_cropped_masks(cropped, scores, 10, 0.7, shape)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_route_and_frame_of_pick_the_tile_with_most_margin():
+    grid = TileGrid(SHAPE, (TILE, TILE), (HALO, HALO))
+    for x, y in ((5.0, 5.0), (150.0, 140.0), (299.0, 10.0)):
+        window = grid.route([x], [y])
+        assert window == grid.best_tile((int(y), int(y) + 1, int(x), int(x) + 1)).outer
+    big = grid.route([10.0, 200.0], [10.0, 200.0])  # larger than a tile: a fitted window
+    assert big not in {t.outer for t in grid} and big[1] - big[0] >= 190
+    with pytest.raises(ValueError, match="outside the image"):
+        grid.route([301.0], [5.0])
+    tp = _tiled(np.zeros(SHAPE, np.uint8))
+    assert tp.frame_of(points=[[150.0, 140.0]], labels=[1]) == grid.route([150.0], [140.0])
+    assert tp.frame_of(bboxes=[10, 10, 200, 200]) == big
+    with pytest.raises(ValueError, match="one object"):
+        tp.frame_of(bboxes=[[10, 10, 20, 20], [30, 30, 40, 40]])
