@@ -3,7 +3,9 @@
 
 The decoder modes need a model with an instance decoder (``SAM.has_instance_decoder``).
 They run on the plane's embedding from the session's cache (encoding it if needed), so a
-plane already encoded for prompting is not encoded again. On a stack every plane is
+plane already encoded for prompting is not encoded again. A tiled layer (an embeddings
+file, or a lazy layer larger than the model input) runs tile by tile instead
+(``core.tiling.segment_instances_tiled_iter``: the tiles' maps stitched, one watershed). On a stack every plane is
 segmented on its own and the ids are linked through z by overlap, as segment-everything
 does.
 
