@@ -17,6 +17,15 @@ channel axis removed), 0 = background, with the same axis order as the layer, so
 the image. ``model`` may be a ``SAM``, a registry name or a path; by default the
 model loaded in the viewer's samscope widgets is used, else the project's default.
 They run in the calling thread (use the widgets for background work).
+
+Large images and reused embeddings: ``embeddings="cells.emb.zarr"`` (as the widget's
+"embeddings file" field) keeps the image's tile embeddings in a zarr store, created on
+first use and read by the next call (or the next session), which then encodes nothing;
+a store made for another image or model is refused. ``tile_shape=`` / ``halo=`` choose
+the tiling (default: the model's input, halo 1/8 of it)::
+
+    labels = segment_everything_layer(viewer.layers["slide"], mode="ais",
+                                      embeddings="slide.emb.zarr", tile_shape=1024, halo=128)
 """
 
 from __future__ import annotations
@@ -89,6 +98,18 @@ def _geometry(image: Any, viewer: Any, channel_axis: int | None) -> tuple[PlaneG
     return current_geometry(image, tuple(range(image.ndim)), world, channel_axis), world
 
 
+def _source(image: Any, geometry: PlaneGeometry, settings: ImageSettings, tiling: dict[str, Any]) -> PlaneSource:
+    """The layer's snapshot with the tiling keywords (``embeddings``, ``tile_shape``,
+    ``halo``), the geometry checked before any model is loaded."""
+    if tiling.get("tile_shape") is not None or tiling.get("halo") is not None:
+        from napari_samscope.core.tiling.geometry import check_tiling
+
+        tile, halo = tiling.get("tile_shape"), tiling.get("halo")
+        check_tiling(tile if tile is not None else max(1, 2 * int(max(np.ravel(halo))) + 1),
+                     halo if halo is not None else 0)
+    return PlaneSource.from_layer(image, geometry, settings, **tiling)
+
+
 def _settings(normalization: str, channel_axis: int | None, channels: Any) -> ImageSettings:
     try:
         norm = Normalization(normalization)
@@ -129,6 +150,9 @@ def segment_image_layer(
     normalization: str = "percentile",
     channel_axis: int | None = None,
     channels: Any = None,
+    embeddings: Any = None,
+    tile_shape: Any = None,
+    halo: Any = None,
 ) -> np.ndarray:
     """Segment the objects prompted on an image layer (every prompted plane).
 
@@ -144,6 +168,11 @@ def segment_image_layer(
         viewer: the viewer whose ``dims`` give the displayed plane axes (default: the
             current viewer, else the image's last two axes).
         normalization: ``"percentile"``, ``"contrast limits"`` or ``"minmax"``.
+        embeddings: a ``.zarr`` embedding store for the image's tiles (created on
+            first use, reused by later calls: nothing is encoded again), as the
+            widget's "embeddings file"; refused when made for another image or model.
+        tile_shape, halo: segment by tiles of this size (halo included, at most the
+            model input) with this overlap; default: the model input and 1/8 of it.
 
     Returns:
         ``uint32`` labels shaped like the image's planes, objects numbered 1..N
@@ -158,7 +187,8 @@ def segment_image_layer(
                               _prompt_layer(boxes, "boxes"))
     if not prompts.prompted_planes:
         raise ValueError(f"No prompt lies on image '{image.name}'; add points or boxes on it.")
-    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    source = _source(image, geometry, _settings(normalization, channel_axis, channels),
+                     {"embeddings": embeddings, "tile_shape": tile_shape, "halo": halo})
     predictor = _predictor(model, viewer)
     objects: list[dict[PlaneKey, np.ndarray]] = []
     for key in prompts.prompted_planes:
@@ -178,6 +208,9 @@ def segment_everything_layer(
     normalization: str = "percentile",
     channel_axis: int | None = None,
     channels: Any = None,
+    embeddings: Any = None,
+    tile_shape: Any = None,
+    halo: Any = None,
     mode: str = "amg",
     **params: Any,
 ) -> np.ndarray:
@@ -188,6 +221,8 @@ def segment_everything_layer(
     ``params`` go to ``MaskGenerator``: ``points_per_side``, ``pred_iou_thresh``, ...), or
     ``"ais"`` / ``"apg"`` with a model that has an instance decoder (``params`` with
     micro-sam's names, as ``SAM.segment_instances``).
+    ``embeddings``, ``tile_shape``, ``halo``: as :func:`segment_image_layer` (AIS and APG
+    then decode each tile's maps from its embedding and run once on the whole plane).
 
     Returns:
         ``uint32`` labels shaped like the image's planes (only the segmented plane(s)
@@ -196,7 +231,8 @@ def segment_everything_layer(
     viewer = _viewer(viewer)
     mode = parse(EverythingMode, mode, "mode")
     geometry, _point = _geometry(image, viewer, channel_axis)
-    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    source = _source(image, geometry, _settings(normalization, channel_axis, channels),
+                     {"embeddings": embeddings, "tile_shape": tile_shape, "halo": halo})
     if stack and geometry.stack_axis is None:
         raise ValueError(f"'{image.name}' has a single plane; call with stack=False.")
     sam = None
@@ -226,6 +262,9 @@ def segment_stack_layer(
     normalization: str = "percentile",
     channel_axis: int | None = None,
     channels: Any = None,
+    embeddings: Any = None,
+    tile_shape: Any = None,
+    halo: Any = None,
 ) -> np.ndarray:
     """Follow one prompted object through a stack ("Segment all slices").
 
@@ -234,6 +273,7 @@ def segment_stack_layer(
     IoU with the previous plane drops below ``iou_threshold``, the mask vanishes, the
     stack ends, or a plane holds a single negative point. Between two prompted
     planes both sides fill in.
+    ``embeddings``, ``tile_shape``, ``halo``: as :func:`segment_image_layer`.
 
     Returns:
         ``uint32`` labels shaped like the image's planes with the object as 1.
@@ -242,7 +282,8 @@ def segment_stack_layer(
     geometry, point = _geometry(image, viewer, channel_axis)
     prompts = collect_prompts(image, geometry, point, _prompt_layer(points, "points"),
                               _prompt_layer(boxes, "boxes"))
-    source = PlaneSource.from_layer(image, geometry, _settings(normalization, channel_axis, channels))
+    source = _source(image, geometry, _settings(normalization, channel_axis, channels),
+                     {"embeddings": embeddings, "tile_shape": tile_shape, "halo": halo})
     predictor = _predictor(model, viewer)
     seg = run(engine.propagate_prompts_iter(predictor, None, source, prompts,
                                             mode=mode, iou_threshold=iou_threshold))

@@ -101,6 +101,19 @@ def _store_path(text: Any) -> str | None:
     return os.path.expanduser(text) if text else None
 
 
+def _pair(value: Any) -> tuple[int, int] | None:
+    """``N`` or ``(H, W)`` as ``(H, W)`` (None stays None; the core checks the values)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"A tile shape or halo is an integer or a pair of integers, not {value!r}.") from None
+    return a, b
+
+
 _STACKS: OrderedDict[str, Any] = OrderedDict()
 _STACKS_LOCK = threading.Lock()
 #: How many normalised stack lines stay in memory (each holds its planes' raw data).
@@ -143,6 +156,8 @@ class PlaneSource:
             (``_napari.lazy_layers``).
         embeddings: the embedding store (a ``.zarr`` path) to read and write the tile
             embeddings of this layer, or ``None`` (embeddings stay in memory).
+        tile_shape, halo: the tiling of a tiled layer (``core.tiling``; None: the
+            model's default); either one makes the layer tiled (``_napari.tiled``).
     """
 
     name: str
@@ -155,13 +170,16 @@ class PlaneSource:
     stack_kwargs: dict[str, Any]
     lazy: bool = False
     embeddings: str | None = None
+    tile_shape: tuple[int, int] | None = None
+    halo: tuple[int, int] | None = None
 
     @classmethod
     def from_layer(
         cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings,
-        embeddings: str | None = None,
+        embeddings: str | None = None, tile_shape: Any = None, halo: Any = None,
     ) -> PlaneSource:
-        """Snapshot ``layer`` (``embeddings``: see the class attributes; empty = none).
+        """Snapshot ``layer`` (``embeddings``, ``tile_shape``, ``halo``: see the class
+        attributes; an empty ``embeddings`` = none).
 
         Raises:
             ValueError: more than 3 channels on the channel axis and no channel choice,
@@ -192,6 +210,7 @@ class PlaneSource:
             stack_kwargs=_stack_kwargs(layer, settings),
             lazy=is_lazy(data, bool(getattr(layer, "multiscale", False))),
             embeddings=_store_path(embeddings),
+            tile_shape=_pair(tile_shape), halo=_pair(halo),
         )
 
     def view(self, select_channels: bool = False) -> Any:

@@ -3,7 +3,9 @@
 
 The decoder modes need a model with an instance decoder (``SAM.has_instance_decoder``).
 They run on the plane's embedding from the session's cache (encoding it if needed), so a
-plane already encoded for prompting is not encoded again. On a stack every plane is
+plane already encoded for prompting is not encoded again. A tiled layer (an embeddings
+file, or a lazy layer larger than the model input) runs tile by tile instead
+(``core.tiling.segment_instances_tiled_iter``: the tiles' maps stitched, one watershed). On a stack every plane is
 segmented on its own and the ids are linked through z by overlap, as segment-everything
 does.
 
@@ -26,6 +28,7 @@ from napari_samscope._napari.coords import PlaneKey
 from napari_samscope._napari.engine import embedding_iter
 from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.options import Scope
+from napari_samscope._napari.tiled import instances_tiled_iter
 from napari_samscope.core.progress import Progress
 
 __all__ = [
@@ -151,8 +154,15 @@ def instances_plane_iter(
     """Decoder-mode instances of plane ``key``: ``(H, W)`` uint32, 0 background.
 
     The plane's embedding comes from ``cache`` or is encoded (and cached) by ``predictor``
-    (a predictor of ``sam``).
+    (a predictor of ``sam``). A tiled layer (an embeddings file, or a lazy layer larger
+    than the model input: ``engine.uses_tiles``) is segmented tile by tile instead, each
+    tile's maps decoded from its embedding (read from the file when it has it) and AIS
+    run once on the assembled maps (``_napari.tiled.instances_tiled_iter``).
     """
+    if engine.uses_tiles(predictor, source):
+        require_decoder(sam, mode)
+        return (yield from instances_tiled_iter(
+            predictor, sam.instance_decoder, source, key, mode.value, dict(params)))
     embedding = yield from embedding_iter(predictor, cache, source, key)
     yield Progress(f"instance decoder ({mode.value.upper()})", 0, 1)
     labels = sam.segment_instances(embedding, mode=mode.value, **params)
@@ -180,9 +190,8 @@ def instances_stack_iter(
     for z, key in enumerate(keys):
         yield Progress(f"instance decoder ({mode.value.upper()}) plane {z + 1}/{len(keys)}",
                        z, len(keys))
-        embedding = yield from embedding_iter(predictor, cache, source, key)
-        planes.append(np.asarray(sam.segment_instances(embedding, mode=mode.value, **params),
-                                 dtype=np.uint32))
+        labels = yield from instances_plane_iter(sam, predictor, cache, source, key, mode, params)
+        planes.append(labels)
     yield Progress(f"instance decoder ({mode.value.upper()})", len(keys), len(keys))
     return keys, np.asarray(link_labels(np.stack(planes), link_iou=link_iou), dtype=np.uint32)
 

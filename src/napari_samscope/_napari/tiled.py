@@ -3,6 +3,8 @@
 A plane is segmented through ``core.tiling.TiledPredictor`` (overlapping tiles encoded
 at the model's scale, on first use, optionally kept in a zarr embedding store) when
 
+- a tiling is asked for (``PlaneSource.tile_shape`` / ``halo``: the console functions'
+  ``tile_shape=`` / ``halo=``); or
 - the layer has an *embeddings file* (``PlaneSource.embeddings``): its tiles are read
   from the store, and the ones it lacks are encoded and written to it, so that opening
   the same image again (in a new viewer or a new napari) encodes nothing; or
@@ -18,8 +20,10 @@ made by ``samscope embed`` on the same array (a 2D image, or a stack whose plane
 the viewer's) is the one napari reuses. Intensities: percentiles of a sample of each
 plane (as ``samscope embed``), the layer's contrast limits, or min/max of that sample.
 
-A polygon or ellipse prompt is used through its bounding box on a tiled plane (the
-box chooses the tile; a full-plane mask prompt has no tile to go to).
+A polygon or ellipse prompt is its bounding box plus a mask prompt, as on an untiled
+plane: the box chooses the window (the tile that holds it with the most margin, or a
+window fitted around a box larger than a tile), and the filled shape, cropped to that
+window, is the mask prompt at that window's geometry.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from napari_samscope._napari.coords import PlaneKey
 from napari_samscope._napari.images import PlaneSource
-from napari_samscope._napari.prompts import ObjectPrompt
+from napari_samscope._napari.prompts import ObjectPrompt, mask_to_prompt_logits
 from napari_samscope.core.predict.image import Normalization
 from napari_samscope.core.predict.input_scale import embedding_key
 from napari_samscope.core.progress import Progress
@@ -46,6 +50,7 @@ __all__ = [
     "tiled_plane_iter",
     "decode_tiled",
     "precompute_tiled_iter",
+    "instances_tiled_iter",
     "forget_tiled",
 ]
 
@@ -68,7 +73,7 @@ _TILED_LOCK = threading.Lock()
 
 def uses_tiles(predictor: Any, source: PlaneSource) -> bool:
     """Whether planes of ``source`` are segmented by tiles (see the module docstring)."""
-    if source.embeddings is not None:
+    if source.embeddings is not None or source.tile_shape is not None or source.halo is not None:
         return True
     side = predictor.max_side() if hasattr(predictor, "max_side") else int(predictor.img_size)
     return source.lazy and max(source.geometry.plane_shape) > side
@@ -134,7 +139,7 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     from napari_samscope.core.tiling import TiledPredictor
 
     cache_key = (source.layer_id, source.signature, tuple(key), embedding_key(predictor),
-                 source.embeddings)
+                 source.embeddings, source.tile_shape, source.halo)
     with _TILED_LOCK:
         entry = _TILED.get(cache_key)
         if entry is not None:
@@ -149,7 +154,8 @@ def _entry(predictor: Any, source: PlaneSource, key: PlaneKey) -> _Entry:
     tiled = TiledPredictor.for_predictor(predictor, cache_tiles=TILES_IN_MEMORY)
     try:
         tiled.set_image(view, plane=tuple(key), rgb=rgb, embeddings=source.embeddings,
-                        contrast_limits=_limits(source, view, key, rgb))
+                        contrast_limits=_limits(source, view, key, rgb),
+                        tile_shape=source.tile_shape, halo=source.halo)
     except StoreMismatch as error:
         raise StoreMismatch(
             f"{error} In napari: change or clear the 'embeddings file' field (or the image "
@@ -188,9 +194,26 @@ def decode_tiled(entry: Any, objects: Sequence[ObjectPrompt]) -> list[np.ndarray
                 kwargs["points"], kwargs["labels"] = obj.points, obj.labels
             if obj.box is not None:
                 kwargs["bboxes"] = obj.box
+            if obj.mask is not None:
+                kwargs["masks"] = _window_mask_prompt(entry.tiled, obj.mask, kwargs)
             (part,) = entry.tiled.predict_windows(**kwargs)
             masks.append(part.full_masks()[0])
     return masks
+
+
+def _window_mask_prompt(tiled: Any, mask: np.ndarray, prompts: dict[str, Any]) -> np.ndarray:
+    """The ``(L, L)`` mask prompt of a plane-sized ``mask`` in the window that the object's
+    ``prompts`` (points, box) are decoded in, at that window's input geometry."""
+    y0, y1, x0, x1 = tiled.frame_of(prompts.get("points"), prompts.get("labels"),
+                                    prompts.get("bboxes"))
+    emb = tiled.window_embedding((y0, y1, x0, x1))
+    side, size = int(tiled.predictor.lowres_size), int(tiled.predictor.img_size)
+    h, w = y1 - y0, x1 - x0
+    magnification = getattr(emb, "magnification", None)
+    scale = None  # SAM's fill geometry, unless the window was placed at another scale
+    if magnification is not None and magnification != size * 1.0 / max(h, w):
+        scale = float(magnification) * side / size
+    return mask_to_prompt_logits(mask[y0:y1, x0:x1], side, scale=scale)
 
 
 def precompute_tiled_iter(
@@ -213,3 +236,31 @@ def precompute_tiled_iter(
                     break
             yield Progress(f"plane {i + 1}/{len(keys)}: {report.message}", report.done, report.total)
     return encoded
+
+
+def _locked_steps(entry: Any, steps: Generator[Progress, None, Any]) -> Generator[Progress, None, Any]:
+    """Run a core job on the entry's tiled predictor, holding its lock between yields
+    (so prompts on the same plane wait for a step, not for the whole job)."""
+    while True:
+        with entry.lock:
+            try:
+                report = next(steps)
+            except StopIteration as stop:
+                return stop.value
+        yield report
+
+
+def instances_tiled_iter(
+    predictor: Any, decoder: Any, source: PlaneSource, key: PlaneKey, mode: str,
+    params: dict[str, Any],
+) -> Generator[Progress, None, np.ndarray]:
+    """The instance decoder's mode (``"ais"`` or ``"apg"``) on plane ``key``, tile by tile
+    (``core.tiling.segment_instances_tiled_iter``: each tile's maps from its embedding,
+    from the embeddings file when it has them, AIS once on the assembled maps):
+    ``(H, W)`` uint32 labels."""
+    from napari_samscope.core.tiling import segment_instances_tiled_iter
+
+    entry = yield from tiled_plane_iter(predictor, source, key)
+    steps = segment_instances_tiled_iter(entry.tiled, decoder, mode, **params)
+    labels = yield from _locked_steps(entry, steps)
+    return np.asarray(labels, dtype=np.uint32)

@@ -22,6 +22,7 @@ from napari_samscope.cli._distributed import (
     run_everything,
     wants_cluster,
 )
+from napari_samscope.cli.embed import _shape
 from napari_samscope.core.everything.batch import (
     EverythingBatchOptions,
     EverythingBatchSummary,
@@ -46,6 +47,12 @@ generation) need a model with an instance decoder (micro-sam's *_lm, *_em_organe
 *_histopathology models): the decoder predicts foreground and distance maps from the
 image embedding and a seeded watershed turns them into objects in one pass, far faster
 than the point grid (the default, --mode amg).
+
+--tile-shape / --halo segment images larger than the model input tile by tile, each tile
+at the model's scale (small objects are not shrunk away): amg's masks are stitched across
+the halos; ais decodes each tile's maps, keeps each tile's inner part and runs one
+watershed on the whole image, so objects on tile borders are one object; apg decodes
+each seed on the tile that holds it best.
 """
 
 
@@ -108,6 +115,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="one candidate per grid point instead of 3")
     parser.add_argument("--mode", choices=("amg", "ais", "apg"), default="amg",
                         help="amg: the point grid (default); ais / apg: the instance decoder")
+    parser.add_argument("--tile-shape", type=_shape, default=None, metavar="N|H,W",
+                        help="segment large images tile by tile: tiles of this size (halo "
+                             "included, at most the model input), stitched across the halos; "
+                             "all modes (ais: the decoder's maps are stitched, then one "
+                             "watershed) [whole image at once]")
+    parser.add_argument("--halo", type=_shape, default=None, metavar="N|H,W",
+                        help="overlap on each side of a tile (objects smaller than it are "
+                             "never cut) [model input / 8]")
     parser.add_argument("--records", action="store_true", help="also write <stem>_masks.json")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo images whose outputs exist (a rerun with the same options "
@@ -147,6 +162,8 @@ def settings_key(args: argparse.Namespace, given: dict[str, object]) -> str:
         "command": "everything", "mode": args.mode, "model": model, "dtype": args.dtype,
         "params": {k: given[k] for k in sorted(given)}, "records": bool(args.records),
         "scale": getattr(args, "scale", None),
+        **({"tile_shape": args.tile_shape, "halo": args.halo}
+           if getattr(args, "tile_shape", None) or getattr(args, "halo", None) else {}),
     }, sort_keys=True)
 
 
@@ -159,9 +176,18 @@ def batch_options(args: argparse.Namespace) -> EverythingBatchOptions:
     given = given_params(args)
     if args.mode != "amg" and (given or args.records):
         raise UsageError(f"the point-grid options and --records do not apply to --mode {args.mode}")
+    tile_shape, halo = getattr(args, "tile_shape", None), getattr(args, "halo", None)
+    if tile_shape is not None or halo is not None:
+        from napari_samscope.core.tiling.geometry import check_tiling
+
+        try:  # the model's defaults are checked once it is loaded
+            check_tiling(tile_shape or (max(1, 2 * max(halo) + 1),) * 2, halo or (0, 0))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
     return EverythingBatchOptions(
         mode=args.mode, params=tuple(sorted(given.items())), records=bool(args.records),
         overwrite=bool(args.overwrite), settings=settings_key(args, given),
+        tile_shape=tile_shape, halo=halo,
     )
 
 

@@ -62,6 +62,9 @@ class EverythingBatchOptions:
         settings: what the outputs depend on besides the source (the model and these
             options), recorded in the manifest; a rerun skips only outputs made with
             the same settings.
+        tile_shape, halo: segment each image tile by tile (``core.tiling``; None and
+            None: the whole image at once; one of them: the model's default for the
+            other).
     """
 
     mode: str = "amg"
@@ -69,12 +72,21 @@ class EverythingBatchOptions:
     records: bool = False
     overwrite: bool = False
     settings: str = ""
+    tile_shape: tuple[int, int] | None = None
+    halo: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.mode != "amg" and (self.params or self.records):
             raise ValueError(f"the point-grid options and records do not apply to mode {self.mode!r}")
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """``tile_shape`` / ``halo`` keywords for a tiled run (empty: untiled)."""
+        if self.tile_shape is None and self.halo is None:
+            return {}
+        return {"tile_shape": self.tile_shape, "halo": self.halo}
 
 
 @dataclass
@@ -220,7 +232,7 @@ def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segment
 
         def instances(rgb: np.ndarray) -> Job[tuple[np.ndarray, None]]:
             yield from ()
-            return model.segment_instances(rgb, mode=options.mode), None
+            return model.segment_instances(rgb, mode=options.mode, **options.tiling), None
 
         return instances, ""
     from napari_samscope.core.everything.generator import MaskGenerator, model_everything_defaults
@@ -236,7 +248,14 @@ def make_segmenter(model: Any, options: EverythingBatchOptions) -> tuple[Segment
         note = f"{model.name}: using the model's recommended {shown} (set the options to change)"
 
     def grid(rgb: np.ndarray) -> Job[tuple[np.ndarray, list[dict[str, Any]]]]:
-        result = yield from generator.generate_iter(rgb)
+        if options.tiling:  # tile by tile, stitched across the halos
+            from napari_samscope.core.tiling import TiledPredictor, segment_everything_tiled_iter
+
+            tiled = TiledPredictor(model)
+            tiled.set_image(rgb, rgb=True, **options.tiling)
+            result = yield from segment_everything_tiled_iter(tiled, generator=generator)
+        else:
+            result = yield from generator.generate_iter(rgb)
         records = [
             {
                 "label": i + 1, "area": r.area, "bbox": list(r.bbox),

@@ -158,6 +158,22 @@ class InstanceSegmentationMixin:
             )
         return predictor
 
+    def _tiled_on(self, image: Any, tiling: tuple[Any, Any, Any], channel_axis: Any,
+                  channels: Any, limits: Any) -> Any:
+        """A ``TiledPredictor`` of this model with ``image`` (array, lazy array or file)
+        set in tiles of ``tiling`` ``(tile_shape, halo, embeddings)`` (nothing encoded
+        yet; a store's tiles are read, not encoded)."""
+        if isinstance(image, ImageEmbedding):
+            raise ValueError(
+                "An image embedding cannot be tiled: pass the image itself (or its "
+                "embeddings store as embeddings=) with tile_shape / halo."
+            )
+        predictor = self.predictor()
+        predictor.set_image(image, channel_axis=channel_axis, channels=channels,
+                            tile_shape=tiling[0], halo=tiling[1], embeddings=tiling[2],
+                            contrast_limits=limits)
+        return predictor.tiled
+
     def _require_decoder(self, what: str) -> UNETRDecoder:
         if self.instance_decoder is None:
             raise ValueError(no_decoder_message(self.name, what))
@@ -171,9 +187,16 @@ class InstanceSegmentationMixin:
         channels: Sequence[int] | None = None,
         normalization: str = "percentile",
         contrast_limits: Any = None,
+        tile_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+        embeddings: str | Path | None = None,
     ) -> np.ndarray:
         """The decoder's maps for ``image`` (an array, a file, or an :class:`ImageEmbedding`
         of this model, which skips the encoder).
+
+        With ``tile_shape``, ``halo`` or ``embeddings`` (a ``.zarr`` store) the image is
+        tiled (as ``Predictor.set_image``) and the maps are assembled from the tiles'
+        inner regions (:mod:`napari_samscope.core.tiling.instances`).
 
         Returns:
             ``(3, H, W)`` float32 at the original image size: foreground probability,
@@ -184,6 +207,12 @@ class InstanceSegmentationMixin:
                 one), or the image/embedding is unusable.
         """
         decoder = self._require_decoder("instance_maps()")
+        if tile_shape is not None or halo is not None or embeddings is not None:
+            from napari_samscope.core.tiling.instances import tiled_instance_maps
+
+            tiled = self._tiled_on(image, (tile_shape, halo, embeddings), channel_axis, channels,
+                                   contrast_limits)
+            return tiled_instance_maps(tiled, decoder)
         predictor = self._predictor_on(image, channel_axis, channels, normalization, contrast_limits)
         try:
             return instance_maps_from_embedding(
@@ -201,6 +230,9 @@ class InstanceSegmentationMixin:
         channels: Sequence[int] | None = None,
         normalization: str = "percentile",
         contrast_limits: Any = None,
+        tile_shape: int | Sequence[int] | None = None,
+        halo: int | Sequence[int] | None = None,
+        embeddings: str | Path | None = None,
         **params: Any,
     ) -> np.ndarray:
         """Instances of ``image`` without prompts, from the instance decoder.
@@ -211,6 +243,12 @@ class InstanceSegmentationMixin:
                 :class:`~napari_samscope.core.instances.postprocess.AISParams`) or ``"apg"``
                 (the decoder's seeds as point prompts refined by SAM; parameters of
                 :class:`~napari_samscope.core.instances.apg.APGParams`).
+            tile_shape, halo, embeddings: tile the image (names as ``Predictor.set_image``;
+                ``embeddings`` a ``.zarr`` store whose tiles are reused, never encoded
+                again): each tile's maps are decoded from its embedding, assembled, and
+                AIS runs once on the whole image, so objects across tile borders are
+                one object; APG decodes each seed on the tile that holds it best
+                (:mod:`napari_samscope.core.tiling.instances`).
             **params: the mode's parameters, micro-sam's names and defaults.
 
         Returns:
@@ -231,6 +269,12 @@ class InstanceSegmentationMixin:
             from napari_samscope.core.instances.postprocess import AISParams
 
             AISParams.from_kwargs(**params)
+        if tile_shape is not None or halo is not None or embeddings is not None:
+            from napari_samscope.core.tiling.instances import segment_instances_tiled
+
+            tiled = self._tiled_on(image, (tile_shape, halo, embeddings), channel_axis, channels,
+                                   contrast_limits)
+            return segment_instances_tiled(tiled, decoder, mode.value, **params)
         predictor = self._predictor_on(image, channel_axis, channels, normalization, contrast_limits)
         try:
             maps = instance_maps_from_embedding(

@@ -161,6 +161,25 @@ class TileGrid:
                 best, best_margin = tile, m
         return best
 
+    def route(self, xs: Sequence[float], ys: Sequence[float]) -> Window:
+        """The window that prompts at ``(x, y)`` pixels (one object's points and box
+        corners) are decoded in: the outer window of the tile that holds their bounding
+        window with the most margin, else :meth:`fitted_window` around it.
+
+        Raises:
+            ValueError: a prompt outside the image.
+        """
+        height, width = self.image_shape
+        if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+            raise ValueError(
+                f"A prompt lies outside the image ({width} x {height} pixels, x then y)."
+            )
+        wy0, wx0 = int(math.floor(min(ys))), int(math.floor(min(xs)))
+        window = (wy0, min(height, int(math.floor(max(ys))) + 1), wx0,
+                  min(width, int(math.floor(max(xs))) + 1))
+        tile = self.best_tile(window)
+        return tile.outer if tile is not None else self.fitted_window(window)
+
     def fitted_window(self, window: Window) -> Window:
         """A window of at least ``tile_shape`` centred on ``window`` and moved inside the
         image: the frame used for a prompt that no tile holds whole (for example a box

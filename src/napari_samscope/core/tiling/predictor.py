@@ -8,7 +8,8 @@ input size without shrinking, lazily on first use or all at once with
 prompts without encoding anything.
 
 Prompt routing: an object's prompts (its points and box together) go to the tile that
-holds them with the most margin from a cut edge. When no tile holds them whole (a box
+holds them with the most margin from a cut edge (:meth:`TiledPredictor.frame_of` says
+which window, so that a mask prompt can be cropped to it). When no tile holds them whole (a box
 larger than a tile, or one across a tile boundary wider than the halo), a window of the
 tile's size is fitted around them (:meth:`TileGrid.fitted_window`) and encoded on
 demand; a window larger than the model input (or than the predictor's ``scale`` lets
@@ -421,6 +422,14 @@ class TiledPredictor:
                 out[k] = WindowPrediction(pred, frame, grid.image_shape)
         return out  # type: ignore[return-value]
 
+    def frame_of(self, points: Any = None, labels: Any = None, bboxes: Any = None) -> Window:
+        """The window ``(y0, y1, x0, x1)`` that one object's point and box prompts are
+        decoded in by :meth:`predict_windows` (to crop a mask prompt to it)."""
+        prompts = parse_prompts(points, labels, bboxes, None, int(self.predictor.lowres_size))
+        if prompts.count != 1 or (prompts.points is None and prompts.boxes is None):
+            raise ValueError("frame_of takes the points and/or box of one object.")
+        return self._frame(self._require_grid(), prompts, 0)
+
     @staticmethod
     def _frame(grid: TileGrid, prompts: Any, k: int) -> Window:
         """The window object ``k`` is decoded in (see the module docstring)."""
@@ -432,15 +441,7 @@ class TiledPredictor:
             x0, y0, x1, y1 = prompts.boxes[k]
             xs += [x0, x1]
             ys += [y0, y1]
-        height, width = grid.image_shape
-        if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
-            raise ValueError(
-                f"A prompt lies outside the image ({width} x {height} pixels, x then y)."
-            )
-        wy0, wx0 = int(np.floor(min(ys))), int(np.floor(min(xs)))
-        window = (wy0, min(height, int(np.floor(max(ys))) + 1), wx0, min(width, int(np.floor(max(xs))) + 1))
-        tile = grid.best_tile(window)
-        return tile.outer if tile is not None else grid.fitted_window(window)
+        return grid.route(xs, ys)
 
     def _require_grid(self) -> TileGrid:
         if self.grid is None:
