@@ -18,6 +18,10 @@ It prints, for all pairs and for those where the single-mask first click failed
 (IoU < 0.7), the mean IoU before -> after the negative click and the mean fraction of
 the neighbour's pixels inside the mask before -> after.
 
+``--negative-on spilled`` clicks, instead of the largest touching neighbour, the other
+object that the single-mask first click covers most (where a person looking at the
+preview clicks; the largest neighbour when the mask covers no other object).
+
     python scripts/compare_negative_click.py --synthetic 10 --seed 9000
     python scripts/compare_negative_click.py --image img2d.tif --labels mask2d.tif
 """
@@ -56,7 +60,14 @@ def _scores(mask, target, neighbour) -> tuple[float, float]:
     return float(iou), float(np.logical_and(mask, neighbour).sum() / neighbour.sum())
 
 
-def compare(predictor, images, labels) -> dict[str, dict[str, list[float]]]:
+def _spilled_into(label: np.ndarray, mask: np.ndarray, obj: int, fallback: int) -> int:
+    """The other object with the most pixels inside ``mask`` (``fallback`` if none)."""
+    counts = np.bincount(label[mask].ravel(), minlength=int(label.max()) + 1)
+    counts[[0, obj]] = 0
+    return int(np.argmax(counts)) if counts.max() > 0 else fallback
+
+
+def compare(predictor, images, labels, spilled: bool = False) -> dict[str, dict[str, list[float]]]:
     from napari_samscope.core.training.touching_pairs import _centre, touching_pairs
 
     rows: dict[str, dict[str, list[float]]] = {k: {"iou0": [], "iou1": [], "nb0": [], "nb1": []} for k in WAYS}
@@ -67,12 +78,16 @@ def compare(predictor, images, labels) -> dict[str, dict[str, list[float]]]:
             continue
         predictor.set_image(image)
         for obj, other in pairs:
-            target, neighbour = label == obj, label == other
-            (r0, c0), (r1, c1) = _centre(target), _centre(neighbour)
-            p, n = (c0, r0), (c1, r1)
-            one, two = np.array([[c0, r0]], float), np.array([[c0, r0], [c1, r1]], float)
-            labels1, labels2 = np.array([1]), np.array([1, 0])
+            target = label == obj
+            r0, c0 = _centre(target)
+            one, labels1, labels2 = np.array([[c0, r0]], float), np.array([1]), np.array([1, 0])
             single = predictor.predict(points=one, labels=labels1)
+            if spilled:
+                other = _spilled_into(label, single.masks[0], obj, other)
+            neighbour = label == other
+            r1, c1 = _centre(neighbour)
+            p, n = (c0, r0), (c1, r1)
+            two = np.array([[c0, r0], [c1, r1]], float)
             multi = predictor.predict(points=one, labels=labels1, multimask_output=True)
             best = _pick(multi, p, None, False)
             plain = predictor.predict(points=two, labels=labels2)
@@ -103,14 +118,17 @@ def compare(predictor, images, labels) -> dict[str, dict[str, list[float]]]:
     return rows
 
 
-def summary(rows: dict[str, dict[str, list[float]]], failed_below: float = 0.7) -> dict[str, dict[str, float]]:
+def summary(rows: dict[str, dict[str, list[float]]], failed_below: float = 0.7,
+            merged_above: float = 0.2) -> dict[str, dict[str, float]]:
     failed = np.asarray(rows["A"]["iou0"]) < failed_below  # the single-mask first click failed
+    merged = np.asarray(rows["A"]["nb0"]) > merged_above  # ... and held the neighbour
     out = {}
     for way, row in rows.items():
         a = {k: np.asarray(v) for k, v in row.items()}
         mean = lambda v: round(float(v.mean()), 4) if len(v) else float("nan")  # noqa: E731
         out[way] = {"pairs": len(a["iou0"]), **{k: mean(v) for k, v in a.items()},
-                    "failed_pairs": int(failed.sum()), **{f"failed_{k}": mean(v[failed]) for k, v in a.items()}}
+                    "failed_pairs": int(failed.sum()), **{f"failed_{k}": mean(v[failed]) for k, v in a.items()},
+                    "merged_pairs": int(merged.sum()), **{f"merged_{k}": mean(v[merged]) for k, v in a.items()}}
     return out
 
 
@@ -121,6 +139,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=9000)
     parser.add_argument("--image", help="a 2D image file")
     parser.add_argument("--labels", help="its label image")
+    parser.add_argument("--negative-on", choices=("largest", "spilled"), default="largest",
+                        help="the neighbour clicked: the largest touching one, or the one the "
+                             "first mask covers most")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     from napari_samscope.core.predict.image import load_image
@@ -136,12 +157,14 @@ def main() -> None:
     else:
         parser.error("give --synthetic N or --image and --labels")
     predictor = as_predictor(SAM(args.model, device="cpu", dtype="float32"))
-    figures = summary(compare(predictor, list(images), list(labels)))
-    print(f"{'way':58s} {'IoU before -> after':>20s} {'neighbour in mask':>18s} | failed first clicks")
+    figures = summary(compare(predictor, list(images), list(labels), spilled=args.negative_on == "spilled"))
+    print(f"{'way':58s} {'IoU before -> after':>20s} {'neighbour in mask':>18s} | failed first clicks "
+          "(IoU < 0.7) | first mask held > 20% of the neighbour")
     for way, f in figures.items():
-        print(f"{way} {WAYS[way]:56s} {f['iou0']:.3f} -> {f['iou1']:.3f}   {f['nb0']:6.1%} -> {f['nb1']:6.1%}"
-              f" | ({f['failed_pairs']}) {f['failed_iou0']:.3f} -> {f['failed_iou1']:.3f}   "
-              f"{f['failed_nb0']:6.1%} -> {f['failed_nb1']:6.1%}")
+        cells = [f"{f[p + 'iou0']:.3f} -> {f[p + 'iou1']:.3f}   {f[p + 'nb0']:6.1%} -> {f[p + 'nb1']:6.1%}"
+                 for p in ("", "failed_", "merged_")]
+        print(f"{way} {WAYS[way]:56s} {cells[0]} | ({f['failed_pairs']}) {cells[1]} | "
+              f"({f['merged_pairs']}) {cells[2]}")
     print(f"pairs: {figures['A']['pairs']}")
     if args.json:
         with open(args.json, "w") as handle:

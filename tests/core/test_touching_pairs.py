@@ -49,4 +49,7 @@ def test_the_negative_click_gets_the_first_mask_and_the_neighbour_share_is_repor
     figures = result.as_dict()
     assert figures["neighbour_before"] == pytest.approx(np.mean(result.neighbour_before), abs=1e-4)
     assert figures["neighbour_after"] == pytest.approx(np.mean(result.neighbour_after), abs=1e-4)
-    assert {"failed_neighbour_before", "failed_neighbour_after"} <= set(figures)
+    assert {"failed_neighbour_before", "failed_neighbour_after", "merged_pairs", "merged_pair_iou",
+            "merged_neighbour_after"} <= set(figures)
+    merged = np.asarray(result.neighbour_before) > 0.2
+    assert figures["merged_pairs"] == int(merged.sum())

@@ -125,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
                 f"mask {tp['neighbour_before']:.1%} -> {tp['neighbour_after']:.1%}); where the "
                 f"positive click alone was below IoU 0.7 ({tp['failed_pairs']} pairs): "
                 f"{tp['failed_positive_iou']:.4f} -> {tp['failed_pair_iou']:.4f} (neighbour inside "
-                f"{tp['failed_neighbour_before']:.1%} -> {tp['failed_neighbour_after']:.1%})"
+                f"{tp['failed_neighbour_before']:.1%} -> {tp['failed_neighbour_after']:.1%}); where its "
+                f"mask held over 20% of the neighbour ({tp['merged_pairs']} pairs): "
+                f"{tp['merged_positive_iou']:.4f} -> {tp['merged_pair_iou']:.4f} (neighbour inside "
+                f"{tp['merged_neighbour_before']:.1%} -> {tp['merged_neighbour_after']:.1%})"
             )
         if "ais_f1" in figures:
             print(f"AIS: object F1 at IoU 0.5 {figures['ais_f1']:.4f}, mean matched IoU "

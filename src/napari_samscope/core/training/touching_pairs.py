@@ -46,20 +46,24 @@ class PairResult:
     def pairs(self) -> int:
         return len(self.pair_ious)
 
-    def as_dict(self, failed_below: float = 0.7) -> dict[str, float]:
-        """Means over all pairs, and over the pairs where the positive click alone failed
-        (IoU below ``failed_below``: the case a negative click is for), of the IoUs and of
-        the fraction of the neighbour inside the mask before/after the negative click."""
+    def as_dict(self, failed_below: float = 0.7, merged_above: float = 0.2) -> dict[str, float]:
+        """Means of the IoUs and of the fraction of the neighbour inside the mask
+        before/after the negative click: over all pairs, over the ``failed_`` pairs where
+        the positive click alone failed (IoU below ``failed_below``), and over the
+        ``merged_`` pairs where its mask held more than ``merged_above`` of the neighbour
+        (the case a negative click on the neighbour is for)."""
         mean = lambda v: round(float(np.mean(v)), 4) if len(v) else float("nan")  # noqa: E731
         alone, both = np.asarray(self.positive_ious), np.asarray(self.pair_ious)
         before, after = np.asarray(self.neighbour_before), np.asarray(self.neighbour_after)
-        failed = alone < failed_below
-        return {"positive_iou": mean(alone), "pair_iou": mean(both), "pairs": self.pairs,
-                "neighbour_before": mean(before), "neighbour_after": mean(after),
-                "failed_pairs": int(failed.sum()), "failed_positive_iou": mean(alone[failed]),
-                "failed_pair_iou": mean(both[failed]),
-                "failed_neighbour_before": mean(before[failed]),
-                "failed_neighbour_after": mean(after[failed])}
+        figures: dict[str, float] = {"pairs": self.pairs}
+        for prefix, rows in (("", np.ones(len(alone), bool)), ("failed_", alone < failed_below),
+                             ("merged_", before > merged_above)):
+            if prefix:
+                figures[f"{prefix}pairs"] = int(rows.sum())
+            figures.update({f"{prefix}positive_iou": mean(alone[rows]), f"{prefix}pair_iou": mean(both[rows]),
+                            f"{prefix}neighbour_before": mean(before[rows]),
+                            f"{prefix}neighbour_after": mean(after[rows])})
+        return figures
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:
