@@ -150,11 +150,11 @@ def test_stale_results_are_never_shown(viewer, main_widget, qtbot, monkeypatch):
     release, original = threading.Event(), engine.decode_objects
     calls = []
 
-    def slow_decode(predictor, embedding, objects, lock=None, multimask_output=False):
+    def slow_decode(predictor, embedding, objects, *args, **kwargs):
         calls.append(len(objects[0].points))
         if len(calls) == 1:
             release.wait(5)
-        return original(predictor, embedding, objects, lock, multimask_output)
+        return original(predictor, embedding, objects, *args, **kwargs)
 
     monkeypatch.setattr(engine, "decode_objects", slow_decode)
     shown = []

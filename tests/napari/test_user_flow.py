@@ -98,3 +98,39 @@ def test_the_preview_has_one_colour_that_committed_labels_do_not_share(shown, qt
     for label in (1, 2):  # ...drawn in the same one colour
         np.testing.assert_allclose(preview.get_color(label), magenta)
     assert not np.allclose(labels.get_color(1), magenta)  # committed: another colour
+
+
+def test_click_t_click_feeds_the_first_mask_back_with_the_negative_click(shown, qtbot):
+    """The second click refines the preview the user saw: the predictor gets both points
+    and, as its mask prompt, the low-resolution logits of the first click's mask."""
+    viewer, widget, image = shown
+    predictor = widget.session.predictor
+    calls, original = [], predictor.predict
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((kwargs, result))
+        return result
+
+    predictor.predict = spy
+    click(qtbot, viewer, image, (30, 40))
+    wait_idle(qtbot, widget)
+    assert len(calls) == 1 and calls[0][0].get("masks") is None
+    first_logits = calls[0][1].logits[0]
+    press(qtbot, viewer, "T")
+    click(qtbot, viewer, image, (60, 95))
+    wait_idle(qtbot, widget)
+    kwargs, _ = calls[-1]
+    np.testing.assert_array_equal(kwargs["labels"], [1, 0])
+    assert kwargs["multimask_output"] is False
+    np.testing.assert_array_equal(kwargs["masks"], first_logits)
+    assert viewer.layers["SAM preview"].data[60, 95] == 0
+    press(qtbot, viewer, "S")  # the same prompts again: the same mask prompt, the same mask
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(calls[-1][0]["masks"], first_logits)
+    press(qtbot, viewer, "C")  # after a commit a new click starts afresh
+    wait_idle(qtbot, widget)
+    press(qtbot, viewer, "T")
+    click(qtbot, viewer, image, (60, 95))
+    wait_idle(qtbot, widget)
+    assert calls[-1][0].get("masks") is None

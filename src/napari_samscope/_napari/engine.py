@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Hashable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -32,6 +32,7 @@ from napari_samscope._napari.images import PlaneSource
 from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.options import PropagationMode, parse
 from napari_samscope._napari.prompts import ObjectPrompt, PromptSet, mask_to_prompt_logits
+from napari_samscope._napari.refinement import ClickMemory, Decoded
 from napari_samscope._napari.tiled import (
     decode_tiled,
     precompute_tiled_iter,
@@ -107,12 +108,18 @@ def decode_planes(
     prompts: PromptSet,
     geometry: Any,
     lock: threading.Lock | None = None,
+    memory: ClickMemory | None = None,
 ) -> Segmentation:
     """Decode the objects prompted on each plane of ``embeddings`` (all already encoded):
-    the same result as :func:`segment_plane_iter` plane by plane, with no encoding."""
+    the same result as :func:`segment_plane_iter` plane by plane, with no encoding.
+    With ``memory`` (the live preview), a click added to an object refines its last mask
+    (:mod:`~napari_samscope._napari.refinement`)."""
     objects: list[dict[PlaneKey, np.ndarray]] = []
     for key, embedding in embeddings.items():
-        masks = decode_objects(predictor, embedding, prompts.on(key).objects(), lock)
+        scope = (key, getattr(embedding, "model_key", None), getattr(embedding, "input_size", None),
+                 getattr(embedding, "original_size", None))
+        masks = decode_objects(predictor, embedding, prompts.on(key).objects(), lock,
+                               memory=memory, scope=scope)
         objects.extend({key: m} for m in masks)
     return Segmentation(geometry, objects)
 
@@ -128,13 +135,20 @@ def decode_objects(
     objects: Sequence[ObjectPrompt],
     lock: threading.Lock | None = None,
     multimask_output: bool = False,
+    memory: ClickMemory | None = None,
+    scope: Hashable = None,
 ) -> list[np.ndarray]:
     """One ``(H, W)`` bool mask per object, decoded on ``embedding``.
 
     Two or more objects made of a box alone are decoded in one batch; the others one
     by one (their point counts differ). ``lock`` guards the predictor's current
-    embedding when several threads share it.
+    embedding when several threads share it. With ``memory``, an object whose prompts
+    extend one decoded before on ``scope`` gets that object's logits as its mask prompt,
+    and the objects decoded now are remembered (single-mask output only).
     """
+    if multimask_output:
+        memory = None
+    decoded: list[Decoded] = []
     masks: list[np.ndarray | None] = [None] * len(objects)
     with lock if lock is not None else nullcontext(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallObjectWarning)
@@ -146,6 +160,8 @@ def decode_objects(
             pred = predictor.predict(bboxes=boxes, multimask_output=multimask_output)
             for j, i in enumerate(box_only):
                 masks[i] = pred.masks[j]
+                if memory is not None and pred.logits is not None:
+                    decoded.append(Decoded(objects[i], None, pred.logits[j]))
         for i, obj in enumerate(objects):
             if masks[i] is not None:
                 continue
@@ -158,9 +174,16 @@ def decode_objects(
                 kwargs["masks"] = mask_to_prompt_logits(
                     obj.mask, predictor.lowres_size, scale=_prompt_scale(predictor, obj.mask.shape)
                 )
+            previous = None if memory is None else memory.mask_input(scope, obj)
+            if previous is not None:
+                kwargs["masks"] = previous
             pred = predictor.predict(**kwargs)
             best = int(np.argmax(pred.scores)) if multimask_output else 0
             masks[i] = pred.masks[best]
+            if memory is not None and pred.logits is not None:
+                decoded.append(Decoded(obj, previous, pred.logits[best]))
+    if memory is not None:
+        memory.remember(scope, decoded)
     notify_warnings(caught)
     return [np.asarray(m, dtype=bool) for m in masks]  # type: ignore[arg-type]
 

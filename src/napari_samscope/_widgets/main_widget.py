@@ -1,10 +1,10 @@
 """The "Segment Anything" dock widget: prompts in, a live preview, commits out.
 
-Qt glue only: prompts are read by ``_napari.prompts``, jobs are ``_napari.engine``
-generators run by :class:`~napari_samscope._widgets.workers.JobRunner`, results are
-written by ``_napari.labels``. Keys (on the plugin's layers only): ``S`` segment,
-``Shift+S`` segment all slices, ``C`` commit, ``Shift+C`` clear prompts, ``T``
-toggle point polarity.
+Qt glue only: what to segment, preview and commit is decided by
+:class:`~napari_samscope._napari.interactive.InteractiveSegmentation` (no Qt), jobs are
+``_napari.engine`` generators run by :class:`~napari_samscope._widgets.workers.JobRunner`.
+Keys (on the plugin's layers only): ``S`` segment, ``Shift+S`` segment all slices,
+``C`` commit, ``Shift+C`` clear prompts, ``T`` toggle point polarity.
 
 Latency of the live preview: when every prompted plane is already encoded and the last
 decode was quick (at most ``INLINE_DECODE_MS``), the preview is decoded on the GUI
@@ -16,18 +16,14 @@ that was slow, the predictor busy) it runs in the preview runner's long-lived th
 from __future__ import annotations
 
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 from qtpy.QtCore import QTimer, Signal
 
-from napari_samscope._napari import engine
 from napari_samscope._napari import layers as plugin_layers
-from napari_samscope._napari.coords import current_geometry
 from napari_samscope._napari.images import ImageSettings, PlaneSource, forget_layer
-from napari_samscope._napari.labels import Segmentation, write_preview
-from napari_samscope._napari.labels import commit as commit_segmentation
-from napari_samscope._napari.prompts import collect_prompts
+from napari_samscope._napari.interactive import INLINE_DECODE_MS, InteractiveSegmentation
+from napari_samscope._napari.labels import Segmentation
 from napari_samscope._napari.tiled import forget_tiled
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.layer_wiring import LayerWiring
@@ -37,10 +33,6 @@ from napari_samscope._widgets.workers import JobRunner, PreviewRunner, notify_er
 from napari_samscope.core.units import MB
 
 __all__ = ["SegmentAnythingWidget", "INLINE_DECODE_MS"]
-
-#: The longest decode (ms, the last one measured) for which the next preview is decoded
-#: on the GUI thread; slower decodes (huge images, many objects) stay in the worker.
-INLINE_DECODE_MS = 40.0
 
 
 def _layers_of(viewer: Any, kind: str):
@@ -59,7 +51,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
     """Interactive SAM segmentation of napari image layers (2D, stacks, time series).
 
     Drive it from code with :meth:`set_model`, :meth:`segment`, :meth:`commit`,
-    :meth:`segment_all_slices`, :meth:`precompute`, :meth:`clear_prompts`.
+    :meth:`segment_all_slices`, :meth:`precompute`, :meth:`clear_prompts`; its state
+    and decisions are in :attr:`interactive`.
     """
 
     #: Emitted after the preview layer shows a new result.
@@ -74,18 +67,16 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
                                 for k in ("image", "points", "shapes", "labels")})
         self.ui.build(self.body)
         self.keep_in_view(self.ui.prompts_section)
+        self.interactive = InteractiveSegmentation(
+            napari_viewer, image=lambda: self.ui.image.value, points=lambda: self.ui.points.value,
+            shapes=lambda: self.ui.shapes.value, settings=self.ui.settings,
+            embeddings=self.ui.embeddings.text)
         self.preview_runner = self.add_runner(
             PreviewRunner(self.progress.show_progress, self._tracker("preview")))
         self.runner = self.add_runner(
             JobRunner(self._job_progress, self._tracker("job"), background=True))
-        self.preview: Segmentation | None = None
-        #: Decode on the GUI thread when the last decode took at most this (0: never).
-        self.inline_decode_ms = INLINE_DECODE_MS
-        self._decode_ms = float("inf")  # the last decode's duration, from either path
-        self._drawn: list[Any] = []
         self.wiring = LayerWiring(self, self._schedule_preview)
         self._commit_when_ready = False
-        self._active_image: Any = None
         self._quiet = False
 
         ui = self.ui
@@ -120,6 +111,20 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
     def shapes_layer(self) -> Any:
         return self.ui.shapes.value
 
+    @property
+    def preview(self) -> Segmentation | None:
+        """The objects in the preview layer (``None``: no preview)."""
+        return self.interactive.preview
+
+    @property
+    def inline_decode_ms(self) -> float:
+        """Decode on the GUI thread when the last decode took at most this (0: never)."""
+        return self.interactive.inline_decode_ms
+
+    @inline_decode_ms.setter
+    def inline_decode_ms(self, value: float) -> None:
+        self.interactive.inline_decode_ms = float(value)
+
     def set_model(self, model: Any, device: str | None = None, name: str | None = None,
                   predictor_factory: Any = None) -> Any:
         """Use ``model``: a registry name or checkpoint path (loaded in a worker, which
@@ -136,19 +141,13 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
 
     def ensure_prompt_layers(self, new: bool = False) -> tuple[Any, Any]:
         """Create "SAM points" / "SAM boxes" for the image when none is chosen (or ``new``)."""
-        image = self._require_image()
-        geometry = self._geometry(image)
-        if new or self.points_layer is None:
-            layer = self.viewer.add_layer(plugin_layers.make_points_layer(image, geometry))
-            layer.mode = "add"
-            self.reset_choices()
-            self.ui.points.value = layer
-        if new or self.shapes_layer is None:
-            layer = self.viewer.add_layer(plugin_layers.make_shapes_layer(image, geometry))
-            self.reset_choices()
-            self.ui.shapes.value = layer
-        if self.points_layer is not None:
-            self.viewer.layers.selection.active = self.points_layer
+        points, shapes = self.interactive.make_prompt_layers(
+            new or self.points_layer is None, new or self.shapes_layer is None)
+        for combo, layer in ((self.ui.points, points), (self.ui.shapes, shapes)):
+            if layer is not None:
+                self.reset_choices()
+                combo.value = layer
+        self.interactive.activate_points()
         return self.points_layer, self.shapes_layer
 
     def segment(self) -> None:
@@ -157,35 +156,23 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         if self._shut:
             return
         try:
-            image, source, prompts = self._snapshot()
+            snap = self.interactive.snapshot()
         except ValueError as error:
             notify_error(error)
             return
-        if prompts.skipped:
-            self.ui.status.setText("; ".join(prompts.skipped))
-        planes = prompts.prompted_planes
-        if not planes:
+        if snap.prompts.skipped:
+            self.ui.status.setText("; ".join(snap.prompts.skipped))
+        if not snap.prompts.prompted_planes:
             self.preview_runner.cancel()  # a run still in flight is now stale
-            self._show_preview(None, image)
+            self._show_preview(None, snap.image)
             return
         if not self.with_model(self.segment):  # load the chosen model first, then segment
             return
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
-        if self._decode_inline(image, source, prompts, predictor, cache, lock):
+        if self._decode_inline(snap, predictor, cache, lock):
             return
-
-        def job():
-            if engine.uses_tiles(predictor, source):  # large lazy layer or embeddings file
-                return (yield from engine.segment_tiled_iter(predictor, source, prompts))
-            embeddings = {}
-            for key in planes:
-                embeddings[key] = yield from engine.embedding_iter(predictor, cache, source, key)
-            started = perf_counter()
-            seg = engine.decode_planes(predictor, embeddings, prompts, source.geometry, lock)
-            self._decode_ms = (perf_counter() - started) * 1000.0
-            return seg
-
-        self.preview_runner.start(job, lambda seg: self._show_preview(seg, image), supersede=True)
+        self.preview_runner.start(lambda: self.interactive.preview_job(snap, predictor, cache, lock),
+                                  lambda seg: self._show_preview(seg, snap.image), supersede=True)
 
     def commit(self) -> list[int]:
         """Write the preview's objects into the target labels layer (``C``).
@@ -200,41 +187,38 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
 
     def _commit_now(self) -> list[int]:
         self._commit_when_ready = False
-        if self.preview is None or self.preview.is_empty():
-            notify_info("Nothing to commit: add prompts and wait for the preview.")
-            return []
         try:
-            image = self._require_image()
-            target = self.ui.target.value
-            if target is None:  # prompt layers stay active: the next click adds a prompt
-                target, _ = plugin_layers.ensure_plugin_labels(
-                    self.viewer, plugin_layers.LABELS_NAME, image, self.preview.geometry)
-                self.reset_choices()
-                self.ui.target.value = target
-            ids = commit_segmentation(target, self.preview, overwrite=self.ui.overwrite.isChecked())
+            result = self.interactive.commit(self.ui.target.value, overwrite=self.ui.overwrite.isChecked(),
+                                             clear=False)
         except ValueError as error:
-            notify_error(error)
+            if self.preview is None or self.preview.is_empty():
+                notify_info(str(error))
+            else:
+                notify_error(error)
             return []
-        self.ui.status.setText(f"committed {ids} into '{target.name}'" if ids else
-                               "nothing committed: every pixel was already labelled")
-        self._show_preview(None, image)
+        if result.created or self.ui.target.value is None:
+            self.reset_choices()
+            self.ui.target.value = result.target
+        self.ui.status.setText(result.message)
+        self.preview_updated.emit()
         self.clear_prompts()
-        self.committed.emit(ids)
-        return ids
+        self.committed.emit(result.ids)
+        return result.ids
 
     def clear_prompts(self) -> None:
         """Remove every prompt (``Shift+C``); the preview clears with them."""
         self._quiet = True  # one preview update for both layers, not one per layer
         try:
-            plugin_layers.clear_prompts(self.points_layer, self.shapes_layer)
+            self.interactive.clear_prompts()
         finally:
             self._quiet = False
         self._schedule_preview()
 
     def toggle_polarity(self) -> None:
         """Flip the selected points' polarity, or the next point's (``T``)."""
-        if self.points_layer is not None:
-            self.ui.status.setText(plugin_layers.toggle_polarity(self.points_layer))
+        message = self.interactive.toggle_polarity()
+        if message is not None:
+            self.ui.status.setText(message)
             self._schedule_preview()
 
     def reset_choices(self, event: Any = None) -> None:
@@ -267,82 +251,40 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         self.progress.show_progress(report)
         self.session.notify_cache()  # "embeddings: N MB" follows a long encoding
 
-    def _require_image(self) -> Any:
-        image = self.image_layer
-        if image is None:
-            raise ValueError("Choose an image layer first (add one to the viewer).")
-        return image
-
-    def _geometry(self, image: Any) -> Any:
-        return current_geometry(image, self.viewer.dims.order, self.viewer.dims.point,
-                                channel_axis=self.settings().channel_axis)
-
     def _snapshot(self, prompts: bool = True) -> tuple[Any, PlaneSource, Any]:
-        image = self._require_image()
-        geometry = self._geometry(image)
-        source = PlaneSource.from_layer(image, geometry, self.settings(),
-                                        embeddings=self.ui.embeddings.text())
-        self._active_image = image
-        found = None
-        if prompts:
-            found = collect_prompts(image, geometry, self.viewer.dims.point,
-                                    self.points_layer, self.shapes_layer)
-        return image, source, found
+        snap = self.interactive.snapshot(prompts)
+        return snap.image, snap.source, snap.prompts
 
     def _check_alive(self, image: Any) -> None:
-        if image not in self.viewer.layers:
-            raise ValueError(f"The image layer '{image.name}' was removed while it was being "
-                             "segmented; the result was discarded.")
+        self.interactive.check_alive(image)
 
-    def _decode_inline(self, image: Any, source: PlaneSource, prompts: Any, predictor: Any,
-                       cache: Any, lock: Any) -> bool:
-        """Decode on the GUI thread if every prompted plane is encoded, no preview runs,
-        the predictor is free and the last decode was quick; False: use the worker."""
-        if self.preview_runner.busy or self._decode_ms > self.inline_decode_ms:
-            return False
-        embeddings = engine.cached_embeddings(predictor, cache, source, prompts.prompted_planes)
-        if embeddings is None or not lock.acquire(blocking=False):
+    def _decode_inline(self, snap: Any, predictor: Any, cache: Any, lock: Any) -> bool:
+        """Decode on the GUI thread when the controller can (no preview may run);
+        False: use the worker."""
+        if self.preview_runner.busy:
             return False
         try:
-            started = perf_counter()
-            seg = engine.decode_planes(predictor, embeddings, prompts, source.geometry)
-            self._decode_ms = (perf_counter() - started) * 1000.0
+            seg = self.interactive.decode_inline(snap, predictor, cache, lock)
         except Exception as error:  # as a worker would: a notification, napari goes on
             notify_error(error)
             return True
-        finally:
-            lock.release()
+        if seg is None:
+            return False
         self.preview_runner.cancel()  # idle: only makes any late result stale
         try:
-            self._show_preview(seg, image)
+            self._show_preview(seg, snap.image)
         except Exception as error:  # as the runner does with a failure showing a result
             notify_error(error)
         return True
 
     def _show_preview(self, segmentation: Segmentation | None, image: Any) -> None:
-        if segmentation is not None:
-            self._check_alive(image)
-        layer = self._preview_layer(segmentation)
-        if layer is not None:
-            self._drawn = write_preview(layer, segmentation, self._drawn)
-        self.preview = segmentation
+        layer, created = self.interactive.show_preview(segmentation, image)
+        if created:
+            self.wiring.bind([layer, self.points_layer, self.shapes_layer])
         self.preview_updated.emit()
         if self._commit_when_ready:
             self._commit_now()  # this is the newest result: stale ones never get here
 
-    def _preview_layer(self, segmentation: Segmentation | None) -> Any:
-        name = plugin_layers.PREVIEW_NAME
-        if segmentation is None:
-            return self.viewer.layers[name] if name in self.viewer.layers else None
-        layer, created = plugin_layers.ensure_plugin_labels(
-            self.viewer, name, self._require_image(), segmentation.geometry, "uint8", opacity=0.6,
-            colormap=plugin_layers.preview_colormap())
-        if created:
-            self._drawn = []
-            self.wiring.bind([layer, self.points_layer, self.shapes_layer])
-            if self.points_layer is not None:
-                self.viewer.layers.selection.active = self.points_layer
-        return layer
     def _schedule_preview(self) -> None:
         """A prompt changed: segment now, with no delay.
 
@@ -352,14 +294,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         """
         if not self.ui.live.isChecked() or self._shut or self._quiet:
             return
-        self._auto_segment()
-
-    def _auto_segment(self) -> None:
-        """The live preview: like ``segment`` but silent while there is nothing to do."""
-        if self.image_layer is None:
-            return
-        if self.points_layer is None and self.shapes_layer is None:
-            return
+        if self.image_layer is None or (self.points_layer is None and self.shapes_layer is None):
+            return  # the live preview stays silent while there is nothing to do
         self.segment()
 
     def _prompt_layers_changed(self, _value: Any = None) -> None:
@@ -388,13 +324,11 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         forget_layer(layer)
         forget_tiled(str(getattr(layer, "unique_id", id(layer))))
         if layer.name == plugin_layers.PREVIEW_NAME:
-            self._drawn = []
-        if layer is self._active_image:
-            if self.preview_runner.busy or self.runner.busy:
-                self.cancel()
-                notify_error(f"The image layer '{layer.name}' was removed while it was being "
-                             "segmented; the job was stopped and napari is fine.")
-            self._active_image = None
+            self.interactive.preview_layer_removed()
+        if self.interactive.forget_image(layer) and (self.preview_runner.busy or self.runner.busy):
+            self.cancel()
+            notify_error(f"The image layer '{layer.name}' was removed while it was being "
+                         "segmented; the job was stopped and napari is fine.")
 
     def _model_changed(self, _sam: Any) -> None:
         self._schedule_preview()

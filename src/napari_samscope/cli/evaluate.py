@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "half contrast, where annotators draw them")
     parser.add_argument("--touching-pairs", action="store_true",
                         help="also report one positive click vs positive + negative click on "
-                             "the touching neighbour, for every touching pair")
+                             "the touching neighbour (passed as the plugin does, with the first "
+                             "mask as the mask prompt), and how much of the neighbour the mask "
+                             "holds before and after, for every touching pair")
     parser.add_argument("--min-area", type=int, default=10, help="skip smaller objects (pixels)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device(parser)
@@ -116,11 +118,17 @@ def run(args: argparse.Namespace) -> int:
             f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f}"
         )
         if pairs is not None:
+            tp = pairs.as_dict()
             print(
-                f"touching pairs ({pairs.pairs}): one positive click {pairs.as_dict()['positive_iou']:.4f}, "
-                f"plus a negative click on the neighbour {pairs.as_dict()['pair_iou']:.4f}; where the "
-                f"positive click alone was below IoU 0.7 ({pairs.as_dict()['failed_pairs']} pairs): "
-                f"{pairs.as_dict()['failed_positive_iou']:.4f} -> {pairs.as_dict()['failed_pair_iou']:.4f}"
+                f"touching pairs ({pairs.pairs}): one positive click {tp['positive_iou']:.4f}, "
+                f"plus a negative click on the neighbour {tp['pair_iou']:.4f} (neighbour inside the "
+                f"mask {tp['neighbour_before']:.1%} -> {tp['neighbour_after']:.1%}); where the "
+                f"positive click alone was below IoU 0.7 ({tp['failed_pairs']} pairs): "
+                f"{tp['failed_positive_iou']:.4f} -> {tp['failed_pair_iou']:.4f} (neighbour inside "
+                f"{tp['failed_neighbour_before']:.1%} -> {tp['failed_neighbour_after']:.1%}); where its "
+                f"mask held over 20% of the neighbour ({tp['merged_pairs']} pairs): "
+                f"{tp['merged_positive_iou']:.4f} -> {tp['merged_pair_iou']:.4f} (neighbour inside "
+                f"{tp['merged_neighbour_before']:.1%} -> {tp['merged_neighbour_after']:.1%})"
             )
         if "ais_f1" in figures:
             print(f"AIS: object F1 at IoU 0.5 {figures['ais_f1']:.4f}, mean matched IoU "

@@ -356,7 +356,9 @@ class Predictor(ScaleSetting):
             labels: 1 (foreground) / 0 (background), shaped like ``points`` minus its last
                 axis; default all 1.
             bboxes: ``(4,)`` or ``(N, 4)`` XYXY pixels of the original image.
-            masks: ``(L, L)`` or ``(N, L, L)`` low-resolution logits of earlier results.
+            masks: ``(L, L)`` or ``(N, L, L)`` low-resolution logits of earlier results. To
+                refine an object with a new click, pass all of its clicks and the previous
+                single-mask result's ``logits[0]``.
             multimask_output: ask the model for 3 candidates per object.
 
         Returns:

@@ -7,7 +7,12 @@ public :class:`~napari_samscope.core.predict.predictor.Predictor` with the plugi
 default single-mask output:
 
 - ``positive_ious``: the object prompted with its positive point alone;
-- ``pair_ious``: the same positive point plus the negative point on the neighbour.
+- ``pair_ious``: the same positive point plus the negative point on the neighbour,
+  with the first mask's low-resolution logits as the mask prompt, as the plugin's live
+  preview passes a click added to an object (``refine=False``: the two points alone);
+- ``neighbour_before`` / ``neighbour_after``: the fraction of the neighbour's pixels
+  inside the mask before and after the negative click (what the click is meant to
+  remove).
 
 A "touching pair" is an object and the largest other object within ``reach`` pixels of
 it; both must have ``min_area`` pixels. A centre is the object's pixel farthest from its
@@ -34,20 +39,31 @@ class PairResult:
 
     positive_ious: list[float] = field(default_factory=list)
     pair_ious: list[float] = field(default_factory=list)
+    neighbour_before: list[float] = field(default_factory=list)
+    neighbour_after: list[float] = field(default_factory=list)
 
     @property
     def pairs(self) -> int:
         return len(self.pair_ious)
 
-    def as_dict(self, failed_below: float = 0.7) -> dict[str, float]:
-        """Means over all pairs, and over the pairs where the positive click alone failed
-        (IoU below ``failed_below``: the case a negative click is for)."""
+    def as_dict(self, failed_below: float = 0.7, merged_above: float = 0.2) -> dict[str, float]:
+        """Means of the IoUs and of the fraction of the neighbour inside the mask
+        before/after the negative click: over all pairs, over the ``failed_`` pairs where
+        the positive click alone failed (IoU below ``failed_below``), and over the
+        ``merged_`` pairs where its mask held more than ``merged_above`` of the neighbour
+        (the case a negative click on the neighbour is for)."""
         mean = lambda v: round(float(np.mean(v)), 4) if len(v) else float("nan")  # noqa: E731
         alone, both = np.asarray(self.positive_ious), np.asarray(self.pair_ious)
-        failed = alone < failed_below
-        return {"positive_iou": mean(alone), "pair_iou": mean(both), "pairs": self.pairs,
-                "failed_pairs": int(failed.sum()), "failed_positive_iou": mean(alone[failed]),
-                "failed_pair_iou": mean(both[failed])}
+        before, after = np.asarray(self.neighbour_before), np.asarray(self.neighbour_after)
+        figures: dict[str, float] = {"pairs": self.pairs}
+        for prefix, rows in (("", np.ones(len(alone), bool)), ("failed_", alone < failed_below),
+                             ("merged_", before > merged_above)):
+            if prefix:
+                figures[f"{prefix}pairs"] = int(rows.sum())
+            figures.update({f"{prefix}positive_iou": mean(alone[rows]), f"{prefix}pair_iou": mean(both[rows]),
+                            f"{prefix}neighbour_before": mean(before[rows]),
+                            f"{prefix}neighbour_after": mean(after[rows])})
+        return figures
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:
@@ -82,9 +98,11 @@ def evaluate_touching_pairs_iter(
     *,
     min_area: int = 30,
     n_images: int | None = None,
+    refine: bool = True,
 ) -> Generator[Progress, None, PairResult]:
     """Evaluate ``model`` (anything ``as_predictor`` takes) on the touching pairs of
-    ``(H, W)`` label images; a progress job returning a :class:`PairResult`."""
+    ``(H, W)`` label images; a progress job returning a :class:`PairResult`. ``refine``:
+    pass the first mask's logits with the negative click (the plugin's way)."""
     from napari_samscope.core.predict.resolve import as_predictor
 
     predictor = as_predictor(model)
@@ -100,14 +118,18 @@ def evaluate_touching_pairs_iter(
             continue
         predictor.set_image(image)
         for obj, other in pairs:
-            target = label == obj
-            (r0, c0), (r1, c1) = _centre(target), _centre(label == other)
+            target, neighbour = label == obj, label == other
+            (r0, c0), (r1, c1) = _centre(target), _centre(neighbour)
             alone = predictor.predict(points=np.array([[c0, r0]], float), labels=np.array([1]))
-            both = predictor.predict(points=np.array([[c0, r0], [c1, r1]], float), labels=np.array([1, 0]))
-            for store, pred in ((result.positive_ious, alone), (result.pair_ious, both)):
+            previous = alone.logits[0] if refine and alone.logits is not None else None
+            both = predictor.predict(points=np.array([[c0, r0], [c1, r1]], float), labels=np.array([1, 0]),
+                                     masks=previous)
+            for ious, inside, pred in ((result.positive_ious, result.neighbour_before, alone),
+                                       (result.pair_ious, result.neighbour_after, both)):
                 mask = pred.masks[0]
                 union = np.logical_or(mask, target).sum()
-                store.append(float(np.logical_and(mask, target).sum() / max(union, 1)))
+                ious.append(float(np.logical_and(mask, target).sum() / max(union, 1)))
+                inside.append(float(np.logical_and(mask, neighbour).sum() / neighbour.sum()))
         done += 1
     yield Progress("touching pairs", done, n_images or 0)
     predictor.reset_image()
