@@ -102,7 +102,6 @@ def main() -> None:
     _wait(lambda: bool(updated) and not _busy(main_widget) and main_widget.preview is not None,
           120, "the preview")
     points = main_widget.points_layer
-    viewer.layers.move(viewer.layers.index(points), len(viewer.layers))  # the point on the preview
     viewer.layers.selection.active = points
     viewer.reset_view()
     viewer.camera.center = (rows.mean(), cols.mean())

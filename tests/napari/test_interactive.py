@@ -56,6 +56,10 @@ def test_prompts_preview_and_commit_with_undo(viewer, segmenting_sam):
     assert "committed [1]" in result.message
     assert len(points.data) == 0 and controller.preview is None and len(controller.memory) == 0
     assert viewer.layers.selection.active is points  # the next click adds a prompt
+    names = [layer.name for layer in viewer.layers]  # bottom to top
+    assert names.index("SAM labels") < names.index("SAM preview") < names.index(points.name)
+    assert max(names.index("SAM labels"), names.index("SAM preview")) < min(
+        names.index(points.name), names.index(controller.shapes_layer.name))
     labels.undo()
     assert labels.data.max() == 0
 

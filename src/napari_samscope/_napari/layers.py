@@ -182,8 +182,9 @@ def ensure_plugin_labels(
 
     A layer of that name whose shape does not match (another image was chosen) is
     replaced. The layer that was active stays active (napari would make the new layer
-    active, so that the next click on a prompt layer would do nothing). Returns
-    ``(layer, created)``.
+    active, so that the next click on a prompt layer would do nothing), and the new
+    layer goes below the prompt layers and the preview (:func:`_slot_below_prompts`), so
+    that it never hides the points a user clicks. Returns ``(layer, created)``.
     """
     if name in viewer.layers:
         layer = viewer.layers[name]
@@ -192,6 +193,23 @@ def ensure_plugin_labels(
         viewer.layers.remove(layer)
     active = viewer.layers.selection.active
     layer = viewer.add_layer(make_labels_layer(image, geometry, name, dtype=dtype, **kwargs))
+    slot = _slot_below_prompts(viewer, image, name)
+    if slot is not None:
+        viewer.layers.move(viewer.layers.index(layer), slot)
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active
     return layer, True
+
+
+def _slot_below_prompts(viewer: Any, image: Any, name: str) -> int | None:
+    """The index (napari's layer list: 0 is drawn first, at the bottom) just below the
+    lowest Points or Shapes layer above ``image`` (and below the preview, for any other
+    plugin layer), or ``None`` to leave a new layer on top."""
+    layers = list(viewer.layers)
+    floor = layers.index(image) if image in layers else -1
+    above = [
+        k for k, other in enumerate(layers[:-1])  # the last one is the new layer itself
+        if k > floor and (type(other).__name__ in ("Points", "Shapes")
+                          or (other.name == PREVIEW_NAME and name != PREVIEW_NAME))
+    ]
+    return min(above) if above else None
