@@ -35,7 +35,8 @@ The run has eleven phases (all with ``core.training.train_iter``, trainable "all
 11. ``refine`` - a short fine-tune of ``annotate`` at a low learning rate: 40% of the images
    as ``annotate`` (some of them with mitotic and apoptotic figures), 60% the plain and
    low-SNR looks of the earlier phases (``annotate`` had cost those 0.005-0.016 IoU);
-   stopped at step 100 of its 200-step schedule (``STOP_AFTER``).
+   stopped at step 100 of its 200-step schedule (``STOP_AFTER``). An experiment, not
+   shipped (training/README.md has its figures), so not in the default ``--phases``.
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
