@@ -13,7 +13,9 @@ Image formation (in photon units): each object gets a brightness, a smooth two-s
 texture and a slight dome profile; the signal is blurred by a Gaussian PSF; a background
 with a linear gradient and a smooth haze is added; photon (Poisson) noise and camera
 read (Gaussian) noise follow; a camera offset and gain (``uint16``) or a scaling with a
-chosen dynamic-range use (``uint8``) give the final integers. ``snr`` is the mean object
+chosen dynamic-range use (``uint8``) give the final integers. With ``mitotic_fraction`` or
+``apoptotic_fraction`` some nuclei are first redrawn as condensed-chromatin figures
+(:mod:`~napari_samscope.core.synthetic.figures`, which also gives their labelling). ``snr`` is the mean object
 amplitude divided by the noise standard deviation of the background.
 
 :class:`SyntheticStyle` holds every knob; :func:`random_style` samples them widely so a

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_samscope.core.synthetic.figures import cell_cycle_figures
 from napari_samscope.core.synthetic.optics import (
     chromatin_texture,
     defocus_objects,
@@ -44,11 +45,12 @@ def render_nuclei_2d(
     min_area = max(6, int(0.25 * math.pi * style.radius_range[0] ** 2))
     labels, dist = rasterise(shape, objects, rng, min_area)
     signal = object_signal(labels, dist, style, rng)
+    labels, signal, figures = cell_cycle_figures(labels, signal, style, rng)
     signal = chromatin_texture(signal, labels, style, rng)
     signal = defocus_objects(signal, labels, style, rng)
     blurred = psf_blur(signal, style, (style.blur, style.blur))
     if style.boundary == "half_contrast":
-        labels = half_contrast_labels(labels, blurred, min_area)
+        labels = half_contrast_labels(labels, blurred, min_area, whole=tuple(figures))
     return acquire(blurred, style, rng, (0.0, 0.0)), labels
 
 

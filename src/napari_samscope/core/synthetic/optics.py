@@ -14,6 +14,8 @@ object) with the matching uint32 label image (0 = background).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
@@ -74,7 +76,8 @@ def chromatin_texture(
 
 
 def half_contrast_labels(
-    labels: np.ndarray, blurred: np.ndarray, min_area: int, reach: int = 3
+    labels: np.ndarray, blurred: np.ndarray, min_area: int, reach: int = 3,
+    whole: Collection[int] = (),
 ) -> np.ndarray:
     """Outline each object where its blurred, noise-free image falls to half its level.
 
@@ -83,6 +86,9 @@ def half_contrast_labels(
         blurred: the noise-free signal after the PSF (same shape), background 0.
         min_area: objects with fewer pixels are dropped.
         reach: how far (pixels) an outline may grow past the drawn shape into background.
+        whole: ids kept with all their pieces and down to 4 pixels (condensed chromatin
+            figures: small, and a fragmented apoptotic nucleus is one object of several
+            bodies).
 
     Each object keeps the pixels of its territory (its shape grown by ``reach`` into the
     background, never into a neighbour) where ``blurred >= 0.5 * level``; ``level`` is the
@@ -107,10 +113,11 @@ def half_contrast_labels(
         level = float(np.median(values[inner if inner.any() else own]))
         mask = (territory[box] == index) & (values >= 0.5 * level)
         mask = ndi.binary_fill_holes(mask)
+        keep_all = index in whole
         pieces, n = ndi.label(mask)
-        if n > 1:
+        if n > 1 and not keep_all:
             mask = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
-        if int(mask.sum()) < min_area:
+        if int(mask.sum()) < (4 if keep_all else min_area):
             continue
         new_id += 1
         out[box][mask] = new_id

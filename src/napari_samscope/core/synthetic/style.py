@@ -52,6 +52,11 @@ class SyntheticStyle:
             half of its interior level above the background, the convention human
             annotators of fluorescence images follow (outlines drawn at about half the local
             contrast); a blurred or domed nucleus gets a tighter outline than its ellipse.
+        mitotic_fraction: fraction of nuclei drawn as mitotic figures (condensed chromatin:
+            a bright metaphase plate, or two bright bars or blobs in anaphase; see
+            :mod:`~napari_samscope.core.synthetic.figures` for how they are labelled).
+        apoptotic_fraction: fraction of nuclei drawn as apoptotic (small, very bright and
+            round, or fragmented into a few bright bodies that form one object).
     """
 
     radius_range: tuple[float, float] = (8.0, 18.0)
@@ -79,6 +84,8 @@ class SyntheticStyle:
     defocus_blur: float = 3.0
     chromatin: float = 0.0
     boundary: Boundary = "geometric"
+    mitotic_fraction: float = 0.0
+    apoptotic_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.radius_range
@@ -97,6 +104,15 @@ class SyntheticStyle:
         if self.boundary not in ("geometric", "half_contrast"):
             raise ValueError(
                 f"boundary must be 'geometric' or 'half_contrast', not {self.boundary!r}"
+            )
+        if (
+            not 0.0 <= self.mitotic_fraction <= 1.0
+            or not 0.0 <= self.apoptotic_fraction <= 1.0
+            or self.mitotic_fraction + self.apoptotic_fraction > 1.0
+        ):
+            raise ValueError(
+                "mitotic_fraction and apoptotic_fraction must be in [0, 1] and add up to at "
+                f"most 1, not {self.mitotic_fraction} and {self.apoptotic_fraction}"
             )
         if self.n_objects is not None and self.n_objects < 0:
             raise ValueError(f"n_objects must be >= 0 or None, not {self.n_objects}")
