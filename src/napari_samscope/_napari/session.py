@@ -230,20 +230,22 @@ class ModelSession:
     ) -> Generator[Progress, None, Any]:
         """The loading job (downloads if needed): yields progress, returns a ``SAM`` with
         its instance decoder when the checkpoint or the registry has one (fetched here, in
-        the worker, not on the GUI thread).
+        the worker, not on the GUI thread; a decoder download yields its byte progress
+        like the model's, and a failed one raises ``DownloadError`` naming the exact path
+        to put the file at).
 
         ``dtype`` as in ``core.loader.load_sam``: ``"default"`` is bf16 autocast on
         hardware that computes it natively for registry models verified in bf16
         (``ModelSpec.auto_bf16``), float32 otherwise; ``"float32"`` forces float32.
         """
-        from napari_samscope.core.instances.api import load_instance_decoder
+        from napari_samscope.core.instances.api import load_instance_decoder_iter
         from napari_samscope.core.predict.sam_api import SAM
         from napari_samscope.core.weights.loader import load_sam_iter
 
         loaded = yield from load_sam_iter(model, device=device, dtype=dtype)
         sam = SAM.from_sam(loaded.sam, loaded.name, dtype=loaded.dtype, spec=loaded.spec,
                            path=loaded.path)
-        sam.set_instance_decoder(load_instance_decoder(loaded))
+        sam.set_instance_decoder((yield from load_instance_decoder_iter(loaded)))
         return sam
 
     def load(

@@ -9,7 +9,7 @@ decoder-based modes (AIS, APG) as a mixin, so that ``SAM`` only inherits it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,15 @@ from napari_samscope.core.instances.maps import instance_maps_from_embedding
 from napari_samscope.core.instances.postprocess import instances_from_maps
 from napari_samscope.core.predict.image import load_image
 from napari_samscope.core.predict.predictor import ImageEmbedding, Predictor
+from napari_samscope.core.progress import Progress, run
 
-__all__ = ["InstanceMode", "InstanceSegmentationMixin", "load_instance_decoder", "no_decoder_message"]
+__all__ = [
+    "InstanceMode",
+    "InstanceSegmentationMixin",
+    "load_instance_decoder",
+    "load_instance_decoder_iter",
+    "no_decoder_message",
+]
 
 
 class InstanceMode(str, Enum):
@@ -53,33 +60,48 @@ def no_decoder_message(name: str, what: str) -> str:
     )
 
 
-def load_instance_decoder(
-    loaded: Any, progress: Callable[[Any], Any] | str | None = None
-) -> UNETRDecoder | None:
+def load_instance_decoder_iter(loaded: Any) -> Generator[Progress, None, UNETRDecoder | None]:
     """The instance decoder that goes with a loaded model (``core.weights.loader.LoadedModel``),
-    on its device, or None.
+    on its device, or None; yields the download's byte progress.
 
     From the checkpoint's ``decoder_state`` when it has one; else from the registry's
     companion (``ModelSpec.decoder``): a packaged file (size and sha256 checked) or a
-    download (once, hash-checked).
+    download (once, hash-checked; ``Progress("downloading <file>", bytes, total)``).
+
+    Raises:
+        DownloadError: the companion could not be downloaded; the message names the
+            model, the decoder and the exact path to put the file at by hand.
     """
     embed_dim = int(loaded.sam.prompt_encoder.embed_dim)
     decoder = None
     if getattr(loaded, "decoder_state", None) is not None:
         decoder = decoder_from_state(loaded.decoder_state, source=str(loaded.path), embed_dim=embed_dim)
-    elif loaded.spec is not None:
-        from napari_samscope.core.weights.download import download
+    elif loaded.spec is not None and loaded.spec.decoder is not None:
+        from napari_samscope.core.weights.download import DownloadError, download_iter
         from napari_samscope.core.weights.registry import check_model_file, resolve
 
-        if loaded.spec.decoder is not None:
-            spec = resolve(loaded.spec.decoder)
-            if spec.source == "download":
-                path = download(spec, progress=progress)
-            else:
-                path = check_model_file(spec)
-            decoder = read_decoder(path, embed_dim=embed_dim)
-            _check_trained_on(path, loaded.spec)
+        spec = resolve(loaded.spec.decoder)
+        if spec.source == "download":
+            try:
+                path = yield from download_iter(spec)
+            except DownloadError as error:
+                raise DownloadError(
+                    f"Model {loaded.spec.name!r} loaded, but its instance decoder "
+                    f"{spec.name!r} (needed for AIS and APG) was not: {error}"
+                ) from error
+        else:
+            path = check_model_file(spec)
+        decoder = read_decoder(path, embed_dim=embed_dim)
+        _check_trained_on(path, loaded.spec)
     return None if decoder is None else decoder.to(loaded.device).eval()
+
+
+def load_instance_decoder(
+    loaded: Any, progress: Callable[[Any], Any] | str | None = None
+) -> UNETRDecoder | None:
+    """Headless :func:`load_instance_decoder_iter`; ``progress`` is None, ``"tqdm"`` or a
+    callback (it sees the download's progress)."""
+    return run(load_instance_decoder_iter(loaded), progress=progress)
 
 
 def _check_trained_on(path: Any, model_spec: Any) -> None:

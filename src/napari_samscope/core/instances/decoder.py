@@ -32,16 +32,46 @@ from torch.nn import functional as F
 __all__ = ["UNETRDecoder"]
 
 
+def image_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """Normalise each image's channels with their own mean and (biased) variance over ``(H, W)``.
+
+    ``F.instance_norm`` reshapes its input to a contiguous ``(1, B*C, H, W)`` first: on a
+    channels-last tensor that is a full copy, and the next convolution copies it back.
+    One channels-last image is normalised in place of layout instead: float32 statistics
+    from ``torch.var_mean`` (as exact as instance_norm's), reduced-precision activations
+    (bf16 under autocast) with batch_norm's channels-last statistics, whose float
+    accumulation is far finer than bf16's own rounding. Anything else goes to
+    ``F.instance_norm``.
+    """
+    if x.shape[0] != 1 or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.instance_norm(
+            x, None, None, weight, bias, use_input_stats=True, momentum=0.0, eps=eps
+        )
+    if x.dtype in (torch.float32, torch.float64):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+    return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0, eps=eps)
+
+
+class ImageNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (no affine, no running statistics) computed by :func:`image_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return image_norm(x, None, None, self.eps)
+
+
 class ConvBlock(nn.Module):
     """Two (InstanceNorm, 3x3 conv, ReLU) layers: ``(B, in, H, W) -> (B, out, H, W)``."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.InstanceNorm2d(in_channels),
+            ImageNorm(in_channels),
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.InstanceNorm2d(out_channels),
+            ImageNorm(out_channels),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
         )
@@ -99,10 +129,7 @@ class ImageStatsBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(
-            x, None, None, self.weight, self.bias, use_input_stats=True, momentum=0.0,
-            eps=self.eps,
-        )
+        return image_norm(x, self.weight, self.bias, self.eps)
 
 
 class UpBlock(nn.Module):

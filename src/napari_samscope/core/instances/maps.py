@@ -42,12 +42,13 @@ def instance_maps_from_embedding(
     features = features.contiguous(memory_format=torch.channels_last)
     with autocast(param.device, dtype):
         out = decoder(features)
-    out = out.float()
     if tuple(out.shape[-2:]) != (img_size, img_size):
-        out = F.interpolate(out, (img_size, img_size), mode="bilinear", align_corners=False)
+        out = F.interpolate(out.float(), (img_size, img_size), mode="bilinear", align_corners=False)
     h, w = (int(v) for v in embedding.input_size)
     out = out[..., :h, :w]
     original = tuple(int(v) for v in embedding.original_size)
     if (h, w) != original:
-        out = F.interpolate(out, original, mode="bilinear", align_corners=False)
-    return np.ascontiguousarray(out[0].float().cpu().numpy(), dtype=np.float32)
+        out = F.interpolate(out.float(), original, mode="bilinear", align_corners=False)
+    # one copy into float32 (3, H, W) in C order, whatever the decoder's dtype and layout
+    maps = torch.empty(tuple(out.shape[1:]), dtype=torch.float32)
+    return maps.copy_(out[0]).numpy()

@@ -14,6 +14,8 @@ The recipe and the parameter names and defaults are micro-sam's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -84,10 +86,51 @@ class AISParams(NumberParams):
         return asdict(self)
 
 
+# Images with fewer pixels are smoothed on one thread (the pool would cost more than it saves).
+_PARALLEL_PIXELS = 256 * 256
+
+
 def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return image
     return ndimage.gaussian_filter(image, sigma, mode=_BORDER, truncate=_TRUNCATE)
+
+
+def _smooth_rows(image: np.ndarray, sigma: float, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``_smooth(image, sigma)``, computed from those rows and the
+    kernel's radius of rows around them: every output pixel reads the same input pixels
+    with the same weights in the same order, so the rows are identical to the whole
+    image's (the mirrored border only ever applies at the image's own edges)."""
+    radius = int(_TRUNCATE * float(sigma) + 0.5)
+    lo, hi = max(0, start - radius), min(image.shape[0], stop + radius)
+    return _smooth(image[lo:hi], sigma)[start - lo : stop - lo]
+
+
+def _threads() -> int:
+    """How many threads the post-processing uses: torch's intra-op setting, the budget
+    the model itself runs with (``torch.set_num_threads``)."""
+    import torch
+
+    return max(1, int(torch.get_num_threads()))
+
+
+def _smooth_all(images: Sequence[np.ndarray], sigmas: Sequence[float], threads: int) -> list[np.ndarray]:
+    """``_smooth`` of each image, in row bands on ``threads`` threads (scipy's filters
+    release the GIL); identical to smoothing each image whole."""
+    if threads < 2 or images[0].size < _PARALLEL_PIXELS:
+        return [_smooth(im, s) for im, s in zip(images, sigmas)]
+    height = images[0].shape[0]
+    cuts = np.linspace(0, height, threads + 1).astype(int)
+    bands = list(zip(cuts[:-1], cuts[1:]))
+    with ThreadPoolExecutor(threads) as pool:
+        parts = [
+            [pool.submit(_smooth_rows, im, s, int(a), int(b)) for a, b in bands] if s > 0 else None
+            for im, s in zip(images, sigmas)
+        ]
+        return [
+            im if jobs is None else np.concatenate([j.result() for j in jobs], axis=0)
+            for im, jobs in zip(images, parts)
+        ]
 
 
 def _check_maps(maps: Any) -> np.ndarray:
@@ -105,6 +148,43 @@ def _check_maps(maps: Any) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError("maps contain NaN or infinite values.")
     return arr
+
+
+def _watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, threads: int) -> np.ndarray:
+    """skimage's seeded watershed (4-connected) of ``image`` inside ``mask``, as int32 labels.
+
+    Flooding never leaves the 4-connected component of the mask it starts in, so the
+    components are independent: on two or more threads they are split into a top and a
+    bottom group of about equal area, each flooded in its own row band (skimage's
+    flooding releases the GIL). Within a component the flooding order is the same; only
+    a pixel with two seeds as 4-neighbours could go the other way, as the order in which
+    seeds leave skimage's heap is not fixed when their keys tie.
+    """
+    if threads < 2 or mask.size < _PARALLEL_PIXELS:
+        return watershed(image, markers=markers, mask=mask, connectivity=1)
+    components, count = ndimage.label(mask)  # 4-connected, as the flooding
+    if count < 2:
+        return watershed(image, markers=markers, mask=mask, connectivity=1)
+    rows = np.array([(box[0].start, box[0].stop) for box in ndimage.find_objects(components)])
+    area = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(rows.sum(axis=1), kind="stable")  # by the middle row of each box
+    cumulative = np.cumsum(area[order])
+    split = int(np.clip(np.searchsorted(cumulative, cumulative[-1] / 2) + 1, 1, count - 1))
+    in_top = np.zeros(count + 1, dtype=bool)
+    in_top[order[:split] + 1] = True
+    top = in_top[components]
+    top_rows = slice(0, int(rows[order[:split], 1].max()))
+    bottom_rows = slice(int(rows[order[split:], 0].min()), mask.shape[0])
+    bands = ((top_rows, top), (bottom_rows, mask & ~top))
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [
+            pool.submit(watershed, image[band], markers=markers[band], mask=part[band], connectivity=1)
+            for band, part in bands
+        ]
+        labels = np.zeros(mask.shape, dtype=np.int32)
+        for (band, _part), job in zip(bands, jobs):
+            labels[band] += job.result()  # the two groups never share a pixel
+    return labels
 
 
 def instances_from_maps(maps: Any, **params: Any) -> np.ndarray:
@@ -125,17 +205,17 @@ def instances_from_maps(maps: Any, **params: Any) -> np.ndarray:
     """
     p = AISParams.from_kwargs(**params)
     arr = _check_maps(maps)
-    foreground = _smooth(arr[0], p.foreground_smoothing)
-    center = _smooth(arr[1], p.distance_smoothing)
-    boundary = _smooth(arr[2], p.distance_smoothing)
+    threads = _threads()
+    foreground, center, boundary = _smooth_all(
+        arr, (p.foreground_smoothing, p.distance_smoothing, p.distance_smoothing), threads
+    )
     mask = foreground > p.foreground_threshold
     seeds = (center < p.center_distance_threshold) & (boundary < p.boundary_distance_threshold)
     seeds &= mask
     markers, count = ndimage.label(seeds, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return np.zeros(mask.shape, dtype=np.uint32)
-    labels = watershed(boundary, markers=markers, mask=mask, connectivity=1)
-    labels = labels.astype(np.uint32, copy=False)
+    labels = _watershed(boundary, markers, mask, threads).astype(np.uint32, copy=False)
     if p.min_size > 0:
         sizes = np.bincount(labels.ravel())
         keep = sizes >= p.min_size
