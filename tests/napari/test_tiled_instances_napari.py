@@ -38,3 +38,41 @@ def test_decoder_modes_on_a_large_lazy_layer_run_by_tiles(viewer, qtbot, monkeyp
     # the same as the core's tiled mode on the array (same tiles, same intensity mapping)
     expected = sam.segment_instances(image, mode=mode, tile_shape=64, halo=8)
     np.testing.assert_array_equal(np.asarray(labels), expected)
+
+
+@pytest.mark.parametrize("tile_large", [True, False])
+def test_an_in_memory_plane_larger_than_the_input_is_tiled_when_asked(viewer, qtbot, monkeypatch,
+                                                                      tile_large):
+    from napari_samscope.core import tiling
+
+    runs = []
+    original = tiling.segment_instances_tiled_iter
+
+    def spy(tiled, decoder, mode, **params):
+        runs.append(len(tiled.grid))
+        return original(tiled, decoder, mode, **params)
+
+    monkeypatch.setattr(tiling, "segment_instances_tiled_iter", spy)
+    sam = tiny_sam_with_decoder()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment everything")
+    widget.session.set_model(sam)
+    assert widget.tile_large.isChecked()  # on by default: small objects are not shrunk away
+    image = blob_image((150, 170), seed=2)
+    viewer.add_image(image, name="in memory")  # a numpy layer, not lazy
+    widget.reset_choices()
+    widget.tile_large.setChecked(tile_large)
+    with qtbot.waitSignal(widget.finished, timeout=60_000):
+        widget.run(mode="ais")
+    labels = np.asarray(viewer.layers["SAM everything"].data)
+    if tile_large:
+        assert runs == [12]
+        np.testing.assert_array_equal(labels, sam.segment_instances(image, mode="ais", tile_shape=64,
+                                                                    halo=8))
+    else:
+        assert runs == []  # one pass, the plane shrunk into the model input
+        from napari_samscope.core.volume import EmbeddingCache
+
+        predictor = sam.predictor()
+        predictor.set_image(image)
+        cached = EmbeddingCache().put("plane", predictor.get_embedding())  # as the dock keeps it
+        np.testing.assert_array_equal(labels, sam.segment_instances(cached, mode="ais"))

@@ -158,6 +158,9 @@ class PlaneSource:
             embeddings of this layer, or ``None`` (embeddings stay in memory).
         tile_shape, halo: the tiling of a tiled layer (``core.tiling``; None: the
             model's default); either one makes the layer tiled (``_napari.tiled``).
+        tile_large: planes larger than the model input at its scale are segmented by
+            tiles even when the layer is in memory (lazy layers always are), so that
+            small objects are not shrunk away (``_napari.tiled.uses_tiles``).
     """
 
     name: str
@@ -172,14 +175,16 @@ class PlaneSource:
     embeddings: str | None = None
     tile_shape: tuple[int, int] | None = None
     halo: tuple[int, int] | None = None
+    tile_large: bool = False
 
     @classmethod
     def from_layer(
         cls, layer: Any, geometry: PlaneGeometry, settings: ImageSettings,
         embeddings: str | None = None, tile_shape: Any = None, halo: Any = None,
+        tile_large: bool = False,
     ) -> PlaneSource:
-        """Snapshot ``layer`` (``embeddings``, ``tile_shape``, ``halo``: see the class
-        attributes; an empty ``embeddings`` = none).
+        """Snapshot ``layer`` (``embeddings``, ``tile_shape``, ``halo``, ``tile_large``:
+        see the class attributes; an empty ``embeddings`` = none).
 
         Raises:
             ValueError: more than 3 channels on the channel axis and no channel choice,
@@ -210,7 +215,7 @@ class PlaneSource:
             stack_kwargs=_stack_kwargs(layer, settings),
             lazy=is_lazy(data, bool(getattr(layer, "multiscale", False))),
             embeddings=_store_path(embeddings),
-            tile_shape=_pair(tile_shape), halo=_pair(halo),
+            tile_shape=_pair(tile_shape), halo=_pair(halo), tile_large=bool(tile_large),
         )
 
     def view(self, select_channels: bool = False) -> Any:

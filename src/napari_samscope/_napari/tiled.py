@@ -9,8 +9,11 @@ at the model's scale, on first use, optionally kept in a zarr embedding store) w
   from the store, and the ones it lacks are encoded and written to it, so that opening
   the same image again (in a new viewer or a new napari) encodes nothing; or
 - the layer is lazy (dask, zarr, multiscale: ``PlaneSource.lazy``) and its planes are
-  larger than fits the model input at its scale (``Predictor.max_side``): only the tiles under the prompts are read and encoded,
-  never the whole plane.
+  larger than fits the model input at its scale (``Predictor.max_side``): only the tiles
+  under the prompts are read and encoded, never the whole plane; or
+- the planes are that large and tiling them is asked for (``PlaneSource.tile_large``:
+  the "Segment everything" dock's "tile large planes", on by default), so that small
+  objects are found at the model's scale instead of shrunk into one input.
 
 Other layers keep the in-memory path of ``_napari.engine`` (one embedding per plane).
 
@@ -76,7 +79,7 @@ def uses_tiles(predictor: Any, source: PlaneSource) -> bool:
     if source.embeddings is not None or source.tile_shape is not None or source.halo is not None:
         return True
     side = predictor.max_side() if hasattr(predictor, "max_side") else int(predictor.img_size)
-    return source.lazy and max(source.geometry.plane_shape) > side
+    return (source.lazy or source.tile_large) and max(source.geometry.plane_shape) > side
 
 
 def forget_tiled(layer_uid: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from napari_samscope._napari import layers as plugin_layers
 from napari_samscope._napari.coords import current_geometry
@@ -109,6 +109,11 @@ class SegmentEverythingWidget(SamscopeDock):
         for text, mode in MODE_LABELS.items():
             self.mode.addItem(text, mode)
         self.mode.setToolTip("AIS and APG use the model's instance decoder (micro-sam models)")
+        self.tile_large = QCheckBox("tile large planes")
+        self.tile_large.setChecked(True)
+        self.tile_large.setToolTip(
+            "Segment a plane larger than the model input at its scale tile by tile, so that "
+            "small objects are not shrunk away (off: the plane is shrunk into one input)")
         self.decoder_fields = {
             f.name: spin_box(QSpinBox if f.integer else QDoubleSpinBox, f.low, f.high,
                              _default(f.name), f.tip)
@@ -137,6 +142,7 @@ class SegmentEverythingWidget(SamscopeDock):
         main.form.addRow("image", self.image.native)
         main.form.addRow("mode", self.mode)
         main.form.addRow("scope", self.scope)
+        main.form.addRow(self.tile_large)
         main.form.addRow(self.run_button)
         self.thresholds = Section("Thresholds", expanded=False)
         form = self.thresholds.form
@@ -241,7 +247,8 @@ class SegmentEverythingWidget(SamscopeDock):
                 raise ValueError("Choose an image layer first (add one to the viewer).")
             geometry = current_geometry(image, self.viewer.dims.order, self.viewer.dims.point)
             settings = ImageSettings(NORMALIZATION_LABELS[self.normalization.currentText()])
-            source = PlaneSource.from_layer(image, geometry, settings)
+            source = PlaneSource.from_layer(image, geometry, settings,
+                                            tile_large=self.tile_large.isChecked())
             if scope is Scope.STACK and geometry.stack_axis is None:
                 raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")
             require_decoder(self.session.sam, mode)
