@@ -46,3 +46,18 @@ def blob_image(shape=(96, 128), seed=0) -> np.ndarray:
     for r, c, radius in ((20, 25, 9), (30, 70, 12), (65, 30, 10), (70, 95, 14), (45, 110, 6)):
         image[(rr - r) ** 2 + (cc - c) ** 2 <= radius**2] = 200
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def count_encodings(sam) -> list:
+    """Patch ``sam``'s image encoder to record each call's batch size; returns the list
+    it appends to (a test asserts that nothing, or how much, was encoded)."""
+    encoder = sam.model.image_encoder
+    calls = []
+    original = encoder.forward
+
+    def counted(x, *args, **kwargs):
+        calls.append(int(x.shape[0]))
+        return original(x, *args, **kwargs)
+
+    encoder.forward = counted
+    return calls

@@ -6,21 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _decoder_model import blob_image, tiny_sam_with_decoder
+from _decoder_model import blob_image, count_encodings, tiny_sam_with_decoder
 from napari_samscope.core.store import StoreMismatch
-
-
-def _count_encodings(model):
-    encoder = model.model.image_encoder
-    calls = []
-    original = encoder.forward
-
-    def counted(x, *args, **kwargs):
-        calls.append(int(x.shape[0]))
-        return original(x, *args, **kwargs)
-
-    encoder.forward = counted
-    return calls
 
 
 @pytest.mark.parametrize("mode", ["ais", "apg"])
@@ -38,7 +25,7 @@ def test_tiled_modes_on_a_large_image_reuse_the_store(tmp_path, mode):
     model = tiny_sam_with_decoder()
     image = blob_image((150, 170), seed=1)
     store = tmp_path / "tiles.zarr"
-    calls = _count_encodings(model)
+    calls = count_encodings(model)
     first = model.segment_instances(image, mode=mode, tile_shape=64, halo=12, embeddings=store)
     assert first.shape == image.shape and first.dtype == np.uint32
     assert sum(calls) >= 9  # every tile was encoded once

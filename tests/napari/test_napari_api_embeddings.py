@@ -5,27 +5,14 @@ import numpy as np
 import pytest
 from napari.layers import Image
 
-from _decoder_model import blob_image, tiny_sam_with_decoder
+from _decoder_model import blob_image, count_encodings, tiny_sam_with_decoder
 from napari_samscope import segment_everything_layer, segment_image_layer, segment_stack_layer
 from napari_samscope.core.store import StoreMismatch
 
 
-def _count_encodings(sam):
-    encoder = sam.model.image_encoder
-    calls = []
-    original = encoder.forward
-
-    def counted(x, *args, **kwargs):
-        calls.append(int(x.shape[0]))
-        return original(x, *args, **kwargs)
-
-    encoder.forward = counted
-    return calls
-
-
 def test_a_second_call_with_the_same_store_encodes_nothing(tmp_path):
     sam = tiny_sam_with_decoder()
-    calls = _count_encodings(sam)
+    calls = count_encodings(sam)
     data = blob_image((96, 128), seed=4)
     store = str(tmp_path / "blobs.emb.zarr")
     first = segment_everything_layer(Image(data, name="a"), sam, mode="ais", embeddings=store)
@@ -55,7 +42,7 @@ def test_a_store_of_another_image_or_model_is_refused(tmp_path):
 
 def test_tile_shape_and_halo_from_the_console(tmp_path):
     sam = tiny_sam_with_decoder()
-    calls = _count_encodings(sam)
+    calls = count_encodings(sam)
     data = blob_image((96, 128), seed=4)
     labels = segment_everything_layer(Image(data), sam, mode="ais", tile_shape=48, halo=6)
     assert sum(calls) == 12  # 48 px tiles, halo 6: 3 x 4, no store needed
