@@ -40,20 +40,30 @@ def test_folder_on_the_cluster_equals_the_in_process_run(
     assert len(loads) == 2 and all(n <= 1 for n in loads.values())  # once per worker at most
 
 
-@pytest.mark.parametrize("mode", ["ais", "apg"])
+@pytest.mark.parametrize("mode,tiling", [
+    ("ais", ()), ("apg", ()),
+    ("ais", ("--tile-shape", "48,40", "--halo", "6")),  # tiled: the tiling travels to the workers
+])
 def test_decoder_modes_on_the_cluster_equal_the_in_process_run(
-    run_cli, same_folders, cluster, image_folder, decoder_model_file, tmp_path, mode
+    run_cli, same_folders, cluster, image_folder, decoder_model_file, tmp_path, mode, tiling
 ):
     address, _ = cluster
-    _everything(run_cli, image_folder, decoder_model_file, tmp_path / "here", "--mode", mode)
+    _everything(run_cli, image_folder, decoder_model_file, tmp_path / "here", "--mode", mode, *tiling)
     there = _everything(run_cli, image_folder, decoder_model_file, tmp_path / "there", "--mode", mode,
-                        "--scheduler", address)
+                        *tiling, "--scheduler", address)
     same_folders(tmp_path / "here", tmp_path / "there")
     assert f"({mode})" in there
     import tifffile
 
     found = [tifffile.imread(p).max() for p in (tmp_path / "there").glob("*_labels.tif")]
     assert len(found) == 10 and max(found) > 0  # the decoder found objects to compare
+    if tiling:  # the workers did tile: their labels are not the untiled ones
+        _everything(run_cli, image_folder, decoder_model_file, tmp_path / "untiled", "--mode", mode)
+        differ = [
+            not (tifffile.imread(p) == tifffile.imread(tmp_path / "untiled" / p.name)).all()
+            for p in (tmp_path / "there").glob("*_labels.tif")
+        ]
+        assert any(differ)
 
 
 def test_a_rerun_on_the_cluster_skips_finished_images(
