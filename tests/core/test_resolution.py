@@ -23,7 +23,7 @@ def test_predict_warns_for_small_boxes_and_points_on_a_shrunk_image(tiny_sam_fac
     rng = np.random.default_rng(0)
     predictor = Predictor(tiny_sam_factory(img_size=64))
     predictor.set_image(rng.integers(0, 255, (256, 256), dtype=np.uint8))
-    with pytest.warns(SmallObjectWarning, match="1 box cover fewer than 16"):
+    with pytest.warns(SmallObjectWarning, match="1 box covers fewer than 16"):
         predictor.predict(bboxes=[[10, 10, 50, 50], [0, 0, 200, 200]])
     with pytest.warns(SmallObjectWarning, match="shrunk 4.0x"):
         predictor.predict(points=[[30, 30]])

@@ -3,15 +3,19 @@
 Exit codes: 0 success, 2 bad usage (argparse errors, :class:`~._common.UsageError`,
 unknown ``key=value`` arguments), 1 failure (a missing file, an unreadable image, a
 model that cannot be loaded, ...). Errors are one line on stderr; ``--debug`` (anywhere
-on the line) prints the full traceback instead.
+on the line) prints the full traceback instead. The project's own warnings (small
+objects, a shrunk image, ...) are one line too, ``samscope CMD: warning: ...``, written
+above any progress bar; ``--debug`` shows them in Python's format with their source.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 from napari_samscope.cli._common import UsageError, expand_key_values
 
@@ -90,6 +94,32 @@ def _one_line(exc: BaseException) -> str:
     return message
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show warnings raised by napari_samscope's own modules as one line on stderr,
+    ``"<command>: warning: <message>"`` (through ``tqdm.write`` when tqdm is installed, so
+    that a progress bar on the same stream is not broken); other warnings as Python shows
+    them."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not getattr(category, "__module__", "").startswith("napari_samscope"):
+            return shown(message, category, filename, lineno, file, line)
+        text = f"{command}: warning: {_one_line(message)}"
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            print(text, file=sys.stderr)
+        else:
+            tqdm.write(text, file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``samscope`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     tokens, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
@@ -105,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        return int(args.func(args))
+        if debug:
+            return int(args.func(args))
+        with one_line_warnings(command):
+            return int(args.func(args))
     except UsageError as exc:
         if debug:
             traceback.print_exc()

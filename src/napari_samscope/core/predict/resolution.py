@@ -78,17 +78,19 @@ def warn_unresolvable(
         if not small:
             return False
         plural = what + ("es" if what.endswith(("s", "x")) else "s")
-        text = f"{small} {what if small == 1 else plural} cover"
+        text = f"{small} {what} covers" if small == 1 else f"{small} {plural} cover"
+        masks = "its mask is" if small == 1 else "their masks are"
         advice = "Segment them on crops at the model's scale (napari_samscope.core.datasets.crops.segment_boxes)"
     elif shrink > 2:
         text = f"objects smaller than {math.ceil(MIN_INPUT_PIXELS * shrink)} pixels in this {what} cover"
+        masks = "their masks are"
         advice = "Prompt them with boxes (segmented on crops at the model's scale) or crop the image"
     else:
         return False
     warnings.warn(
         f"{text} fewer than {MIN_INPUT_PIXELS:g} model-input pixels: the "
         f"{image_shape[0]}x{image_shape[1]} image is {_resized(shrink)} to the model's "
-        f"{img_size}-pixel input, below what the model can resolve, so their masks are "
+        f"{img_size}-pixel input, below what the model can resolve, so {masks} "
         f"unreliable. {advice}.",
         SmallObjectWarning,
         stacklevel=stacklevel + 1,
