@@ -234,6 +234,8 @@ def main() -> None:
     )
     parser.add_argument("--resume", default=None,
                         help="checkpoint of an earlier phase (<phase>.pt) to continue from")
+    parser.add_argument("--whole-schedule", action="store_true",
+                        help="run every phase to the end of its schedule (ignore STOP_AFTER)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a busy 2-core machine)")
     args = parser.parse_args()
@@ -282,7 +284,7 @@ def main() -> None:
                           f"{time.time() - start:.0f} s", file=log)
                 if report.done % 100 == 0:
                     torch.save(result_state(sam), out / f"{phase}_latest.pt")
-                if report.done >= STOP_AFTER.get(phase, report.total):
+                if not args.whole_schedule and report.done >= STOP_AFTER.get(phase, report.total):
                     job.close()  # stop early: the model keeps the weights of this step
                     break
         sam.eval()
