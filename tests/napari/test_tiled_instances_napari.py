@@ -76,3 +76,34 @@ def test_an_in_memory_plane_larger_than_the_input_is_tiled_when_asked(viewer, qt
         predictor.set_image(image)
         cached = EmbeddingCache().put("plane", predictor.get_embedding())  # as the dock keeps it
         np.testing.assert_array_equal(labels, sam.segment_instances(cached, mode="ais"))
+
+
+def test_the_everything_dock_keeps_tiles_in_an_embeddings_file(viewer, qtbot, tmp_path):
+    from _decoder_model import count_encodings
+    from napari_samscope._napari import tiled
+    from napari_samscope._napari.tiled import forget_tiled
+
+    sam = tiny_sam_with_decoder()
+    calls = count_encodings(sam)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment everything")
+    widget.session.set_model(sam)
+    image = viewer.add_image(blob_image((96, 128), seed=3), name="blobs")
+    widget.reset_choices()
+    store = tmp_path / "blobs.emb.zarr"
+    widget.embeddings.setText(str(store))
+    with qtbot.waitSignal(widget.finished, timeout=60_000):
+        widget.run(mode="ais")
+    first = np.asarray(viewer.layers["SAM everything"].data).copy()
+    assert store.is_dir() and sum(calls) > 0 and first.max() > 0
+    encoded = sum(calls)
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=30_000)
+    uid = str(image.unique_id)
+    assert any(key[0][0] == uid for key in tiled._TILED)
+    forget_tiled(uid)  # as a new session would: only the file is left
+    assert not any(key[0][0] == uid for key in tiled._TILED)
+    with qtbot.waitSignal(widget.finished, timeout=60_000):
+        widget.run(mode="ais")
+    assert sum(calls) == encoded  # every tile came from the file
+    again = np.asarray(viewer.layers["SAM everything"].data)
+    # the file keeps float16 features: at most a few boundary pixels move
+    assert again.max() == first.max() and (again == first).mean() >= 0.999

@@ -39,7 +39,7 @@ from napari_samscope._napari.labels import count_ids, write_planes
 from napari_samscope._napari.options import Scope, parse
 from napari_samscope._widgets.dock_lifecycle import SamscopeDock
 from napari_samscope._widgets.main_ui import NORMALIZATION_LABELS
-from napari_samscope._widgets.panels import Section, spin_box
+from napari_samscope._widgets.panels import Section, embeddings_field, spin_box
 from napari_samscope._widgets.workers import notify_error, notify_info, objects_text
 
 __all__ = ["SegmentEverythingWidget", "EVERYTHING_NAME"]
@@ -109,6 +109,7 @@ class SegmentEverythingWidget(SamscopeDock):
         for text, mode in MODE_LABELS.items():
             self.mode.addItem(text, mode)
         self.mode.setToolTip("AIS and APG use the model's instance decoder (micro-sam models)")
+        self.embeddings = embeddings_field()
         self.tile_large = QCheckBox("tile large planes")
         self.tile_large.setChecked(True)
         self.tile_large.setToolTip(
@@ -147,6 +148,7 @@ class SegmentEverythingWidget(SamscopeDock):
         self.thresholds = Section("Thresholds", expanded=False)
         form = self.thresholds.form
         form.addRow("normalisation", self.normalization)
+        form.addRow("embeddings file", self.embeddings)
         form.addRow("points per side", self.points_per_side)
         form.addRow("predicted IoU >", self.pred_iou)
         form.addRow("stability >=", self.stability)
@@ -248,6 +250,7 @@ class SegmentEverythingWidget(SamscopeDock):
             geometry = current_geometry(image, self.viewer.dims.order, self.viewer.dims.point)
             settings = ImageSettings(NORMALIZATION_LABELS[self.normalization.currentText()])
             source = PlaneSource.from_layer(image, geometry, settings,
+                                            embeddings=self.embeddings.text(),
                                             tile_large=self.tile_large.isChecked())
             if scope is Scope.STACK and geometry.stack_axis is None:
                 raise ValueError(f"'{image.name}' has a single plane; choose 'current plane'.")

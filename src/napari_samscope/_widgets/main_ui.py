@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 from napari_samscope._napari.images import ImageSettings, Normalization
 from napari_samscope._napari.options import PropagationMode
 from napari_samscope._napari.session import DEFAULT_CACHE_MB
-from napari_samscope._widgets.panels import Section
+from napari_samscope._widgets.panels import Section, embeddings_field
 
 __all__ = ["MainControls", "NORMALIZATION_LABELS", "PROPAGATION_LABELS", "NEW_LABELS_CHOICE"]
 
@@ -67,11 +67,7 @@ class MainControls:
         self.channels = QLineEdit()
         self.channels.setPlaceholderText("e.g. 0,1,2")
         self.channels.setToolTip("Channels shown as R,G,B (needed with more than 3 channels)")
-        self.embeddings = QLineEdit()
-        self.embeddings.setPlaceholderText("empty: in memory; e.g. /data/cells.emb.zarr")
-        self.embeddings.setToolTip(
-            "A .zarr folder that keeps the image's tile embeddings: created on first use, "
-            "reused when the same image is opened again (nothing is encoded twice)")
+        self.embeddings = embeddings_field()
         # prompts
         self.points = ComboBox(label="points", choices=layer_choices["points"], nullable=True)
         self.points.tooltip = "Point prompts; T toggles the polarity (green +, red -)"

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -342,3 +343,14 @@ def spin_box(kind: type, low: float, high: float, value: float, tip: str, step: 
     box.setValue(value)
     box.setToolTip(tip)
     return box
+
+
+def embeddings_field() -> QLineEdit:
+    """The "embeddings file" field: a ``.zarr`` folder for a layer's tile embeddings
+    (``PlaneSource.embeddings``); empty keeps them in memory."""
+    field = QLineEdit()
+    field.setPlaceholderText("empty: in memory; e.g. /data/cells.emb.zarr")
+    field.setToolTip(
+        "A .zarr folder that keeps the image's tile embeddings: created on first use, "
+        "reused when the same image is opened again (nothing is encoded twice)")
+    return field
