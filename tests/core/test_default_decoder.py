@@ -108,3 +108,5 @@ def test_samscope_evaluate_reports_ais_for_the_default_model(capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= figures["ais_f1"] <= 1.0 and figures["ais_f1"] > 0.5
     assert 0.5 < figures["ais_mean_matched_iou"] <= 1.0
+    assert 0.0 <= figures["ais_baseline_f1"] <= 1.0
+    assert figures["ais_f1"] > figures["ais_baseline_f1"]  # the model beats the threshold

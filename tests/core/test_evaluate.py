@@ -32,3 +32,50 @@ def test_the_result_reports_the_baseline_next_to_the_model() -> None:
     assert figures["otsu_box_iou"] == 0.6
     assert figures["box_iou"] == 0.85
     assert np.isnan(EvaluationResult().otsu_box_iou)
+
+
+def _discs(centres: list[tuple[int, int]], radius: int, shape=(64, 96)) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, (r, c) in enumerate(centres, start=1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = index
+    return labels
+
+
+def test_threshold_watershed_splits_two_touching_discs_and_keeps_separate_ones() -> None:
+    from napari_samscope.core.training.baselines import threshold_watershed_labels
+    from napari_samscope.core.training.instance_eval import instance_scores
+
+    truth = _discs([(20, 20), (20, 37), (45, 70)], radius=9)  # the first two touch
+    image = np.where(truth > 0, 200.0, 20.0) + np.random.default_rng(0).normal(0, 5, truth.shape)
+    predicted = threshold_watershed_labels(image)
+    assert predicted.dtype == np.int32 and predicted.shape == truth.shape
+    scores = instance_scores([predicted], [truth])
+    assert scores["predicted"] == 3 and scores["f1"] == 1.0
+    assert scores["mean_matched_iou"] > 0.8
+
+
+def test_threshold_watershed_drops_specks_and_handles_constant_and_rgb_images() -> None:
+    from napari_samscope.core.training.baselines import threshold_watershed_labels
+
+    image = np.zeros((40, 40), dtype=np.uint16)
+    image[5:7, 5:7] = 1000  # 4 pixels: under min_size
+    image[20:30, 20:30] = 1000
+    labels = threshold_watershed_labels(image)
+    assert not labels[5:7, 5:7].any() and len(np.unique(labels[20:30, 20:30])) == 1
+    assert not threshold_watershed_labels(np.full((16, 16), 7.0)).any()
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    assert np.array_equal(threshold_watershed_labels(rgb) > 0, labels > 0)
+
+
+def test_baselines_refuse_nan_and_wrong_shapes() -> None:
+    import pytest
+
+    from napari_samscope.core.training.baselines import threshold_watershed_labels
+
+    image = np.ones((10, 10))
+    image[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        threshold_watershed_labels(image)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        otsu_in_box_masks(np.ones((2, 3, 4, 5)), np.array([[0, 0, 1, 1]]))

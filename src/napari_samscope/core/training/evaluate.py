@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from napari_samscope.core.progress import Progress, run
+from napari_samscope.core.training.baselines import otsu_in_box_masks
 
 __all__ = ["EvaluationResult", "evaluate", "evaluate_iter", "otsu_in_box_masks", "synthetic_eval_set"]
 
@@ -84,30 +85,6 @@ def _iou(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     inter = np.logical_and(masks, targets).sum(axis=(1, 2))
     union = np.logical_or(masks, targets).sum(axis=(1, 2))
     return inter / np.maximum(union, 1)
-
-
-def otsu_in_box_masks(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The baseline: Otsu's threshold of the image inside each box, nothing outside.
-
-    Args:
-        image: ``(H, W)`` or ``(H, W, C)`` image of any real dtype (channels are averaged).
-        boxes: ``(N, 4)`` XYXY boxes, inclusive pixel indices.
-
-    Returns:
-        ``(N, H, W)`` bool masks: pixels of the box brighter than the box's Otsu threshold
-        (all False for a constant box).
-    """
-    from skimage.filters import threshold_otsu
-
-    grey = np.asarray(image, dtype=np.float64)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=-1)
-    masks = np.zeros((len(boxes), *grey.shape), dtype=bool)
-    for mask, (x0, y0, x1, y1) in zip(masks, np.asarray(boxes, dtype=np.int64)):
-        crop = grey[y0 : y1 + 1, x0 : x1 + 1]
-        if crop.size and crop.max() > crop.min():
-            mask[y0 : y1 + 1, x0 : x1 + 1] = crop > threshold_otsu(crop)
-    return masks
 
 
 def _objects(labels: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray]:
