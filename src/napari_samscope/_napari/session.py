@@ -96,6 +96,7 @@ class ModelSession:
     cache_changed = Signal(int, int)
     selection_changed = Signal(object)
     scale_changed = Signal(object)
+    flips_changed = Signal(object)
 
     def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.sam: Any = None
@@ -115,6 +116,9 @@ class ModelSession:
         #: ``"auto"`` (the scale the model declares; SAM's "fill" for models that declare
         #: none), ``"fill"`` or a magnification (``core.predict.input_scale``).
         self.scale: str | float = "auto"
+        #: Orientations averaged for every prompt (``core.predict.flips``): 1, 2 or 4, or
+        #: None for each model's own choice (2 for the default model, 1 for SAM).
+        self.flips: int | None = None
 
     # ------------------------------------------------------------------ choosing and loading
 
@@ -142,6 +146,28 @@ class ModelSession:
             if self.predictor is not None and hasattr(self.predictor, "scale"):
                 self.predictor.scale = scale
         self.scale_changed.emit(scale)
+
+    def set_flips(self, value: Any) -> None:
+        """Average ``value`` orientations for every prompt from now on (1, 2, 4, their
+        text, or None / ``"auto"`` for each model's own choice), for the loaded model and
+        the next ones. Embeddings made with other flips stay cached under their own key.
+
+        Raises:
+            ValueError, TypeError: not a valid number of flips (the current one stays).
+        """
+        from napari_samscope.core.predict.flips import check_flips, declared_flips
+
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "")):
+            flips = None
+        else:
+            flips = check_flips(int(value) if isinstance(value, str) and value.strip().isdigit() else value)
+        with self.decode_lock:
+            self.flips = flips
+            if self.sam is not None:
+                self.sam.flips = flips
+            if self.predictor is not None and hasattr(self.predictor, "flips"):
+                self.predictor.flips = declared_flips(self.sam) if flips is None else flips
+        self.flips_changed.emit(flips)
 
     def set_loading(self, loading: bool) -> None:
         """A widget started (True) or ended (False) loading a model; when a load ends
@@ -215,6 +241,7 @@ class ModelSession:
         if name is not None:
             sam.name = name
         sam.scale = self.scale  # the session's choice reaches every predictor of the model
+        sam.flips = self.flips
         factory = predictor_factory or Predictor
         with self.decode_lock:
             self.sam = sam

@@ -118,8 +118,8 @@ class ProgressRow(QWidget):
 
 
 class ModelPanel(QWidget):
-    """The model line: model dropdown, device, input scale, Load and "..." (a checkpoint
-    file).
+    """The model line: model dropdown, device, input scale, flip averaging, Load and "..."
+    (a checkpoint file).
 
     Every samscope dock of a viewer shows one of these over the viewer's shared
     session: the chosen model is the session's (choosing it in one dock chooses it in
@@ -154,6 +154,17 @@ class ModelPanel(QWidget):
             "resizes the longest side to the model input (SAM's way), a number is the "
             "magnification. Prompts and masks stay in image pixels."
         )
+        #: Flip averaging (core.predict.flips): None = the model's own choice.
+        self.flips_box = QComboBox()
+        for flips in (None, 1, 2, 4):
+            self.flips_box.addItem(f"flips {'auto' if flips is None else flips}", flips)
+        self.flips_box.setToolTip(
+            "Flip averaging: every prompt is decoded on the image and on its flipped copies "
+            "(2: upside down; 4: also left-right) and the masks are averaged: outlines follow "
+            "the objects more closely, for 2 or 4 times the encoding time. 'auto' is the "
+            "model's choice (2 for the default model, 1 for SAM and micro-sam models)."
+        )
+        self._show_flips(session.flips)
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Load the chosen model now (in the background)")
         self.file_button = QPushButton("...")
@@ -168,6 +179,7 @@ class ModelPanel(QWidget):
         row.addWidget(self.model_box, 1)
         row.addWidget(self.device_box)
         row.addWidget(self.scale_box)
+        row.addWidget(self.flips_box)
         row.addWidget(self.load_button)
         row.addWidget(self.file_button)
 
@@ -179,6 +191,8 @@ class ModelPanel(QWidget):
             lambda: self.choose_scale(self.scale_box.currentText())
         )
         session.scale_changed.connect(self._show_scale)
+        self.flips_box.activated.connect(lambda index: self.session.set_flips(self.flips_box.itemData(index)))
+        session.flips_changed.connect(self._show_flips)
         session.models_changed.connect(self.refresh_models)
         session.model_changed.connect(self._show_model)
         session.selection_changed.connect(self._select)
@@ -251,6 +265,7 @@ class ModelPanel(QWidget):
         self.session.model_changed.disconnect(self._show_model)
         self.session.selection_changed.disconnect(self._select)
         self.session.scale_changed.disconnect(self._show_scale)
+        self.session.flips_changed.disconnect(self._show_flips)
 
     # ------------------------------------------------------------------ internals
 
@@ -274,6 +289,13 @@ class ModelPanel(QWidget):
             self.scale_box.blockSignals(True)
             self.scale_box.setCurrentText(str(scale))
             self.scale_box.blockSignals(False)
+
+    def _show_flips(self, flips: Any) -> None:
+        index = self.flips_box.findData(flips)
+        if index >= 0 and index != self.flips_box.currentIndex():
+            self.flips_box.blockSignals(True)
+            self.flips_box.setCurrentIndex(index)
+            self.flips_box.blockSignals(False)
 
     def _set_busy(self, busy: bool) -> None:
         self.session.set_loading(busy)

@@ -226,7 +226,7 @@ class MaskGenerator:
                 f"to segment is {crop_size}; pass the embedding of this image or none."
             )
         if embedding is None:
-            (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])])
+            (embedding,) = self.predictor.encode([np.ascontiguousarray(rgb[y0:y1, x0:x1])], flips=1)
         self.predictor.set_embedding(embedding)
         embedding = self.predictor.get_embedding()
         upsampler = WindowedUpsampler(

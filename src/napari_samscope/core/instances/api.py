@@ -177,6 +177,7 @@ class InstanceSegmentationMixin:
                 load_image(image) if isinstance(image, (str, Path)) else image,
                 channel_axis=channel_axis, channels=channels,
                 normalization=normalization, contrast_limits=limits,
+                flips=1,  # the instance decoder reads the plain embedding only
             )
         return predictor
 

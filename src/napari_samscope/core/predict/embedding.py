@@ -4,6 +4,7 @@ wrapper (:class:`SamHolder`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ import torch
 
 from napari_samscope.core.device import autocast
 from napari_samscope.core.modeling.sam import Sam
+from napari_samscope.core.predict.flips import FLIPS, check_flips, flip_image
 from napari_samscope.core.predict.input_scale import resolve_magnification, scaled_size
 from napari_samscope.core.predict.transforms import (
     preprocess_batch,
@@ -53,6 +55,10 @@ class ImageEmbedding:
         magnification: how much the image was magnified into the model input
             (:mod:`~napari_samscope.core.predict.input_scale`); None for an embedding made
             without it, which then has SAM's "fill" geometry.
+        flipped: the ``(1, C, E, E)`` embeddings of the flipped model input, in the order
+            of :data:`~napari_samscope.core.predict.flips.FLIPS` after the first (empty
+            unless the image was encoded with ``flips`` > 1); prompts are decoded on every
+            orientation and averaged.
     """
 
     features: torch.Tensor
@@ -60,11 +66,27 @@ class ImageEmbedding:
     input_size: tuple[int, int]
     model_key: str
     magnification: float | None = None
+    flipped: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def flips(self) -> int:
+        """The number of orientations encoded (1, 2 or 4)."""
+        return 1 + len(self.flipped)
+
+    @property
+    def all_features(self) -> tuple[torch.Tensor, ...]:
+        """``features`` and then ``flipped``: one embedding per orientation."""
+        return (self.features, *self.flipped)
 
     @property
     def nbytes(self) -> int:
-        """Memory held by ``features``."""
-        return self.features.numel() * self.features.element_size()
+        """Memory held by the features of every orientation."""
+        return sum(f.numel() * f.element_size() for f in self.all_features)
+
+    def converted(self, **to: Any) -> ImageEmbedding:
+        """A copy whose features (every orientation) are ``tensor.to(**to)``."""
+        features, *flipped = (f.to(**to) for f in self.all_features)
+        return dataclasses.replace(self, features=features, flipped=tuple(flipped))
 
 
 def model_key(sam: Sam) -> str:
@@ -100,11 +122,15 @@ def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmb
         )
     channels = sam.prompt_encoder.embed_dim
     side = sam.embedding_size
-    if tuple(embedding.features.shape) != (1, channels, side, side):
-        raise ValueError(
-            f"The embedding has shape {tuple(embedding.features.shape)}, but this model "
-            f"needs (1, {channels}, {side}, {side})."
-        )
+    flipped = tuple(embedding.flipped)
+    if len(flipped) not in (0, 1, 3):
+        raise ValueError(f"An embedding holds 1, 2 or 4 orientations, not {len(flipped) + 1}.")
+    for features in (embedding.features, *flipped):
+        if tuple(features.shape) != (1, channels, side, side):
+            raise ValueError(
+                f"The embedding has shape {tuple(features.shape)}, but this model "
+                f"needs (1, {channels}, {side}, {side})."
+            )
     h, w = (int(v) for v in embedding.original_size)
     magnification = embedding.magnification
     if magnification is None:
@@ -116,7 +142,9 @@ def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmb
             f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
             f"original_size {(h, w)} (expected {expected}, at most {sam.img_size})."
         )
-    return ImageEmbedding(embedding.features, (h, w), expected, embedding.model_key, magnification)
+    return ImageEmbedding(
+        embedding.features, (h, w), expected, embedding.model_key, magnification, flipped
+    )
 
 
 def encode_rgb(
@@ -128,13 +156,17 @@ def encode_rgb(
     key: str,
     scale: Any = "fill",
     declared: InputScale | None = None,
+    flips: int = 1,
 ) -> list[ImageEmbedding]:
     """Encode 8-bit RGB images ``(H, W, 3)``: images of one size together, ``batch_size``
     at a time, each resized by the magnification ``scale`` resolves to for its size
     (:func:`~napari_samscope.core.predict.input_scale.resolve_magnification`; ``"fill"``:
     the longest side to ``S``, as the official preprocessing), zero-padded and normalised
     as the official preprocessing does. Returns one float32 :class:`ImageEmbedding` per
-    image, in order. Every image's scale is checked before anything is encoded."""
+    image, in order. Every image's scale is checked before anything is encoded.
+    ``flips`` > 1 also encodes the flipped inputs (:mod:`~napari_samscope.core.predict.flips`),
+    in the same encoder batch."""
+    flips = check_flips(flips)
     out: list[ImageEmbedding | None] = [None] * len(rgbs)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, rgb in enumerate(rgbs):
@@ -149,10 +181,14 @@ def encode_rgb(
             chunk = indices[start : start + batch_size]
             resized = [resize_rgb_to(rgbs[i], input_size) for i in chunk]
             batch = preprocess_batch(resized, sam.pixel_mean, sam.pixel_std, sam.img_size)
+            if flips > 1:
+                batch = torch.cat([flip_image(batch, flip) for flip in FLIPS[:flips]])
             with autocast(device, dtype):
                 features = sam.image_encoder(batch).float()
+            n = len(chunk)
             for j, i in enumerate(chunk):
+                views = [features[j + k * n : j + k * n + 1].clone() for k in range(flips)]
                 out[i] = ImageEmbedding(
-                    features[j : j + 1].clone(), size, input_size, key, magnification
+                    views[0], size, input_size, key, magnification, tuple(views[1:])
                 )
     return out  # type: ignore[return-value]

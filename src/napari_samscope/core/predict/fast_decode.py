@@ -71,7 +71,7 @@ class DecoderRunner:
         self.device = device
         self.dtype = dtype
         self.lock = threading.RLock() if lock is None else lock
-        self._memo = ImageMemo()
+        self._memo = ImageMemo(capacity=4)  # one per orientation (core.predict.flips)
         self._pe_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     @property

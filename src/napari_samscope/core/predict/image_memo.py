@@ -21,8 +21,8 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 
 class ImageMemo:
-    """The last value computed from some input tensors and weights, reused while they are
-    unchanged.
+    """The last values computed from some input tensors and weights (up to ``capacity``,
+    the least recently used dropped first), each reused while they are unchanged.
 
     An entry is reused when each input tensor is the same memory (the same tensor, or a
     view at the same place of the same base) at the same version (an in-place change
@@ -32,23 +32,26 @@ class ImageMemo:
     version counters: call :meth:`clear` after them.
     """
 
-    def __init__(self) -> None:
-        self._entry: tuple[Any, ...] | None = None
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity}.")
+        self.capacity = capacity
+        self._entries: list[tuple[Any, ...]] = []
 
     def __deepcopy__(self, memo: dict) -> ImageMemo:
-        return ImageMemo()
+        return ImageMemo(self.capacity)
 
     def __reduce__(self) -> tuple[type, tuple]:
-        return (ImageMemo, ())
+        return (ImageMemo, (self.capacity,))
 
     @property
     def value(self) -> Any:
-        """The kept value, or None."""
-        return None if self._entry is None else self._entry[2]
+        """The most recently used value, or None."""
+        return self._entries[-1][2] if self._entries else None
 
     def clear(self) -> None:
-        """Forget the entry (frees its memory)."""
-        self._entry = None
+        """Forget every entry (frees their memory)."""
+        self._entries = []
 
     def get(
         self,
@@ -59,13 +62,13 @@ class ImageMemo:
         """The kept value if ``inputs`` and ``weights`` are unchanged, else ``compute()``
         (which is then kept)."""
         stamp = tuple((id(w), w.data_ptr(), _version(w), w.device) for w in weights)
-        entry = self._entry
-        if entry is not None and entry[0] == stamp and all(
-            _same(x, key) for x, key in zip(inputs, entry[1])
-        ):
-            return entry[2]
+        for index, entry in enumerate(self._entries):
+            if entry[0] == stamp and all(_same(x, key) for x, key in zip(inputs, entry[1])):
+                self._entries.append(self._entries.pop(index))
+                return entry[2]
         value = compute()
-        self._entry = (stamp, tuple(_key(x) for x in inputs), value)
+        self._entries.append((stamp, tuple(_key(x) for x in inputs), value))
+        del self._entries[: -self.capacity]
         return value
 
 

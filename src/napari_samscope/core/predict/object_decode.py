@@ -29,9 +29,10 @@ OBJECTS_PER_DECODE = 64
 def decode_objects(
     predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
 ) -> Prediction:
-    """Decode ``prompts`` on ``emb`` with ``predictor`` (its ``decode``, ``device``,
-    ``mask_upsampler`` and ``model.mask_threshold``). One object: its candidates; several:
-    the best-scored candidate each when ``multimask_output``."""
+    """Decode ``prompts`` on ``emb`` (the current image) with ``predictor`` (its ``decode``,
+    which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler`` and
+    ``model.mask_threshold``). One object: its candidates; several: the best-scored
+    candidate each when ``multimask_output``."""
     device = predictor.device
 
     def tensor(array: Any) -> torch.Tensor:

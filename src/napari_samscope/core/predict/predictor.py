@@ -12,7 +12,6 @@ the decoder's inference fast paths and their state are the predictor's
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from napari_samscope.core.predict.embedding import (
     model_key,
 )
 from napari_samscope.core.predict.fast_decode import DecoderRunner
+from napari_samscope.core.predict.flips import check_flips, declared_flips, decode_flipped
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
 from napari_samscope.core.predict.object_decode import decode_objects
@@ -59,6 +59,10 @@ class Predictor(ScaleSetting):
             ``"auto"`` for a model that declares its scale, else ``"fill"``.
         input_scale: the scale the model declares (``core.weights.spec.InputScale``).
             Default: the wrapper's ``input_scale``, else the ``spec``'s, else None.
+        flips: orientations averaged for every prompt, 1, 2 or 4
+            (:mod:`~napari_samscope.core.predict.flips`): the default of :meth:`set_image`
+            and :meth:`encode`, settable as :attr:`flips`. Default: the wrapper's ``flips``,
+            else the ``spec``'s (2 for the default model), else 1.
 
     Threads: a predictor serialises its calls. Every method that reads or changes the
     current image (``set_image``, ``set_embedding``, ``reset_image``, ``encode``,
@@ -71,7 +75,7 @@ class Predictor(ScaleSetting):
 
     def __init__(
         self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None,
-        scale: Any = None, input_scale: Any = None,
+        scale: Any = None, input_scale: Any = None, flips: Any = None,
     ) -> None:
         if isinstance(model, Sam):
             sam, default_device, default_dtype = model, model.device, None
@@ -98,6 +102,7 @@ class Predictor(ScaleSetting):
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._init_scale(model, input_scale, scale)
+        self._flips = declared_flips(model) if flips is None else check_flips(flips)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
@@ -118,6 +123,23 @@ class Predictor(ScaleSetting):
     @dtype.setter
     def dtype(self, value: Any) -> None:
         self._runner.dtype = value
+
+    @property
+    def flips(self) -> int:
+        """Orientations :meth:`set_image` and :meth:`encode` encode when given none (1, 2
+        or 4; :mod:`~napari_samscope.core.predict.flips`); settable, checked."""
+        return self._flips
+
+    @flips.setter
+    def flips(self, value: Any) -> None:
+        self._flips = check_flips(value)
+
+    @property
+    def embedding_key(self) -> str:
+        """What identifies this predictor's embeddings of an image in caches: the model,
+        the :attr:`scale` request and the :attr:`flips`."""
+        key = super().embedding_key
+        return key if self._flips == 1 else f"{key}x{self._flips}"
 
     @property
     def decoder_runner(self) -> DecoderRunner:
@@ -194,12 +216,15 @@ class Predictor(ScaleSetting):
         halo: int | Sequence[int] | None = None,
         embeddings: str | Path | Any = None,
         scale: Any = None,
+        flips: Any = None,
     ) -> None:
         """Encode ``image`` (an array or a file path) and make it the current image.
 
         ``scale``: ``"fill"``, ``"auto"`` or a magnification (default :attr:`scale`), see
         :mod:`~napari_samscope.core.predict.input_scale`; prompts and masks stay in
-        pixels of ``image`` whatever the scale.
+        pixels of ``image`` whatever the scale. ``flips``: orientations encoded, whose
+        decodings every prompt averages (1, 2 or 4, default :attr:`flips`;
+        :mod:`~napari_samscope.core.predict.flips`).
 
         With ``tile_shape``, ``halo`` or ``embeddings`` (a ``.zarr`` store path) the image
         is tiled instead (:mod:`napari_samscope.core.tiling`): ``(H, W)`` or
@@ -218,6 +243,11 @@ class Predictor(ScaleSetting):
         first prompt is as fast as the next.
         """
         if tile_shape is not None or halo is not None or embeddings is not None:
+            if flips is not None and check_flips(flips) > 1:
+                raise ValueError(
+                    "flips apply to untiled images: a tiled image is decoded on one "
+                    "orientation (pass flips=1 or leave it out)."
+                )
             if channel_axis is not None or channels is not None:
                 raise ValueError(
                     "A tiled image is 2D or RGB with channels last; select the channels first."
@@ -226,7 +256,7 @@ class Predictor(ScaleSetting):
             return
         with self.lock:
             (embedding,) = self.encode(
-                [image], scale=scale, channel_axis=channel_axis, channels=channels,
+                [image], scale=scale, flips=flips, channel_axis=channel_axis, channels=channels,
                 normalization=normalization, contrast_limits=contrast_limits,
                 allow_constant=False,
             )
@@ -271,8 +301,7 @@ class Predictor(ScaleSetting):
             raise TypeError(f"Expected an ImageEmbedding, not {type(embedding).__name__}.")
         with self.lock:
             checked = checked_embedding(embedding, self.model, self.model_key)
-            features = checked.features.to(device=self.device, dtype=torch.float32)
-            self._set_current(dataclasses.replace(checked, features=features))
+            self._set_current(checked.converted(device=self.device, dtype=torch.float32))
 
     def _set_current(self, embedding: ImageEmbedding) -> None:
         """Make ``embedding`` the current image and do the prompt-independent work of
@@ -282,7 +311,9 @@ class Predictor(ScaleSetting):
         self._upsampler = MaskUpsampler(
             embedding.original_size, embedding.input_size, self.img_size, self.lowres_size
         )
-        self._runner.prepare(embedding.features)
+        self._runner.clear()
+        for features in (*embedding.flipped, embedding.features):  # the plain one last
+            self._runner.prepare(features)
 
     def _warm_up(self) -> None:
         """Decode one point on the current image and discard it: after the encoder has
@@ -302,6 +333,7 @@ class Predictor(ScaleSetting):
         *,
         batch_size: int = 4,
         scale: Any = None,
+        flips: Any = None,
         **norm_kwargs: Any,
     ) -> list[ImageEmbedding]:
         """Encode several images without changing the current image.
@@ -315,6 +347,9 @@ class Predictor(ScaleSetting):
             batch_size: images per encoder pass.
             scale: ``"auto"``, ``"fill"`` or a magnification (as in :meth:`set_image`);
                 default :attr:`scale`.
+            flips: orientations to encode for flip averaging (1, 2 or 4); default
+                :attr:`flips`. Work that decodes on the plain embedding only (segment-
+                everything, instance maps, tiles) passes 1.
             **norm_kwargs: ``channel_axis``, ``channels``, ``normalization``,
                 ``contrast_limits``, ``allow_constant`` for
                 :func:`~napari_samscope.core.predict.image.to_rgb_uint8`.
@@ -328,6 +363,7 @@ class Predictor(ScaleSetting):
             raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
         norm_kwargs.setdefault("allow_constant", True)
         scale = self._scale if scale is None else check_scale(scale)
+        flips = self._flips if flips is None else check_flips(flips)
         rgbs = [
             to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
             for im in images
@@ -335,7 +371,7 @@ class Predictor(ScaleSetting):
         with self.lock:
             return encode_rgb(
                 self.model, rgbs, batch_size, self.device, self.dtype, self.model_key,
-                scale, self.input_scale,
+                scale, self.input_scale, flips,
             )
 
     # ------------------------------------------------------------------ prompts
@@ -394,7 +430,9 @@ class Predictor(ScaleSetting):
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the prompt encoder and mask decoder on the current image (torch level).
+        """Run the prompt encoder and mask decoder on the current image (torch level); an
+        image encoded with ``flips`` > 1 is decoded on each orientation and the results
+        averaged (:func:`~napari_samscope.core.predict.flips.decode_flipped`).
 
         Args:
             point_coords: ``(B, P, 2)`` ``(x, y)`` in the model's input frame (see
@@ -408,18 +446,14 @@ class Predictor(ScaleSetting):
             low-resolution logits ``(B, K, L, L)`` and predicted IoU ``(B, K)``, float32.
         """
         with self.lock:
-            features = self._require_image().features
+            embedding = self._require_image()
             if (point_coords is None) != (point_labels is None):
                 raise ValueError("point_coords and point_labels must be given together.")
             if point_coords is None and boxes is None and mask_input is None:
                 raise ValueError("decode() needs at least one prompt (points, boxes or masks).")
-            return self._runner.decode(
-                features,
-                point_coords,
-                point_labels,
-                boxes,
-                mask_input,
-                multimask_output,
+            return decode_flipped(
+                self._runner, embedding, point_coords, point_labels, boxes, mask_input,
+                multimask_output, self.img_size,
             )
 
     # ------------------------------------------------------------------ helpers

@@ -70,6 +70,9 @@ class SAM(InstanceSegmentationMixin):
         scale: the input scale of the predictors made from this model when they are
             given none (``"auto"``, ``"fill"``, a magnification, or None for the model's
             default: ``"auto"`` when it declares its scale, else ``"fill"``); settable.
+        flips: the orientations its predictors average for every prompt (1, 2 or 4, or
+            None for the registry entry's choice: 2 for the default model, else 1;
+            :mod:`~napari_samscope.core.predict.flips`); settable.
         instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
             has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
             come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
@@ -140,6 +143,7 @@ class SAM(InstanceSegmentationMixin):
         self.spec = spec
         self.input_scale = getattr(spec, "input_scale", None)
         self._scale: str | float | None = None
+        self._flips: int | None = None
 
     @property
     def scale(self) -> str | float | None:
@@ -151,6 +155,17 @@ class SAM(InstanceSegmentationMixin):
         from napari_samscope.core.predict.input_scale import check_scale
 
         self._scale = None if value is None else check_scale(value)
+
+    @property
+    def flips(self) -> int | None:
+        """The default flips of this model's predictors (see the class docstring)."""
+        return self._flips
+
+    @flips.setter
+    def flips(self, value: Any) -> None:
+        from napari_samscope.core.predict.flips import check_flips
+
+        self._flips = None if value is None else check_flips(value)
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")

@@ -123,12 +123,16 @@ class EmbeddingCache:
         """
         from napari_samscope.core.predict.predictor import ImageEmbedding
 
+        def copy(features: Any) -> Any:
+            return features.detach().to(device=self.device, dtype=self.dtype).clone()
+
         stored = ImageEmbedding(
-            embedding.features.detach().to(device=self.device, dtype=self.dtype).clone(),
+            copy(embedding.features),
             tuple(embedding.original_size),
             tuple(embedding.input_size),
             embedding.model_key,
             getattr(embedding, "magnification", None),
+            tuple(copy(f) for f in getattr(embedding, "flipped", ())),
         )
         with self._lock:
             old = self._entries.pop(key, None)

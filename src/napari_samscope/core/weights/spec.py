@@ -124,6 +124,9 @@ class ModelSpec:
             placement. None (official and micro-sam models): SAM's "fill" resize.
         decoder: the registry name of the model's instance decoder companion (a
             ``"unetr_decoder"`` entry, loaded with the model for AIS/APG), or None.
+        flips: how many orientations its predictors average for every prompt by default
+            (1, 2 or 4; :mod:`~napari_samscope.core.predict.flips`). 1 (official and
+            micro-sam models) is the plain computation.
     """
 
     name: str
@@ -142,6 +145,7 @@ class ModelSpec:
     domain: str = ""
     input_scale: InputScale | None = None
     decoder: str | None = None
+    flips: int = 1
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
