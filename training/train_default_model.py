@@ -142,6 +142,28 @@ def refine_style(rng: np.random.Generator) -> SyntheticStyle:
     return low_snr_style(rng)
 
 
+def realistic_mix_style(rng: np.random.Generator) -> SyntheticStyle:
+    """The ``realistic`` phase's mix, aimed at what the shipped model loses on a real image
+    (``training/README.md``): 70% ``realistic_nuclei_style`` outlined at half contrast (a
+    fifth of them with small nuclei, major semi-axis from 2.5 px, and a fifth with up to
+    8% mitotic and 8% apoptotic figures), 30% ``plain_nuclei_style`` / ``low_snr_style``
+    with the drawn outlines, to hold the synthetic figures."""
+    draw = rng.random()
+    if draw < 0.7:
+        style = realistic_nuclei_style(rng)
+        kind = rng.random()
+        if kind < 0.2:
+            lo = float(rng.uniform(2.5, 4.5))
+            style = replace(style, radius_range=(lo, lo * float(rng.uniform(1.5, 2.5))))
+        elif kind < 0.4:
+            style = replace(style, mitotic_fraction=float(rng.uniform(0.0, 0.08)),
+                            apoptotic_fraction=float(rng.uniform(0.0, 0.08)))
+        return style
+    if draw < 0.85:
+        return plain_nuclei_style(rng)
+    return low_snr_style(rng)
+
+
 #: The phases at input 1024 that train on dim, noisy images (60% ``low_snr_style``).
 LOW_SNR_PHASES = ("lowsnr", "settle", "steady")
 #: The phases whose other images are half ``plain_nuclei_style``.
@@ -162,6 +184,8 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             image, labels = render_nuclei_2d(annotate_style(rng), (render, render), rng)
         elif kind == "refine":
             image, labels = render_nuclei_2d(refine_style(rng), (render, render), rng)
+        elif kind == "realistic":
+            image, labels = render_nuclei_2d(realistic_mix_style(rng), (render, render), rng)
         elif kind in LOW_SNR_PHASES and rng.random() < 0.6:
             image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
         elif kind in PLAIN_MIX_PHASES and rng.random() < 0.5:
@@ -204,10 +228,12 @@ PHASES = {
                                  feedback_mask_p=0.5, **_LOW_SNR_STEP)),
     "refine": (1024, 200, dict(steps=200, lr=5e-5, negative_pair_fraction=0.25,
                                feedback_mask_p=0.5, **_LOW_SNR_STEP)),
+    "realistic": (1024, 400, dict(steps=600, lr=1e-4, negative_pair_fraction=0.25,
+                                  feedback_mask_p=0.5, **_LOW_SNR_STEP)),
 }
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
+RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, "realistic": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400, "refine": 100}
 

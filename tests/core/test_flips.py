@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests._decoder_model import count_encodings, tiny_sam_with_decoder
 
 from napari_samscope.core.predict.flips import (
     FLIPS,
@@ -15,7 +16,6 @@ from napari_samscope.core.predict.flips import (
     flip_points,
 )
 from napari_samscope.core.predict.predictor import Predictor
-from tests._decoder_model import count_encodings, tiny_sam_with_decoder
 
 S = 64  # the tiny models' input side
 
