@@ -42,11 +42,12 @@ def add_scheduler(parser: argparse.ArgumentParser) -> None:
 
 
 def refuse_scale(args: argparse.Namespace) -> None:
-    """``--scale`` with ``--scheduler/--workers`` is a usage error (the workers load the
-    model themselves, at its default scale)."""
-    if getattr(args, "scale", None) is not None:
-        raise UsageError("--scale does not apply to --scheduler/--workers runs yet; "
-                         "the workers use the model's default scale")
+    """``--scale`` or ``--flips`` with ``--scheduler/--workers`` is a usage error (the
+    workers load the model themselves, with its defaults)."""
+    for option, what in (("scale", "scale"), ("flips", "flips")):
+        if getattr(args, option, None) is not None:
+            raise UsageError(f"--{option} does not apply to --scheduler/--workers runs yet; "
+                             f"the workers use the model's default {what}")
 
 
 def wants_cluster(args: argparse.Namespace) -> bool:

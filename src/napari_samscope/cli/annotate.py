@@ -11,6 +11,7 @@ from napari_samscope.cli._common import (
     add_channel_axis,
     add_debug,
     add_device,
+    add_flips,
     add_scale,
 )
 from napari_samscope.cli._distributed import (
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_channel_axis(parser)
     add_device(parser)
     add_scale(parser)
+    add_flips(parser)
     add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
@@ -75,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         refuse_scale(args)
         return run_annotate(args)
     sam_model = args.sam_model
-    if args.dtype != "default" or args.scale is not None:  # load the model here with them
-        from napari_samscope.cli._common import load_model, with_scale
+    if args.dtype != "default" or args.scale is not None or args.flips is not None:
+        from napari_samscope.cli._common import load_model, with_scale  # load it here with them
 
-        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale)
+        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale, args.flips)
     with ProgressBar() as bar:
         summary = auto_annotate(
             args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,

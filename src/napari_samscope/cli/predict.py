@@ -16,6 +16,7 @@ from napari_samscope.cli._common import (
     add_channel_axis,
     add_debug,
     add_device,
+    add_flips,
     add_model,
     add_scale,
     image_planes,
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_channel_axis(parser)
     add_device(parser)
     add_scale(parser)
+    add_flips(parser)
     add_debug(parser)
     accept_negative_values(parser)
     parser.set_defaults(func=run)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
-    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale, args.flips)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}

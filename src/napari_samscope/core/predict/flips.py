@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "FLIPS",
+    "FlipSetting",
     "check_flips",
     "declared_flips",
     "decode_flipped",
@@ -94,6 +95,34 @@ def declared_flips(model: Any) -> int:
         if value is not None:
             return check_flips(value)
     return 1
+
+
+class FlipSetting:
+    """The flips of a predictor (a base of
+    :class:`~napari_samscope.core.predict.predictor.Predictor`, before ``ScaleSetting``):
+    :attr:`flips` and the :attr:`embedding_key` caches file its embeddings under."""
+
+    _flips: int
+
+    def _init_flips(self, model: Any, flips: Any) -> None:
+        self._flips = declared_flips(model) if flips is None else check_flips(flips)
+
+    @property
+    def flips(self) -> int:
+        """Orientations ``set_image`` and ``encode`` encode when given none (1, 2 or 4);
+        settable, checked."""
+        return self._flips
+
+    @flips.setter
+    def flips(self, value: Any) -> None:
+        self._flips = check_flips(value)
+
+    @property
+    def embedding_key(self) -> str:
+        """What identifies this predictor's embeddings of an image in caches: the model,
+        the scale request (``ScaleSetting.embedding_key``) and the :attr:`flips`."""
+        key = super().embedding_key  # type: ignore[misc]
+        return key if self._flips == 1 else f"{key}x{self._flips}"
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from napari_samscope.core.predict.embedding import (
     model_key,
 )
 from napari_samscope.core.predict.fast_decode import DecoderRunner
-from napari_samscope.core.predict.flips import check_flips, declared_flips, decode_flipped
+from napari_samscope.core.predict.flips import FlipSetting, check_flips, decode_flipped
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
 from napari_samscope.core.predict.object_decode import decode_objects
@@ -41,7 +41,7 @@ from napari_samscope.core.predict.transforms import MaskUpsampler
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
-class Predictor(ScaleSetting):
+class Predictor(FlipSetting, ScaleSetting):
     """Prompted segmentation of one image at a time with a SAM-family model.
 
     Args:
@@ -102,7 +102,7 @@ class Predictor(ScaleSetting):
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._init_scale(model, input_scale, scale)
-        self._flips = declared_flips(model) if flips is None else check_flips(flips)
+        self._init_flips(model, flips)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
@@ -123,23 +123,6 @@ class Predictor(ScaleSetting):
     @dtype.setter
     def dtype(self, value: Any) -> None:
         self._runner.dtype = value
-
-    @property
-    def flips(self) -> int:
-        """Orientations :meth:`set_image` and :meth:`encode` encode when given none (1, 2
-        or 4; :mod:`~napari_samscope.core.predict.flips`); settable, checked."""
-        return self._flips
-
-    @flips.setter
-    def flips(self, value: Any) -> None:
-        self._flips = check_flips(value)
-
-    @property
-    def embedding_key(self) -> str:
-        """What identifies this predictor's embeddings of an image in caches: the model,
-        the :attr:`scale` request and the :attr:`flips`."""
-        key = super().embedding_key
-        return key if self._flips == 1 else f"{key}x{self._flips}"
 
     @property
     def decoder_runner(self) -> DecoderRunner:
