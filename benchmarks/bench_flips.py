@@ -1,0 +1,61 @@
+"""Flip averaging: what ``flips=1|2|4`` costs with the default model.
+
+    python benchmarks/bench_flips.py [--repeats 7] [--threads 2]
+
+For each number of flips and each precision (float32, bf16 autocast): the median
+``set_image`` time of a 512x512 uint16 synthetic nuclei image (the orientations are
+encoded in one encoder batch) and the median time of one point prompt and of a batch of
+32 box prompts (every prompt is decoded once per orientation). The issue's target for
+``set_image`` of 512x512 is 0.3 s. Quality is measured by ``samscope evaluate --flips``
+(figures in training/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from _common import measure, say
+
+SET_IMAGE_TARGET = 0.3  # seconds, 512x512, the default model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from napari_samscope import SAM
+    from napari_samscope.core.predict.predictor import Predictor
+    from napari_samscope.core.synthetic import make_nuclei_2d
+
+    image, labels = make_nuclei_2d((512, 512), dtype="uint16", seed=1)
+    ids = [i for i in np.unique(labels) if i][:32]
+    boxes = []
+    for i in ids:
+        rows, cols = np.nonzero(labels == i)
+        boxes.append([cols.min(), rows.min(), cols.max(), rows.max()])
+    boxes = np.asarray(boxes, dtype=np.float64)
+    rows, cols = np.nonzero(labels == ids[0])
+    point = [float(cols.mean()), float(rows.mean())]
+    say(f"512x512 uint16, {len(np.unique(labels)) - 1} nuclei, {args.threads} threads, "
+        f"median of {args.repeats}")
+    print("| precision | flips | set_image (s) | one point (ms) | 32 boxes (ms) | set_image target |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for dtype in ("float32", "bfloat16"):
+        model = SAM(dtype=dtype)
+        for flips in (1, 2, 4):
+            predictor = Predictor(model, flips=flips)
+            encode = measure(lambda p=predictor: p.set_image(image), args.repeats)
+            one = measure(lambda p=predictor: p.predict(points=point), args.repeats * 3)
+            many = measure(lambda p=predictor: p.predict(bboxes=boxes), args.repeats)
+            met = "met" if encode.median <= SET_IMAGE_TARGET else "NOT met"
+            print(f"| {dtype} | {flips} | {encode.median:.3f} | {one.median * 1e3:.1f} | "
+                  f"{many.median * 1e3:.1f} | {met} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
