@@ -228,7 +228,7 @@ PHASES = {
                                  feedback_mask_p=0.5, **_LOW_SNR_STEP)),
     "refine": (1024, 200, dict(steps=200, lr=5e-5, negative_pair_fraction=0.25,
                                feedback_mask_p=0.5, **_LOW_SNR_STEP)),
-    "realistic": (1024, 400, dict(steps=600, lr=1e-4, negative_pair_fraction=0.25,
+    "realistic": (1024, 320, dict(steps=500, lr=1e-4, negative_pair_fraction=0.25,
                                   feedback_mask_p=0.5, **_LOW_SNR_STEP)),
 }
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by

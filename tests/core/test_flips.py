@@ -127,8 +127,9 @@ def test_the_flips_are_encoded_in_one_batch(random_state_sam, square_image):
     calls = count_encodings(model)
     Predictor(model, flips=4).set_image(square_image)
     Predictor(model, flips=1).set_image(square_image)
-    Predictor(model, flips=2).encode([square_image, square_image], batch_size=2)
-    assert calls == [4, 1, 4]
+    Predictor(model, flips=2).encode([square_image] * 3, batch_size=4)  # 2 images x 2, then 1 x 2
+    Predictor(model, flips=4).encode([square_image] * 2, batch_size=2)  # never above 4 inputs
+    assert calls == [4, 1, 4, 2, 4, 4]
 
 
 def test_the_embedding_carries_its_orientations(random_state_sam, square_image):

@@ -164,8 +164,9 @@ def encode_rgb(
     the longest side to ``S``, as the official preprocessing), zero-padded and normalised
     as the official preprocessing does. Returns one float32 :class:`ImageEmbedding` per
     image, in order. Every image's scale is checked before anything is encoded.
-    ``flips`` > 1 also encodes the flipped inputs (:mod:`~napari_samscope.core.predict.flips`),
-    in the same encoder batch."""
+    ``flips`` > 1 also encodes the flipped inputs (:mod:`~napari_samscope.core.predict.flips`)
+    in the same encoder batch, which then holds ``batch_size // flips`` images (at least
+    one), so that a batch stays within ``max(batch_size, flips)`` inputs."""
     flips = check_flips(flips)
     out: list[ImageEmbedding | None] = [None] * len(rgbs)
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -177,8 +178,9 @@ def encode_rgb(
     for size, indices in by_size.items():
         magnification = magnifications[size]
         input_size = scaled_size(size, magnification)
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
+        per_batch = max(1, batch_size // flips)
+        for start in range(0, len(indices), per_batch):
+            chunk = indices[start : start + per_batch]
             resized = [resize_rgb_to(rgbs[i], input_size) for i in chunk]
             batch = preprocess_batch(resized, sam.pixel_mean, sam.pixel_std, sam.img_size)
             if flips > 1:
