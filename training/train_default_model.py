@@ -5,7 +5,7 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has eleven phases (all with ``core.training.train_iter``, trainable "all"):
+The run has ten phases, and two experimental ones (all with ``core.training.train_iter``, trainable "all"):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
    the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
@@ -36,7 +36,10 @@ The run has eleven phases (all with ``core.training.train_iter``, trainable "all
    as ``annotate`` (some of them with mitotic and apoptotic figures), 60% the plain and
    low-SNR looks of the earlier phases (``annotate`` had cost those 0.005-0.016 IoU);
    stopped at step 100 of its 200-step schedule (``STOP_AFTER``). An experiment, not
-   shipped (training/README.md has its figures), so not in the default ``--phases``.
+   shipped (training/README.md has its figures), so not in the default ``--phases``;
+12. ``realistic`` - 500 steps from ``annotate`` on 70% ``realistic_nuclei_style`` (some with
+   small nuclei, some with mitotic and apoptotic figures) and 30% plain / low-SNR nuclei.
+   Also an experiment, not shipped (training/README.md).
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
