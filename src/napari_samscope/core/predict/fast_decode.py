@@ -104,10 +104,11 @@ class DecoderRunner:
     def prepare(self, features: torch.Tensor) -> PreparedImage | None:
         """Do (and keep) the prompt-independent decoder work on ``(1, C, E, E)`` image
         features now, e.g. right after encoding, so that the first prompt is as fast as
-        the next. None where decoding does not use a prepared image."""
+        the next. None where decoding does not use a prepared image (a decoder that is
+        not a ``MaskDecoder``, or decoding under bf16/fp16 autocast)."""
         with self.lock:
-            if not self.supports_stages:
-                return None
+            if not self.supports_stages or self.dtype not in (None, torch.float32):
+                return None  # decoding under autocast does not use a prepared image
             encoder = self.model.prompt_encoder
             dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
             dense = dense.expand(1, -1, *features.shape[-2:])

@@ -33,6 +33,7 @@ __all__ = [
     "flip_boxes",
     "flip_image",
     "flip_points",
+    "refuse_tiled_flips",
 ]
 
 #: The orientations, in the order they are used: (upside down, left to right).
@@ -97,6 +98,16 @@ def declared_flips(model: Any) -> int:
     return 1
 
 
+def refuse_tiled_flips(flips: Any) -> None:
+    """Raise ``ValueError`` for ``flips`` > 1 asked of a tiled image (its tiles are
+    decoded on one orientation); None (the predictor's default) passes."""
+    if flips is not None and check_flips(flips) > 1:
+        raise ValueError(
+            "flips apply to untiled images: a tiled image is decoded on one orientation "
+            "(pass flips=1 or leave it out)."
+        )
+
+
 class FlipSetting:
     """The flips of a predictor (a base of
     :class:`~napari_samscope.core.predict.predictor.Predictor`, before ``ScaleSetting``):
@@ -116,6 +127,10 @@ class FlipSetting:
     @flips.setter
     def flips(self, value: Any) -> None:
         self._flips = check_flips(value)
+
+    def _resolve_flips(self, flips: Any) -> int:
+        """``flips`` checked, or :attr:`flips` for None."""
+        return self._flips if flips is None else check_flips(flips)
 
     @property
     def embedding_key(self) -> str:

@@ -30,7 +30,7 @@ from napari_samscope.core.predict.embedding import (
     model_key,
 )
 from napari_samscope.core.predict.fast_decode import DecoderRunner
-from napari_samscope.core.predict.flips import FlipSetting, check_flips, decode_flipped
+from napari_samscope.core.predict.flips import FlipSetting, decode_flipped, refuse_tiled_flips
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
 from napari_samscope.core.predict.object_decode import decode_objects
@@ -176,13 +176,10 @@ class Predictor(FlipSetting, ScaleSetting):
 
     @property
     def mask_upsampler(self) -> MaskUpsampler:
-        """Low-resolution logits -> original size, for the current image."""
+        """Low-resolution logits -> original size, for the current image (made with it)."""
         with self.lock:
-            emb = self._require_image()
-            if self._upsampler is None:
-                self._upsampler = MaskUpsampler(
-                    emb.original_size, emb.input_size, self.img_size, self.lowres_size
-                )
+            self._require_image()
+            assert self._upsampler is not None
             return self._upsampler
 
     # ------------------------------------------------------------------ images
@@ -226,11 +223,7 @@ class Predictor(FlipSetting, ScaleSetting):
         first prompt is as fast as the next.
         """
         if tile_shape is not None or halo is not None or embeddings is not None:
-            if flips is not None and check_flips(flips) > 1:
-                raise ValueError(
-                    "flips apply to untiled images: a tiled image is decoded on one "
-                    "orientation (pass flips=1 or leave it out)."
-                )
+            refuse_tiled_flips(flips)
             if channel_axis is not None or channels is not None:
                 raise ValueError(
                     "A tiled image is 2D or RGB with channels last; select the channels first."
@@ -346,7 +339,7 @@ class Predictor(FlipSetting, ScaleSetting):
             raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
         norm_kwargs.setdefault("allow_constant", True)
         scale = self._scale if scale is None else check_scale(scale)
-        flips = self._flips if flips is None else check_flips(flips)
+        flips = self._resolve_flips(flips)
         rgbs = [
             to_rgb_uint8(load_image(im) if isinstance(im, (str, Path)) else im, **norm_kwargs)
             for im in images

@@ -302,16 +302,13 @@ class TiledPredictor:
     def _encode(self, windows: list[Window]) -> list[Any]:
         rgbs = [self.read_rgb(w) for w in windows]
         self.encoded_tiles += len(rgbs)
-        # tiles are decoded on one orientation (core.predict.flips)
-        plain = {"flips": 1} if getattr(self.predictor, "flips", 1) != 1 else {}
+        plain = {"flips": 1} if getattr(self.predictor, "flips", 1) != 1 else {}  # one orientation
         if all(self._fits(rgb.shape[:2]) for rgb in rgbs):
             return self.predictor.encode(rgbs, batch_size=max(1, len(rgbs)), **plain)
         # a window fitted around a large box may not fit at the scale: it is resized into
         # the model input (the one case where pixels are shrunk, see the module docstring)
-        return [
-            self.predictor.encode([rgb], **plain, **({} if self._fits(rgb.shape[:2]) else {"scale": "fill"}))[0]
-            for rgb in rgbs
-        ]
+        return [self.predictor.encode([rgb], **plain, **({} if self._fits(rgb.shape[:2]) else
+                                                         {"scale": "fill"}))[0] for rgb in rgbs]
 
     def _fits(self, shape: tuple[int, ...]) -> bool:
         """Whether a window of ``shape`` fits the model input at the predictor's scale."""
