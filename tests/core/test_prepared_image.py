@@ -246,3 +246,34 @@ def test_same_tensors_are_recognised_without_reading_their_values(monkeypatch, m
     monkeypatch.setattr(image_memo.torch, "equal", no_value_reads)
     _decode(runner, embedding, prompts)  # the no-mask embedding is a new view each time
     assert _memo_value(runner) is prepared
+
+
+def test_prepare_skips_the_prepared_image_where_decoding_runs_under_autocast(model):
+    """Under bf16 autocast the decoder never reads a prepared image, so set_image does
+    not make one; in float32 it is made once per orientation and kept (up to 4)."""
+    features = [torch.randn(1, 32, 4, 4) for _ in range(5)]
+    low = DecoderRunner(model, torch.device("cpu"), dtype=torch.bfloat16)
+    assert low.prepare(features[0]) is None and low.prepared_image is None
+    full = _runner(model)
+    made = [full.prepare(f) for f in features[:4]]
+    assert all(m is not None for m in made)
+    assert [full.prepare(f) for f in features[:4]] == made  # all four kept: nothing recomputed
+    full.prepare(features[4])  # a fifth drops the least recently used
+    assert full.prepare(features[0]) is not made[0]
+
+
+def test_the_memo_keeps_up_to_its_capacity():
+    memo = ImageMemo(capacity=2)
+    a, b, c = torch.zeros(3), torch.ones(3), torch.full((3,), 2.0)
+    calls = []
+
+    def compute(x):
+        return lambda: calls.append(x) or len(calls)
+
+    assert memo.get((a,), [], compute("a")) == 1 and memo.get((b,), [], compute("b")) == 2
+    assert memo.get((a,), [], compute("a")) == 1  # kept
+    memo.get((c,), [], compute("c"))  # drops b, the least recently used
+    assert memo.get((b,), [], compute("b")) == 4 and calls == ["a", "b", "c", "b"]
+    assert memo.value == 4
+    with pytest.raises(ValueError, match="capacity must be at least 1"):
+        ImageMemo(capacity=0)
