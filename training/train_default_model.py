@@ -129,6 +129,13 @@ def annotate_style(rng: np.random.Generator) -> SyntheticStyle:
     return replace(style, boundary="half_contrast")
 
 
+def with_figures(style: SyntheticStyle, rng: np.random.Generator) -> SyntheticStyle:
+    """``style`` with up to 8% of its nuclei drawn as mitotic and up to 8% as apoptotic
+    figures (``core/synthetic/figures.py``)."""
+    return replace(style, mitotic_fraction=float(rng.uniform(0.0, 0.08)),
+                   apoptotic_fraction=float(rng.uniform(0.0, 0.08)))
+
+
 def refine_style(rng: np.random.Generator) -> SyntheticStyle:
     """The ``refine`` phase's mix: 40% :func:`annotate_style` (in 60% of those images up
     to 8% mitotic and up to 8% apoptotic figures), 35% ``plain_nuclei_style``, 25%
@@ -136,10 +143,7 @@ def refine_style(rng: np.random.Generator) -> SyntheticStyle:
     draw = rng.random()
     if draw < 0.4:
         style = annotate_style(rng)
-        if rng.random() < 0.6:
-            style = replace(style, mitotic_fraction=float(rng.uniform(0.0, 0.08)),
-                            apoptotic_fraction=float(rng.uniform(0.0, 0.08)))
-        return style
+        return with_figures(style, rng) if rng.random() < 0.6 else style
     if draw < 0.75:
         return plain_nuclei_style(rng)
     return low_snr_style(rng)
@@ -159,8 +163,7 @@ def realistic_mix_style(rng: np.random.Generator) -> SyntheticStyle:
             lo = float(rng.uniform(2.5, 4.5))
             style = replace(style, radius_range=(lo, lo * float(rng.uniform(1.5, 2.5))))
         elif kind < 0.4:
-            style = replace(style, mitotic_fraction=float(rng.uniform(0.0, 0.08)),
-                            apoptotic_fraction=float(rng.uniform(0.0, 0.08)))
+            style = with_figures(style, rng)
         return style
     if draw < 0.85:
         return plain_nuclei_style(rng)
