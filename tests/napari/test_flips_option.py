@@ -3,6 +3,7 @@ viewer through the session, reaching every predictor and the embeddings it makes
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 from segmenting_model import SegmentingPredictor, disk_image
 from widget_helpers import add_points, wait_idle
 
@@ -18,8 +19,12 @@ def test_the_flips_box_is_on_the_model_line_and_shared_by_the_docks(viewer, main
     assert session.flips is None and box.currentText() == "flips auto"
     assert session.predictor.flips == 1  # the test double declares none: the plain computation
 
-    box.setCurrentIndex(3)
-    box.activated.emit(3)
+    text_width = box.fontMetrics().horizontalAdvance("flips auto")
+    assert box.width() >= text_width + 26  # the whole text beside napari's drop-down arrow
+    box.setFocus()
+    for _ in range(3):  # the keys a user presses on the closed box: auto -> 1 -> 2 -> 4
+        qtbot.keyClick(box, Qt.Key.Key_Down)
+    assert box.currentText() == "flips 4"
     assert session.flips == 4 and session.sam.flips == 4 and session.predictor.flips == 4
     assert session.new_predictor().flips == 4
     assert other.flips_box.currentText() == "flips 4"  # every dock shows the session's choice

@@ -156,6 +156,10 @@ class ModelPanel(QWidget):
         )
         #: Flip averaging (core.predict.flips): None = the model's own choice.
         self.flips_box = QComboBox()
+        # room for the longest text, napari's 26 px drop-down arrow and padding (Qt's size
+        # hint leaves them out)
+        text_width = self.flips_box.fontMetrics().horizontalAdvance("flips auto")
+        self.flips_box.setMinimumWidth(text_width + 60)
         for flips in (None, 1, 2, 4):
             self.flips_box.addItem(f"flips {'auto' if flips is None else flips}", flips)
         self.flips_box.setToolTip(
