@@ -8,6 +8,7 @@ decoder-based modes (AIS, APG) as a mixin, so that ``SAM`` only inherits it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Generator, Sequence
 from enum import Enum
@@ -170,8 +171,8 @@ class InstanceSegmentationMixin:
     ) -> Predictor:
         """A new predictor of this model with ``image`` (array, file or embedding) set."""
         predictor = self.predictor()
-        if isinstance(image, ImageEmbedding):
-            predictor.set_embedding(image)
+        if isinstance(image, ImageEmbedding):  # APG decodes on the plain orientation only,
+            predictor.set_embedding(dataclasses.replace(image, flipped=()))  # as for an image
         else:
             predictor.set_image(
                 load_image(image) if isinstance(image, (str, Path)) else image,
