@@ -173,6 +173,9 @@ def test_defaults_come_from_the_wrapper_then_the_registry_entry(random_state_sam
     model.flips = 4
     assert Predictor(model).flips == 4 and Predictor(model, flips=1).flips == 1
     assert Predictor(random_state_sam).flips == 1  # a bare module: the plain computation
+    # a bare module with its registry entry, as as_predictor builds it from a model name
+    assert Predictor(random_state_sam, spec=spec).flips == 2
+    assert Predictor(random_state_sam, spec=get_spec("vit_b")).flips == 1
     with pytest.raises(ValueError, match="flips must be 1, 2 or 4"):
         model.flips = 3
     with pytest.raises(TypeError, match="flips must be 1, 2 or 4"):

@@ -88,10 +88,10 @@ def flip_boxes(boxes: torch.Tensor, flip: tuple[bool, bool], side: int) -> torch
     return out
 
 
-def declared_flips(model: Any) -> int:
+def declared_flips(model: Any, spec: Any = None) -> int:
     """The flips a model object asks for: its own ``flips`` attribute (a ``SAM``, when
-    set), else its registry entry's (``spec.flips``), else 1."""
-    for source in (model, getattr(model, "spec", None)):
+    set), else its registry entry's (``spec.flips``, or the given ``spec``'s), else 1."""
+    for source in (model, getattr(model, "spec", None), spec):
         value = getattr(source, "flips", None)
         if value is not None:
             return check_flips(value)
@@ -115,8 +115,8 @@ class FlipSetting:
 
     _flips: int
 
-    def _init_flips(self, model: Any, flips: Any) -> None:
-        self._flips = declared_flips(model) if flips is None else check_flips(flips)
+    def _init_flips(self, model: Any, flips: Any, spec: Any = None) -> None:
+        self._flips = declared_flips(model, spec) if flips is None else check_flips(flips)
 
     @property
     def flips(self) -> int:

@@ -102,7 +102,7 @@ class Predictor(FlipSetting, ScaleSetting):
         #: parameters), else None
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._init_scale(model, input_scale, scale)
-        self._init_flips(model, flips)
+        self._init_flips(model, flips, self.spec)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
