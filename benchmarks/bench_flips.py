@@ -5,8 +5,9 @@
 For each number of flips and each precision (float32, bf16 autocast): the median
 ``set_image`` time of a 512x512 uint16 synthetic nuclei image (the orientations are
 encoded in one encoder batch) and the median time of one point prompt and of a batch of
-32 box prompts (every prompt is decoded once per orientation). The issue's target for
-``set_image`` of 512x512 is 0.3 s. Quality is measured by ``samscope evaluate --flips``
+32 box prompts (every prompt is decoded once per orientation); the point is timed with
+and without ``refine_points`` (its second decoder pass, ``core/predict/point_refine.py``).
+The issue's target for ``set_image`` of 512x512 is 0.3 s. Quality is measured by ``samscope evaluate --flips``
 (figures in training/README.md).
 """
 
@@ -43,18 +44,22 @@ def main() -> None:
     point = [float(cols.mean()), float(rows.mean())]
     say(f"512x512 uint16, {len(np.unique(labels)) - 1} nuclei, {args.threads} threads, "
         f"median of {args.repeats}")
-    print("| precision | flips | set_image (s) | one point (ms) | 32 boxes (ms) | set_image target |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| precision | flips | set_image (s) | one point (ms) | one point, refined (ms) "
+          "| 32 boxes (ms) | set_image target |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for dtype in ("float32", "bfloat16"):
         model = SAM(dtype=dtype)
         for flips in (1, 2, 4):
             predictor = Predictor(model, flips=flips)
             encode = measure(lambda p=predictor: p.set_image(image), args.repeats)
+            predictor.refine_points = False
             one = measure(lambda p=predictor: p.predict(points=point), args.repeats * 3)
+            predictor.refine_points = True
+            refined = measure(lambda p=predictor: p.predict(points=point), args.repeats * 3)
             many = measure(lambda p=predictor: p.predict(bboxes=boxes), args.repeats)
             met = "met" if encode.median <= SET_IMAGE_TARGET else "NOT met"
             print(f"| {dtype} | {flips} | {encode.median:.3f} | {one.median * 1e3:.1f} | "
-                  f"{many.median * 1e3:.1f} | {met} |", flush=True)
+                  f"{refined.median * 1e3:.1f} | {many.median * 1e3:.1f} | {met} |", flush=True)
 
 
 if __name__ == "__main__":

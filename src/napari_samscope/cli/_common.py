@@ -111,6 +111,17 @@ def add_flips(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_refine_points(parser: argparse.ArgumentParser) -> None:
+    """``--refine-points/--no-refine-points`` (``Predictor``'s ``refine_points``)."""
+    parser.add_argument(
+        "--refine-points", dest="refine_points", action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode a point prompt a second time with the box of its first mask (one more "
+             "decoder pass, tighter outlines); default: the model's choice (on for the "
+             "default model, off for official SAM and micro-sam models)",
+    )
+
+
 def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     parts = [p for p in re.split(r"[,\s]+", text.strip().strip("[]()")) if p]
     try:
@@ -253,13 +264,16 @@ def load_model(name: str | None, device: str = "", dtype: str = "default") -> An
         return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
 
 
-def with_scale(model: Any, scale: Any, flips: Any = None) -> Any:
-    """``model`` with ``--scale`` as its ``SAM.scale`` and ``--flips`` as its ``SAM.flips``,
-    the defaults of every predictor made from it (None: the model's own)."""
+def with_scale(model: Any, scale: Any, flips: Any = None, refine_points: Any = None) -> Any:
+    """``model`` with ``--scale``, ``--flips`` and ``--refine-points`` as its ``SAM.scale``,
+    ``SAM.flips`` and ``SAM.refine_points``, the defaults of every predictor made from it
+    (None: the model's own)."""
     if scale is not None:
         model.scale = scale
     if flips is not None:
         model.flips = flips
+    if refine_points is not None:
+        model.refine_points = refine_points
     return model
 
 

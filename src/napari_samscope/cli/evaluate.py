@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from napari_samscope.cli._common import UsageError, add_debug, add_device, add_flips, add_scale
+from napari_samscope.cli._common import (
+    UsageError,
+    add_debug,
+    add_device,
+    add_flips,
+    add_refine_points,
+    add_scale,
+)
 
 DESCRIPTION = """\
 Prompt every labelled object once with a single positive point at a random interior
@@ -58,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_scale(parser)
     add_flips(parser)
+    add_refine_points(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -94,15 +102,18 @@ def run(args: argparse.Namespace) -> int:
     model = SAM(args.model, device=args.device or "auto", dtype=args.dtype, progress="tqdm")
     model.scale = args.scale
     model.flips = args.flips
+    model.refine_points = args.refine_points
     result = evaluate(
         model, images, labels, seed=args.seed, min_area=args.min_area,
         n_images=len(images), progress="tqdm",
     )
     precision = "float32" if model.dtype is None else str(model.dtype).replace("torch.", "")
     from napari_samscope.core.predict.flips import declared_flips
+    from napari_samscope.core.predict.point_refine import declared_refine_points
 
     figures = {"model": str(args.model or "default"), "dtype": precision,
-               "flips": declared_flips(model), **result.as_dict()}
+               "flips": declared_flips(model), "refine_points": declared_refine_points(model),
+               **result.as_dict()}
     pairs = None
     if args.touching_pairs:
         from napari_samscope.core.training.touching_pairs import evaluate_touching_pairs
@@ -123,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(figures))
     else:
         print(
-            f"{figures['model']} ({precision}, flips {figures['flips']}): point IoU {result.point_iou:.4f} "
+            f"{figures['model']} ({precision}, flips {figures['flips']}, refined points "
+            f"{'on' if figures['refine_points'] else 'off'}): point IoU {result.point_iou:.4f} "
             f"(best of 3: {result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} "
             f"over {result.objects} objects in {result.images} images; "
             f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f}"

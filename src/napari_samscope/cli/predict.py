@@ -18,6 +18,7 @@ from napari_samscope.cli._common import (
     add_device,
     add_flips,
     add_model,
+    add_refine_points,
     add_scale,
     image_planes,
     load_model,
@@ -69,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_scale(parser)
     add_flips(parser)
+    add_refine_points(parser)
     add_debug(parser)
     accept_negative_values(parser)
     parser.set_defaults(func=run)
@@ -112,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
-    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale, args.flips)
+    model = with_scale(load_model(args.model, args.device, args.dtype), args.scale, args.flips,
+                       args.refine_points)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}

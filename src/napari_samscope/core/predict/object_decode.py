@@ -15,6 +15,11 @@ from typing import Any
 import torch
 
 from napari_samscope.core.predict.embedding import ImageEmbedding
+from napari_samscope.core.predict.point_refine import (
+    refined_prompts,
+    refinement_boxes,
+    wants_refinement,
+)
 from napari_samscope.core.predict.prompts import Prompts
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import apply_boxes, apply_coords
@@ -30,9 +35,34 @@ def decode_objects(
     predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
 ) -> Prediction:
     """Decode ``prompts`` on ``emb`` (the current image) with ``predictor`` (its ``decode``,
-    which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler`` and
-    ``model.mask_threshold``). One object: its candidates; several: the best-scored
-    candidate each when ``multimask_output``."""
+    which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler``,
+    ``refine_points`` and ``model.mask_threshold``). One object: its candidates; several:
+    the best-scored candidate each when ``multimask_output``. Point-only prompts get a
+    second pass with their first mask's box when the predictor refines points
+    (:mod:`~napari_samscope.core.predict.point_refine`)."""
+    low, iou = _decode(predictor, emb, prompts, multimask_output)
+    result = Prediction.from_logits(
+        low, iou, predictor.mask_upsampler, predictor.model.mask_threshold
+    )
+    refine = getattr(predictor, "refine_points", False)
+    if not (refine and wants_refinement(prompts, multimask_output)):
+        return result
+    boxes, ok = refinement_boxes(result.boxes(), emb.original_size, emb.input_size)
+    if not ok.any():
+        return result
+    low2, iou2 = _decode(predictor, emb, refined_prompts(prompts, boxes, ok), False)
+    keep = torch.as_tensor(ok, device=low.device)
+    low[keep], iou[keep] = low2, iou2
+    return Prediction.from_logits(
+        low, iou, predictor.mask_upsampler, predictor.model.mask_threshold
+    )
+
+
+def _decode(
+    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N*K, L, L)`` low-resolution logits and ``(N*K,)`` predicted IoU of ``prompts``
+    (``K`` candidates of one object, else 1 per object)."""
     device = predictor.device
 
     def tensor(array: Any) -> torch.Tensor:
@@ -59,7 +89,4 @@ def decode_objects(
             low = low_part.new_empty((prompts.count, *low_part.shape[1:]))
             iou = iou_part.new_empty((prompts.count, *iou_part.shape[1:]))
         low[rows], iou[rows] = low_part, iou_part
-    low = low.reshape(-1, *low.shape[-2:])  # N objects x K candidates -> (N*K, L, L)
-    return Prediction.from_logits(
-        low, iou.reshape(-1), predictor.mask_upsampler, predictor.model.mask_threshold
-    )
+    return low.reshape(-1, *low.shape[-2:]), iou.reshape(-1)  # N x K -> N*K

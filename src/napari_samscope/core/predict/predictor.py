@@ -34,6 +34,7 @@ from napari_samscope.core.predict.flips import FlipSetting, decode_flipped, refu
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
 from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
 from napari_samscope.core.predict.object_decode import decode_objects
+from napari_samscope.core.predict.point_refine import RefineSetting
 from napari_samscope.core.predict.prompts import check_flag, parse_prompts
 from napari_samscope.core.predict.resolution import warn_unresolvable
 from napari_samscope.core.predict.results import Prediction
@@ -41,7 +42,7 @@ from napari_samscope.core.predict.transforms import MaskUpsampler
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
-class Predictor(FlipSetting, ScaleSetting):
+class Predictor(RefineSetting, FlipSetting, ScaleSetting):
     """Prompted segmentation of one image at a time with a SAM-family model.
 
     Args:
@@ -63,6 +64,9 @@ class Predictor(FlipSetting, ScaleSetting):
             (:mod:`~napari_samscope.core.predict.flips`): the default of :meth:`set_image`
             and :meth:`encode`, settable as :attr:`flips`. Default: the wrapper's ``flips``,
             else the ``spec``'s (2 for the default model), else 1.
+        refine_points: decode point-only prompts again with their first mask's box
+            (:mod:`~napari_samscope.core.predict.point_refine`), settable. Default: the
+            wrapper's, else the ``spec``'s (True for the default model), else False.
 
     Threads: a predictor serialises its calls. Every method that reads or changes the
     current image (``set_image``, ``set_embedding``, ``reset_image``, ``encode``,
@@ -75,7 +79,7 @@ class Predictor(FlipSetting, ScaleSetting):
 
     def __init__(
         self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None,
-        scale: Any = None, input_scale: Any = None, flips: Any = None,
+        scale: Any = None, input_scale: Any = None, flips: Any = None, refine_points: Any = None,
     ) -> None:
         if isinstance(model, Sam):
             sam, default_device, default_dtype = model, model.device, None
@@ -103,6 +107,7 @@ class Predictor(FlipSetting, ScaleSetting):
         self.spec = spec if spec is not None else getattr(model, "spec", None)
         self._init_scale(model, input_scale, scale)
         self._init_flips(model, flips, self.spec)
+        self._init_refine(model, refine_points, self.spec)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
@@ -297,7 +302,7 @@ class Predictor(FlipSetting, ScaleSetting):
         buffers back, so the user's first prompt is as fast as the next."""
         emb = self._require_image()
         height, width = emb.input_size
-        coords = self._tensor(np.array([[[width / 2, height / 2]]]))
+        coords = torch.tensor([[[width / 2, height / 2]]], device=self.device)
         labels = torch.ones((1, 1), dtype=torch.int, device=self.device)
         low, _ = self._runner.decode(emb.features, coords, labels, None, None, True)
         self.mask_upsampler.masks(low[0], threshold=self.model.mask_threshold)
@@ -443,6 +448,3 @@ class Predictor(FlipSetting, ScaleSetting):
         if self._embedding is None:
             raise ValueError("No image is set: call set_image(image) (or set_embedding) first.")
         return self._embedding
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=torch.float32, device=self.device)

@@ -73,6 +73,10 @@ class SAM(InstanceSegmentationMixin):
         flips: the orientations its predictors average for every prompt (1, 2 or 4, or
             None for the registry entry's choice: 2 for the default model, else 1;
             :mod:`~napari_samscope.core.predict.flips`); settable.
+        refine_points: whether its predictors decode point-only prompts again with the
+            box of their first mask (True, False, or None for the registry entry's choice:
+            True for the default model, else False;
+            :mod:`~napari_samscope.core.predict.point_refine`); settable.
         instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
             has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
             come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
@@ -144,6 +148,7 @@ class SAM(InstanceSegmentationMixin):
         self.input_scale = getattr(spec, "input_scale", None)
         self._scale: str | float | None = None
         self._flips: int | None = None
+        self._refine_points: bool | None = None
 
     @property
     def scale(self) -> str | float | None:
@@ -166,6 +171,17 @@ class SAM(InstanceSegmentationMixin):
         from napari_samscope.core.predict.flips import check_flips
 
         self._flips = None if value is None else check_flips(value)
+
+    @property
+    def refine_points(self) -> bool | None:
+        """The default ``refine_points`` of this model's predictors (class docstring)."""
+        return self._refine_points
+
+    @refine_points.setter
+    def refine_points(self, value: Any) -> None:
+        from napari_samscope.core.predict.point_refine import check_refine_points
+
+        self._refine_points = None if value is None else check_refine_points(value)
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")

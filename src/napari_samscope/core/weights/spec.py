@@ -127,6 +127,9 @@ class ModelSpec:
         flips: how many orientations its predictors average for every prompt by default
             (1, 2 or 4; :mod:`~napari_samscope.core.predict.flips`). 1 (official and
             micro-sam models) is the plain computation.
+        refine_points: whether its predictors decode point-only prompts a second time with
+            the box of their first mask (:mod:`~napari_samscope.core.predict.point_refine`).
+            False (official and micro-sam models) is the official computation.
     """
 
     name: str
@@ -146,6 +149,7 @@ class ModelSpec:
     input_scale: InputScale | None = None
     decoder: str | None = None
     flips: int = 1
+    refine_points: bool = False
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults

@@ -1,0 +1,163 @@
+"""Point refinement (``refine_points``): the second pass is exactly "the same points plus
+the grown box of the first mask", it applies only where it should, and the settings and
+refusals around it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_samscope.core.predict.point_refine import (
+    REFINE_MARGIN,
+    check_refine_points,
+    refinement_boxes,
+)
+from napari_samscope.core.predict.predictor import Predictor
+from napari_samscope.core.weights.registry import lookup
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(11).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+def _two_pass_by_hand(sam, image, points, labels, masks=None):
+    """The refinement computed outside: a predictor that never refines decodes the points,
+    the box of each first mask is grown by the margin (model-input pixels converted to
+    image pixels here, per axis) and the points are decoded again with it."""
+    plain = Predictor(sam, refine_points=False)
+    plain.set_image(image, scale="fill")
+    expected = []
+    for i in range(len(points)):
+        kwargs = {} if masks is None else {"masks": masks[i]}
+        first = plain.predict(points=points[i], labels=labels[i], **kwargs)
+        rows, cols = np.nonzero(first.masks[0])
+        if len(rows) == 0 or rows.min() == rows.max() or cols.min() == cols.max():
+            expected.append((first.logits[0], first.scores[0]))
+            continue
+        height, width = image.shape[:2]
+        in_h, in_w = plain.input_size
+        mx, my = REFINE_MARGIN * width / in_w, REFINE_MARGIN * height / in_h
+        box = [max(cols.min() - mx, 0), max(rows.min() - my, 0),
+               min(cols.max() + mx, width - 1), min(rows.max() + my, height - 1)]
+        second = plain.predict(points=points[i], labels=labels[i], bboxes=box, **kwargs)
+        expected.append((second.logits[0], second.scores[0]))
+    return expected
+
+
+def test_refined_prediction_is_the_second_pass_by_hand(random_state_sam, image):
+    """Five objects of one or two clicks (one negative), decoded together: each equals
+    its own two passes by hand (or its first pass where the first mask is no box)."""
+    points = np.array([[[5, 6], [30, 20]], [[40, 30], [41, 31]], [[60, 44], [2, 2]],
+                       [[10, 40], [50, 5]], [[33, 12], [20, 20]]], dtype=float)
+    labels = np.array([[1, 0], [1, 1], [1, 0], [1, 1], [1, 0]])
+    refining = Predictor(random_state_sam, refine_points=True)
+    refining.set_image(image, scale="fill")
+    got = refining.predict(points=points, labels=labels)
+    expected = _two_pass_by_hand(random_state_sam, image, points, labels)
+    once = Predictor(random_state_sam, refine_points=False)
+    once.set_image(image, scale="fill")
+    first = once.predict(points=points, labels=labels)
+    changed = 0
+    for i, (logits, score) in enumerate(expected):
+        np.testing.assert_allclose(got.logits[i], logits, atol=2e-5)
+        np.testing.assert_allclose(got.scores[i], score, atol=2e-5)
+        changed += not np.allclose(got.logits[i], first.logits[i], atol=1e-4)
+    assert changed > 0  # the second pass did change something
+    assert got.masks.shape == (5, 48, 64)
+
+
+def test_a_mask_prompt_stays_in_the_second_pass(random_state_sam, image):
+    refining = Predictor(random_state_sam, refine_points=True)
+    refining.set_image(image, scale="fill")
+    previous = refining.predict(points=[[20, 20]]).logits  # (1, L, L)
+    got = refining.predict(points=[[20, 20], [25, 22]], labels=[1, 1], masks=previous[0])
+    expected = _two_pass_by_hand(
+        random_state_sam, image, np.array([[[20, 20], [25, 22]]], float),
+        np.array([[1, 1]]), masks=previous,
+    )
+    np.testing.assert_allclose(got.logits[0], expected[0][0], atol=2e-5)
+
+
+@pytest.mark.parametrize("call", [
+    {"bboxes": [4, 4, 40, 30]},
+    {"points": [[20, 20]], "bboxes": [4, 4, 40, 30]},
+    {"points": [[20, 20]], "multimask_output": True},
+    {"points": [[[20, 20]], [[30, 30]]], "multimask_output": True},
+])
+def test_boxes_and_multimask_are_decoded_once(random_state_sam, image, call):
+    results = []
+    for refine in (True, False):
+        predictor = Predictor(random_state_sam, refine_points=refine)
+        predictor.set_image(image, scale="fill")
+        results.append(predictor.predict(**call))
+    np.testing.assert_array_equal(results[0].logits, results[1].logits)
+    np.testing.assert_array_equal(results[0].scores, results[1].scores)
+
+
+def test_an_empty_first_mask_keeps_its_first_result(random_state_sam, image):
+    random_state_sam.mask_threshold = 1e9  # every mask empty: no box to refine with
+    results = []
+    for refine in (True, False):
+        predictor = Predictor(random_state_sam, refine_points=refine)
+        predictor.set_image(image, scale="fill")
+        results.append(predictor.predict(points=[[[20, 20]], [[30, 30]]]))
+    assert not results[0].masks.any()
+    np.testing.assert_array_equal(results[0].logits, results[1].logits)
+
+
+def test_refinement_boxes_grow_clip_and_drop_non_boxes():
+    boxes = np.array([
+        [10, 20, 30, 40],  # a box: grown by 4 input px = 2 image px at 2x
+        [0, 0, 5, 5],  # clipped at the top-left corner
+        [90, 50, 99, 59],  # clipped at the bottom-right corner
+        [np.nan] * 4,  # an empty mask
+        [7, 3, 7, 9],  # one column thick
+        [7, 3, 12, 3],  # one row thick
+    ])
+    out, ok = refinement_boxes(boxes, (60, 100), (120, 200))
+    assert ok.tolist() == [True, True, True, False, False, False]
+    np.testing.assert_array_equal(out[0], [8, 18, 32, 42])
+    np.testing.assert_array_equal(out[1], [0, 0, 7, 7])
+    np.testing.assert_array_equal(out[2], [88, 48, 99, 59])
+    assert not out[~ok].any()
+    # the margin is in model-input pixels: an axis shown at 1x grows by 4 image pixels
+    out, _ = refinement_boxes(boxes[:1], (60, 100), (60, 200))
+    np.testing.assert_array_equal(out[0], [8, 16, 32, 44])
+
+
+@pytest.mark.parametrize("good", [True, False, np.bool_(True)])
+def test_check_refine_points_takes_bools(good):
+    assert check_refine_points(good) is bool(good)
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None, 1.0])
+def test_check_refine_points_refuses_anything_else(bad):
+    with pytest.raises(TypeError, match="refine_points must be True or False"):
+        check_refine_points(bad)
+
+
+def test_defaults_come_from_the_wrapper_then_the_registry_entry(random_state_sam):
+    from napari_samscope import SAM
+
+    spec = lookup("samscope_nuclei")
+    assert spec.refine_points is True
+    assert lookup("vit_b").refine_points is False and lookup("vit_b_lm").refine_points is False
+    assert Predictor(random_state_sam).refine_points is False  # bare module: official
+    assert Predictor(random_state_sam, spec=spec).refine_points is True  # as_predictor(name)
+    model = SAM.from_sam(random_state_sam, "tiny", spec=replace(spec, input_scale=None))
+    assert model.refine_points is None and Predictor(model).refine_points is True
+    model.refine_points = False
+    assert Predictor(model).refine_points is False
+    assert Predictor(model, refine_points=True).refine_points is True
+    predictor = Predictor(model)
+    predictor.refine_points = True
+    assert predictor.refine_points is True
+    with pytest.raises(TypeError, match="refine_points must be True or False"):
+        model.refine_points = "on"
+    with pytest.raises(TypeError, match="refine_points must be True or False"):
+        predictor.refine_points = 1
+    with pytest.raises(TypeError, match="refine_points must be True or False"):
+        Predictor(random_state_sam, refine_points="off")
