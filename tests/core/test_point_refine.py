@@ -161,3 +161,18 @@ def test_defaults_come_from_the_wrapper_then_the_registry_entry(random_state_sam
         predictor.refine_points = 1
     with pytest.raises(TypeError, match="refine_points must be True or False"):
         Predictor(random_state_sam, refine_points="off")
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_a_tiled_image_is_refined_as_its_predictor_says(random_state_sam, refine):
+    """The tiles' own predictor takes the given predictor's setting, not the default."""
+    image = np.random.default_rng(3).integers(0, 255, (100, 130), dtype=np.uint8)
+    predictor = Predictor(random_state_sam, refine_points=refine)
+    predictor.set_image(image, tile_shape=48, halo=8)
+    assert predictor.tiled.predictor.refine_points is refine
+    tiled = predictor.predict(points=[[70, 40]])
+    tile = Predictor(random_state_sam, refine_points=not refine)
+    tile.set_image(image, tile_shape=48, halo=8)
+    other = tile.predict(points=[[70, 40]])
+    assert tiled.masks.shape == other.masks.shape == (1, 100, 130)
+    assert not np.array_equal(tiled.logits, other.logits)

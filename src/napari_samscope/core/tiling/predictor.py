@@ -106,6 +106,8 @@ class TiledPredictor:
         if hasattr(sibling, "scale"):
             sibling.input_scale = getattr(predictor, "input_scale", None)
             sibling.scale = scale if scale is not None else getattr(predictor, "scale", "fill")
+        if hasattr(sibling, "refine_points"):  # the given predictor's, not the model's default
+            sibling.refine_points = getattr(predictor, "refine_points", False)
         return cls(sibling, **kwargs)
 
     # ------------------------------------------------------------------ image
