@@ -164,3 +164,35 @@ def test_long_jobs_run_at_the_gui_threads_priority(qtbot):
     runner.start(job, results.append)
     qtbot.waitUntil(lambda: not runner.busy, timeout=5_000)
     assert results == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]
+
+
+def test_interpreter_exit_stops_a_running_preview_thread_and_waits_for_it(qtbot):
+    """napari closed during a preview: the exit hook stops the job at its next step and
+    joins the thread, so Python never finalises with a daemon thread inside torch (that
+    aborted the process with "terminate called without an active exception")."""
+    import time
+
+    from napari_samscope._widgets import workers
+
+    started, steps = threading.Event(), []
+
+    def endless():
+        started.set()
+        while True:
+            steps.append(1)
+            time.sleep(0.01)  # stands for one step of torch work
+            yield Progress("working", len(steps), 0)
+
+    runner = PreviewRunner()
+    runner.start(endless, lambda _: None)
+    assert started.wait(5)
+    thread = runner._thread
+    assert runner in workers._LIVE_RUNNERS and thread.is_alive()
+    workers._stop_at_exit()
+    assert not thread.is_alive()
+    done = len(steps)
+    time.sleep(0.05)
+    assert len(steps) == done  # the job ran no further step
+    with pytest.raises(RuntimeError, match="shut down"):
+        runner.start(endless, lambda _: None)
+    assert runner.stop_thread(0.1)  # a second stop is harmless

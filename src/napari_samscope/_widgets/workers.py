@@ -20,7 +20,9 @@ running one ends, without a round trip through the GUI thread.
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from contextlib import suppress
 from typing import Any
@@ -228,6 +230,21 @@ class JobRunner:
             self._on_busy(False)
 
 
+#: Preview runners whose thread may still run at interpreter exit (see _stop_at_exit).
+_LIVE_RUNNERS: weakref.WeakSet[PreviewRunner] = weakref.WeakSet()
+#: Seconds the interpreter waits at exit for a preview job to reach its next step.
+EXIT_JOIN_SECONDS = 30.0
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop every preview thread and wait for its current step before Python finalises: a
+    daemon thread still inside torch then would abort the process ("terminate called
+    without an active exception") when napari is closed during a preview."""
+    for runner in list(_LIVE_RUNNERS):
+        runner.stop_thread(EXIT_JOIN_SECONDS)
+
+
 class PreviewRunner:
     """Runs short jobs (the live preview) one at a time in one long-lived thread.
 
@@ -290,6 +307,7 @@ class PreviewRunner:
                 self._thread = threading.Thread(target=self._loop, name="samscope-preview",
                                                 daemon=True)
                 self._thread.start()
+                _LIVE_RUNNERS.add(self)
             self._cond.notify()
         self._set_busy(True)
         return self.generation
@@ -309,6 +327,20 @@ class PreviewRunner:
         self._closed = True
         with self._cond:
             self._cond.notify()
+
+    def stop_thread(self, timeout: float) -> bool:
+        """Stop the worker thread without touching Qt (interpreter exit): drop the queued
+        request, stop the running job at its next yield and wait up to ``timeout``
+        seconds for the thread to end. Returns whether it has ended."""
+        self._closed = True
+        with self._cond:
+            self._request = None
+            self._cond.notify()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def wait(self, timeout_ms: int = 10_000) -> bool:
         """Block until the runner is idle (tests, shutdown); True if idle."""
