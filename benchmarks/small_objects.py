@@ -4,7 +4,7 @@ A 4096x4096 synthetic image with 2,000 nuclei of radius 3-5 pixels (``core.synth
 the shipped default model (``SAM()``), tight boxes of ``--boxes`` randomly chosen true
 nuclei. Prints the IoU of each way against the true masks: the whole image (what
 ``Predictor.predict`` does: the image is shrunk 4x to the model input) and
-``core.datasets.crops.segment_boxes`` (crops at the model's scale, as ``annotate`` and
+``core.predict.crops.segment_boxes`` (crops at the model's scale, as ``annotate`` and
 ``samscope predict --bboxes`` now do).
 
     python benchmarks/small_objects.py --boxes 60
@@ -28,7 +28,7 @@ def main() -> None:
 
     from scipy import ndimage
 
-    from napari_samscope.core.datasets.crops import crop_side, segment_boxes
+    from napari_samscope.core.predict.crops import crop_side, segment_boxes
     from napari_samscope.core.predict.resolve import as_predictor
     from napari_samscope.core.predict.sam_api import SAM
     from napari_samscope.core.synthetic import make_nuclei_2d

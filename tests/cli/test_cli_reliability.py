@@ -101,7 +101,8 @@ def test_bad_values_exit_2_before_the_model_is_loaded(run_cli, nuclei_png, tmp_p
 
 def test_small_boxes_in_a_large_image_go_to_crops_and_points_warn(run_cli, tiny_checkpoint, tmp_path,
                                                                    monkeypatch):
-    from napari_samscope.core.datasets import annotate, crops
+    from napari_samscope.core.datasets import annotate
+    from napari_samscope.core.predict import crops
 
     image = np.random.default_rng(0).integers(0, 255, (512, 512)).astype(np.uint8)
     path = tmp_path / "large.png"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from napari_samscope.core.datasets.annotate import annotate_plane, paint_labels
-from napari_samscope.core.datasets.crops import (
+from napari_samscope.core.datasets.detectors import Detections
+from napari_samscope.core.predict.crops import (
     MIN_INPUT_PIXELS,
     SmallObjectWarning,
     crop_side,
@@ -20,7 +21,6 @@ from napari_samscope.core.datasets.crops import (
     segment_boxes,
     warn_unresolvable,
 )
-from napari_samscope.core.datasets.detectors import Detections
 
 
 class RectanglePredictor:

@@ -20,6 +20,7 @@ from napari_samscope.cli._common import (
     add_model,
     add_refine_points,
     add_scale,
+    add_zoom,
     image_planes,
     load_model,
     parse_box,
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_scale(parser)
     add_flips(parser)
     add_refine_points(parser)
+    add_zoom(parser)
     add_debug(parser)
     accept_negative_values(parser)
     parser.set_defaults(func=run)
@@ -105,7 +107,7 @@ def label_boxes_on_crops(predictor: Any, rgb: np.ndarray, boxes: np.ndarray) -> 
 
 def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.datasets.annotate_io import list_images
-    from napari_samscope.core.datasets.crops import (
+    from napari_samscope.core.predict.crops import (
         SmallObjectWarning,
         is_unresolvable,
         warn_unresolvable,
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(args)
     list_images(args.source)  # a missing source fails before the model is loaded
     model = with_scale(load_model(args.model, args.device, args.dtype), args.scale, args.flips,
-                       args.refine_points)
+                       args.refine_points, args.zoom)
     out = Path(args.out)
     prompted = args.points is not None or args.bboxes is not None
     kwargs: dict = {}

@@ -50,7 +50,6 @@ from napari_samscope.core.datasets.annotate_io import (
 )
 from napari_samscope.core.datasets.annotate_options import AnnotateOptions, AnnotateSummary
 from napari_samscope.core.datasets.coco_format import CocoWriter
-from napari_samscope.core.datasets.crops import crop_mask, is_unresolvable, segment_boxes
 from napari_samscope.core.datasets.detectors import (
     Detections,
     InstanceDetector,
@@ -65,6 +64,7 @@ from napari_samscope.core.datasets.yolo_format import (
     write_text_atomic,
 )
 from napari_samscope.core.predict import label_image
+from napari_samscope.core.predict.crops import crop_mask, is_unresolvable, segment_boxes
 from napari_samscope.core.predict.image import to_rgb_uint8
 from napari_samscope.core.progress import Job, Progress, run
 
@@ -124,8 +124,8 @@ def annotate_plane(
     """Segment every detected box of one 2D image with SAM.
 
     Boxes that the whole image, shrunk to the model input, would make too small to
-    resolve (:func:`~napari_samscope.core.datasets.crops.is_unresolvable`) are segmented
-    on crops at the model's scale instead (:func:`~napari_samscope.core.datasets.crops.segment_boxes`);
+    resolve (:func:`~napari_samscope.core.predict.crops.is_unresolvable`) are segmented
+    on crops at the model's scale instead (:func:`~napari_samscope.core.predict.crops.segment_boxes`);
     the others on the whole image.
 
     Args:

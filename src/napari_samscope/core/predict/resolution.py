@@ -4,7 +4,7 @@ image is resized to the model input get masks that are noise, and a warning says
 SAM resizes the whole image so that its longest side fills the model input. The
 decoder's low-resolution mask has one cell per 4 input pixels, so a box whose shorter
 side becomes fewer than :data:`MIN_INPUT_PIXELS` input pixels is not resolved.
-:mod:`napari_samscope.core.datasets.crops` segments such boxes on crops instead; the
+:mod:`napari_samscope.core.predict.crops` segments such boxes on crops instead; the
 predictor warns (:class:`SmallObjectWarning`) when it is given one.
 """
 
@@ -80,7 +80,7 @@ def warn_unresolvable(
         plural = what + ("es" if what.endswith(("s", "x")) else "s")
         text = f"{small} {what} covers" if small == 1 else f"{small} {plural} cover"
         masks = "its mask is" if small == 1 else "their masks are"
-        advice = "Segment them on crops at the model's scale (napari_samscope.core.datasets.crops.segment_boxes)"
+        advice = "Segment them on crops at the model's scale (napari_samscope.core.predict.crops.segment_boxes)"
     elif shrink > 2:
         text = f"objects smaller than {math.ceil(MIN_INPUT_PIXELS * shrink)} pixels in this {what} cover"
         masks = "their masks are"

@@ -48,6 +48,7 @@ __all__ = [
     "SmallObjectWarning",
     "crop_mask",
     "crop_side",
+    "grid_starts",
     "image_contrast_limits",
     "is_unresolvable",
     "plan_crops",
@@ -91,7 +92,7 @@ def crop_side(boxes: Any, image_shape: Sequence[int], img_size: int) -> int:
     return int(min(math.ceil(side), img_size, max(image_shape[0], image_shape[1])))
 
 
-def _starts(length: int, side: int, stride: int) -> list[int]:
+def grid_starts(length: int, side: int, stride: int) -> list[int]:
     """Crop starts along one axis: every ``stride``, the last one flush with the end."""
     if length <= side:
         return [0]
@@ -115,7 +116,7 @@ def plan_crops(boxes: Any, image_shape: Sequence[int], side: int) -> list[Crop]:
         raise ValueError(f"the crop side must be at least 1 pixel, not {side}")
     margin = max(int(side * _CONTEXT), 1)
     stride = max(side - 2 * margin, 1)
-    rows, cols = _starts(height, side, stride), _starts(width, side, stride)
+    rows, cols = grid_starts(height, side, stride), grid_starts(width, side, stride)
     grid = [(y, x) for y in rows for x in cols]
     corners = np.asarray(grid, dtype=np.float64)  # (G, 2) row, col of each crop's corner
     ends = np.minimum(corners + side, [height, width])
