@@ -49,6 +49,22 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
     return Timing(runs)
 
 
+def nuclei_prompts(seed: int = 1) -> tuple[Any, Any, Any]:
+    """A 512x512 uint16 synthetic nuclei image, the ``(N, 4)`` XYXY boxes of its nuclei
+    (label order) and a point ``[x, y]`` at the centroid of the first one."""
+    import numpy as np
+
+    from napari_samscope.core.synthetic import make_nuclei_2d
+
+    image, labels = make_nuclei_2d((512, 512), dtype="uint16", seed=seed)
+    boxes = []
+    for i in (i for i in np.unique(labels) if i):
+        rows, cols = np.nonzero(labels == i)
+        boxes.append([cols.min(), rows.min(), cols.max(), rows.max()])
+    rows, cols = np.nonzero(labels == np.unique(labels)[1])
+    return image, np.asarray(boxes, dtype=np.float64), [float(cols.mean()), float(rows.mean())]
+
+
 @dataclass
 class Row:
     """One figure of the results table.

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
-from _common import measure, say
+from _common import measure, nuclei_prompts, say
 
 SET_IMAGE_TARGET = 0.3  # seconds, 512x512, the default model
 
@@ -31,18 +30,10 @@ def main() -> None:
 
     from napari_samscope import SAM
     from napari_samscope.core.predict.predictor import Predictor
-    from napari_samscope.core.synthetic import make_nuclei_2d
 
-    image, labels = make_nuclei_2d((512, 512), dtype="uint16", seed=1)
-    ids = [i for i in np.unique(labels) if i][:32]
-    boxes = []
-    for i in ids:
-        rows, cols = np.nonzero(labels == i)
-        boxes.append([cols.min(), rows.min(), cols.max(), rows.max()])
-    boxes = np.asarray(boxes, dtype=np.float64)
-    rows, cols = np.nonzero(labels == ids[0])
-    point = [float(cols.mean()), float(rows.mean())]
-    say(f"512x512 uint16, {len(np.unique(labels)) - 1} nuclei, {args.threads} threads, "
+    image, all_boxes, point = nuclei_prompts()
+    boxes = all_boxes[:32]
+    say(f"512x512 uint16, {len(all_boxes)} nuclei, {args.threads} threads, "
         f"median of {args.repeats}")
     print("| precision | flips | set_image (s) | one point (ms) | one point, refined (ms) "
           "| 32 boxes (ms) | set_image target |")

@@ -78,7 +78,7 @@ def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "point IoU" in line and "box IoU" in line and "in 1 images" in line
-    assert "(float32, flips 1, refined points off)" in line  # a checkpoint path: neither
+    assert "(float32, flips 1, refined points off, zoom 1)" in line  # a checkpoint path: none
     assert "Otsu threshold in the box" in line
 
 

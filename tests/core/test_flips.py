@@ -142,7 +142,7 @@ def test_the_embedding_carries_its_orientations(random_state_sam, square_image):
     expected = flipped.predict(points=[30, 30]).logits
     cache = EmbeddingCache(dtype=torch.float32)
     stored = cache.put("plane", flipped.get_embedding())
-    assert stored.flips == 2 and stored.nbytes == 2 * stored.features.numel() * 4
+    assert stored.flips == 2 and stored.nbytes == 2 * stored.features.numel() * 4 + stored.pixels.nbytes
     other = Predictor(random_state_sam, flips=1)
     other.set_embedding(cache.get("plane"))
     np.testing.assert_array_equal(other.predict(points=[30, 30]).logits, expected)

@@ -286,7 +286,7 @@ def test_decode_checks_its_inputs(predictor):
 def test_embedding_round_trip(predictor):
     before = predictor.predict(points=[[30, 20]], multimask_output=True)
     emb = predictor.get_embedding()
-    assert isinstance(emb, ImageEmbedding) and emb.nbytes == 32 * 16 * 4
+    assert isinstance(emb, ImageEmbedding) and emb.nbytes == 32 * 16 * 4 + emb.pixels.nbytes
     predictor.reset_image()
     cached = dataclasses.replace(emb, features=emb.features.half())  # a float16 cache
     predictor.set_embedding(cached)

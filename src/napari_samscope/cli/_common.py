@@ -122,6 +122,26 @@ def add_refine_points(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _zoom(text: str) -> float:
+    from napari_samscope.core.predict.zoom import check_zoom
+
+    try:
+        return check_zoom(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (1: off), not {text!r}") from None
+
+
+def add_zoom(parser: argparse.ArgumentParser) -> None:
+    """``--zoom``: crops magnified for box prompts and refined points (``Predictor``'s ``zoom``)."""
+    parser.add_argument(
+        "--zoom", type=_zoom, default=None, metavar="Z",
+        help="decode each box prompt (and the second pass of a refined point) on a crop "
+             "magnified Z times more than the image: finer outlines, for one encoder pass "
+             "per crop; 1 is off; default: the model's choice (2 for the default model, "
+             "else 1)",
+    )
+
+
 def _numbers(text: str, count: int, what: str) -> tuple[float, ...]:
     parts = [p for p in re.split(r"[,\s]+", text.strip().strip("[]()")) if p]
     try:
@@ -264,16 +284,20 @@ def load_model(name: str | None, device: str = "", dtype: str = "default") -> An
         return SAM(name, device=device or "auto", dtype=dtype, progress=bar)
 
 
-def with_scale(model: Any, scale: Any, flips: Any = None, refine_points: Any = None) -> Any:
-    """``model`` with ``--scale``, ``--flips`` and ``--refine-points`` as its ``SAM.scale``,
-    ``SAM.flips`` and ``SAM.refine_points``, the defaults of every predictor made from it
-    (None: the model's own)."""
+def with_scale(
+    model: Any, scale: Any, flips: Any = None, refine_points: Any = None, zoom: Any = None
+) -> Any:
+    """``model`` with ``--scale``, ``--flips``, ``--refine-points`` and ``--zoom`` as its
+    ``SAM.scale``, ``SAM.flips``, ``SAM.refine_points`` and ``SAM.zoom``, the defaults of
+    every predictor made from it (None: the model's own)."""
     if scale is not None:
         model.scale = scale
     if flips is not None:
         model.flips = flips
     if refine_points is not None:
         model.refine_points = refine_points
+    if zoom is not None:
+        model.zoom = zoom
     return model
 
 

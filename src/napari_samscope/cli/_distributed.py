@@ -42,9 +42,9 @@ def add_scheduler(parser: argparse.ArgumentParser) -> None:
 
 
 def refuse_scale(args: argparse.Namespace) -> None:
-    """``--scale`` or ``--flips`` with ``--scheduler/--workers`` is a usage error (the
-    workers load the model themselves, with its defaults)."""
-    for option, what in (("scale", "scale"), ("flips", "flips")):
+    """``--scale``, ``--flips`` or ``--zoom`` with ``--scheduler/--workers`` is a usage
+    error (the workers load the model themselves, with its defaults)."""
+    for option, what in (("scale", "scale"), ("flips", "flips"), ("zoom", "zoom")):
         if getattr(args, option, None) is not None:
             raise UsageError(f"--{option} does not apply to --scheduler/--workers runs yet; "
                              f"the workers use the model's default {what}")

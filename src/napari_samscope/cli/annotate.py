@@ -13,6 +13,7 @@ from napari_samscope.cli._common import (
     add_device,
     add_flips,
     add_scale,
+    add_zoom,
 )
 from napari_samscope.cli._distributed import (
     add_scheduler,
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_scale(parser)
     add_flips(parser)
+    add_zoom(parser)
     add_scheduler(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
@@ -77,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
         refuse_scale(args)
         return run_annotate(args)
     sam_model = args.sam_model
-    if args.dtype != "default" or args.scale is not None or args.flips is not None:
+    if args.dtype != "default" or any(v is not None for v in (args.scale, args.flips, args.zoom)):
         from napari_samscope.cli._common import load_model, with_scale  # load it here with them
 
-        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale, args.flips)
+        sam_model = with_scale(load_model(args.sam_model, args.device, args.dtype), args.scale,
+                               args.flips, zoom=args.zoom)
     with ProgressBar() as bar:
         summary = auto_annotate(
             args.data, det_model=args.det_model, sam_model=sam_model, device=args.device,

@@ -12,6 +12,7 @@ from napari_samscope.cli._common import (
     add_flips,
     add_refine_points,
     add_scale,
+    add_zoom,
 )
 
 DESCRIPTION = """\
@@ -66,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_scale(parser)
     add_flips(parser)
     add_refine_points(parser)
+    add_zoom(parser)
     add_debug(parser)
     parser.set_defaults(func=run)
 
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     model.scale = args.scale
     model.flips = args.flips
     model.refine_points = args.refine_points
+    model.zoom = args.zoom
     result = evaluate(
         model, images, labels, seed=args.seed, min_area=args.min_area,
         n_images=len(images), progress="tqdm",
@@ -110,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
     precision = "float32" if model.dtype is None else str(model.dtype).replace("torch.", "")
     from napari_samscope.core.predict.flips import declared_flips
     from napari_samscope.core.predict.point_refine import declared_refine_points
+    from napari_samscope.core.predict.zoom import declared_zoom
 
     figures = {"model": str(args.model or "default"), "dtype": precision,
                "flips": declared_flips(model), "refine_points": declared_refine_points(model),
+               "zoom": declared_zoom(model),
                **result.as_dict()}
     pairs = None
     if args.touching_pairs:
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"{figures['model']} ({precision}, flips {figures['flips']}, refined points "
-            f"{'on' if figures['refine_points'] else 'off'}): point IoU {result.point_iou:.4f} "
+            f"{'on' if figures['refine_points'] else 'off'}, zoom {figures['zoom']:g}): point IoU {result.point_iou:.4f} "
             f"(best of 3: {result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} "
             f"over {result.objects} objects in {result.images} images; "
             f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f}"

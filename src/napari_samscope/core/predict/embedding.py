@@ -59,6 +59,9 @@ class ImageEmbedding:
             of :data:`~napari_samscope.core.predict.flips.FLIPS` after the first (empty
             unless the image was encoded with ``flips`` > 1); prompts are decoded on every
             orientation and averaged.
+        pixels: the ``(H, W, 3)`` uint8 RGB image it was encoded from (None for features
+            read from a store); a predictor cuts the crops of ``zoom`` from it
+            (:mod:`~napari_samscope.core.predict.zoom`).
     """
 
     features: torch.Tensor
@@ -67,6 +70,7 @@ class ImageEmbedding:
     model_key: str
     magnification: float | None = None
     flipped: tuple[torch.Tensor, ...] = ()
+    pixels: np.ndarray | None = None
 
     @property
     def flips(self) -> int:
@@ -80,8 +84,9 @@ class ImageEmbedding:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the features of every orientation."""
-        return sum(f.numel() * f.element_size() for f in self.all_features)
+        """Memory held by the features of every orientation and by the pixels."""
+        pixels = 0 if self.pixels is None else self.pixels.nbytes
+        return pixels + sum(f.numel() * f.element_size() for f in self.all_features)
 
     def converted(self, **to: Any) -> ImageEmbedding:
         """A copy whose features (every orientation) are ``tensor.to(**to)``."""
@@ -142,8 +147,14 @@ def checked_embedding(embedding: ImageEmbedding, sam: Sam, key: str) -> ImageEmb
             f"The embedding's input_size {tuple(embedding.input_size)} does not match its "
             f"original_size {(h, w)} (expected {expected}, at most {sam.img_size})."
         )
+    pixels = embedding.pixels
+    if pixels is not None and (pixels.dtype != np.uint8 or pixels.shape != (h, w, 3)):
+        raise ValueError(
+            f"The embedding's pixels must be the (H, W, 3) uint8 image of its original_size "
+            f"{(h, w)}, not {pixels.dtype} of shape {pixels.shape}."
+        )
     return ImageEmbedding(
-        embedding.features, (h, w), expected, embedding.model_key, magnification, flipped
+        embedding.features, (h, w), expected, embedding.model_key, magnification, flipped, pixels
     )
 
 
@@ -191,6 +202,6 @@ def encode_rgb(
             for j, i in enumerate(chunk):
                 views = [features[j + k * n : j + k * n + 1].clone() for k in range(flips)]
                 out[i] = ImageEmbedding(
-                    views[0], size, input_size, key, magnification, tuple(views[1:])
+                    views[0], size, input_size, key, magnification, tuple(views[1:]), rgbs[i]
                 )
     return out  # type: ignore[return-value]

@@ -116,6 +116,17 @@ class DecoderRunner:
                 return self._prepared_image(features, self.dense_pe(), dense)
 
     @torch.no_grad()
+    def warm_up(self, embedding: Any, upsampler: Any) -> None:
+        """Decode one point on ``embedding`` (an ``ImageEmbedding``) and discard it: after
+        the encoder has filled the CPU caches with its own data, this brings the decoder's
+        weights and buffers back, so the user's first prompt is as fast as the next."""
+        height, width = embedding.input_size
+        coords = torch.tensor([[[width / 2, height / 2]]], device=self.device)
+        labels = torch.ones((1, 1), dtype=torch.int, device=self.device)
+        low, _ = self.decode(embedding.features, coords, labels, None, None, True)
+        upsampler.masks(low[0], threshold=self.model.mask_threshold)
+
+    @torch.no_grad()
     def decode(
         self,
         features: torch.Tensor,

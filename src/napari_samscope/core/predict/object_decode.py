@@ -10,11 +10,17 @@ to the original size by the predictor's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_samscope.core.predict.embedding import ImageEmbedding
+from napari_samscope.core.predict.flips import decode_flipped
+from napari_samscope.core.predict.label_image import PackedMask
 from napari_samscope.core.predict.point_refine import (
     refined_prompts,
     refinement_boxes,
@@ -22,7 +28,8 @@ from napari_samscope.core.predict.point_refine import (
 )
 from napari_samscope.core.predict.prompts import Prompts
 from napari_samscope.core.predict.results import Prediction
-from napari_samscope.core.predict.transforms import apply_boxes, apply_coords
+from napari_samscope.core.predict.transforms import MaskUpsampler, apply_boxes, apply_coords
+from napari_samscope.core.predict.zoom import ZoomSource, resample_logits
 
 __all__ = ["OBJECTS_PER_DECODE", "decode_objects"]
 
@@ -36,33 +43,135 @@ def decode_objects(
 ) -> Prediction:
     """Decode ``prompts`` on ``emb`` (the current image) with ``predictor`` (its ``decode``,
     which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler``,
-    ``refine_points`` and ``model.mask_threshold``). One object: its candidates; several:
-    the best-scored candidate each when ``multimask_output``. Point-only prompts get a
-    second pass with their first mask's box when the predictor refines points
-    (:mod:`~napari_samscope.core.predict.point_refine`)."""
+    ``refine_points``, ``zoom_source`` and ``model.mask_threshold``). One object: its
+    candidates; several: the best-scored candidate each when ``multimask_output``.
+    Point-only prompts get a second pass with their first mask's box when the predictor
+    refines points (:mod:`~napari_samscope.core.predict.point_refine`); box prompts and
+    that second pass are decoded on magnified crops when the predictor zooms
+    (:mod:`~napari_samscope.core.predict.zoom`)."""
+    zoom = _zoom_for(predictor, emb, prompts, multimask_output)
+    if zoom is not None and prompts.boxes is not None:
+        return _zoomed(predictor, emb, prompts, zoom, multimask_output)
     low, iou = _decode(predictor, emb, prompts, multimask_output)
-    result = Prediction.from_logits(
-        low, iou, predictor.mask_upsampler, predictor.model.mask_threshold
-    )
+    threshold = predictor.model.mask_threshold
+    result = Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
     refine = getattr(predictor, "refine_points", False)
     if not (refine and wants_refinement(prompts, multimask_output)):
         return result
     boxes, ok = refinement_boxes(result.boxes(), emb.original_size, emb.input_size)
     if not ok.any():
         return result
-    low2, iou2 = _decode(predictor, emb, refined_prompts(prompts, boxes, ok), False)
+    second = refined_prompts(prompts, boxes, ok)
+    if zoom is not None:
+        return _zoomed(predictor, emb, second, zoom, False, first=(low, iou, ok))
+    low2, iou2 = _decode(predictor, emb, second, False)
     keep = torch.as_tensor(ok, device=low.device)
     low[keep], iou[keep] = low2, iou2
-    return Prediction.from_logits(
-        low, iou, predictor.mask_upsampler, predictor.model.mask_threshold
-    )
+    return Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
+
+
+def _zoom_for(
+    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
+) -> ZoomSource | None:
+    """The zoom source when these prompts are zoomed: a zooming predictor, one mask per
+    object (several objects, or ``multimask_output`` off)."""
+    source = getattr(predictor, "zoom_source", None)
+    if source is None:
+        return None
+    if multimask_output and prompts.count == 1:
+        return None
+    return source(emb)
+
+
+def _zoomed(
+    predictor: Any, emb: ImageEmbedding, prompts: Prompts, zoom: ZoomSource,
+    multimask_output: bool, first: tuple[torch.Tensor, torch.Tensor, Any] | None = None,
+) -> Prediction:
+    """Decode box prompts (every object has a box) on the whole image and on the crops
+    of ``zoom`` and average the two (boxes that fit no crop: the whole image alone); one
+    mask each (the best-scored candidate at each scale with ``multimask_output``, given for
+    several objects only). ``first``: the low-resolution logits, predicted IoU and
+    replaced rows of a first pass, whose other rows are kept."""
+    assert prompts.boxes is not None
+    threshold = float(predictor.model.mask_threshold)
+    low, iou, rows = first if first is not None else (None, None, np.ones(prompts.count, bool))
+    targets = np.flatnonzero(rows)
+    if low is None:
+        low = torch.empty((prompts.count, predictor.lowres_size, predictor.lowres_size))
+        iou = torch.empty(prompts.count)
+    low, iou = low.clone().cpu(), iou.clone().cpu()
+    # per object of the result: its crop's window, upsampler and both scales' logits
+    crop_of: list[Any] = [None] * len(low)
+    groups: dict[Any, list[int]] = {}
+    for k, box in enumerate(prompts.boxes):
+        groups.setdefault(zoom.grid.window_for(box), []).append(k)
+    for window, members in groups.items():
+        part, into = _rows(prompts, members), targets[members]
+        low_whole, iou_whole = _best(*_decode(predictor, emb, part, multimask_output), len(members))
+        if window is None:
+            low[into], iou[into] = low_whole.cpu(), iou_whole.cpu()
+            continue
+        crop = zoom.embedding(window, predictor)
+        shifted = _shifted(part, window)
+        if shifted.masks is not None:  # a mask prompt, moved into the crop's frame
+            masks = torch.as_tensor(shifted.masks[:, 0], dtype=torch.float32, device=predictor.device)
+            shifted = replace(shifted, masks=resample_logits(
+                masks, (emb, (0, 0)), (crop, window[::2]), predictor.img_size)[:, None].cpu().numpy())
+        low_crop, iou_crop = _best(*_decode(predictor, crop, shifted, multimask_output, decode=partial(
+            decode_flipped, predictor.decoder_runner, crop, side=predictor.img_size)), len(members))
+        upsampler = MaskUpsampler(crop.original_size, crop.input_size, predictor.img_size,
+                                  predictor.lowres_size)
+        in_frame = resample_logits(low_crop, (crop, window[::2]), (emb, (0, 0)), predictor.img_size)
+        low[into] = ((low_whole + in_frame) / 2).cpu()
+        iou[into] = ((iou_whole + iou_crop) / 2).cpu()
+        for j, k in enumerate(into):
+            crop_of[k] = (window, upsampler, low_whole[j], low_crop[j])
+    packed = []
+    for k in range(len(low)):
+        if crop_of[k] is None:
+            y0, x0, mask = predictor.mask_upsampler.mask_window(low[k].to(predictor.device), threshold)
+        else:  # the mean of both scales' logits at image pixels, inside the crop
+            window, upsampler, whole, crop_low = crop_of[k]
+            mean = (predictor.mask_upsampler.logits_window(whole, window) + upsampler.logits(crop_low)) / 2
+            y0, x0, mask = window[0], window[2], mean > threshold
+        packed.append(PackedMask.from_mask(mask.cpu().numpy(), y0, x0, emb.original_size))
+    return Prediction.from_packed(packed, iou.numpy(), low.numpy())
+
+
+def _best(low: torch.Tensor, iou: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best-scored candidate of each of ``n`` objects (a group of one object decoded
+    with multimask output has its candidates)."""
+    if low.shape[0] == n:
+        return low, iou
+    pick = iou.reshape(n, -1).argmax(dim=1)
+    rows = torch.arange(n, device=low.device)
+    return low.reshape(n, -1, *low.shape[-2:])[rows, pick], iou.reshape(n, -1)[rows, pick]
+
+
+def _rows(prompts: Prompts, rows: list[int]) -> Prompts:
+    def take(array: Any) -> Any:
+        return None if array is None else array[rows]
+
+    return replace(prompts, points=take(prompts.points), labels=take(prompts.labels),
+                   boxes=take(prompts.boxes), masks=take(prompts.masks), count=len(rows))
+
+
+def _shifted(prompts: Prompts, window: tuple[int, int, int, int]) -> Prompts:
+    """``prompts`` in pixels of the crop at ``window`` ``(y0, y1, x0, x1)``."""
+    y0, _, x0, _ = window
+    points = None if prompts.points is None else prompts.points - np.array([x0, y0])
+    boxes = None if prompts.boxes is None else prompts.boxes - np.array([x0, y0, x0, y0])
+    return replace(prompts, points=points, boxes=boxes)
 
 
 def _decode(
-    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
+    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool,
+    decode: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N*K, L, L)`` low-resolution logits and ``(N*K,)`` predicted IoU of ``prompts``
-    (``K`` candidates of one object, else 1 per object)."""
+    (``K`` candidates of one object, else 1 per object), decoded by ``decode`` (default
+    ``predictor.decode``, on the current image) on ``emb``'s frame."""
+    decode = predictor.decode if decode is None else decode
     device = predictor.device
 
     def tensor(array: Any) -> torch.Tensor:
@@ -80,7 +189,7 @@ def _decode(
     for start in range(0, prompts.count, OBJECTS_PER_DECODE):  # bounds the decoder's memory
         rows = slice(start, start + OBJECTS_PER_DECODE)
         part = (None if t is None else t[rows] for t in (coords, labels_t, boxes_t, mask_t))
-        low_part, iou_part = predictor.decode(*part, multimask_output)
+        low_part, iou_part = decode(*part, multimask_output)
         if prompts.count > 1 and low_part.shape[1] > 1:  # several objects: the best each
             best = iou_part.argmax(dim=1)
             index = torch.arange(low_part.shape[0], device=low_part.device)

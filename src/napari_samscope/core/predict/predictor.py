@@ -39,10 +39,12 @@ from napari_samscope.core.predict.prompts import check_flag, parse_prompts
 from napari_samscope.core.predict.resolution import warn_unresolvable
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import MaskUpsampler
+from napari_samscope.core.predict.zoom import ZoomSetting
 
 __all__ = ["ImageEmbedding", "Predictor", "SamHolder", "model_key"]
 
-class Predictor(RefineSetting, FlipSetting, ScaleSetting):
+
+class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
     """Prompted segmentation of one image at a time with a SAM-family model.
 
     Args:
@@ -67,6 +69,9 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
         refine_points: decode point-only prompts again with their first mask's box
             (:mod:`~napari_samscope.core.predict.point_refine`), settable. Default: the
             wrapper's, else the ``spec``'s (True for the default model), else False.
+        zoom: decode box prompts and refined points on crops magnified ``zoom`` times more
+            than the image (:mod:`~napari_samscope.core.predict.zoom`; 1: off), settable.
+            Default: the wrapper's, else the ``spec``'s (2 for the default model), else 1.
 
     Threads: a predictor serialises its calls. Every method that reads or changes the
     current image (``set_image``, ``set_embedding``, ``reset_image``, ``encode``,
@@ -80,6 +85,7 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
     def __init__(
         self, model: SamHolder | Sam, *, device: Any = None, dtype: Any = None, spec: Any = None,
         scale: Any = None, input_scale: Any = None, flips: Any = None, refine_points: Any = None,
+        zoom: Any = None,
     ) -> None:
         if isinstance(model, Sam):
             sam, default_device, default_dtype = model, model.device, None
@@ -108,6 +114,7 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
         self._init_scale(model, input_scale, scale)
         self._init_flips(model, flips, self.spec)
         self._init_refine(model, refine_points, self.spec)
+        self._init_zoom(model, zoom, self.spec)
         self._embedding: ImageEmbedding | None = None
         self._tiled: Any = None  # a TiledPredictor while a tiled image is set
         self._upsampler: MaskUpsampler | None = None
@@ -235,14 +242,14 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
                 )
             self._set_tiled(image, tile_shape, halo, embeddings, contrast_limits, scale)
             return
+        scale, flips = self._scale if scale is None else check_scale(scale), self._resolve_flips(flips)
+        rgb = to_rgb_uint8(load_image(image) if isinstance(image, (str, Path)) else image,
+                           channel_axis=channel_axis, channels=channels, normalization=normalization,
+                           contrast_limits=contrast_limits, allow_constant=False)
         with self.lock:
-            (embedding,) = self.encode(
-                [image], scale=scale, flips=flips, channel_axis=channel_axis, channels=channels,
-                normalization=normalization, contrast_limits=contrast_limits,
-                allow_constant=False,
-            )
+            (embedding,) = self.encode([rgb], scale=scale, flips=flips)
             self._set_current(embedding)
-            self._warm_up()
+            self._runner.warm_up(embedding, self.mask_upsampler)
 
     def _set_tiled(
         self, image: Any, tile_shape: Any, halo: Any, embeddings: Any, limits: Any, scale: Any
@@ -262,9 +269,8 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
         with self.lock:
-            self._embedding = None
-            self._tiled = None
-            self._upsampler = None
+            self._embedding, self._tiled, self._upsampler = None, None, None
+            self._zoom_from(None)
             self._runner.clear()
 
     def get_embedding(self) -> ImageEmbedding:
@@ -289,23 +295,13 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
         decoding it now: the decoder's prepared image and the upsampling matrices of its
         size (tens of milliseconds the first time a size is seen)."""
         self._embedding, self._tiled = embedding, None
+        self._zoom_from(embedding.pixels)  # zoom's crops are cut from them
         self._upsampler = MaskUpsampler(
             embedding.original_size, embedding.input_size, self.img_size, self.lowres_size
         )
         self._runner.clear()
         for features in (*embedding.flipped, embedding.features):  # the plain one last
             self._runner.prepare(features)
-
-    def _warm_up(self) -> None:
-        """Decode one point on the current image and discard it: after the encoder has
-        filled the CPU caches with its own data, this brings the decoder's weights and
-        buffers back, so the user's first prompt is as fast as the next."""
-        emb = self._require_image()
-        height, width = emb.input_size
-        coords = torch.tensor([[[width / 2, height / 2]]], device=self.device)
-        labels = torch.ones((1, 1), dtype=torch.int, device=self.device)
-        low, _ = self._runner.decode(emb.features, coords, labels, None, None, True)
-        self.mask_upsampler.masks(low[0], threshold=self.model.mask_threshold)
 
     @torch.no_grad()
     def encode(
@@ -397,6 +393,8 @@ class Predictor(RefineSetting, FlipSetting, ScaleSetting):
             multimask_output = check_flag(multimask_output, "multimask_output")
             size, mag = emb.original_size, emb.magnification
             if prompts.boxes is not None:  # objects too small for the model at this scale
+                zoom = self.zoom_source(emb)
+                mag = mag if zoom is None else zoom.grid.magnification
                 warn_unresolvable(size, self.img_size, prompts.boxes, "box", 3, magnification=mag)
             elif prompts.points is not None:
                 warn_unresolvable(size, self.img_size, what="image", stacklevel=3, magnification=mag)

@@ -100,6 +100,23 @@ class Prediction:
         self._packed: list[PackedMask | None] | None = None
         return self
 
+    @classmethod
+    def from_packed(cls, packed: list[PackedMask], scores: Any, logits: Any = None) -> Prediction:
+        """A compact prediction of masks already made and packed (one per score; masks
+        decoded on crops of the image, :mod:`~napari_samscope.core.predict.zoom`)."""
+        if not packed:
+            raise ValueError("from_packed needs at least one mask.")
+        self = cls.__new__(cls)
+        self._masks, self._upsampler = None, None
+        self._size = tuple(int(v) for v in packed[0].image_shape)
+        self.scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if len(packed) != len(self.scores):
+            raise ValueError(f"There are {len(packed)} masks but {len(self.scores)} scores.")
+        self.logits = self._check_logits(logits)
+        self._packed = list(packed)
+        self._packed_bytes = sum(p.packed.nbytes for p in packed)
+        return self
+
     def _check_logits(self, logits: Any) -> np.ndarray | None:
         if logits is None:
             return None

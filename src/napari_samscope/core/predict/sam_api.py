@@ -77,6 +77,10 @@ class SAM(InstanceSegmentationMixin):
             box of their first mask (True, False, or None for the registry entry's choice:
             True for the default model, else False;
             :mod:`~napari_samscope.core.predict.point_refine`); settable.
+        zoom: how many times more than the image its predictors magnify the crop a box
+            prompt or a refined point is decoded on (a number >= 1, 1: off, or None for the
+            registry entry's choice: 2 for the default model, else 1;
+            :mod:`~napari_samscope.core.predict.zoom`); settable.
         instance_decoder: micro-sam's UNETR decoder when the checkpoint or the registry
             has one (``has_instance_decoder``; ``segment_instances``, ``instance_maps``
             come from :class:`~napari_samscope.core.instances.api.InstanceSegmentationMixin`).
@@ -149,6 +153,7 @@ class SAM(InstanceSegmentationMixin):
         self._scale: str | float | None = None
         self._flips: int | None = None
         self._refine_points: bool | None = None
+        self._zoom: float | None = None
 
     @property
     def scale(self) -> str | float | None:
@@ -182,6 +187,17 @@ class SAM(InstanceSegmentationMixin):
         from napari_samscope.core.predict.point_refine import check_refine_points
 
         self._refine_points = None if value is None else check_refine_points(value)
+
+    @property
+    def zoom(self) -> float | None:
+        """The default ``zoom`` of this model's predictors (class docstring)."""
+        return self._zoom
+
+    @zoom.setter
+    def zoom(self, value: Any) -> None:
+        from napari_samscope.core.predict.zoom import check_zoom
+
+        self._zoom = None if value is None else check_zoom(value)
 
     def __repr__(self) -> str:
         dtype = "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")

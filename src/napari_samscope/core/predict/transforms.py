@@ -240,6 +240,12 @@ class MaskUpsampler:
         """``(..., L, L)`` logits -> ``(..., H, W)`` float32 logits on ``low``'s device."""
         return self._apply(low, None)
 
+    def logits_window(self, low: torch.Tensor, window: tuple[int, int, int, int]) -> torch.Tensor:
+        """``(..., L, L)`` logits -> the ``(..., y1 - y0, x1 - x0)`` output logits of
+        ``window`` ``(y0, y1, x0, x1)`` only (the same values as :meth:`logits` there)."""
+        y0, y1, x0, x1 = window
+        return self._apply(low, None, slice(y0, y1), slice(x0, x1))
+
     def masks(self, low: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
         """``(..., L, L)`` logits -> ``(..., H, W)`` bool masks ``logits > threshold``."""
         return self._apply(low, float(threshold))

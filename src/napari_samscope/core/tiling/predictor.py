@@ -94,10 +94,10 @@ class TiledPredictor:
     def for_predictor(cls, predictor: Any, scale: Any = None, **kwargs: Any) -> TiledPredictor:
         """A tiled predictor that shares ``predictor``'s model (weights, device, dtype,
         registry entry and declared input scale) but decodes tiles on its own
-        :class:`Predictor`, so the given predictor's current image is never replaced and it
-        may delegate to the tiled one (``Predictor.set_image(image, tile_shape=...)``)
-        without re-entering itself. ``scale``: how tiles go into the model input (default:
-        ``predictor``'s ``scale``)."""
+        :class:`Predictor` (never zoomed), so the given predictor's current image is never
+        replaced and it may delegate to the tiled one (``Predictor.set_image(image,
+        tile_shape=...)``) without re-entering itself. ``scale``: how tiles go into the
+        model input (default: ``predictor``'s ``scale``)."""
         if not all(hasattr(predictor, name) for name in ("model", "device", "dtype", "spec")):
             raise TypeError(f"for_predictor needs a Predictor, not {type(predictor).__name__}.")
         sibling = type(predictor)(
@@ -107,7 +107,7 @@ class TiledPredictor:
             sibling.input_scale = getattr(predictor, "input_scale", None)
             sibling.scale = scale if scale is not None else getattr(predictor, "scale", "fill")
         if hasattr(sibling, "refine_points"):  # the given predictor's, not the model's default
-            sibling.refine_points = getattr(predictor, "refine_points", False)
+            sibling.refine_points, sibling.zoom = getattr(predictor, "refine_points", False), 1
         return cls(sibling, **kwargs)
 
     # ------------------------------------------------------------------ image

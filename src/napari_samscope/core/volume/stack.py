@@ -133,6 +133,7 @@ class EmbeddingCache:
             embedding.model_key,
             getattr(embedding, "magnification", None),
             tuple(copy(f) for f in getattr(embedding, "flipped", ())),
+            getattr(embedding, "pixels", None),  # kept for zoom (core.predict.zoom)
         )
         with self._lock:
             old = self._entries.pop(key, None)

@@ -105,6 +105,10 @@ SAMSCOPE_NUCLEI_FLIPS = 2
 # (core.predict.point_refine); one-point IoU rises by about 0.02 on held-out synthetic
 # sets and on a real nuclei image, for one more decoder pass (training/README.md).
 SAMSCOPE_NUCLEI_REFINE_POINTS = True
+# zoom: box prompts and the second pass of refined points are also decoded on crops
+# magnified twice as much as the image, and the two scales' logits averaged
+# (core.predict.zoom); chosen on held-out synthetic sets (training/README.md, "Zoom").
+SAMSCOPE_NUCLEI_ZOOM = 2.0
 
 _BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -122,6 +126,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
         decoder=_NUCLEI_DECODER[0].name if _NUCLEI_DECODER else None,
         flips=SAMSCOPE_NUCLEI_FLIPS,
         refine_points=SAMSCOPE_NUCLEI_REFINE_POINTS,
+        zoom=SAMSCOPE_NUCLEI_ZOOM,
     ),
     *_NUCLEI_DECODER,
     ModelSpec(

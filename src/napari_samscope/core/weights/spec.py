@@ -130,6 +130,9 @@ class ModelSpec:
         refine_points: whether its predictors decode point-only prompts a second time with
             the box of their first mask (:mod:`~napari_samscope.core.predict.point_refine`).
             False (official and micro-sam models) is the official computation.
+        zoom: how many times more than the image its predictors magnify the crops that box
+            prompts and refined points are decoded on (:mod:`~napari_samscope.core.predict.zoom`).
+            1 (official and micro-sam models) is off: the official computation.
     """
 
     name: str
@@ -150,6 +153,7 @@ class ModelSpec:
     decoder: str | None = None
     flips: int = 1
     refine_points: bool = False
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         value: Any = self.everything_defaults
