@@ -49,6 +49,21 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> Timing:
     return Timing(runs)
 
 
+def repeats_and_threads(doc: str) -> Any:
+    """The ``--repeats`` (default 7) and ``--threads`` (default 2) of a one-image
+    benchmark script, parsed, with torch set to that many threads."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def nuclei_prompts(seed: int = 1) -> tuple[Any, Any, Any]:
     """A 512x512 uint16 synthetic nuclei image, the ``(N, 4)`` XYXY boxes of its nuclei
     (label order) and a point ``[x, y]`` at the centroid of the first one."""

@@ -13,20 +13,13 @@ The issue's target for ``set_image`` of 512x512 is 0.3 s. Quality is measured by
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-from _common import measure, nuclei_prompts, say
+from _common import measure, nuclei_prompts, repeats_and_threads, say
 
 SET_IMAGE_TARGET = 0.3  # seconds, 512x512, the default model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = repeats_and_threads(__doc__)
 
     from napari_samscope import SAM
     from napari_samscope.core.predict.predictor import Predictor

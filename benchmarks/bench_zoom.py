@@ -13,20 +13,14 @@ decodes on the kept crop afterwards (``crop kept``). Every timing is a median of
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import numpy as np
-import torch
-from _common import measure, nuclei_prompts, say
+from _common import measure, nuclei_prompts, repeats_and_threads, say
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = repeats_and_threads(__doc__)
 
     from napari_samscope import SAM
     from napari_samscope.core.predict.predictor import Predictor
