@@ -66,9 +66,25 @@ def test_a_click_with_the_default_model_is_refined_on_the_canvas(make_napari_vie
 
     figures = {}
     for refine in (True, False):
-        direct = Predictor(SAM(), refine_points=refine)
+        direct = Predictor(SAM(), refine_points=refine, zoom=1)  # napari does not zoom unless asked
         direct.set_image(image, contrast_limits=layer.contrast_limits)
         figures[refine] = direct.predict(points=[[col, row]]).masks[0]
     assert iou(preview, target) > 0.8
     assert iou(preview, figures[True]) > 0.97
     assert iou(preview, figures[True]) > iou(preview, figures[False])
+
+
+@pytest.mark.parametrize("setting", [None, 1, 2.5])
+def test_the_session_zooms_only_when_the_model_is_told_to(viewer, tiny_sam_factory, setting):
+    from napari_samscope import SAM
+    from napari_samscope.core.weights.registry import lookup
+
+    spec = replace(lookup("samscope_nuclei"), input_scale=None)  # declares zoom=2
+    model = SAM.from_sam(tiny_sam_factory("vit", 64), "tiny", spec=spec)
+    model.zoom = setting
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment Anything")
+    widget.set_model(model)
+    expected = 1.0 if setting is None else float(setting)
+    assert widget.session.predictor.zoom == expected
+    assert widget.session.new_predictor().zoom == expected
+

@@ -336,9 +336,15 @@ class ModelSession:
 def _with_spec(predictor: Any, sam: Any) -> Any:
     """``predictor`` carrying ``sam``'s registry entry as ``predictor.spec`` (when it has
     none), so that segment-everything on it uses the model's recommended parameters
-    (``core.everything.model_everything_defaults``)."""
+    (``core.everything.model_everything_defaults``), and zooming only when ``sam.zoom``
+    was set: the model's own choice is not taken in napari, where a zoomed click encodes
+    a crop first (about a third of a second for the first click in each region of a
+    plane, against a 50 ms preview; ``core.predict.zoom``)."""
     if getattr(predictor, "spec", None) is None:
         predictor.spec = getattr(sam, "spec", None)
+    if hasattr(predictor, "zoom"):
+        chosen = getattr(sam, "zoom", None)
+        predictor.zoom = 1 if chosen is None else chosen
     return predictor
 
 
