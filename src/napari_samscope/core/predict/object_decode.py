@@ -105,9 +105,11 @@ def _zoomed(
     groups: dict[Any, list[int]] = {}
     for k, box in enumerate(prompts.boxes):
         groups.setdefault(zoom.grid.window_for(box), []).append(k)
+    # the whole image's decoding of every object, in one pass
+    whole_low, whole_iou = _best(*_decode(predictor, emb, prompts, multimask_output), prompts.count)
     for window, members in groups.items():
         part, into = _rows(prompts, members), targets[members]
-        low_whole, iou_whole = _best(*_decode(predictor, emb, part, multimask_output), len(members))
+        low_whole, iou_whole = whole_low[members], whole_iou[members]
         if window is None:
             low[into], iou[into] = low_whole.cpu(), iou_whole.cpu()
             continue
