@@ -8,9 +8,11 @@ sentence for the user (:func:`parse`).
 from __future__ import annotations
 
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["Scope", "BoxSource", "PropagationMode", "SCALE_CHOICES", "parse", "parse_scale"]
+__all__ = [
+    "Scope", "BoxSource", "PropagationMode", "SCALE_CHOICES", "parse", "parse_scale", "parse_zoom",
+]
 
 
 class Scope(str, Enum):
@@ -48,6 +50,28 @@ def parse_scale(value: str | float) -> str | float:
     if isinstance(value, str) and value.strip().lower().endswith("x"):
         value = value.strip()[:-1]
     return check_scale(value)
+
+
+def parse_zoom(value: Any) -> float | None:
+    """A zoom chosen in a widget or the console (``core.predict.zoom``): None or
+    ``"auto"`` (each model's own choice, returned as None), ``"off"`` (1.0), or a factor
+    >= 1 or its text (``"2"``, ``"2x"``); ``ValueError`` / ``TypeError`` with a sentence
+    otherwise."""
+    from napari_samscope.core.predict.zoom import check_zoom
+
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", ""):
+            return None
+        if text == "off":
+            return 1.0
+        try:
+            value = float(text[:-1] if text.endswith("x") else text)
+        except ValueError:
+            raise ValueError(
+                f"zoom must be 'auto', 'off' or a number >= 1 (such as 2), not {value!r}."
+            ) from None
+    return None if value is None else check_zoom(value)
 
 
 E = TypeVar("E", bound=Enum)

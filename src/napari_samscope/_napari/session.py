@@ -89,6 +89,8 @@ class ModelSession:
         cache_changed(int, int): bytes held and the bound, after a change.
         selection_changed(object): the registry name chosen in a model dropdown.
         scale_changed(object): the input scale chosen (``"auto"``, ``"fill"`` or a number).
+        flips_changed(object): the flips chosen (1, 2, 4, or None: each model's own).
+        zoom_changed(object): the zoom chosen (a float >= 1, 1.0 off, or None: each model's own).
     """
 
     model_changed = Signal(object)
@@ -97,6 +99,7 @@ class ModelSession:
     selection_changed = Signal(object)
     scale_changed = Signal(object)
     flips_changed = Signal(object)
+    zoom_changed = Signal(object)
 
     def __init__(self, cache_mb: float = DEFAULT_CACHE_MB) -> None:
         self.sam: Any = None
@@ -119,6 +122,11 @@ class ModelSession:
         #: Orientations averaged for every prompt (``core.predict.flips``): 1, 2 or 4, or
         #: None for each model's own choice (2 for the default model, 1 for SAM).
         self.flips: int | None = None
+        #: Zoom for box prompts and refined clicks (``core.predict.zoom``): 1.0 (off, the
+        #: default: a zoomed click encodes a crop first), a factor > 1, or None for each
+        #: model's own choice (2 for the default model, 1 for SAM). A ``SAM`` given to
+        #: :meth:`set_model` with ``zoom`` set makes its zoom the session's.
+        self.zoom: float | None = 1.0
 
     # ------------------------------------------------------------------ choosing and loading
 
@@ -168,6 +176,24 @@ class ModelSession:
             if self.predictor is not None and hasattr(self.predictor, "flips"):
                 self.predictor.flips = declared_flips(self.sam) if flips is None else flips
         self.flips_changed.emit(flips)
+
+    def set_zoom(self, value: Any) -> None:
+        """Decode box prompts and refined clicks also on crops magnified ``value`` times
+        more than the plane from now on (1 or ``"off"``: not; a number >= 1 or its text,
+        such as ``"2x"``; None / ``"auto"`` for each model's own choice), for the loaded
+        model and the next ones. Crops encoded at another zoom are not reused.
+
+        Raises:
+            ValueError, TypeError: not a valid zoom (the current one stays).
+        """
+        from napari_samscope._napari.options import parse_zoom
+
+        zoom = parse_zoom(value)
+        with self.decode_lock:
+            self.zoom = zoom
+            if self.predictor is not None:
+                _with_spec(self.predictor, self.sam, zoom)
+        self.zoom_changed.emit(zoom)
 
     def set_loading(self, loading: bool) -> None:
         """A widget started (True) or ended (False) loading a model; when a load ends
@@ -219,7 +245,9 @@ class ModelSession:
         ``predictor_factory`` (default ``core.predictor.Predictor``) makes the session's
         predictors from the model; a ``Predictor`` subclass can be given (tests use
         one that segments by design). Embeddings of the previous model stay cached
-        (keyed by model) but are not used by this one. Emits ``model_changed``.
+        (keyed by model) but are not used by this one. A ``SAM`` with ``zoom`` set (in the
+        console) makes that zoom the session's. Emits ``model_changed`` (and
+        ``zoom_changed`` when the zoom changed).
         """
         from napari_samscope.core.modeling.sam import Sam
         from napari_samscope.core.predict.predictor import Predictor
@@ -242,12 +270,17 @@ class ModelSession:
             sam.name = name
         sam.scale = self.scale  # the session's choice reaches every predictor of the model
         sam.flips = self.flips
+        told = sam.zoom is not None and sam.zoom != self.zoom  # set on the model (console)
         factory = predictor_factory or Predictor
         with self.decode_lock:
             self.sam = sam
+            if told:
+                self.zoom = sam.zoom  # the user's word on the model: the boxes show it
             self._factory = factory
-            self.predictor = _with_spec(factory(sam), sam)
+            self.predictor = _with_spec(factory(sam), sam, self.zoom)
         self.model_changed.emit(sam)
+        if told:
+            self.zoom_changed.emit(self.zoom)
         waiting, self._after_load = self._after_load, []
         for action in waiting:
             action()
@@ -293,7 +326,7 @@ class ModelSession:
     def new_predictor(self) -> Any:
         """A separate predictor on the same model (for long jobs that set their own image)."""
         sam = self.require_model()
-        return _with_spec(self._factory(sam), sam)
+        return _with_spec(self._factory(sam), sam, self.zoom)
 
     def require_model(self) -> Any:
         """The current ``SAM``; raises ``ValueError`` with what to do when none is loaded."""
@@ -333,18 +366,19 @@ class ModelSession:
         self.cache_changed.emit(self.cache_nbytes(), self._cache_bytes)
 
 
-def _with_spec(predictor: Any, sam: Any) -> Any:
+def _with_spec(predictor: Any, sam: Any, zoom: float | None) -> Any:
     """``predictor`` carrying ``sam``'s registry entry as ``predictor.spec`` (when it has
     none), so that segment-everything on it uses the model's recommended parameters
-    (``core.everything.model_everything_defaults``), and zooming only when ``sam.zoom``
-    was set: the model's own choice is not taken in napari, where a zoomed click encodes
-    a crop first (about a third of a second for the first click in each region of a
-    plane, against a 50 ms preview; ``core.predict.zoom``)."""
+    (``core.everything.model_everything_defaults``), and zooming by the session's
+    ``zoom`` (None: the model's own choice, ``core.predict.zoom.declared_zoom``). The
+    session's default is 1 (off), not the model's choice: a zoomed click encodes a crop
+    first (about a third of a second for the first click in each region of a plane)."""
     if getattr(predictor, "spec", None) is None:
         predictor.spec = getattr(sam, "spec", None)
     if hasattr(predictor, "zoom"):
-        chosen = getattr(sam, "zoom", None)
-        predictor.zoom = 1 if chosen is None else chosen
+        from napari_samscope.core.predict.zoom import declared_zoom
+
+        predictor.zoom = declared_zoom(sam) if zoom is None else zoom
     return predictor
 
 

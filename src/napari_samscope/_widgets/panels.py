@@ -117,9 +117,38 @@ class ProgressRow(QWidget):
             self.label.setText(text)
 
 
+def option_box(choices: list[tuple[str, Any]], tip: str) -> QComboBox:
+    """A drop-down of ``(text, value)`` choices, wide enough for its longest text beside
+    napari's 26 px drop-down arrow and padding (Qt's size hint leaves them out)."""
+    box = QComboBox()
+    for text, value in choices:
+        box.addItem(text, value)
+    box.setMinimumWidth(max(box.fontMetrics().horizontalAdvance(t) for t, _ in choices) + 60)
+    box.setToolTip(tip)
+    return box
+
+
+def show_choice(box: QComboBox, value: Any, text: str) -> None:
+    """Select ``value`` in an option box without emitting; a value the box does not list
+    (such as a zoom set in the console) is added to it as ``text``."""
+    index = box.findData(value)
+    if index < 0:
+        box.addItem(text, value)
+        index = box.count() - 1
+    if index != box.currentIndex():
+        box.blockSignals(True)
+        box.setCurrentIndex(index)
+        box.blockSignals(False)
+
+
+def zoom_text(zoom: float | None) -> str:
+    """The zoom box's text for a session's zoom: ``"zoom auto"``, ``"zoom off"``, ``"zoom 2"``."""
+    return f"zoom {'auto' if zoom is None else 'off' if zoom == 1 else f'{zoom:g}'}"
+
+
 class ModelPanel(QWidget):
-    """The model line: model dropdown, device, input scale, flip averaging, Load and "..."
-    (a checkpoint file).
+    """The model line: model dropdown, device, input scale, flip averaging, zoom, Load and
+    "..." (a checkpoint file).
 
     Every samscope dock of a viewer shows one of these over the viewer's shared
     session: the chosen model is the session's (choosing it in one dock chooses it in
@@ -155,20 +184,24 @@ class ModelPanel(QWidget):
             "magnification. Prompts and masks stay in image pixels."
         )
         #: Flip averaging (core.predict.flips): None = the model's own choice.
-        self.flips_box = QComboBox()
-        # room for the longest text, napari's 26 px drop-down arrow and padding (Qt's size
-        # hint leaves them out)
-        text_width = self.flips_box.fontMetrics().horizontalAdvance("flips auto")
-        self.flips_box.setMinimumWidth(text_width + 60)
-        for flips in (None, 1, 2, 4):
-            self.flips_box.addItem(f"flips {'auto' if flips is None else flips}", flips)
-        self.flips_box.setToolTip(
+        self.flips_box = option_box(
+            [(f"flips {'auto' if f is None else f}", f) for f in (None, 1, 2, 4)],
             "Flip averaging: every prompt is decoded on the image and on its flipped copies "
             "(2: upside down; 4: also left-right) and the masks are averaged: outlines follow "
             "the objects more closely, for 2 or 4 times the encoding time. 'auto' is the "
-            "model's choice (2 for the default model, 1 for SAM and micro-sam models)."
+            "model's choice (2 for the default model, 1 for SAM and micro-sam models).",
         )
         self._show_flips(session.flips)
+        #: Zoom (core.predict.zoom): 1.0 = off (the session's default), None = the model's choice.
+        self.zoom_box = option_box(
+            [(zoom_text(z), z) for z in (1.0, None, 2.0, 4.0)],
+            "Zoom: boxes and refined clicks are also decoded on a crop of the plane magnified "
+            "2 or 4 times more, for sharper outlines. The first click in each region of a "
+            "plane encodes its crop (about a third of a second on a CPU); later ones there "
+            "reuse it. 'auto' is the model's choice (2 for the default model, 1 (off) for "
+            "SAM and micro-sam models).",
+        )
+        self._show_zoom(session.zoom)
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Load the chosen model now (in the background)")
         self.file_button = QPushButton("...")
@@ -184,6 +217,7 @@ class ModelPanel(QWidget):
         row.addWidget(self.device_box)
         row.addWidget(self.scale_box)
         row.addWidget(self.flips_box)
+        row.addWidget(self.zoom_box)
         row.addWidget(self.load_button)
         row.addWidget(self.file_button)
 
@@ -197,6 +231,8 @@ class ModelPanel(QWidget):
         session.scale_changed.connect(self._show_scale)
         self.flips_box.activated.connect(lambda index: self.session.set_flips(self.flips_box.itemData(index)))
         session.flips_changed.connect(self._show_flips)
+        self.zoom_box.activated.connect(lambda index: self.session.set_zoom(self.zoom_box.itemData(index)))
+        session.zoom_changed.connect(self._show_zoom)
         session.models_changed.connect(self.refresh_models)
         session.model_changed.connect(self._show_model)
         session.selection_changed.connect(self._select)
@@ -270,6 +306,7 @@ class ModelPanel(QWidget):
         self.session.selection_changed.disconnect(self._select)
         self.session.scale_changed.disconnect(self._show_scale)
         self.session.flips_changed.disconnect(self._show_flips)
+        self.session.zoom_changed.disconnect(self._show_zoom)
 
     # ------------------------------------------------------------------ internals
 
@@ -295,11 +332,10 @@ class ModelPanel(QWidget):
             self.scale_box.blockSignals(False)
 
     def _show_flips(self, flips: Any) -> None:
-        index = self.flips_box.findData(flips)
-        if index >= 0 and index != self.flips_box.currentIndex():
-            self.flips_box.blockSignals(True)
-            self.flips_box.setCurrentIndex(index)
-            self.flips_box.blockSignals(False)
+        show_choice(self.flips_box, flips, f"flips {flips}")
+
+    def _show_zoom(self, zoom: Any) -> None:
+        show_choice(self.zoom_box, zoom, zoom_text(zoom))
 
     def _set_busy(self, busy: bool) -> None:
         self.session.set_loading(busy)
