@@ -11,6 +11,7 @@ import pytest
 
 from napari_samscope.core.predict.point_refine import (
     REFINE_MARGIN,
+    REFINE_PASSES,
     check_refine_points,
     refinement_boxes,
 )
@@ -23,40 +24,41 @@ def image():
     return np.random.default_rng(11).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
 
-def _two_pass_by_hand(sam, image, points, labels, masks=None):
+def _passes_by_hand(sam, image, points, labels, masks=None):
     """The refinement computed outside: a predictor that never refines decodes the points,
-    the box of each first mask is grown by the margin (model-input pixels converted to
-    image pixels here, per axis) and the points are decoded again with it."""
+    then, REFINE_PASSES times, the box of the mask before is grown by the margin
+    (model-input pixels converted to image pixels here, per axis) and the points are
+    decoded again with it; a mask that gives no box stops there."""
     plain = Predictor(sam, refine_points=False)
     plain.set_image(image, scale="fill")
+    height, width = image.shape[:2]
+    in_h, in_w = plain.input_size
+    mx, my = REFINE_MARGIN * width / in_w, REFINE_MARGIN * height / in_h
     expected = []
     for i in range(len(points)):
         kwargs = {} if masks is None else {"masks": masks[i]}
-        first = plain.predict(points=points[i], labels=labels[i], **kwargs)
-        rows, cols = np.nonzero(first.masks[0])
-        if len(rows) == 0 or rows.min() == rows.max() or cols.min() == cols.max():
-            expected.append((first.logits[0], first.scores[0]))
-            continue
-        height, width = image.shape[:2]
-        in_h, in_w = plain.input_size
-        mx, my = REFINE_MARGIN * width / in_w, REFINE_MARGIN * height / in_h
-        box = [max(cols.min() - mx, 0), max(rows.min() - my, 0),
-               min(cols.max() + mx, width - 1), min(rows.max() + my, height - 1)]
-        second = plain.predict(points=points[i], labels=labels[i], bboxes=box, **kwargs)
-        expected.append((second.logits[0], second.scores[0]))
+        result = plain.predict(points=points[i], labels=labels[i], **kwargs)
+        for _ in range(REFINE_PASSES):
+            rows, cols = np.nonzero(result.masks[0])
+            if len(rows) == 0 or rows.min() == rows.max() or cols.min() == cols.max():
+                break
+            box = [max(cols.min() - mx, 0), max(rows.min() - my, 0),
+                   min(cols.max() + mx, width - 1), min(rows.max() + my, height - 1)]
+            result = plain.predict(points=points[i], labels=labels[i], bboxes=box, **kwargs)
+        expected.append((result.logits[0], result.scores[0]))
     return expected
 
 
-def test_refined_prediction_is_the_second_pass_by_hand(random_state_sam, image):
+def test_refined_prediction_is_the_box_passes_by_hand(random_state_sam, image):
     """Five objects of one or two clicks (one negative), decoded together: each equals
-    its own two passes by hand (or its first pass where the first mask is no box)."""
+    its own passes by hand (stopping where a mask is no box)."""
     points = np.array([[[5, 6], [30, 20]], [[40, 30], [41, 31]], [[60, 44], [2, 2]],
                        [[10, 40], [50, 5]], [[33, 12], [20, 20]]], dtype=float)
     labels = np.array([[1, 0], [1, 1], [1, 0], [1, 1], [1, 0]])
     refining = Predictor(random_state_sam, refine_points=True)
     refining.set_image(image, scale="fill")
     got = refining.predict(points=points, labels=labels)
-    expected = _two_pass_by_hand(random_state_sam, image, points, labels)
+    expected = _passes_by_hand(random_state_sam, image, points, labels)
     once = Predictor(random_state_sam, refine_points=False)
     once.set_image(image, scale="fill")
     first = once.predict(points=points, labels=labels)
@@ -65,8 +67,42 @@ def test_refined_prediction_is_the_second_pass_by_hand(random_state_sam, image):
         np.testing.assert_allclose(got.logits[i], logits, atol=2e-5)
         np.testing.assert_allclose(got.scores[i], score, atol=2e-5)
         changed += not np.allclose(got.logits[i], first.logits[i], atol=1e-4)
-    assert changed > 0  # the second pass did change something
+    assert changed > 0  # the box passes did change something
     assert got.masks.shape == (5, 48, 64)
+
+
+def test_more_box_passes_each_take_the_box_they_are_given(random_state_sam, image, monkeypatch):
+    """With two box passes (the zoomed default's count, here without zoom) each pass
+    decodes the points with the boxes made from the pass before; a row whose mask gives
+    no box for the third pass keeps the second. The boxes are scripted: a random model's
+    masks span the whole image, so the boxes of its masks would never move."""
+    from napari_samscope.core.predict import object_decode
+
+    points = np.array([[[5, 6]], [[40, 30]], [[33, 12]]], dtype=float)
+    labels = np.ones((3, 1), int)
+    second = np.array([[0, 0, 20, 20], [30, 20, 50, 40], [20, 5, 45, 25]], float)
+    third = np.array([[2, 3, 15, 14], [0, 0, 0, 0], [25, 8, 40, 20]], float)
+    plan = iter([(second, np.array([True, True, True])), (third, np.array([True, False, True]))])
+    seen = []
+
+    def scripted(boxes, original_size, input_size):
+        seen.append(np.asarray(boxes).copy())
+        return next(plan)
+
+    monkeypatch.setattr(object_decode, "refinement_boxes", scripted)
+    monkeypatch.setattr(object_decode, "REFINE_PASSES", 2)
+    refining = Predictor(random_state_sam, refine_points=True)
+    refining.set_image(image, scale="fill")
+    got = refining.predict(points=points, labels=labels)
+    plain = Predictor(random_state_sam, refine_points=False)
+    plain.set_image(image, scale="fill")
+    after_two = plain.predict(points=points, labels=labels, bboxes=second)
+    np.testing.assert_array_equal(seen[1], after_two.boxes())  # the third pass saw the second's masks
+    for i, boxes in ((0, third), (1, second), (2, third)):
+        expected = plain.predict(points=points[i], labels=labels[i], bboxes=boxes[i])
+        np.testing.assert_allclose(got.logits[i], expected.logits[0], atol=2e-5)
+        np.testing.assert_array_equal(got.masks[i], expected.masks[0])
+    assert not np.allclose(got.logits[0], after_two.logits[0], atol=1e-4)  # the third pass ran
 
 
 def test_a_mask_prompt_stays_in_the_second_pass(random_state_sam, image):
@@ -74,7 +110,7 @@ def test_a_mask_prompt_stays_in_the_second_pass(random_state_sam, image):
     refining.set_image(image, scale="fill")
     previous = refining.predict(points=[[20, 20]]).logits  # (1, L, L)
     got = refining.predict(points=[[20, 20], [25, 22]], labels=[1, 1], masks=previous[0])
-    expected = _two_pass_by_hand(
+    expected = _passes_by_hand(
         random_state_sam, image, np.array([[[20, 20], [25, 22]]], float),
         np.array([[1, 1]]), masks=previous,
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_samscope.core.predict.image import to_rgb_uint8
+from napari_samscope.core.predict.point_refine import REFINE_PASSES_ZOOMED
 from napari_samscope.core.predict.predictor import Predictor
 from napari_samscope.core.predict.resolution import SmallObjectWarning
 from napari_samscope.core.predict.zoom import (
@@ -159,7 +160,7 @@ def test_zoomed_refinement_is_the_second_pass_on_the_crop(random_state_sam, imag
     monkeypatch.setattr(object_decode, "refinement_boxes", fixed)
     predictor = _zooming(random_state_sam, image, refine_points=True)
     got = predictor.predict(points=points, labels=labels)
-    assert seen == [(3, 4)]
+    assert seen == [(3, 4)] * REFINE_PASSES_ZOOMED  # one box pass after another, same boxes here
     grid = predictor.zoom_source(predictor.get_embedding()).grid
     for k in range(2):
         mask, _ = _on_crop_by_hand(random_state_sam, to_rgb_uint8(image), grid.window_for(boxes[k]),
@@ -170,6 +171,35 @@ def test_zoomed_refinement_is_the_second_pass_on_the_crop(random_state_sam, imag
     one = first.predict(points=points, labels=labels)
     np.testing.assert_array_equal(got.masks[2], one.masks[2])
     np.testing.assert_allclose(got.logits[2], one.logits[2], atol=1e-5)
+
+
+def test_a_row_that_gives_no_box_later_keeps_its_zoomed_mask(random_state_sam, image, monkeypatch):
+    """A refined point whose mask after a zoomed box pass gives no box for the next pass
+    keeps that mask exactly (its packed crop mask, not one remade from the logits);
+    the other rows go on to the next pass."""
+    from napari_samscope.core.predict import object_decode, point_refine
+
+    points = np.array([[[8, 9]], [[36, 26]]], float)
+    labels = np.ones((2, 1), int)
+    plan = [(BOXES[:2].copy(), np.array([True, True])),
+            (BOXES[[2, 1]].copy(), np.array([True, False]))]
+    calls = []
+
+    def scripted(first_boxes, original_size, input_size):
+        calls.append(len(calls))
+        return plan[min(len(calls) - 1, 1)]
+
+    monkeypatch.setattr(object_decode, "refinement_boxes", scripted)
+    monkeypatch.setattr(object_decode, "REFINE_PASSES_ZOOMED", 1)
+    one_pass = _zooming(random_state_sam, image, refine_points=True).predict(points=points, labels=labels)
+    calls.clear()
+    monkeypatch.setattr(object_decode, "REFINE_PASSES_ZOOMED", 2)
+    two_passes = _zooming(random_state_sam, image, refine_points=True).predict(points=points, labels=labels)
+    assert calls == [0, 1] and point_refine.REFINE_PASSES_ZOOMED == REFINE_PASSES_ZOOMED
+    np.testing.assert_array_equal(two_passes.masks[1], one_pass.masks[1])
+    np.testing.assert_array_equal(two_passes.logits[1], one_pass.logits[1])
+    assert two_passes.scores[1] == one_pass.scores[1]
+    assert not np.array_equal(two_passes.masks[0], one_pass.masks[0])  # its box moved: redone
 
 
 def test_points_without_refinement_and_one_objects_candidates_are_not_zoomed(random_state_sam, image):

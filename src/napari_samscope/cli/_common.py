@@ -116,8 +116,8 @@ def add_refine_points(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refine-points", dest="refine_points", action=argparse.BooleanOptionalAction,
         default=None,
-        help="decode a point prompt a second time with the box of its first mask (one more "
-             "decoder pass, tighter outlines); default: the model's choice (on for the "
+        help="decode a point prompt again with the box of its mask (one more decoder "
+             "pass, two with zoom; tighter outlines); default: the model's choice (on for the "
              "default model, off for official SAM and micro-sam models)",
     )
 
@@ -135,7 +135,7 @@ def add_zoom(parser: argparse.ArgumentParser) -> None:
     """``--zoom``: crops magnified for box prompts and refined points (``Predictor``'s ``zoom``)."""
     parser.add_argument(
         "--zoom", type=_zoom, default=None, metavar="Z",
-        help="decode each box prompt (and the second pass of a refined point) on a crop "
+        help="decode each box prompt (and the box passes of a refined point) on a crop "
              "magnified Z times more than the image: finer outlines, for one encoder pass "
              "per crop; 1 is off; default: the model's choice (2 for the default model, "
              "else 1)",

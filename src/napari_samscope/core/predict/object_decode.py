@@ -22,6 +22,8 @@ from napari_samscope.core.predict.embedding import ImageEmbedding
 from napari_samscope.core.predict.flips import decode_flipped
 from napari_samscope.core.predict.label_image import PackedMask
 from napari_samscope.core.predict.point_refine import (
+    REFINE_PASSES,
+    REFINE_PASSES_ZOOMED,
     refined_prompts,
     refinement_boxes,
     wants_refinement,
@@ -45,9 +47,11 @@ def decode_objects(
     which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler``,
     ``refine_points``, ``zoom_source`` and ``model.mask_threshold``). One object: its
     candidates; several: the best-scored candidate each when ``multimask_output``.
-    Point-only prompts get a second pass with their first mask's box when the predictor
-    refines points (:mod:`~napari_samscope.core.predict.point_refine`); box prompts and
-    that second pass are decoded on magnified crops when the predictor zooms
+    Point-only prompts get more passes (:data:`REFINE_PASSES`, or
+    :data:`REFINE_PASSES_ZOOMED` when zooming), each with the box of the mask before,
+    when the predictor refines points
+    (:mod:`~napari_samscope.core.predict.point_refine`); box prompts and those passes are
+    decoded on magnified crops when the predictor zooms
     (:mod:`~napari_samscope.core.predict.zoom`)."""
     zoom = _zoom_for(predictor, emb, prompts, multimask_output)
     if zoom is not None and prompts.boxes is not None:
@@ -58,16 +62,21 @@ def decode_objects(
     refine = getattr(predictor, "refine_points", False)
     if not (refine and wants_refinement(prompts, multimask_output)):
         return result
-    boxes, ok = refinement_boxes(result.boxes(), emb.original_size, emb.input_size)
-    if not ok.any():
-        return result
-    second = refined_prompts(prompts, boxes, ok)
-    if zoom is not None:
-        return _zoomed(predictor, emb, second, zoom, False, first=(low, iou, ok))
-    low2, iou2 = _decode(predictor, emb, second, False)
-    keep = torch.as_tensor(ok, device=low.device)
-    low[keep], iou[keep] = low2, iou2
-    return Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
+    for _ in range(REFINE_PASSES if zoom is None else REFINE_PASSES_ZOOMED):
+        boxes, ok = refinement_boxes(result.boxes(), emb.original_size, emb.input_size)
+        if not ok.any():
+            break
+        again = refined_prompts(prompts, boxes, ok)
+        if zoom is not None:
+            result = _zoomed(predictor, emb, again, zoom, False, first=(low, iou, ok, result))
+            low, iou = torch.from_numpy(result.logits), torch.from_numpy(result.scores)
+            continue
+        low2, iou2 = _decode(predictor, emb, again, False)
+        keep = torch.as_tensor(ok, device=low.device)
+        low, iou = low.clone(), iou.clone()  # the earlier result's arrays stay as they were
+        low[keep], iou[keep] = low2, iou2
+        result = Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
+    return result
 
 
 def _zoom_for(
@@ -85,16 +94,16 @@ def _zoom_for(
 
 def _zoomed(
     predictor: Any, emb: ImageEmbedding, prompts: Prompts, zoom: ZoomSource,
-    multimask_output: bool, first: tuple[torch.Tensor, torch.Tensor, Any] | None = None,
+    multimask_output: bool, first: tuple[torch.Tensor, torch.Tensor, Any, Prediction] | None = None,
 ) -> Prediction:
     """Decode box prompts (every object has a box) on the whole image and on the crops
     of ``zoom`` and average the two (boxes that fit no crop: the whole image alone); one
     mask each (the best-scored candidate at each scale with ``multimask_output``, given for
-    several objects only). ``first``: the low-resolution logits, predicted IoU and
-    replaced rows of a first pass, whose other rows are kept."""
+    several objects only). ``first``: the low-resolution logits, predicted IoU, replaced
+    rows and prediction of an earlier pass, whose other rows are kept as they were."""
     assert prompts.boxes is not None
     threshold = float(predictor.model.mask_threshold)
-    low, iou, rows = first if first is not None else (None, None, np.ones(prompts.count, bool))
+    low, iou, rows, earlier = first if first is not None else (None, None, np.ones(prompts.count, bool), None)
     targets = np.flatnonzero(rows)
     if low is None:
         low = torch.empty((prompts.count, predictor.lowres_size, predictor.lowres_size))
@@ -130,6 +139,9 @@ def _zoomed(
             crop_of[k] = (window, upsampler, low_whole[j], low_crop[j])
     packed = []
     for k in range(len(low)):
+        if earlier is not None and not rows[k]:  # not redone: as the earlier pass made it
+            packed.append(PackedMask.from_mask(earlier.mask(k), 0, 0, emb.original_size))
+            continue
         if crop_of[k] is None:
             y0, x0, mask = predictor.mask_upsampler.mask_window(low[k].to(predictor.device), threshold)
         else:  # the mean of both scales' logits at image pixels, inside the crop

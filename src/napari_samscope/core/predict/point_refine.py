@@ -1,23 +1,27 @@
-"""Point prompts refined by the box of their own first mask (one more decoder pass).
+"""Point prompts refined by the box of their own mask (more decoder passes).
 
 A point says *which* object is meant; a box also says *how far* it reaches, and a SAM
 decoder draws tighter outlines from a box than from a point. With ``refine_points`` on,
-a prompt made of points only (no box), asked for one mask per object, is decoded twice:
+a prompt made of points only (no box), asked for one mask per object, is decoded
+``1 + REFINE_PASSES`` times (``1 + REFINE_PASSES_ZOOMED`` when the predictor zooms):
 
 1. as given (points, and the mask prompt if one was passed);
-2. again with the same points (and mask prompt) plus the tight box of the first mask:
-   inclusive XYXY in pixels of the original image, grown by :data:`REFINE_MARGIN`
-   model-input pixels on every side and clipped to the image.
+2. again with the same points (and mask prompt) plus the tight box of the mask of the
+   pass before: inclusive XYXY in pixels of the original image, grown by
+   :data:`REFINE_MARGIN` model-input pixels on every side and clipped to the image;
+   repeated when there is more than one such pass (a mask that reached past its box
+   widens the next one).
 
-The second result is returned. An object whose first mask is empty, or one row or one
-column thick, keeps its first result (its box would not be a box). Prompts with a box,
-and multimask requests (whose candidates are alternatives the user chooses between),
-are decoded once, as before.
+The last result is returned. An object whose mask is empty, or one row or one column
+thick, keeps that result (its box would not be a box). Prompts with a box, and
+multimask requests (whose candidates are alternatives the user chooses between), are
+decoded once, as before.
 
 The default model declares it (``ModelSpec.refine_points``); official SAM and micro-sam
 models do not, so their results stay the official computation. On held-out synthetic
-nuclei and on a real nuclei image it raises one-point IoU by about 0.02
-(training/README.md, "Point refinement"); it costs one more decoder pass per prompt.
+nuclei and on a real nuclei image it raises one-point IoU by about 0.02, and a second box
+pass with zoom by 0.0002 to 0.0033 more on the held-out synthetic sets (training/README.md,
+"Point refinement"); it costs one more decoder pass per prompt per box pass.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from napari_samscope.core.predict.prompts import Prompts
 
 __all__ = [
     "REFINE_MARGIN",
+    "REFINE_PASSES",
+    "REFINE_PASSES_ZOOMED",
     "RefineSetting",
     "check_refine_points",
     "declared_refine_points",
@@ -43,6 +49,14 @@ __all__ = [
 #: default model at its 2x magnification). Chosen on held-out synthetic sets (0, 1 and 2
 #: image pixels compared), never on real images.
 REFINE_MARGIN = 4.0
+
+#: Passes with the box of the mask before, without zoom and with zoom
+#: (:mod:`~napari_samscope.core.predict.zoom`). Chosen on the held-out synthetic sets
+#: (seed 9000, plain and low-SNR; ``realistic_nuclei_style``), never on real images:
+#: without zoom a second box pass was below one; with zoom it was above on every set
+#: (+0.0011, +0.0002 and +0.0033 mean IoU).
+REFINE_PASSES = 1
+REFINE_PASSES_ZOOMED = 2
 
 
 def check_refine_points(value: Any) -> bool:
@@ -78,8 +92,9 @@ class RefineSetting:
 
     @property
     def refine_points(self) -> bool:
-        """Whether point-only prompts get a second decoder pass with the box of their
-        first mask (module docstring); settable, checked."""
+        """Whether point-only prompts get more decoder passes with the box of their mask
+        (:data:`REFINE_PASSES`, :data:`REFINE_PASSES_ZOOMED` when zooming; module
+        docstring); settable, checked."""
         return self._refine_points
 
     @refine_points.setter
@@ -95,10 +110,10 @@ def wants_refinement(prompts: Prompts, multimask_output: bool) -> bool:
 def refinement_boxes(
     boxes: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The boxes of the second pass from the first masks' boxes.
+    """The boxes of the next pass from the boxes of the masks before.
 
     Args:
-        boxes: ``(N, 4)`` inclusive XYXY boxes of the first masks in pixels of the
+        boxes: ``(N, 4)`` inclusive XYXY boxes of the masks before, in pixels of the
             original image, NaN rows for empty masks (``Prediction.boxes()``).
         original_size: ``(H, W)`` of the image.
         input_size: ``(h, w)`` the image occupies in the model input (sets the margin in
@@ -121,7 +136,7 @@ def refinement_boxes(
 
 
 def refined_prompts(prompts: Prompts, boxes: np.ndarray, ok: np.ndarray) -> Prompts:
-    """The rows ``ok`` of ``prompts`` with ``boxes[ok]`` added (the second pass)."""
+    """The rows ``ok`` of ``prompts`` with ``boxes[ok]`` added (a box pass)."""
 
     def rows(array: np.ndarray | None) -> np.ndarray | None:
         return None if array is None else array[ok]

@@ -66,7 +66,7 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
             (:mod:`~napari_samscope.core.predict.flips`): the default of :meth:`set_image`
             and :meth:`encode`, settable as :attr:`flips`. Default: the wrapper's ``flips``,
             else the ``spec``'s (2 for the default model), else 1.
-        refine_points: decode point-only prompts again with their first mask's box
+        refine_points: decode point-only prompts again with their mask's box
             (:mod:`~napari_samscope.core.predict.point_refine`), settable. Default: the
             wrapper's, else the ``spec``'s (True for the default model), else False.
         zoom: decode box prompts and refined points on crops magnified ``zoom`` times more

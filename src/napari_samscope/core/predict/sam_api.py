@@ -74,7 +74,7 @@ class SAM(InstanceSegmentationMixin):
             None for the registry entry's choice: 2 for the default model, else 1;
             :mod:`~napari_samscope.core.predict.flips`); settable.
         refine_points: whether its predictors decode point-only prompts again with the
-            box of their first mask (True, False, or None for the registry entry's choice:
+            box of their mask (True, False, or None for the registry entry's choice:
             True for the default model, else False;
             :mod:`~napari_samscope.core.predict.point_refine`); settable.
         zoom: how many times more than the image its predictors magnify the crop a box

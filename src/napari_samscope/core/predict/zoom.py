@@ -15,9 +15,9 @@ What is zoomed:
 
 - **box prompts** (with or without points, one mask per object): every box that fits a
   crop with some context;
-- **point-only prompts** with ``refine_points`` on: the second pass (points plus the grown
-  box of the first mask, :mod:`~napari_samscope.core.predict.point_refine`), at the crop
-  that holds that box; the first pass stays on the whole image.
+- **point-only prompts** with ``refine_points`` on: the passes with a box (points plus the
+  grown box of the mask before, :mod:`~napari_samscope.core.predict.point_refine`), each
+  at the crop that holds its box; the first pass stays on the whole image.
 
 A mask prompt (the logits of an earlier result) goes with its object to the crop,
 resampled into the crop's frame. Multimask candidates of one object, point prompts

@@ -101,11 +101,12 @@ _NUCLEI_DECODER: tuple[ModelSpec, ...] = (
 # box IoU rise by 0.023 / 0.013, and its synthetic figures are back above the project's
 # no-regression line, for twice the encoding time (figures in training/README.md).
 SAMSCOPE_NUCLEI_FLIPS = 2
-# refine_points: a point-only prompt is decoded again with the box of its first mask
-# (core.predict.point_refine); one-point IoU rises by about 0.02 on held-out synthetic
-# sets and on a real nuclei image, for one more decoder pass (training/README.md).
+# refine_points: a point-only prompt is decoded again with the box of its mask (twice
+# with zoom; core.predict.point_refine); one-point IoU rises by about 0.02 on held-out
+# synthetic sets and on a real nuclei image, for one more decoder pass per box pass
+# (training/README.md).
 SAMSCOPE_NUCLEI_REFINE_POINTS = True
-# zoom: box prompts and the second pass of refined points are also decoded on crops
+# zoom: box prompts and the box passes of refined points are also decoded on crops
 # magnified twice as much as the image, and the two scales' logits averaged
 # (core.predict.zoom); chosen on held-out synthetic sets (training/README.md, "Zoom").
 SAMSCOPE_NUCLEI_ZOOM = 2.0

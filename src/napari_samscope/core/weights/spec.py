@@ -127,8 +127,8 @@ class ModelSpec:
         flips: how many orientations its predictors average for every prompt by default
             (1, 2 or 4; :mod:`~napari_samscope.core.predict.flips`). 1 (official and
             micro-sam models) is the plain computation.
-        refine_points: whether its predictors decode point-only prompts a second time with
-            the box of their first mask (:mod:`~napari_samscope.core.predict.point_refine`).
+        refine_points: whether its predictors decode point-only prompts again with
+            the box of their mask (:mod:`~napari_samscope.core.predict.point_refine`).
             False (official and micro-sam models) is the official computation.
         zoom: how many times more than the image its predictors magnify the crops that box
             prompts and refined points are decoded on (:mod:`~napari_samscope.core.predict.zoom`).
