@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from qtpy.QtCore import Qt
-from widget_helpers import wait_idle
+from widget_helpers import unfold_options, wait_idle
 
 from napari_samscope.core.progress import Progress
 
@@ -110,6 +110,33 @@ def test_every_dock_fits_a_1080_pixel_screen(make_napari_viewer, qtbot):
         assert button.mapTo(window, button.rect().bottomLeft()).y() <= 1040
     for dock in docks:  # one model line each, no repeated model panel
         assert dock.model_panel.sizeHint().height() <= 70
+
+
+def test_the_model_options_fold_under_one_button_that_names_them(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    _, main = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything")
+    _, every = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment everything")
+    qtbot.wait(50)
+    panel, other = main.model_panel, every.model_panel
+    boxes = (panel.device_box, panel.scale_box, panel.flips_box, panel.zoom_box)
+    assert not panel.options.isVisible() and not any(box.isVisible() for box in boxes)
+    folded = panel.minimumSizeHint().width()
+    assert folded < sum(box.minimumSizeHint().width() for box in boxes)  # narrower than the options alone
+    tip = panel.options_button.toolTip()
+    assert "device auto" in tip and "scale auto" in tip and "flips auto" in tip and "zoom off" in tip
+
+    unfold_options(qtbot, other)  # a choice in one dock shows in the folded tooltip of another
+    other.zoom_box.setCurrentIndex(2)
+    other.zoom_box.activated.emit(2)
+    assert main.session.zoom == 2 and "zoom 2" in panel.options_button.toolTip()
+    assert not panel.options.isVisible()  # each dock folds on its own
+
+    unfold_options(qtbot, panel)
+    assert all(box.isVisible() for box in boxes) and panel.zoom_box.currentText() == "zoom 2"
+    assert panel.minimumSizeHint().width() > folded
+    assert panel.sizeHint().height() <= 70
+    qtbot.mouseClick(panel.options_button, Qt.MouseButton.LeftButton)  # fold again
+    assert not panel.options.isVisible() and panel.minimumSizeHint().width() == folded
 
 
 def test_progress_row_shows_the_time_left(monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from segmenting_model import SegmentingPredictor, disk_image
-from widget_helpers import add_points, wait_idle
+from widget_helpers import add_points, unfold_options, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -13,8 +13,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_the_flips_box_is_on_the_model_line_and_shared_by_the_docks(viewer, main_widget, qtbot):
     _, every = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment everything")
     panel, other, session = main_widget.model_panel, every.model_panel, main_widget.session
+    unfold_options(qtbot, panel)
     box = panel.flips_box
-    assert box.parent() is panel and "flipped copies" in box.toolTip()
+    assert box.parent() is panel.options and "flipped copies" in box.toolTip()
     assert [box.itemText(i) for i in range(box.count())] == ["flips auto", "flips 1", "flips 2", "flips 4"]
     assert session.flips is None and box.currentText() == "flips auto"
     assert session.predictor.flips == 1  # the test double declares none: the plain computation

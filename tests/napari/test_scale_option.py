@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 from segmenting_model import SegmentingPredictor, disk_image
-from widget_helpers import add_points, wait_idle
+from widget_helpers import add_points, unfold_options, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -20,8 +20,9 @@ def test_the_scale_box_is_on_the_model_line_and_shared_by_the_docks(viewer, main
     _, every = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment everything")
     panel, other = main_widget.model_panel, every.model_panel
     session = main_widget.session
+    unfold_options(qtbot, panel)
     assert session.scale == "auto" and panel.scale_box.currentText() == "auto"
-    assert panel.scale_box.parent() is panel  # on the model line, not a line of its own
+    assert panel.scale_box.parent() is panel.options  # in the model line's option row
     assert [panel.scale_box.itemText(i) for i in range(panel.scale_box.count())][:2] == ["auto", "fill"]
     assert "magnification" in panel.scale_box.toolTip()
 
@@ -40,6 +41,7 @@ def test_the_scale_box_is_on_the_model_line_and_shared_by_the_docks(viewer, main
 
 def test_a_bad_scale_is_a_notification_and_changes_nothing(viewer, main_widget, qtbot, notifications):
     panel, session = main_widget.model_panel, main_widget.session
+    unfold_options(qtbot, panel)
     for bad in ("big", "0", "-2"):
         panel.scale_box.lineEdit().clear()
         qtbot.keyClicks(panel.scale_box.lineEdit(), bad)

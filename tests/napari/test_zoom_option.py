@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from qtpy.QtCore import Qt
 from segmenting_model import SegmentingPredictor, disk_image
-from widget_helpers import box_corners, wait_idle
+from widget_helpers import unfold_options, box_corners, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,8 +24,9 @@ def _zooming_model(tiny_sam_factory):
 def test_the_zoom_box_is_on_the_model_line_and_shared_by_the_docks(viewer, main_widget, qtbot):
     _, every = viewer.window.add_plugin_dock_widget("napari-samscope", "Segment everything")
     panel, other, session = main_widget.model_panel, every.model_panel, main_widget.session
+    unfold_options(qtbot, panel)
     box = panel.zoom_box
-    assert box.parent() is panel and "crop" in box.toolTip() and "third of a second" in box.toolTip()
+    assert box.parent() is panel.options and "crop" in box.toolTip() and "third of a second" in box.toolTip()
     assert [box.itemText(i) for i in range(box.count())] == ["zoom off", "zoom auto", "zoom 2", "zoom 4"]
     assert session.zoom == 1 and box.currentText() == "zoom off"
     assert session.predictor.zoom == 1 and session.new_predictor().zoom == 1

@@ -70,3 +70,13 @@ def press(qtbot, viewer, key, shift=False, wait_ms=20):
     native = viewer.window._qt_viewer.canvas.native
     QTest.keyClick(native, getattr(Qt.Key, f"Key_{key.upper()}"), modifier)
     qtbot.wait(wait_ms)
+
+
+def unfold_options(qtbot, panel):
+    """Press a model line's "options" button, as a user does, so that its option row
+    (device, scale, flips, zoom) shows."""
+    from qtpy.QtCore import Qt
+
+    if not panel.options_button.isChecked():
+        qtbot.mouseClick(panel.options_button, Qt.MouseButton.LeftButton)
+    assert not panel.options.isHidden()

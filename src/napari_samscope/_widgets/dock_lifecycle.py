@@ -22,7 +22,8 @@ from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_samscope._napari.session import get_session, unwrap_viewer
-from napari_samscope._widgets.panels import ModelPanel, ProgressRow
+from napari_samscope._widgets.model_panel import ModelPanel
+from napari_samscope._widgets.panels import ProgressRow
 from napari_samscope._widgets.workers import notify_info
 
 __all__ = ["SamscopeDock", "ShutsDownWithDock"]
