@@ -5,7 +5,8 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has ten phases, and two experimental ones (all with ``core.training.train_iter``, trainable "all"):
+The run has ten phases, and three experimental ones (all with ``core.training.train_iter``; trainable "all"
+except in ``decode``):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
    the prompt (a SAM decoder trained from scratch first learns to segment *every* bright
@@ -39,7 +40,12 @@ The run has ten phases, and two experimental ones (all with ``core.training.trai
    shipped (training/README.md has its figures), so not in the default ``--phases``;
 12. ``realistic`` - 500 steps from ``annotate`` on 70% ``realistic_nuclei_style`` (some with
    small nuclei, some with mitotic and apoptotic figures) and 30% plain / low-SNR nuclei.
-   Also an experiment, not shipped (training/README.md).
+   Also an experiment, not shipped (training/README.md);
+13. ``decode`` - from ``annotate``, the **encoder frozen** (so the instance decoder, trained on
+   its embeddings, stays valid): the mask decoder and prompt encoder refit on the
+   ``realistic`` mix, a quarter of the planes rendered at 256x256 (4x magnified at input
+   1024, as a zoomed click's crop is) and the rest at 512x512; stopped at step 500 of its
+   800-step schedule (``STOP_AFTER``). An experiment, not shipped (training/README.md).
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
@@ -192,6 +198,9 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             image, labels = render_nuclei_2d(refine_style(rng), (render, render), rng)
         elif kind == "realistic":
             image, labels = render_nuclei_2d(realistic_mix_style(rng), (render, render), rng)
+        elif kind == "decode":
+            side = render // 2 if rng.random() < 0.25 else render
+            image, labels = render_nuclei_2d(realistic_mix_style(rng), (side, side), rng)
         elif kind in LOW_SNR_PHASES and rng.random() < 0.6:
             image, labels = render_nuclei_2d(low_snr_style(rng), (render, render), rng)
         elif kind in PLAIN_MIX_PHASES and rng.random() < 0.5:
@@ -236,12 +245,16 @@ PHASES = {
                                feedback_mask_p=0.5, **_LOW_SNR_STEP)),
     "realistic": (1024, 320, dict(steps=500, lr=1e-4, negative_pair_fraction=0.25,
                                   feedback_mask_p=0.5, **_LOW_SNR_STEP)),
+    "decode": (1024, 320, dict(steps=800, lr=1.5e-4, negative_pair_fraction=0.25,
+                               feedback_mask_p=0.5, **_LOW_SNR_STEP)),
 }
+#: Phases that train only some parts (``TrainConfig.trainable``); the others train all.
+TRAINABLE = {"decode": "decoder+prompt"}
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, "realistic": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
+RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, "realistic": 512, "decode": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
-STOP_AFTER = {"full": 400, "refine": 100}
+STOP_AFTER = {"full": 400, "refine": 100, "decode": 500}
 
 
 def resize_model(sam, img_size: int):
@@ -297,7 +310,7 @@ def main() -> None:
         print(f"[{phase}] pool of {len(samples)} planes in {time.time() - start:.0f} s", file=log)
         options = {"focal_alpha": 0.75, **overrides}
         config = TrainConfig(
-            trainable="all", autocast="bfloat16", weight_decay=0.05, seed=args.seed + index,
+            trainable=TRAINABLE.get(phase, "all"), autocast="bfloat16", weight_decay=0.05, seed=args.seed + index,
             **options,
         )
         losses, ious = [], []
