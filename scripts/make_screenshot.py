@@ -113,7 +113,9 @@ def main() -> None:
     rgb = Image.fromarray(np.asarray(shot)[..., :3])
     rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
         args.out, optimize=True)
-    print(f"{args.out}: {rgb.size[0]}x{rgb.size[1]}, {Path(args.out).stat().st_size / 1024:.0f} KB")
+    canvas = viewer.window._qt_viewer.canvas.native
+    print(f"{args.out}: {rgb.size[0]}x{rgb.size[1]}, {Path(args.out).stat().st_size / 1024:.0f} KB; "
+          f"the image canvas is {canvas.width()}x{canvas.height()} px with every dock open")
     for dock in docks.values():
         dock.cancel()
     viewer.window.remove_dock_widget("all")
