@@ -54,12 +54,24 @@ def _load_model(name: str) -> Any:
 
 
 def _wait(app: Any, predicate: Any, timeout: float) -> bool:
+    """Run the event loop until ``predicate()`` (False after ``timeout`` seconds).
+
+    The loop sleeps until an event arrives, as napari's does while a user waits; a
+    polling loop would keep part of a core and the GIL busy beside the very worker whose
+    result it waits for. A 10 ms timer wakes it to check ``predicate`` and the timeout.
+    """
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    waker = QTimer()
+    waker.start(10)
     end = time.perf_counter() + timeout
-    while not predicate():
-        if time.perf_counter() > end:
-            return False
-        app.processEvents()
-        time.sleep(0.0005)
+    try:
+        while not predicate():
+            if time.perf_counter() > end:
+                return False
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+    finally:
+        waker.stop()
     return True
 
 
