@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from qtpy.QtCore import Qt
 from segmenting_model import SegmentingPredictor, disk_image
-from widget_helpers import unfold_options, box_corners, wait_idle
+from widget_helpers import box_corners, unfold_options, wait_idle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
