@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_samscope._napari.options import SCALE_CHOICES
 from napari_samscope._napari.session import DEVICES, ModelSession
-from napari_samscope._widgets.panels import ProgressRow
+from napari_samscope._widgets.panels import ProgressRow, fold_under
 from napari_samscope._widgets.workers import JobRunner, notify_error, notify_info
 
 __all__ = ["ModelPanel", "option_box", "show_choice", "zoom_text"]
@@ -193,12 +193,8 @@ class ModelPanel(QWidget):
 
     def show_options(self, shown: bool) -> None:
         """Unfold (True) or fold (False) the option row; the button follows."""
-        if self.options_button.isChecked() != shown:
-            self.options_button.setChecked(shown)  # comes back here through ``toggled``
-            return
-        self.options_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-        self.options.setVisible(shown)
-        self._describe_options()
+        if fold_under(self.options_button, self.options, shown):
+            self._describe_options()
 
     def choose_scale(self, text: str) -> None:
         """Use the input scale ``text`` for the viewer's session; a bad one is a

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from napari_samscope.core.progress import Progress
 
-__all__ = ["ProgressRow", "Section", "spin_box", "time_left"]
+__all__ = ["ProgressRow", "Section", "fold_under", "spin_box", "time_left"]
 
 
 def time_left(seconds: float) -> str:
@@ -145,11 +145,19 @@ class Section(QWidget):
 
     def set_expanded(self, expanded: bool) -> None:
         """Show (True) or fold away (False) the section's form."""
-        if self.header.isChecked() != expanded:
-            self.header.setChecked(expanded)  # comes back here through ``toggled``
-            return
-        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
-        self.body.setVisible(expanded)
+        fold_under(self.header, self.body, expanded)
+
+
+def fold_under(button: QToolButton, body: QWidget, shown: bool) -> bool:
+    """Show (True) or fold (False) ``body`` below a checkable arrow ``button`` whose
+    ``toggled`` calls back here. Returns False when only the button changed (its
+    ``toggled`` then comes back and does the rest)."""
+    if button.isChecked() != shown:
+        button.setChecked(shown)
+        return False
+    button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+    body.setVisible(shown)
+    return True
 
 
 def spin_box(kind: type, low: float, high: float, value: float, tip: str, step: float = 0.01) -> Any:
