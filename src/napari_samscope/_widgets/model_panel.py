@@ -105,7 +105,6 @@ class ModelPanel(QWidget):
             "the objects more closely, for 2 or 4 times the encoding time. 'auto' is the "
             "model's choice (2 for the default model, 1 for SAM and micro-sam models).",
         )
-        self._show_flips(session.flips)
         #: Zoom (core.predict.zoom): 1.0 = off (the session's default), None = the model's choice.
         self.zoom_box = option_box(
             [(zoom_text(z), z) for z in (1.0, None, 2.0, 4.0)],
@@ -115,7 +114,6 @@ class ModelPanel(QWidget):
             "reuse it. 'auto' is the model's choice (2 for the default model, 1 (off) for "
             "SAM and micro-sam models).",
         )
-        self._show_zoom(session.zoom)
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Load the chosen model now (in the background)")
         self.file_button = QPushButton("...")
@@ -148,6 +146,8 @@ class ModelPanel(QWidget):
         column.setSpacing(2)
         column.addLayout(line)
         column.addWidget(self.options)
+        self._show_flips(session.flips)
+        self._show_zoom(session.zoom)
         self.options_button.toggled.connect(self.show_options)
         self.show_options(False)
         self.device_box.currentTextChanged.connect(lambda _text: self._describe_options())
@@ -278,8 +278,6 @@ class ModelPanel(QWidget):
 
     def _describe_options(self) -> None:
         """The options button's tooltip: the options in use, readable while folded."""
-        if not hasattr(self, "options_button"):
-            return  # the boxes are being filled in __init__
         self.options_button.setToolTip(
             f"Model options ({'hide' if self.options_button.isChecked() else 'show'}): device "
             f"{self.device_box.currentText()}, scale {self.scale_box.currentText()}, "
