@@ -150,8 +150,10 @@ def decode_flipped(
     masks: torch.Tensor | None,
     multimask_output: bool,
     side: int,
+    orientations: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode prompts on every orientation of ``embedding`` and average.
+    """Decode prompts on every orientation of ``embedding`` (the first ``orientations``
+    of them, when given) and average.
 
     Args:
         runner: a :class:`~napari_samscope.core.predict.fast_decode.DecoderRunner`.
@@ -161,12 +163,13 @@ def decode_flipped(
             ``DecoderRunner.decode`` takes them (``(B, P, 2)``, ``(B, P)``, ``(B, 4)``,
             ``(B, 1, L, L)`` low-resolution logits, each or None).
         side: ``S``, the side of the model input.
+        orientations: decode only this many (1: the image as it is, one decoder pass).
 
     Returns:
         the mean low-resolution logits ``(B, K, L, L)`` and the mean predicted IoU
         ``(B, K)``, float32, in the unflipped frame.
     """
-    features = embedding.all_features
+    features = embedding.all_features[:orientations]
     if len(features) == 1:
         return runner.decode(features[0], coords, labels, boxes, masks, multimask_output)
     low_sum = iou_sum = None

@@ -33,15 +33,24 @@ from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import MaskUpsampler, apply_boxes, apply_coords
 from napari_samscope.core.predict.zoom import ZoomSource, resample_logits
 
-__all__ = ["OBJECTS_PER_DECODE", "decode_objects"]
+__all__ = ["OBJECTS_PER_DECODE", "decode_objects", "draft_is_cheaper"]
 
 #: Objects decoded together (the decoder's intermediates grow with them).
 OBJECTS_PER_DECODE = 64
 
 
+def draft_is_cheaper(predictor: Any, emb: ImageEmbedding) -> bool:
+    """Whether a draft of a prompt on ``emb`` (``decode_objects(..., draft=True)``) costs
+    less than its full decoding: ``emb`` holds more than one orientation, or the
+    predictor refines points or zooms. Otherwise the draft would be the same computation."""
+    return (len(emb.all_features) > 1 or bool(getattr(predictor, "refine_points", False))
+            or getattr(predictor, "zoom", 1.0) > 1)
+
+
 @torch.no_grad()
 def decode_objects(
-    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool
+    predictor: Any, emb: ImageEmbedding, prompts: Prompts, multimask_output: bool,
+    draft: bool = False,
 ) -> Prediction:
     """Decode ``prompts`` on ``emb`` (the current image) with ``predictor`` (its ``decode``,
     which averages the orientations ``emb`` holds, ``device``, ``mask_upsampler``,
@@ -52,12 +61,20 @@ def decode_objects(
     when the predictor refines points
     (:mod:`~napari_samscope.core.predict.point_refine`); box prompts and those passes are
     decoded on magnified crops when the predictor zooms
-    (:mod:`~napari_samscope.core.predict.zoom`)."""
+    (:mod:`~napari_samscope.core.predict.zoom`).
+
+    ``draft``: one decoder pass on the image as it is (its first orientation), without
+    point refinement or zoom - the quick first look a live preview shows while the full
+    result is computed (:func:`draft_is_cheaper` says when it is quicker)."""
+    threshold = predictor.model.mask_threshold
+    if draft:
+        low, iou = _decode(predictor, emb, prompts, multimask_output, decode=partial(
+            decode_flipped, predictor.decoder_runner, emb, side=predictor.img_size, orientations=1))
+        return Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
     zoom = _zoom_for(predictor, emb, prompts, multimask_output)
     if zoom is not None and prompts.boxes is not None:
         return _zoomed(predictor, emb, prompts, zoom, multimask_output)
     low, iou = _decode(predictor, emb, prompts, multimask_output)
-    threshold = predictor.model.mask_threshold
     result = Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
     refine = getattr(predictor, "refine_points", False)
     if not (refine and wants_refinement(prompts, multimask_output)):

@@ -361,6 +361,7 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
         bboxes: Any = None,
         masks: Any = None,
         multimask_output: bool = False,
+        draft: bool = False,
     ) -> Prediction:
         """Segment objects of the current image from prompts (rules in the module docstring).
 
@@ -373,6 +374,9 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
                 refine an object with a new click, pass all of its clicks and the previous
                 single-mask result's ``logits[0]``.
             multimask_output: ask the model for 3 candidates per object.
+            draft: a quick first look: one decoder pass on the image as it is, without
+                flip averaging, point refinement or zoom (a live preview shows it while the
+                full result is computed; a tiled image is decoded as usual).
 
         Returns:
             A :class:`Prediction`. One object: its 3 candidates (multimask) or 1 mask.
@@ -385,6 +389,7 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
         Raises:
             ValueError: no image is set, or the prompts are invalid.
         """
+        draft = check_flag(draft, "draft")
         with self.lock:
             if self._tiled is not None:
                 return self._tiled.predict(points, labels, bboxes, masks, multimask_output)
@@ -393,12 +398,12 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
             multimask_output = check_flag(multimask_output, "multimask_output")
             size, mag = emb.original_size, emb.magnification
             if prompts.boxes is not None:  # objects too small for the model at this scale
-                zoom = self.zoom_source(emb)
+                zoom = None if draft else self.zoom_source(emb)
                 mag = mag if zoom is None else zoom.grid.magnification
                 warn_unresolvable(size, self.img_size, prompts.boxes, "box", 3, magnification=mag)
             elif prompts.points is not None:
                 warn_unresolvable(size, self.img_size, what="image", stacklevel=3, magnification=mag)
-            return decode_objects(self, emb, prompts, multimask_output)
+            return decode_objects(self, emb, prompts, multimask_output, draft=draft)
 
     @torch.no_grad()
     def decode(
