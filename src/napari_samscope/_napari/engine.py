@@ -109,19 +109,22 @@ def decode_planes(
     geometry: Any,
     lock: threading.Lock | None = None,
     memory: ClickMemory | None = None,
+    draft: bool = False,
 ) -> Segmentation:
     """Decode the objects prompted on each plane of ``embeddings`` (all already encoded):
     the same result as :func:`segment_plane_iter` plane by plane, with no encoding.
     With ``memory`` (the live preview), a click added to an object refines its last mask
-    (:mod:`~napari_samscope._napari.refinement`)."""
+    (:mod:`~napari_samscope._napari.refinement`). ``draft``: the predictor's quick draft
+    of each object (``Predictor.predict(draft=True)``), marked as such; it reads the click
+    memory but does not write to it."""
     objects: list[dict[PlaneKey, np.ndarray]] = []
     for key, embedding in embeddings.items():
         scope = (key, getattr(embedding, "model_key", None), getattr(embedding, "input_size", None),
                  getattr(embedding, "original_size", None))
         masks = decode_objects(predictor, embedding, prompts.on(key).objects(), lock,
-                               memory=memory, scope=scope)
+                               memory=memory, scope=scope, draft=draft)
         objects.extend({key: m} for m in masks)
-    return Segmentation(geometry, objects)
+    return Segmentation(geometry, objects, draft=draft)
 
 
 def _stack_iter(source: PlaneSource, key: PlaneKey) -> Generator[Progress, None, Any]:
@@ -137,6 +140,7 @@ def decode_objects(
     multimask_output: bool = False,
     memory: ClickMemory | None = None,
     scope: Hashable = None,
+    draft: bool = False,
 ) -> list[np.ndarray]:
     """One ``(H, W)`` bool mask per object, decoded on ``embedding``.
 
@@ -144,7 +148,9 @@ def decode_objects(
     by one (their point counts differ). ``lock`` guards the predictor's current
     embedding when several threads share it. With ``memory``, an object whose prompts
     extend one decoded before on ``scope`` gets that object's logits as its mask prompt,
-    and the objects decoded now are remembered (single-mask output only).
+    and the objects decoded now are remembered (single-mask output only). ``draft``:
+    the predictor's quick drafts (one pass, :meth:`Predictor.predict` ``draft``), which
+    are not remembered.
     """
     if multimask_output:
         memory = None
@@ -153,11 +159,12 @@ def decode_objects(
     with lock if lock is not None else nullcontext(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallObjectWarning)
         predictor.set_embedding(embedding)
+        extra = {"draft": True} if draft else {}  # other predictors need not know drafts
         box_only = [i for i, o in enumerate(objects)
                     if o.box is not None and o.mask is None and len(o.points) == 0]
         if len(box_only) > 1:  # N objects: one mask each (the best candidate with multimask)
             boxes = np.stack([objects[i].box for i in box_only])
-            pred = predictor.predict(bboxes=boxes, multimask_output=multimask_output)
+            pred = predictor.predict(bboxes=boxes, multimask_output=multimask_output, **extra)
             for j, i in enumerate(box_only):
                 masks[i] = pred.masks[j]
                 if memory is not None and pred.logits is not None:
@@ -165,7 +172,7 @@ def decode_objects(
         for i, obj in enumerate(objects):
             if masks[i] is not None:
                 continue
-            kwargs: dict[str, Any] = {"multimask_output": multimask_output}
+            kwargs: dict[str, Any] = {"multimask_output": multimask_output, **extra}
             if len(obj.points):
                 kwargs["points"], kwargs["labels"] = obj.points, obj.labels
             if obj.box is not None:
@@ -182,7 +189,7 @@ def decode_objects(
             masks[i] = pred.masks[best]
             if memory is not None and pred.logits is not None:
                 decoded.append(Decoded(obj, previous, pred.logits[best]))
-    if memory is not None:
+    if memory is not None and not draft:
         memory.remember(scope, decoded)
     notify_warnings(caught)
     return [np.asarray(m, dtype=bool) for m in masks]  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ keeps, apart from its controls and threads:
 - the snapshot a job works on: the image's current plane geometry, a
   :class:`~napari_samscope._napari.images.PlaneSource` and the collected prompts;
 - what to preview: nothing (no prompts), a decode on the calling thread (every
-  prompted plane is encoded and the last decode was quick) or a job for a worker;
+  prompted plane is encoded and the last decode was quick) or a job for a worker,
+  shown first as a quick draft when the full decode does more than one decoder pass
+  (flip averaging, point refinement, zoom) and a draft is quick;
 - the preview layer, in its own colour, and the click memory that feeds the last
   mask back into the next click (:mod:`~napari_samscope._napari.refinement`);
 - the commit of a preview into a Labels layer, undoable with Ctrl+Z;
@@ -35,11 +37,14 @@ from napari_samscope._napari.prompts import PromptSet, collect_prompts
 from napari_samscope._napari.refinement import ClickMemory
 from napari_samscope.core.progress import Progress
 
-__all__ = ["InteractiveSegmentation", "INLINE_DECODE_MS", "Snapshot", "CommitResult"]
+__all__ = ["InteractiveSegmentation", "INLINE_DECODE_MS", "DRAFT_DECODE_MS", "Snapshot", "CommitResult"]
 
 #: The longest decode (ms, the last one measured) for which the next preview is decoded
 #: on the calling (GUI) thread; slower decodes (huge images, many objects) go to a worker.
 INLINE_DECODE_MS = 40.0
+#: The longest draft (ms, the last one on the image) for which the next prompt gets a
+#: draft on the calling thread before its full decode (a draft blocks that thread).
+DRAFT_DECODE_MS = 80.0
 
 
 @dataclass
@@ -98,6 +103,11 @@ class InteractiveSegmentation:
         self.inline_decode_ms = INLINE_DECODE_MS
         #: The last decode's duration (ms), from either path.
         self.decode_ms = float("inf")
+        #: Show a draft (one decoder pass, on the calling thread) while a full decode
+        #: runs in a worker when the last draft of this image took at most this (0: never).
+        self.draft_decode_ms = DRAFT_DECODE_MS
+        #: The last draft's duration (ms) on the active image (0 before the first).
+        self.draft_ms = 0.0
         #: The last masks of the prompted objects, fed back with the next click.
         self.memory = ClickMemory()
         #: The image the last snapshot was taken of (to tell a removed image apart).
@@ -161,6 +171,8 @@ class InteractiveSegmentation:
         image = self.require_image()
         geometry = self.geometry(image)
         source = PlaneSource.from_layer(image, geometry, self._settings(), embeddings=self._embeddings())
+        if image is not self.active_image:
+            self.draft_ms = 0.0  # another image: its drafts may be quick again
         self.active_image = image
         self.memory.switch(image)
         found = None
@@ -180,6 +192,32 @@ class InteractiveSegmentation:
             return None
         try:
             return self._timed_decode(predictor, embeddings, snap)
+        finally:
+            lock.release()
+
+    def decode_draft(self, snap: Snapshot, predictor: Any, cache: Any, lock: Any) -> Segmentation | None:
+        """A quick draft of ``snap`` on the calling thread, to show while the full
+        decode runs in a worker (``Predictor.predict(draft=True)``: one decoder pass,
+        :attr:`Segmentation.draft` set), or ``None``: drafts are off, a plane is not
+        encoded, the predictor is busy (``lock`` not free at once), the full decode
+        would be the same one pass, or this image's last draft was slow. Decode errors
+        propagate."""
+        if (self.draft_decode_ms <= 0 or self.draft_ms > self.draft_decode_ms
+                or snap.prompts is None):
+            return None
+        from napari_samscope.core.predict.object_decode import draft_is_cheaper
+
+        embeddings = engine.cached_embeddings(predictor, cache, snap.source, snap.prompts.prompted_planes)
+        if embeddings is None or not any(draft_is_cheaper(predictor, e) for e in embeddings.values()):
+            return None
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            started = perf_counter()
+            seg = engine.decode_planes(predictor, embeddings, snap.prompts, snap.source.geometry,
+                                       memory=self.memory, draft=True)
+            self.draft_ms = (perf_counter() - started) * 1000.0
+            return seg
         finally:
             lock.release()
 
@@ -240,6 +278,9 @@ class InteractiveSegmentation:
         Raises ``ValueError`` when there is nothing to commit or the layers do not match."""
         if self.preview is None or self.preview.is_empty():
             raise ValueError("Nothing to commit: add prompts and wait for the preview.")
+        if self.preview.draft:
+            raise ValueError("The preview is still a quick draft: wait for the full result "
+                             "(or press S to segment again), then commit.")
         image = self.require_image()
         created = False
         if target is None:

@@ -33,10 +33,13 @@ __all__ = [
 
 @dataclass
 class Segmentation:
-    """Objects on an image layer, each a mapping ``plane key -> (H, W) bool`` mask."""
+    """Objects on an image layer, each a mapping ``plane key -> (H, W) bool`` mask.
+    ``draft``: quick drafts a live preview shows until the full result arrives (never
+    committed)."""
 
     geometry: PlaneGeometry
     objects: list[dict[PlaneKey, np.ndarray]] = field(default_factory=list)
+    draft: bool = False
 
     @property
     def planes(self) -> set[PlaneKey]:

@@ -10,7 +10,11 @@ Latency of the live preview: when every prompted plane is already encoded and th
 decode was quick (at most ``INLINE_DECODE_MS``), the preview is decoded on the GUI
 thread inside the prompt layer's event, so the mask lands before napari redraws the new
 prompt and no thread hand-off is paid either way. Otherwise (encoding needed, a decode
-that was slow, the predictor busy) it runs in the preview runner's long-lived thread.
+that was slow, the predictor busy) it runs in the preview runner's long-lived thread;
+when the full decode does more than one decoder pass (the default model's flip
+averaging and refined clicks) and the planes are encoded, a one-pass draft is drawn on
+the GUI thread first, so that the object shows at once and its outline is then
+sharpened (``preview_drafted``, then ``preview_updated``). A draft is never committed.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
 
     #: Emitted after the preview layer shows a new result.
     preview_updated = Signal()
+    #: Emitted after the preview layer shows a quick draft (the full result follows).
+    preview_drafted = Signal()
     #: Emitted with the ids written by a commit.
     committed = Signal(list)
 
@@ -72,7 +78,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
             shapes=lambda: self.ui.shapes.value, settings=self.ui.settings,
             embeddings=self.ui.embeddings.text)
         self.preview_runner = self.add_runner(
-            PreviewRunner(self.progress.show_progress, self._tracker("preview")))
+            PreviewRunner(self.progress.show_progress, self._tracker("preview"), self._preview_failed))
         self.runner = self.add_runner(
             JobRunner(self._job_progress, self._tracker("job"), background=True))
         self.wiring = LayerWiring(self, self._schedule_preview)
@@ -171,6 +177,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         predictor, cache, lock = self.session.predictor, self.session.cache, self.session.decode_lock
         if self._decode_inline(snap, predictor, cache, lock):
             return
+        self._show_draft(snap, predictor, cache, lock)
         self.preview_runner.start(lambda: self.interactive.preview_job(snap, predictor, cache, lock),
                                   lambda seg: self._show_preview(seg, snap.image), supersede=True)
 
@@ -277,13 +284,36 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
             notify_error(error)
         return True
 
+    def _show_draft(self, snap: Any, predictor: Any, cache: Any, lock: Any) -> None:
+        """Draw a quick draft of ``snap`` if the controller makes one (the full result is
+        computed in the worker either way). A draft that fails turns drafts off for this
+        image: the worker's full decode of the same prompts reports the error."""
+        try:
+            seg = self.interactive.decode_draft(snap, predictor, cache, lock)
+            if seg is not None:
+                self._show_preview(seg, snap.image)
+        except Exception:
+            self.interactive.draft_ms = float("inf")
+
     def _show_preview(self, segmentation: Segmentation | None, image: Any) -> None:
         layer, created = self.interactive.show_preview(segmentation, image)
         if created:
             self.wiring.bind([layer, self.points_layer, self.shapes_layer])
+        if segmentation is not None and segmentation.draft:
+            self.preview_drafted.emit()
+            return  # a deferred commit waits for the full result
         self.preview_updated.emit()
         if self._commit_when_ready:
             self._commit_now()  # this is the newest result: stale ones never get here
+
+    def _preview_failed(self, error: BaseException) -> None:
+        """The preview worker failed (already notified): a deferred commit is dropped and a
+        draft drawn for that request is taken away, so that neither is committed later."""
+        if self._commit_when_ready:
+            self._commit_when_ready = False
+            self.ui.status.setText("nothing committed: the preview failed")
+        if self.preview is not None and self.preview.draft:
+            self._show_preview(None, self.image_layer)
 
     def _schedule_preview(self) -> None:
         """A prompt changed: segment now, with no delay.
