@@ -106,7 +106,7 @@ def _preview_idle(widget: Any) -> bool:
 
 def measure(
     model: str = "auto", repeats: int = 30, planes: int = 8, size: int = 512, idle_s: float = 10.0,
-    prompt_shape: tuple[int, int] = (512, 512), drafts: bool = True,
+    prompt_shape: tuple[int, int] = (512, 512), drafts: bool = True, zoom: Any = None,
 ) -> dict[str, Any]:
     """Run both measurements; returns a dict of figures (milliseconds)."""
     import numpy as np
@@ -124,6 +124,8 @@ def measure(
         widget.set_model(sam)
         if not drafts:
             widget.interactive.draft_decode_ms = 0
+        if zoom is not None:
+            widget.session.set_zoom(zoom)
         image, truth = make_nuclei_2d(tuple(prompt_shape), dtype="uint16", seed=3)
         layer = viewer.add_image(image, name="nuclei")
         _wait(app, lambda: widget.points_layer is not None, 30)
@@ -157,6 +159,7 @@ def measure(
         # time spent in the decoder (predict) during each preview, to separate the
         # widget's own cost from the model's
         predictor = widget.session.predictor
+        zoom_used = getattr(predictor, "zoom", None)
         decoder_ms: list[float] = []
         stock_predict = predictor.predict
 
@@ -225,6 +228,7 @@ def measure(
     gaps.sort()
     return {
         "model": sam.name,
+        "zoom": zoom_used,
         "prompt_image_shape": "x".join(str(int(s)) for s in prompt_shape),
         "first_prompt_with_encoding_ms": round(first, 1),
         "prompt_to_preview_median_ms": round(statistics.median(latencies), 1),
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of heartbeat with nothing running, as a baseline")
     parser.add_argument("--no-draft", action="store_true",
                         help="no draft before the full result (as before drafts existed)")
+    parser.add_argument("--zoom", help="the session's zoom: auto, off, 2, 4 (default: the session's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux") and not os.environ.get(
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(shape) != 2 or min(shape) < 64:
         parser.error(f"--prompt-shape must look like 512x512 (at least 64 each), not {args.prompt_shape!r}")
     figures = measure(args.model, args.repeats, args.planes, args.size, args.idle, shape,
-                      drafts=not args.no_draft)
+                      drafts=not args.no_draft, zoom=args.zoom)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")

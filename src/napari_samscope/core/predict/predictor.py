@@ -36,7 +36,7 @@ from napari_samscope.core.predict.input_scale import ScaleSetting, check_scale
 from napari_samscope.core.predict.object_decode import decode_objects
 from napari_samscope.core.predict.point_refine import RefineSetting
 from napari_samscope.core.predict.prompts import check_flag, parse_prompts
-from napari_samscope.core.predict.resolution import warn_unresolvable
+from napari_samscope.core.predict.resolution import warn_unresolvable_prompts
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import MaskUpsampler
 from napari_samscope.core.predict.zoom import ZoomSetting
@@ -374,9 +374,8 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
                 refine an object with a new click, pass all of its clicks and the previous
                 single-mask result's ``logits[0]``.
             multimask_output: ask the model for 3 candidates per object.
-            draft: a quick first look: one decoder pass on the image as it is, without
-                flip averaging, point refinement or zoom (a live preview shows it while the
-                full result is computed; a tiled image is decoded as usual).
+            draft: one decoder pass on the image as it is, without flip averaging, point
+                refinement or zoom (a live preview's first look; tiles decode as usual).
 
         Returns:
             A :class:`Prediction`. One object: its 3 candidates (multimask) or 1 mask.
@@ -396,13 +395,8 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
             emb = self._require_image()
             prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
             multimask_output = check_flag(multimask_output, "multimask_output")
-            size, mag = emb.original_size, emb.magnification
-            if prompts.boxes is not None:  # objects too small for the model at this scale
-                zoom = None if draft else self.zoom_source(emb)
-                mag = mag if zoom is None else zoom.grid.magnification
-                warn_unresolvable(size, self.img_size, prompts.boxes, "box", 3, magnification=mag)
-            elif prompts.points is not None:
-                warn_unresolvable(size, self.img_size, what="image", stacklevel=3, magnification=mag)
+            zoom = None if draft or prompts.boxes is None else self.zoom_source(emb)
+            warn_unresolvable_prompts(emb, prompts, self.img_size, zoom and zoom.grid.magnification, 3)
             return decode_objects(self, emb, prompts, multimask_output, draft=draft)
 
     @torch.no_grad()

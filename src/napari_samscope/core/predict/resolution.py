@@ -23,6 +23,7 @@ __all__ = [
     "as_boxes",
     "is_unresolvable",
     "warn_unresolvable",
+    "warn_unresolvable_prompts",
 ]
 
 #: a box whose shorter side is under this many model-input pixels is not resolved by the
@@ -101,3 +102,19 @@ def warn_unresolvable(
 def _resized(shrink: float) -> str:
     """``"shrunk 4.0x"`` or ``"magnified 2.0x"``."""
     return f"shrunk {shrink:.1f}x" if shrink >= 1 else f"magnified {1 / shrink:.1f}x"
+
+
+def warn_unresolvable_prompts(
+    emb: Any, prompts: Any, img_size: int, crop_magnification: float | None = None, stacklevel: int = 2,
+) -> None:
+    """:func:`warn_unresolvable` for the parsed ``prompts`` of a ``predict`` call on the
+    image embedding ``emb``: its boxes at the magnification they are decoded at (that
+    of their zoom crops, ``crop_magnification``, when zooming), else the image itself
+    when there are points."""
+    size, magnification = emb.original_size, emb.magnification
+    if prompts.boxes is not None:
+        at = magnification if crop_magnification is None else crop_magnification
+        warn_unresolvable(size, img_size, prompts.boxes, "box", stacklevel + 1, magnification=at)
+    elif prompts.points is not None:
+        warn_unresolvable(size, img_size, what="image", stacklevel=stacklevel + 1,
+                          magnification=magnification)
