@@ -48,6 +48,25 @@ def drafting(viewer, tiny_sam_factory, qtbot):
     return widget
 
 
+def _hold_full_results(widget):
+    """Make the widget's full decodes wait for the returned event (without holding the
+    predictor, so that drafts are still drawn)."""
+    import threading
+
+    from napari_samscope.core.progress import Progress
+
+    gate = threading.Event()
+    stock = widget.interactive.preview_job
+
+    def held(*args, **kwargs):
+        yield Progress("waiting", 0, 1)
+        gate.wait(30)
+        return (yield from stock(*args, **kwargs))
+
+    widget.interactive.preview_job = held
+    return gate
+
+
 def _preview(viewer):
     return viewer.layers["SAM preview"].data > 0
 
@@ -84,19 +103,7 @@ def test_commit_while_the_full_result_is_coming_commits_the_full_result(viewer, 
 def test_a_draft_drawn_after_a_deferred_commit_is_not_committed(viewer, drafting, qtbot):
     """``C`` pressed while the full result is coming, then another click whose draft is
     drawn before that result: the commit still waits, and takes the newest full result."""
-    import threading
-
-    from napari_samscope.core.progress import Progress
-
-    gate = threading.Event()
-    stock = drafting.interactive.preview_job
-
-    def held(*args, **kwargs):  # the full decode waits for the gate (not holding the predictor)
-        yield Progress("waiting", 0, 1)
-        gate.wait(30)
-        return (yield from stock(*args, **kwargs))
-
-    drafting.interactive.preview_job = held
+    gate = _hold_full_results(drafting)
     add_points(drafting.points_layer, [[60, 95]])
     assert drafting.commit() == []  # deferred
     add_points(drafting.points_layer, [[30, 40]])
@@ -109,6 +116,33 @@ def test_a_draft_drawn_after_a_deferred_commit_is_not_committed(viewer, drafting
     (segmentation, full), = shown[:1]
     assert not segmentation.draft and len(segmentation.objects) >= 1 and full.any()
     np.testing.assert_array_equal(viewer.layers["SAM labels"].data > 0, full)
+
+
+def test_cancel_takes_a_draft_and_a_waiting_commit_away(viewer, drafting, qtbot):
+    gate = _hold_full_results(drafting)
+    add_points(drafting.points_layer, [[60, 95]])
+    assert drafting.preview.draft and drafting.commit() == []  # deferred
+    drafting.cancel()
+    gate.set()
+    wait_idle(qtbot, drafting)
+    assert drafting.preview is None and not _preview(viewer).any()
+    assert "SAM labels" not in viewer.layers
+    add_points(drafting.points_layer, [[30, 40]])  # the next full result is shown, not committed
+    wait_idle(qtbot, drafting)
+    assert drafting.preview is not None and not drafting.preview.draft and _preview(viewer).any()
+    assert "SAM labels" not in viewer.layers
+
+
+def test_removing_the_image_under_a_draft_leaves_nothing_to_commit(viewer, drafting, qtbot, notifications):
+    gate = _hold_full_results(drafting)
+    add_points(drafting.points_layer, [[60, 95]])
+    assert drafting.preview.draft and drafting.commit() == []
+    viewer.layers.remove("disks")
+    gate.set()
+    wait_idle(qtbot, drafting)
+    assert any("was removed while it was being segmented" in m for m in notifications.errors())
+    assert drafting.preview is None and not _preview(viewer).any()
+    assert "SAM labels" not in viewer.layers
 
 
 def test_a_draft_left_alone_is_refused_by_commit(viewer, drafting, qtbot, notifications):
@@ -211,8 +245,13 @@ def test_real_clicks_with_the_default_model_show_its_draft_then_its_refined_mask
     wait_idle(qtbot, widget)
 
     seen = []
-    widget.preview_drafted.connect(lambda: seen.append(("draft", _preview(viewer))))
-    widget.preview_updated.connect(lambda: seen.append(("full", _preview(viewer))))
+
+    def record(kind):
+        if "SAM preview" in viewer.layers:
+            seen.append((kind, _preview(viewer)))
+
+    widget.preview_drafted.connect(lambda: record("draft"))
+    widget.preview_updated.connect(lambda: record("full"))
     click(qtbot, viewer, layer, centres[1], wait_ms=0)
     wait_idle(qtbot, widget, timeout=60_000)
     assert [kind for kind, _ in seen] == ["draft", "full"]

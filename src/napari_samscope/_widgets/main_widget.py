@@ -212,6 +212,15 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         self.committed.emit(result.ids)
         return result.ids
 
+    def cancel(self) -> None:
+        """Stop the dock's jobs (Cancel, or the image removed mid-run). A commit waiting
+        for the preview is dropped, and a draft whose full result was stopped is taken
+        away: neither may be committed later."""
+        super().cancel()
+        self._commit_when_ready = False
+        if self.preview is not None and self.preview.draft:
+            self._show_preview(None, self.image_layer)
+
     def clear_prompts(self) -> None:
         """Remove every prompt (``Shift+C``); the preview clears with them."""
         self._quiet = True  # one preview update for both layers, not one per layer
