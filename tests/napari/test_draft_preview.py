@@ -1,7 +1,8 @@
 """The live preview's draft: with a model whose full decode takes several decoder passes
 (flip averaging, refined clicks), a click on an encoded plane draws a one-pass draft on
 the GUI thread at once, the worker's full result replaces it, and a draft is never
-committed - not by ``C`` while the full result is on its way, not after a failure."""
+committed - not by ``C`` while the full result is on its way, not after a failure, a
+Cancel or the image's removal."""
 
 from __future__ import annotations
 
