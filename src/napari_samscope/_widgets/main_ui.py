@@ -76,7 +76,9 @@ class MainControls:
         self.new_prompts = _button("New prompt layers", "Create 'SAM points' and 'SAM boxes'")
         self.live = QCheckBox("Live preview")
         self.live.setChecked(True)
-        self.live.setToolTip("Re-segment whenever the prompts change")
+        self.live.setToolTip("Re-segment whenever the prompts change (a quick one-pass draft shows "
+                             "first when the model's full decode takes several passes; only the "
+                             "full result is committed)")
         self.target = ComboBox(label="target", choices=layer_choices["labels"], nullable=True)
         self.target.null_string = NEW_LABELS_CHOICE
         self.points.null_string = self.shapes.null_string = "none"
