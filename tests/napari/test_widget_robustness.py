@@ -148,3 +148,34 @@ def test_an_error_in_an_inline_decode_notifies_and_the_next_run_works(viewer, ma
     add_points(points, [[62, 97]])
     wait_idle(qtbot, main_widget)
     assert viewer.layers["SAM preview"].data[60, 95] > 0
+
+
+def test_removing_every_layer_with_a_preview_on_the_canvas_notifies_nothing(viewer, main_widget, qtbot,
+                                                                           notifications):
+    """What closing napari does with prompts and a preview on the canvas: the layers go one
+    by one (the preview first). Nothing may start segmenting on the way out, so no
+    "removed while it was being segmented" error is shown."""
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    main_widget.inline_decode_ms = 0  # every preview in the worker, as with the default model
+    add_points(main_widget.points_layer, [[30, 40]])
+    wait_idle(qtbot, main_widget)
+    assert viewer.layers["SAM preview"].data[30, 40] > 0
+    viewer.layers.clear()
+    wait_idle(qtbot, main_widget)
+    assert notifications.errors() == []
+
+
+def test_deleting_the_preview_layer_does_not_bring_it_back_until_the_prompts_change(
+    viewer, main_widget, qtbot
+):
+    viewer.add_image(disk_image(), name="disks")
+    qtbot.waitUntil(lambda: main_widget.points_layer is not None)
+    add_points(main_widget.points_layer, [[30, 40]])
+    wait_idle(qtbot, main_widget)
+    viewer.layers.remove("SAM preview")
+    wait_idle(qtbot, main_widget)
+    assert "SAM preview" not in viewer.layers
+    add_points(main_widget.points_layer, [[60, 95]])  # a new prompt: a new preview layer
+    wait_idle(qtbot, main_widget)
+    assert viewer.layers["SAM preview"].data[60, 95] > 0

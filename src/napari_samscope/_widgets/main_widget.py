@@ -331,7 +331,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         flight, a newer request replaces a waiting one and supersedes the running one,
         so a burst of changes costs at most one run beyond the one in flight.
         """
-        if not self.ui.live.isChecked() or self._shut or self._quiet:
+        if self._shut or self._quiet or not self.ui.live.isChecked():
             return
         if self.image_layer is None or (self.points_layer is None and self.shapes_layer is None):
             return  # the live preview stays silent while there is nothing to do
@@ -343,7 +343,9 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
             if plugin_layers.PREVIEW_NAME in self.viewer.layers else None
         self.wiring.bind([self.points_layer, self.shapes_layer, preview])
         self.wiring.watch([self.points_layer, self.shapes_layer])
-        self._schedule_preview()
+        # after the layer list has settled: closing napari removes every layer in one go,
+        # and a preview started between two removals would only be stopped with an error
+        QTimer.singleShot(0, self._schedule_preview)
 
     def _image_changed(self, image: Any) -> None:
         self.ui.set_axes(0 if image is None else image.ndim)
