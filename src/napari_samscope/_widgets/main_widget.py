@@ -217,9 +217,7 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
         for the preview is dropped, and a draft whose full result was stopped is taken
         away: neither may be committed later."""
         super().cancel()
-        self._commit_when_ready = False
-        if self.preview is not None and self.preview.draft:
-            self._show_preview(None, self.image_layer)
+        self._drop_waiting()
 
     def clear_prompts(self) -> None:
         """Remove every prompt (``Shift+C``); the preview clears with them."""
@@ -316,11 +314,16 @@ class SegmentAnythingWidget(StackActions, SamscopeDock):
             self._commit_now()  # this is the newest result: stale ones never get here
 
     def _preview_failed(self, error: BaseException) -> None:
-        """The preview worker failed (already notified): a deferred commit is dropped and a
-        draft drawn for that request is taken away, so that neither is committed later."""
-        if self._commit_when_ready:
-            self._commit_when_ready = False
-            self.ui.status.setText("nothing committed: the preview failed")
+        """The preview worker failed (already notified)."""
+        self._drop_waiting("the preview failed")
+
+    def _drop_waiting(self, why: str | None = None) -> None:
+        """The full result will not come: a commit waiting for it is dropped (``why`` goes
+        to the status line) and a draft drawn for it is taken away, so that neither is
+        committed later."""
+        if self._commit_when_ready and why:
+            self.ui.status.setText(f"nothing committed: {why}")
+        self._commit_when_ready = False
         if self.preview is not None and self.preview.draft:
             self._show_preview(None, self.image_layer)
 
