@@ -396,7 +396,8 @@ class Predictor(ZoomSetting, RefineSetting, FlipSetting, ScaleSetting):
             prompts = parse_prompts(points, labels, bboxes, masks, self.lowres_size)
             multimask_output = check_flag(multimask_output, "multimask_output")
             zoom = None if draft or prompts.boxes is None else self.zoom_source(emb)
-            warn_unresolvable_prompts(emb, prompts, self.img_size, zoom and zoom.grid.magnification, 3)
+            crop_magnification = None if zoom is None else zoom.grid.magnification
+            warn_unresolvable_prompts(emb, prompts, self.img_size, crop_magnification, 3)
             return decode_objects(self, emb, prompts, multimask_output, draft=draft)
 
     @torch.no_grad()
