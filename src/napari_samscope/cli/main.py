@@ -120,6 +120,18 @@ def one_line_warnings(command: str) -> Iterator[None]:
         warnings.showwarning = shown
 
 
+def _keep_freed_memory() -> None:
+    """The command is a process of its own that encodes image after image: let large
+    activations reuse freed pages (``core.host_memory``; ``SAMSCOPE_HOST_MALLOC=default``
+    keeps glibc's behaviour)."""
+    from napari_samscope.core.host_memory import keep_freed_memory
+
+    try:
+        keep_freed_memory()
+    except ValueError as exc:  # a bad SAMSCOPE_HOST_MALLOC
+        raise UsageError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``samscope`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     tokens, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
@@ -135,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        _keep_freed_memory()
         if debug:
             return int(args.func(args))
         with one_line_warnings(command):

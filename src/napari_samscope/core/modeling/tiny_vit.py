@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_samscope.core.modeling.common import LayerNorm2d
+from napari_samscope.core.modeling.common import LayerNorm2d, activate, in_place_allowed
 from napari_samscope.core.modeling.image_encoder import window_partition, window_unpartition
 
 
@@ -66,7 +66,8 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        first, act, second = self.seq
+        return second(activate(act, first(x)))
 
 
 class MBConv(nn.Module):
@@ -83,10 +84,14 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.conv1(x))
-        out = self.act2(self.conv2(out))
+        out = activate(self.act1, self.conv1(x))
+        out = activate(self.act2, self.conv2(out))
         out = self.conv3(out)
-        return self.act3(out + x)
+        if in_place_allowed() and torch.result_type(out, x) == out.dtype:
+            out = out.add_(x)
+        else:
+            out = out + x
+        return activate(self.act3, out)
 
 
 class PatchMerging(nn.Module):
@@ -100,8 +105,8 @@ class PatchMerging(nn.Module):
         self.conv3 = ConvBN(out_dim, out_dim, 1, 1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
+        x = activate(self.act, self.conv1(x))
+        x = activate(self.act, self.conv2(x))
         return self.conv3(x)
 
 
@@ -199,7 +204,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return self.fc2(activate(self.act, self.fc1(self.norm(x))))
 
 
 class TinyViTBlock(nn.Module):

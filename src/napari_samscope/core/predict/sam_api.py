@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from napari_samscope.core.host_memory import keep_if_requested
 from napari_samscope.core.instances.api import InstanceSegmentationMixin
 from napari_samscope.core.modeling.sam import Sam
 from napari_samscope.core.predict.image import load_image, to_rgb_uint8
@@ -146,6 +147,8 @@ class SAM(InstanceSegmentationMixin):
         self.model = sam.eval()
         self.name = str(name)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_if_requested()  # SAMSCOPE_HOST_MALLOC=keep (core.host_memory)
         self.dtype = dtype
         self.path = None if path is None else Path(path)
         self.spec = spec

@@ -1,0 +1,144 @@
+"""``core.host_memory``: glibc's malloc keeps large freed blocks for the next pass.
+
+Each check that touches malloc runs in a fresh interpreter: the thresholds are a
+process-wide setting, set once. The library sets them only when asked (the ``samscope``
+command, ``SAMSCOPE_HOST_MALLOC=keep``, or a call).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from napari_samscope.core import host_memory
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+needs_glibc = pytest.mark.skipif(not GLIBC, reason="the thresholds are glibc's (Linux)")
+
+# Allocate, write and free a 64 MB tensor twelve times; count the page faults of the last
+# three rounds (kept blocks settle into reuse after a few rounds: a block aligned for torch
+# does not always fit the hole its predecessor left). Fresh pages from the kernel fault
+# once per 4 KB page written.
+_PROBE = """
+import json, resource, sys
+import torch
+from napari_samscope.core import host_memory
+mode = sys.argv[1]
+if mode == "sam":
+    from napari_samscope.core.modeling.build import build_sam, tiny_config
+    from napari_samscope.core.predict.sam_api import SAM
+    SAM.from_sam(build_sam(tiny_config("vit", 64)), device="cpu")
+elif mode == "call":
+    host_memory.keep_freed_memory()
+elif mode == "cli":
+    from napari_samscope.cli.main import main
+    assert main(["models"]) == 0
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.empty(64 << 20, dtype=torch.uint8)
+    block.fill_(1)
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": host_memory._state, "faults": faults[-3:]}))
+"""
+
+
+def _probe(mode: str, **env: str) -> dict:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "SAMSCOPE_HOST_MALLOC"}
+    environ.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, env=environ,
+        timeout=120, check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+PAGES = (64 << 20) // 4096  # 16,384 pages of 4 KB in the block
+
+
+@needs_glibc
+def test_without_it_every_large_block_is_fresh_pages() -> None:
+    """The baseline the module exists for: glibc maps a 64 MB block anew each time."""
+    result = _probe("none")
+    assert result["kept"] is None
+    assert min(result["faults"]) > PAGES // 2
+
+
+@needs_glibc
+def test_kept_blocks_are_reused_without_faults() -> None:
+    result = _probe("call")
+    assert result["kept"] is True
+    assert max(result["faults"]) < PAGES // 20
+
+
+@needs_glibc
+def test_loading_a_model_leaves_the_process_alone_unless_asked() -> None:
+    result = _probe("sam")
+    assert result["kept"] is None
+    assert min(result["faults"]) > PAGES // 2
+
+
+@needs_glibc
+def test_loading_a_model_with_keep_in_the_environment_sets_it() -> None:
+    result = _probe("sam", SAMSCOPE_HOST_MALLOC="keep")
+    assert result["kept"] is True
+    assert max(result["faults"]) < PAGES // 20
+
+
+@needs_glibc
+def test_the_samscope_command_sets_it() -> None:
+    result = _probe("cli")
+    assert result["kept"] is True
+    assert max(result["faults"]) < PAGES // 20
+
+
+@needs_glibc
+@pytest.mark.parametrize("mode", ["call", "cli"])
+def test_opting_out_leaves_glibc_alone(mode: str) -> None:
+    result = _probe(mode, SAMSCOPE_HOST_MALLOC="default")
+    assert result["kept"] is False
+    assert min(result["faults"]) > PAGES // 2
+
+
+@needs_glibc
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("SAMSCOPE_HOST_MALLOC", "default", "SAMSCOPE_HOST_MALLOC=default"),
+        ("MALLOC_MMAP_THRESHOLD_", "1048576", "MALLOC_MMAP_THRESHOLD_ is set"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0", "GLIBC_TUNABLES is set"),
+        ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2", "another allocator is preloaded"),
+    ],
+)
+def test_settings_of_the_user_win(monkeypatch, name, value, reason) -> None:
+    for other in ("SAMSCOPE_HOST_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                  "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(other, raising=False)
+    assert host_memory.why_not_kept() is None
+    monkeypatch.setenv(name, value)
+    assert host_memory.why_not_kept() == reason
+
+
+def test_a_bad_setting_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SAMSCOPE_HOST_MALLOC", "off")
+    with pytest.raises(ValueError, match="SAMSCOPE_HOST_MALLOC must be 'keep' or 'default'"):
+        host_memory.why_not_kept()
+    with pytest.raises(ValueError, match="SAMSCOPE_HOST_MALLOC must be"):
+        host_memory.keep_if_requested()
+    from napari_samscope.cli.main import main
+
+    assert main(["models"]) == 2
+    assert "SAMSCOPE_HOST_MALLOC must be 'keep' or 'default', not 'off'" in capsys.readouterr().err
+
+
+def test_other_platforms_are_left_alone(monkeypatch) -> None:
+    monkeypatch.delenv("SAMSCOPE_HOST_MALLOC", raising=False)
+    monkeypatch.setattr(host_memory.sys, "platform", "darwin")
+    assert host_memory.why_not_kept() == "not glibc on Linux"
