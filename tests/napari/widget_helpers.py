@@ -14,8 +14,11 @@ def wait_idle(qtbot, widget, timeout=30_000):
     def idle():
         return not any(r.busy for r in runners)
 
-    qtbot.waitUntil(idle, timeout=timeout)
-    qtbot.wait(10)  # let queued result signals land
+    # Twice: the first events processed may start a run (the dock schedules a preview on
+    # the next turn of the event loop after a prompt layer changes).
+    for _ in range(2):
+        qtbot.waitUntil(idle, timeout=timeout)
+        qtbot.wait(10)  # let queued result signals and zero-delay timers land
 
 
 def add_points(layer, rows_cols, polarity=None):

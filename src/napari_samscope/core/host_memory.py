@@ -101,6 +101,7 @@ def keep_freed_memory() -> bool:
         ValueError: ``SAMSCOPE_HOST_MALLOC`` is neither ``keep`` nor ``default``.
     """
     global _state
+    requested()  # a bad value is an error on every call
     with _lock:
         if _state is not None:
             return _state
