@@ -83,17 +83,23 @@ def test_in_place_is_off_while_tracing_or_recording() -> None:
 def test_encoder_in_place_equals_out_of_place(
     encoder: str, dtype: torch.dtype | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One image: bit for bit. A batch: TinyViT's conv stage then runs one image at a
+    time, and a convolution over one image may sum in another order than over two."""
     sam = randomize_state(make_tiny_sam(encoder, 64), seed=3)
-    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    kept = image.clone()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kept = images.clone()
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
-        fast = sam.image_encoder(image)
-    assert torch.equal(image, kept), "the encoder wrote into its input"
+        fast = sam.image_encoder(images[:1])
+        fast_batch = sam.image_encoder(images)
+    assert torch.equal(images, kept), "the encoder wrote into its input"
     _out_of_place(monkeypatch)
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
-        plain = sam.image_encoder(image)
-    assert fast.dtype == plain.dtype
+        plain = sam.image_encoder(images[:1])
+        plain_batch = sam.image_encoder(images)
+    assert fast.dtype == plain.dtype == fast_batch.dtype
     assert torch.equal(fast, plain)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype is None else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(fast_batch, plain_batch, **tol)
 
 
 def test_mbconv_residual_in_place_only_when_dtypes_agree(monkeypatch) -> None:
@@ -118,3 +124,24 @@ def test_training_still_gets_gradients() -> None:
     grads = [p.grad for p in sam.image_encoder.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_tiny_vit_splits_its_conv_stage_per_image_only_for_inference(monkeypatch) -> None:
+    """Inference runs stage 0 one image at a time (same values); training mode keeps the
+    batch together, since BatchNorm then normalises with the batch's statistics."""
+    encoder = randomize_state(make_tiny_sam("tiny_vit", 64), seed=5).image_encoder
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    calls = []
+    original = tiny_vit.TinyViT._conv_stage
+    monkeypatch.setattr(tiny_vit.TinyViT, "_conv_stage",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    with torch.no_grad():
+        batched = encoder(images)
+        singles = torch.cat([encoder(image[None]) for image in images])
+    assert calls == [1, 1, 1, 1, 1, 1]
+    torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    encoder.train()
+    with torch.no_grad():
+        encoder(images)
+    assert calls == [3]

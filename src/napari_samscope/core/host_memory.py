@@ -1,13 +1,14 @@
 """Reusing freed host memory between layers and images (glibc's malloc, Linux).
 
-An encoder pass allocates and frees hundreds of megabytes of activations: with the
-default model, a 512x512 image encoded in both orientations (``flips=2``) under bf16
-autocast goes through tensors of 33 MB, and float32 or a larger batch doubles them.
-glibc's ``malloc`` serves a request above its mmap threshold (at most 32 MB, however it
-adapts) with fresh pages from the kernel, which cost a page fault each when first written
-(about 25,000-50,000 faults, 100-200 MB, per such encode on the 2-core test machine), and
-it hands freed memory at the top of its heap back to the kernel once more than the trim
-threshold is free. :func:`keep_freed_memory` raises the mmap threshold to
+An encoder pass allocates and frees hundreds of megabytes of activations, and the
+instance decoder's maps at 1024x1024 more. glibc's ``malloc`` serves a request above its
+mmap threshold (at most 32 MB, however it adapts) with fresh pages from the kernel, which
+cost a page fault each when first written, and it hands freed memory at the top of its
+heap back to the kernel once more than the trim threshold is free. The default model's
+encoder keeps most of its activations under 32 MB (TinyViT runs its convolutional stage
+one image at a time), yet about 13,000 faults remain per 512x512 ``set_image`` with
+``flips=2`` in bf16 on the 2-core test machine; float32, larger models and AIS have more.
+:func:`keep_freed_memory` raises the mmap threshold to
 :data:`MMAP_THRESHOLD` and the trim threshold to :data:`TRIM_THRESHOLD`, so that the same
 pages serve one layer after another and one image after the next. The values computed do
 not change. The price is memory: the process keeps up to :data:`TRIM_THRESHOLD` of freed

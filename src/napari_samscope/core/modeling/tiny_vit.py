@@ -318,8 +318,23 @@ class TinyViT(nn.Module):
         The activations are kept channels-last (the channels of a pixel contiguous):
         the convolutions run faster on it, and the attention stages, which work on
         ``(B, H, W, C)`` tokens, get them without copies.
+
+        For inference (eval mode, no autograd, no tracing) the convolutional stage (patch
+        embedding and stage 0, whose activations are the largest: ``(B, 4 *
+        embed_dims[0], S/4, S/4)``) runs one image at a time. The values are the same; but
+        a batch of two 1024x1024 inputs in bf16 (an image and its flip) would hold 33 MB
+        activations, above the largest block glibc's malloc reuses, so each one would be
+        fresh pages and a page fault per 4 KB (see ``core.host_memory``).
         """
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
-        for layer in self.layers:
+        if x.shape[0] > 1 and not self.training and in_place_allowed():
+            x = torch.cat([self._conv_stage(image) for image in x.split(1)])
+        else:
+            x = self._conv_stage(x)
+        for layer in self.layers[1:]:
             x = layer(x)
         return self.neck(x).contiguous()  # the neck's LayerNorm2d works channels-last
+
+    def _conv_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S) -> (B, embed_dims[1], S/8, S/8)`` channels-last: the patch
+        embedding and stage 0."""
+        return self.layers[0](self.patch_embed(x.contiguous(memory_format=torch.channels_last)))
