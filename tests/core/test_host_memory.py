@@ -66,47 +66,25 @@ PAGES = (64 << 20) // 4096  # 16,384 pages of 4 KB in the block
 
 
 @needs_glibc
-def test_without_it_every_large_block_is_fresh_pages() -> None:
-    """The baseline the module exists for: glibc maps a 64 MB block anew each time."""
-    result = _probe("none")
-    assert result["kept"] is None
-    assert min(result["faults"]) > PAGES // 2
-
-
-@needs_glibc
-def test_kept_blocks_are_reused_without_faults() -> None:
-    result = _probe("call")
-    assert result["kept"] is True
-    assert max(result["faults"]) < PAGES // 20
-
-
-@needs_glibc
-def test_loading_a_model_leaves_the_process_alone_unless_asked() -> None:
-    result = _probe("sam")
-    assert result["kept"] is None
-    assert min(result["faults"]) > PAGES // 2
-
-
-@needs_glibc
-def test_loading_a_model_with_keep_in_the_environment_sets_it() -> None:
-    result = _probe("sam", SAMSCOPE_HOST_MALLOC="keep")
-    assert result["kept"] is True
-    assert max(result["faults"]) < PAGES // 20
-
-
-@needs_glibc
-def test_the_samscope_command_sets_it() -> None:
-    result = _probe("cli")
-    assert result["kept"] is True
-    assert max(result["faults"]) < PAGES // 20
-
-
-@needs_glibc
-@pytest.mark.parametrize("mode", ["call", "cli"])
-def test_opting_out_leaves_glibc_alone(mode: str) -> None:
-    result = _probe(mode, SAMSCOPE_HOST_MALLOC="default")
-    assert result["kept"] is False
-    assert min(result["faults"]) > PAGES // 2
+@pytest.mark.parametrize(
+    ("mode", "setting", "kept"),
+    [
+        ("none", "", None),  # the baseline the module exists for: fresh pages each time
+        ("call", "", True),
+        ("sam", "", None),  # loading a model leaves the process alone unless asked
+        ("sam", "keep", True),
+        ("cli", "", True),  # the samscope command is a process of its own
+        ("call", "default", False),
+        ("cli", "default", False),
+    ],
+)
+def test_who_keeps_freed_memory_and_what_it_saves(mode: str, setting: str, kept) -> None:
+    result = _probe(mode, **({"SAMSCOPE_HOST_MALLOC": setting} if setting else {}))
+    assert result["kept"] is kept
+    if kept:
+        assert max(result["faults"]) < PAGES // 20  # the same pages again
+    else:
+        assert min(result["faults"]) > PAGES // 2  # a 64 MB block mapped anew each time
 
 
 @needs_glibc
