@@ -145,3 +145,16 @@ def test_tiny_vit_splits_its_conv_stage_per_image_only_for_inference(monkeypatch
     with torch.no_grad():
         encoder(images)
     assert calls == [3]
+
+
+def test_other_devices_keep_the_conv_stage_batched(monkeypatch) -> None:
+    """Off the CPU the allocator caches blocks: no reason to give up the batch."""
+    encoder = make_tiny_sam("tiny_vit", 64).image_encoder.to("meta")
+    calls = []
+    original = tiny_vit.TinyViT._conv_stage
+    monkeypatch.setattr(tiny_vit.TinyViT, "_conv_stage",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    with torch.no_grad():
+        out = encoder(torch.empty(3, 3, 64, 64, device="meta"))
+    assert calls == [3]
+    assert out.shape == (3, 32, 4, 4)

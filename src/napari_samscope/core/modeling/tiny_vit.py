@@ -319,14 +319,17 @@ class TinyViT(nn.Module):
         the convolutions run faster on it, and the attention stages, which work on
         ``(B, H, W, C)`` tokens, get them without copies.
 
-        For inference (eval mode, no autograd, no tracing) the convolutional stage (patch
-        embedding and stage 0, whose activations are the largest: ``(B, 4 *
-        embed_dims[0], S/4, S/4)``) runs one image at a time. The values are the same; but
-        a batch of two 1024x1024 inputs in bf16 (an image and its flip) would hold 33 MB
-        activations, above the largest block glibc's malloc reuses, so each one would be
-        fresh pages and a page fault per 4 KB (see ``core.host_memory``).
+        For inference on the CPU (eval mode, no autograd, no tracing) the convolutional
+        stage (patch embedding and stage 0, whose activations are the largest: ``(B, 4 *
+        embed_dims[0], S/4, S/4)``) runs one image at a time. The values are those of the
+        batched stage up to the order of a convolution's sums (bit for bit for the default
+        model in bf16); but a batch of two 1024x1024 inputs in bf16 (an image and its
+        flip) would hold 33 MB activations, above the largest block glibc's malloc reuses,
+        so each one would be fresh pages and a page fault per 4 KB (see
+        ``core.host_memory``). Other devices keep the batch: their allocators cache blocks.
         """
-        if x.shape[0] > 1 and not self.training and in_place_allowed():
+        per_image = x.device.type == "cpu" and not self.training and in_place_allowed()
+        if x.shape[0] > 1 and per_image:
             x = torch.cat([self._conv_stage(image) for image in x.split(1)])
         else:
             x = self._conv_stage(x)
