@@ -5,7 +5,7 @@ exact command on a 2-core CPU)::
 
     python training/train_default_model.py --out training/runs/default --seed 20240601
 
-The run has ten phases, and three experimental ones (all with ``core.training.train_iter``; trainable "all"
+The run has ten phases, and four experimental ones (all with ``core.training.train_iter``; trainable "all"
 except in ``decode``):
 
 1. ``localise`` - 256x256 images with a few large nuclei: the decoder learns to follow
@@ -45,7 +45,11 @@ except in ``decode``):
    its embeddings, stays valid): the mask decoder and prompt encoder refit on the
    ``realistic`` mix, a quarter of the planes rendered at 256x256 (4x magnified at input
    1024, as a zoomed click's crop is) and the rest at 512x512; stopped at step 500 of its
-   800-step schedule (``STOP_AFTER``). An experiment, not shipped (training/README.md).
+   800-step schedule (``STOP_AFTER``). An experiment, not shipped (training/README.md);
+14. ``zoomed`` - from ``annotate``, every part trained on ``decode``'s planes (the
+   ``realistic`` mix, a quarter rendered at 256x256 so that they reach the encoder 4x
+   magnified, as the crop of a zoomed box or click does): with ``zoom=2`` half of every
+   box mask comes from such a crop, which the encoder had never been trained on.
 
 TinyViT has no absolute position table, so the weights carry over between input sizes
 unchanged (``resize_model``); the next phase then adapts them to the new frame. Each
@@ -198,7 +202,7 @@ def pool(kind: str, n: int, size: int, rng: np.random.Generator, render: int | N
             image, labels = render_nuclei_2d(refine_style(rng), (render, render), rng)
         elif kind == "realistic":
             image, labels = render_nuclei_2d(realistic_mix_style(rng), (render, render), rng)
-        elif kind == "decode":
+        elif kind in ("decode", "zoomed"):
             side = render // 2 if rng.random() < 0.25 else render
             image, labels = render_nuclei_2d(realistic_mix_style(rng), (side, side), rng)
         elif kind in LOW_SNR_PHASES and rng.random() < 0.6:
@@ -247,12 +251,14 @@ PHASES = {
                                   feedback_mask_p=0.5, **_LOW_SNR_STEP)),
     "decode": (1024, 320, dict(steps=800, lr=1.5e-4, negative_pair_fraction=0.25,
                                feedback_mask_p=0.5, **_LOW_SNR_STEP)),
+    "zoomed": (1024, 320, dict(steps=400, lr=1e-4, negative_pair_fraction=0.25,
+                               feedback_mask_p=0.5, **_LOW_SNR_STEP)),
 }
 #: Phases that train only some parts (``TrainConfig.trainable``); the others train all.
 TRAINABLE = {"decode": "decoder+prompt"}
 #: Phases whose planes are rendered smaller than the model's input (and upsampled by
 #: the preprocessing, as the predictor does for a 512x512 image at input 1024).
-RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, "realistic": 512, "decode": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
+RENDER_SIZE = {"upscale": 512, "annotate": 512, "refine": 512, "realistic": 512, "decode": 512, "zoomed": 512, **{phase: 512 for phase in LOW_SNR_PHASES}}
 #: Phases stopped before the end of their learning-rate schedule (at this step).
 STOP_AFTER = {"full": 400, "refine": 100, "decode": 500}
 

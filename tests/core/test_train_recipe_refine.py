@@ -1,5 +1,6 @@
-"""The ``refine`` phase of training/train_default_model.py: its image mix and its place in
-the recipe (the script is loaded from its file; it is not part of the package)."""
+"""The ``refine`` and ``zoomed`` phases of training/train_default_model.py: their image mix
+and their place in the recipe (the script is loaded from its file; it is not part of the
+package)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def test_refine_is_a_phase_at_input_1024_resumable_and_stopped_early(recipe):
     assert 0 < recipe.STOP_AFTER["refine"] < options["steps"]
     samples = recipe.pool("refine", 1, 1024, np.random.default_rng(1), render=128)
     assert len(samples) == 1 and len(samples[0].ids) > 0
+
+
+def test_zoomed_trains_every_part_on_a_quarter_of_4x_magnified_planes(recipe, monkeypatch):
+    size, n_pool, options = recipe.PHASES["zoomed"]
+    assert size == 1024 and recipe.RENDER_SIZE["zoomed"] == 512
+    assert recipe.TRAINABLE.get("zoomed", "all") == "all"  # unlike decode, the encoder learns
+    assert "zoomed" not in recipe.STOP_AFTER
+    # Appended last, so the seeds of the phases before it (their index in PHASES) are unchanged.
+    assert list(recipe.PHASES)[-1] == "zoomed" and list(recipe.PHASES).index("annotate") == 9
+    sides = []
+
+    def render(style, shape, rng):
+        sides.append(shape)
+        labels = np.zeros(shape, np.uint16)
+        labels[2:12, 2:12] = 1
+        return (labels * 200).astype(np.uint8), labels
+
+    monkeypatch.setattr(recipe, "render_nuclei_2d", render)
+    samples = recipe.pool("zoomed", 200, 128, np.random.default_rng(3), render=64)
+    assert len(samples) == 200
+    assert set(sides) == {(32, 32), (64, 64)}
+    assert sides.count((32, 32)) / len(sides) == pytest.approx(0.25, abs=0.07)
