@@ -64,6 +64,8 @@ def test_train_then_evaluate_from_folders(folders, tmp_path, capsys):
     assert figures["images"] == 2 and figures["objects"] >= 4
     for key in ("point_iou", "point_multimask_iou", "box_iou"):
         assert 0.0 <= figures[key] <= 1.0
+        assert 0.0 <= figures[f"{key}_se"] <= 0.5  # at least 4 objects: defined
+    assert figures["box_minus_otsu"] == pytest.approx(figures["box_iou"] - figures["otsu_box_iou"], abs=2e-4)
 
 
 def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
@@ -80,6 +82,7 @@ def test_evaluate_on_synthetic_images(folders, tmp_path, capsys):
     assert "point IoU" in line and "box IoU" in line and "in 1 images" in line
     assert "(float32, flips 1, refined points off, zoom 1)" in line  # a checkpoint path: none
     assert "Otsu threshold in the box" in line
+    assert "box minus Otsu, object by object" in line and "one standard error of the mean" in line
 
 
 def test_evaluate_reports_touching_pairs_and_half_contrast_outlines(folders, tmp_path, capsys):

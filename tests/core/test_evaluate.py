@@ -34,6 +34,26 @@ def test_the_result_reports_the_baseline_next_to_the_model() -> None:
     assert np.isnan(EvaluationResult().otsu_box_iou)
 
 
+def test_every_mean_comes_with_its_standard_error_and_the_paired_margin() -> None:
+    import pytest
+
+    from napari_samscope.core.training.evaluate import standard_error
+
+    result = EvaluationResult(point_ious=[0.2, 0.4, 0.9], point_multimask_ious=[0.5, 0.5, 0.5],
+                              box_ious=[0.9, 0.8, 0.4], otsu_box_ious=[0.5, 0.7, 0.3], images=1)
+    figures = result.as_dict()
+    # sample standard deviation (ddof=1) over sqrt(n), by hand
+    assert figures["point_iou_se"] == pytest.approx(np.sqrt(((0.2 - 0.5) ** 2 + 0.1**2 + 0.4**2) / 2 / 3), abs=1e-4)
+    assert figures["point_multimask_iou_se"] == 0.0
+    assert figures["box_iou_se"] == pytest.approx(np.std([0.9, 0.8, 0.4], ddof=1) / np.sqrt(3), abs=1e-4)
+    # paired: the margins 0.4, 0.1, 0.1 vary less than either mean's objects
+    assert figures["box_minus_otsu"] == pytest.approx(0.2, abs=1e-4)
+    assert figures["box_minus_otsu_se"] == pytest.approx(0.1, abs=1e-4)
+    assert figures["box_minus_otsu_se"] < figures["box_iou_se"]
+    assert np.isnan(standard_error([0.7])) and np.isnan(standard_error([]))
+    assert np.isnan(EvaluationResult(box_ious=[0.5], otsu_box_ious=[0.4]).as_dict()["box_iou_se"])
+
+
 def _discs(centres: list[tuple[int, int]], radius: int, shape=(64, 96)) -> np.ndarray:
     rows, cols = np.ogrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, dtype=np.int32)

@@ -138,12 +138,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(figures))
     else:
+        se = result.standard_errors()
         print(
             f"{figures['model']} ({precision}, flips {figures['flips']}, refined points "
-            f"{'on' if figures['refine_points'] else 'off'}, zoom {figures['zoom']:g}): point IoU {result.point_iou:.4f} "
-            f"(best of 3: {result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} "
+            f"{'on' if figures['refine_points'] else 'off'}, zoom {figures['zoom']:g}): point IoU "
+            f"{result.point_iou:.4f} ± {se['point_iou_se']:.4f} (best of 3: "
+            f"{result.point_multimask_iou:.4f}), box IoU {result.box_iou:.4f} ± {se['box_iou_se']:.4f} "
             f"over {result.objects} objects in {result.images} images; "
-            f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f}"
+            f"baseline without a model, Otsu threshold in the box: {result.otsu_box_iou:.4f} ± "
+            f"{se['otsu_box_iou_se']:.4f}; box minus Otsu, object by object: "
+            f"{result.box_minus_otsu:+.4f} ± {se['box_minus_otsu_se']:.4f} "
+            f"(±: one standard error of the mean over the objects)"
         )
         if pairs is not None:
             tp = pairs.as_dict()
