@@ -117,6 +117,35 @@ def test_evaluate_reports_the_requested_precision(folders, tmp_path, capsys, dty
     assert figures["dtype"] == dtype and figures["objects"] > 0
 
 
+def test_evaluate_compares_two_models_on_the_same_objects_and_points(folders, tmp_path, capsys):
+    _, _, config = folders
+    models = []
+    for steps in (1, 4):
+        out = tmp_path / f"m{steps}.pt"
+        args = _parser().parse_args(["train", "--synthetic", "1", "--config", str(config),
+                                     "--out", str(out), "--steps", str(steps), "--objects-per-image", "2"])
+        assert args.func(args) == 0
+        models.append(str(out))
+    capsys.readouterr()
+    common = ["--synthetic", "2", "--size", "128", "--seed", "3", "--device", "cpu"]
+    args = _parser().parse_args(["evaluate", "--model", models[0], "--compare", models[1], "--json", *common])
+    assert args.func(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    other = figures["compare"]
+    assert other["model"] == models[1] and other["objects"] == figures["objects"] > 2
+    for key in ("point_iou", "point_multimask_iou", "box_iou"):
+        # the mean of the differences is the difference of the means: same objects, same points
+        assert other[f"{key}_diff"] == pytest.approx(other[key] - figures[key], abs=2e-4)
+        assert other[f"{key}_diff_se"] >= 0.0
+    assert other["box_iou_diff"] != 0.0 or other["point_iou_diff"] != 0.0  # 3 more steps changed it
+
+    args = _parser().parse_args(["evaluate", "--model", models[0], "--compare", models[0], *common])
+    assert args.func(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(models[0]) and "object by object (same points)" in line
+    assert "point +0.0000 ± 0.0000" in line and "box +0.0000 ± 0.0000" in line  # a model against itself
+
+
 def test_an_unknown_dtype_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(["evaluate", "--synthetic", "1", "--dtype", "float8"])

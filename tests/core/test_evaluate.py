@@ -54,6 +54,28 @@ def test_every_mean_comes_with_its_standard_error_and_the_paired_margin() -> Non
     assert np.isnan(EvaluationResult(box_ious=[0.5], otsu_box_ious=[0.4]).as_dict()["box_iou_se"])
 
 
+def test_paired_differences_of_two_results_and_a_mismatch_refused() -> None:
+    import pytest
+
+    from napari_samscope.core.training.evaluate import paired_differences
+
+    base = EvaluationResult(point_ious=[0.5, 0.6, 0.9], point_multimask_ious=[0.5, 0.5, 0.5],
+                            box_ious=[0.7, 0.8, 0.9], otsu_box_ious=[0.1, 0.1, 0.1], images=1)
+    other = EvaluationResult(point_ious=[0.6, 0.7, 0.9], point_multimask_ious=[0.5, 0.5, 0.5],
+                             box_ious=[0.8, 0.8, 0.8], otsu_box_ious=[0.1, 0.1, 0.1], images=1)
+    diffs = paired_differences(base, other)
+    assert diffs["point_iou_diff"] == pytest.approx(0.0667, abs=1e-4)
+    # differences 0.1, 0.1, 0: their own spread, far below the spread of either set of IoUs
+    assert diffs["point_iou_diff_se"] == pytest.approx(np.std([0.1, 0.1, 0.0], ddof=1) / np.sqrt(3), abs=1e-4)
+    assert diffs["point_multimask_iou_diff"] == 0.0 and diffs["point_multimask_iou_diff_se"] == 0.0
+    assert diffs["box_iou_diff"] == pytest.approx(0.0, abs=1e-9)
+    assert diffs["box_iou_diff_se"] == pytest.approx(0.1 / np.sqrt(3), abs=1e-4)  # 0.1, 0, -0.1
+    fewer = EvaluationResult(point_ious=[0.5], point_multimask_ious=[0.5], box_ious=[0.7],
+                             otsu_box_ious=[0.1], images=1)
+    with pytest.raises(ValueError, match="same images, min_area and seed"):
+        paired_differences(base, fewer)
+
+
 def _discs(centres: list[tuple[int, int]], radius: int, shape=(64, 96)) -> np.ndarray:
     rows, cols = np.ogrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, dtype=np.int32)

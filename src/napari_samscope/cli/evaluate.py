@@ -25,12 +25,17 @@ with --seed (use a seed never used in training; --uint16 and --low-snr give the
 harder variants). For a model with an instance decoder it also reports automatic
 instance segmentation (AIS): object F1 at IoU 0.5 and the mean IoU of matched objects,
 next to a baseline that needs no model either: an Otsu threshold of the whole image with
-touching objects split by a watershed of the distance transform.
+touching objects split by a watershed of the distance transform. Every mean comes with
+its standard error over the objects. --compare MODEL evaluates a second model on the same
+objects with the same points and options and prints its difference from --model object by
+object, with the standard error of each difference (AIS and --touching-pairs are reported
+for --model only).
 
 examples:
   samscope evaluate --model my_model.pt --images imgs --labels masks
   samscope evaluate --synthetic 20 --seed 9000 --uint16 --low-snr
   samscope evaluate --synthetic 10 --seed 9000 --touching-pairs
+  samscope evaluate --images imgs --labels masks --compare my_model.pt
 """
 
 
@@ -61,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the touching neighbour (passed as the plugin does, with the first "
                              "mask as the mask prompt), and how much of the neighbour the mask "
                              "holds before and after, for every touching pair")
+    parser.add_argument("--compare", default=None, metavar="MODEL",
+                        help="a second model (registry name or checkpoint path) evaluated on the "
+                             "same objects with the same points and options; prints its figures "
+                             "and its difference from --model object by object, with the "
+                             "standard error of each difference")
     parser.add_argument("--min-area", type=int, default=10, help="skip smaller objects (pixels)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device(parser)
@@ -101,15 +111,21 @@ def run(args: argparse.Namespace) -> int:
     from napari_samscope.core.training.evaluate import evaluate
 
     images, labels = _pairs(args)
-    model = SAM(args.model, device=args.device or "auto", dtype=args.dtype, progress="tqdm")
-    model.scale = args.scale
-    model.flips = args.flips
-    model.refine_points = args.refine_points
-    model.zoom = args.zoom
-    result = evaluate(
-        model, images, labels, seed=args.seed, min_area=args.min_area,
-        n_images=len(images), progress="tqdm",
-    )
+
+    def load(name: str | None) -> SAM:
+        model = SAM(name, device=args.device or "auto", dtype=args.dtype, progress="tqdm")
+        model.scale = args.scale
+        model.flips = args.flips
+        model.refine_points = args.refine_points
+        model.zoom = args.zoom
+        return model
+
+    def measure(model: SAM):
+        return evaluate(model, images, labels, seed=args.seed, min_area=args.min_area,
+                        n_images=len(images), progress="tqdm")
+
+    model = load(args.model)
+    result = measure(model)
     precision = "float32" if model.dtype is None else str(model.dtype).replace("torch.", "")
     from napari_samscope.core.predict.flips import declared_flips
     from napari_samscope.core.predict.point_refine import declared_refine_points
@@ -119,6 +135,17 @@ def run(args: argparse.Namespace) -> int:
                "flips": declared_flips(model), "refine_points": declared_refine_points(model),
                "zoom": declared_zoom(model),
                **result.as_dict()}
+    other = None
+    if args.compare:
+        from napari_samscope.core.training.evaluate import paired_differences
+
+        other_model = load(args.compare)
+        other = measure(other_model)
+        figures["compare"] = {"model": str(args.compare), "flips": declared_flips(other_model),
+                              "refine_points": declared_refine_points(other_model),
+                              "zoom": declared_zoom(other_model), **other.as_dict(),
+                              **paired_differences(result, other)}
+        del other_model
     pairs = None
     if args.touching_pairs:
         from napari_samscope.core.training.touching_pairs import evaluate_touching_pairs
@@ -150,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
             f"{result.box_minus_otsu:+.4f} ± {se['box_minus_otsu_se']:.4f} "
             f"(±: one standard error of the mean over the objects)"
         )
+        if other is not None:
+            c = figures["compare"]
+            print(
+                f"{c['model']} (flips {c['flips']}, refined points "
+                f"{'on' if c['refine_points'] else 'off'}, zoom {c['zoom']:g}): point IoU "
+                f"{c['point_iou']:.4f}, box IoU {c['box_iou']:.4f}; minus {figures['model']}, "
+                f"object by object (same points): point {c['point_iou_diff']:+.4f} ± "
+                f"{c['point_iou_diff_se']:.4f}, best of 3 {c['point_multimask_iou_diff']:+.4f} ± "
+                f"{c['point_multimask_iou_diff_se']:.4f}, box {c['box_iou_diff']:+.4f} ± "
+                f"{c['box_iou_diff_se']:.4f}"
+            )
         if pairs is not None:
             tp = pairs.as_dict()
             print(
