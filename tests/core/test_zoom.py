@@ -15,6 +15,7 @@ from napari_samscope.core.predict.zoom import (
     MAX_ZOOM_MAGNIFICATION,
     OUTSIDE_LOGIT,
     ZOOM_CACHE,
+    ZOOM_CROP_WEIGHT,
     ZoomGrid,
     check_zoom,
     declared_zoom,
@@ -36,10 +37,11 @@ def _zooming(sam, image, zoom=2.0, **kwargs):
     return predictor
 
 
-def _on_crop_by_hand(sam, image, window, magnification, **prompts):
+def _on_crop_by_hand(sam, image, window, magnification, weight=ZOOM_CROP_WEIGHT, **prompts):
     """Decode ``prompts`` (whole-image pixels, one object) on the whole image and on the
     crop ``window`` encoded at ``magnification``, with predictors that never zoom; the
-    mean of both logits at image pixels, inside the crop, thresholded and pasted."""
+    mean of both logits at image pixels, the crop's weighted ``weight``, inside the crop,
+    thresholded and pasted."""
     import torch
 
     y0, y1, x0, x1 = window
@@ -57,11 +59,11 @@ def _on_crop_by_hand(sam, image, window, magnification, **prompts):
         prompts = {k: v for k, v in prompts.items() if k != "crop_masks"}
     on_crop, on_whole = crop.predict(**shifted), whole.predict(**prompts)
     best_crop, best_whole = int(np.argmax(on_crop.scores)), int(np.argmax(on_whole.scores))
-    mean = (whole.mask_upsampler.logits(torch.from_numpy(on_whole.logits[best_whole]))[y0:y1, x0:x1]
-            + crop.mask_upsampler.logits(torch.from_numpy(on_crop.logits[best_crop]))) / 2
+    mean = ((1 - weight) * whole.mask_upsampler.logits(torch.from_numpy(on_whole.logits[best_whole]))[y0:y1, x0:x1]
+            + weight * crop.mask_upsampler.logits(torch.from_numpy(on_crop.logits[best_crop])))
     full = np.zeros(image.shape[:2], dtype=bool)
     full[y0:y1, x0:x1] = mean.numpy() > 0
-    return full, (on_crop.scores[best_crop] + on_whole.scores[best_whole]) / 2
+    return full, (1 - weight) * on_whole.scores[best_whole] + weight * on_crop.scores[best_crop]
 
 
 @pytest.mark.parametrize("good", [1, 2, 2.5, np.float32(3), np.int64(4)])
@@ -140,6 +142,28 @@ def test_zoomed_boxes_are_the_crop_decodings_by_hand(random_state_sam, image):
     plain = Predictor(random_state_sam, zoom=1)
     plain.set_image(image, scale="fill")
     assert not np.array_equal(plain.predict(bboxes=BOXES).masks, got.masks)  # zoom did something
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_the_crop_weighs_zoom_crop_weight_in_the_mean(random_state_sam, image, monkeypatch, weight):
+    """With the crop's weight changed, masks and scores follow the weighted mean by hand;
+    at 0 they are the whole image's alone."""
+    from napari_samscope.core.predict import object_decode
+
+    monkeypatch.setattr(object_decode, "ZOOM_CROP_WEIGHT", weight)
+    predictor = _zooming(random_state_sam, image)
+    got = predictor.predict(bboxes=BOXES)
+    grid = predictor.zoom_source(predictor.get_embedding()).grid
+    rgb = to_rgb_uint8(image)
+    for k, box in enumerate(BOXES[:2]):
+        mask, score = _on_crop_by_hand(random_state_sam, rgb, grid.window_for(box), 2.0, weight, bboxes=box)
+        np.testing.assert_array_equal(got.masks[k], mask)
+        np.testing.assert_allclose(got.scores[k], score, atol=1e-5)
+    if weight == 0.0:
+        plain = Predictor(random_state_sam, zoom=1, refine_points=False)
+        plain.set_image(image, scale="fill")
+        whole = plain.predict(bboxes=BOXES)
+        np.testing.assert_allclose(got.scores, whole.scores, atol=1e-5)
 
 
 def test_zoomed_refinement_is_the_second_pass_on_the_crop(random_state_sam, image, monkeypatch):
@@ -311,8 +335,9 @@ def test_logits_land_in_the_whole_image_frame(random_state_sam, image):
     plain = Predictor(random_state_sam, zoom=1)
     plain.set_image(image, scale="fill")
     whole = plain.predict(bboxes=BOXES[0]).logits[0]
-    assert window[1] < 48  # outside its crop, the frame holds the mean with the background
-    np.testing.assert_allclose(got.logits[0, -1, -1], (whole[-1, -1] + OUTSIDE_LOGIT) / 2, atol=1e-5)
+    assert window[1] < 48  # outside its crop, the frame holds the weighted mean with the background
+    expected = (1 - ZOOM_CROP_WEIGHT) * whole[-1, -1] + ZOOM_CROP_WEIGHT * OUTSIDE_LOGIT
+    np.testing.assert_allclose(got.logits[0, -1, -1], expected, atol=1e-5)
     again = predictor.predict(bboxes=BOXES[0], masks=got.logits[0])  # fed back: whole image
     assert again.masks.shape == (1, 48, 64)
 

@@ -5,11 +5,12 @@ The default model places a 512x512 image at 2x into its 1024-pixel input, so a c
 image pixels, and outlines are off by a pixel where a nucleus is 20 pixels across. With
 ``zoom=z`` an object is decoded twice: on the whole image, and on a square crop around
 it encoded at ``z`` times the whole image's magnification (a cell is ``1/z`` as wide
-there). The two logits are averaged at image pixels inside the crop (multi-scale
-averaging, as :mod:`~napari_samscope.core.predict.flips` averages orientations) and the
-mask is where the mean is above the model's threshold. The crop alone draws sharper
-outlines on clean images but loses on noisy ones, where the whole image's context
-helps; the mean did better than either on the synthetic sets the rule was chosen on.
+there). The two logits are averaged at image pixels inside the crop, the crop weighted
+:data:`ZOOM_CROP_WEIGHT` (5/8) and the whole image the rest (multi-scale averaging, as
+:mod:`~napari_samscope.core.predict.flips` averages orientations), and the mask is where
+the weighted mean is above the model's threshold. The crop alone draws sharper outlines
+on clean images but loses on noisy ones, where the whole image's context helps; the
+weighted mean did better than either on the held-out sets the rule was chosen on.
 
 What is zoomed:
 
@@ -32,9 +33,9 @@ image embedding carries (``ImageEmbedding.pixels``: an embedding from a store ha
 and is not zoomed), and keeps the last :data:`ZOOM_CACHE` crops of the current image.
 
 Results stay in pixels of the whole image: masks are placed at the crop's offset; the
-low-resolution logits are the mean of the whole image's and the crop's, resampled into
-the whole image's frame (:func:`resample_logits`), so a result can be fed back as a mask
-prompt.
+low-resolution logits are the weighted mean of the whole image's and the crop's, the
+crop's resampled into the whole image's frame (:func:`resample_logits`), so a result
+can be fed back as a mask prompt.
 
 The default model declares ``zoom=2`` (``ModelSpec.zoom``), chosen on held-out synthetic
 nuclei; official SAM and micro-sam models declare 1 (off). Figures and cost in
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_ZOOM_MAGNIFICATION",
     "ZOOM_CACHE",
     "ZOOM_CONTEXT",
+    "ZOOM_CROP_WEIGHT",
     "OUTSIDE_LOGIT",
     "ZoomGrid",
     "ZoomSetting",
@@ -69,6 +71,9 @@ __all__ = [
 #: A crop keeps at least this fraction of its side as context on each side of a box (the
 #: grid's overlap is twice it).
 ZOOM_CONTEXT = 0.125
+#: The crop's share of the weighted mean of both scales' logits and predicted IoUs (the
+#: whole image has the rest); chosen on held-out sets (training/README.md, "Zoom").
+ZOOM_CROP_WEIGHT = 0.625
 #: Crops are never magnified more than this.
 MAX_ZOOM_MAGNIFICATION = 8.0
 #: Crop embeddings kept per image (least recently used dropped first).

@@ -107,8 +107,9 @@ SAMSCOPE_NUCLEI_FLIPS = 2
 # (training/README.md).
 SAMSCOPE_NUCLEI_REFINE_POINTS = True
 # zoom: box prompts and the box passes of refined points are also decoded on crops
-# magnified twice as much as the image, and the two scales' logits averaged
-# (core.predict.zoom); chosen on held-out synthetic sets (training/README.md, "Zoom").
+# magnified twice as much as the image, and the two scales' logits averaged, the crop
+# weighted 5/8 (core.predict.zoom); chosen on held-out synthetic sets (training/README.md,
+# "Zoom" and "The crop's weight").
 SAMSCOPE_NUCLEI_ZOOM = 2.0
 
 _BUILTIN: tuple[ModelSpec, ...] = (
