@@ -148,9 +148,9 @@ def test_zoomed_boxes_are_the_crop_decodings_by_hand(random_state_sam, image):
 def test_the_crop_weighs_zoom_crop_weight_in_the_mean(random_state_sam, image, monkeypatch, weight):
     """With the crop's weight changed, masks and scores follow the weighted mean by hand;
     at 0 they are the whole image's alone."""
-    from napari_samscope.core.predict import object_decode
+    from napari_samscope.core.predict import zoom
 
-    monkeypatch.setattr(object_decode, "ZOOM_CROP_WEIGHT", weight)
+    monkeypatch.setattr(zoom, "ZOOM_CROP_WEIGHT", weight)
     predictor = _zooming(random_state_sam, image)
     got = predictor.predict(bboxes=BOXES)
     grid = predictor.zoom_source(predictor.get_embedding()).grid

@@ -31,7 +31,7 @@ from napari_samscope.core.predict.point_refine import (
 from napari_samscope.core.predict.prompts import Prompts
 from napari_samscope.core.predict.results import Prediction
 from napari_samscope.core.predict.transforms import MaskUpsampler, apply_boxes, apply_coords
-from napari_samscope.core.predict.zoom import ZOOM_CROP_WEIGHT, ZoomSource, resample_logits
+from napari_samscope.core.predict.zoom import ZoomSource, blend_scales, resample_logits
 
 __all__ = ["OBJECTS_PER_DECODE", "decode_objects", "draft_is_cheaper"]
 
@@ -150,8 +150,8 @@ def _zoomed(
         upsampler = MaskUpsampler(crop.original_size, crop.input_size, predictor.img_size,
                                   predictor.lowres_size)
         in_frame = resample_logits(low_crop, (crop, window[::2]), (emb, (0, 0)), predictor.img_size)
-        low[into] = _blend(low_whole, in_frame).cpu()
-        iou[into] = _blend(iou_whole, iou_crop).cpu()
+        low[into] = blend_scales(low_whole, in_frame).cpu()
+        iou[into] = blend_scales(iou_whole, iou_crop).cpu()
         for j, k in enumerate(into):
             crop_of[k] = (window, upsampler, low_whole[j], low_crop[j])
     packed = []
@@ -163,15 +163,10 @@ def _zoomed(
             y0, x0, mask = predictor.mask_upsampler.mask_window(low[k].to(predictor.device), threshold)
         else:  # the weighted mean of both scales' logits at image pixels, inside the crop
             window, upsampler, whole, crop_low = crop_of[k]
-            mean = _blend(predictor.mask_upsampler.logits_window(whole, window), upsampler.logits(crop_low))
+            mean = blend_scales(predictor.mask_upsampler.logits_window(whole, window), upsampler.logits(crop_low))
             y0, x0, mask = window[0], window[2], mean > threshold
         packed.append(PackedMask.from_mask(mask.cpu().numpy(), y0, x0, emb.original_size))
     return Prediction.from_packed(packed, iou.numpy(), low.numpy())
-
-
-def _blend(whole: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
-    """The whole image's and the crop's values weighted by :data:`ZOOM_CROP_WEIGHT`."""
-    return (1.0 - ZOOM_CROP_WEIGHT) * whole + ZOOM_CROP_WEIGHT * crop
 
 
 def _best(low: torch.Tensor, iou: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

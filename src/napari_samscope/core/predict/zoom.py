@@ -63,6 +63,7 @@ __all__ = [
     "ZoomGrid",
     "ZoomSetting",
     "ZoomSource",
+    "blend_scales",
     "check_zoom",
     "declared_zoom",
     "resample_logits",
@@ -72,7 +73,8 @@ __all__ = [
 #: grid's overlap is twice it).
 ZOOM_CONTEXT = 0.125
 #: The crop's share of the weighted mean of both scales' logits and predicted IoUs (the
-#: whole image has the rest); chosen on held-out sets (training/README.md, "Zoom").
+#: whole image has the rest; :func:`blend_scales` reads it at each call); chosen on
+#: held-out sets (training/README.md, "The crop's weight").
 ZOOM_CROP_WEIGHT = 0.625
 #: Crops are never magnified more than this.
 MAX_ZOOM_MAGNIFICATION = 8.0
@@ -220,6 +222,12 @@ class ZoomSetting:
         if self._zoom_source is None or self._zoom_source.grid != grid:
             self._zoom_source = ZoomSource(self._zoom_rgb, grid)  # a new zoom: new crops
         return self._zoom_source
+
+
+def blend_scales(whole: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    """The weighted mean of the whole image's and the crop's values (logits or predicted
+    IoUs, the same shape and frame): the crop weighs :data:`ZOOM_CROP_WEIGHT`."""
+    return (1.0 - ZOOM_CROP_WEIGHT) * whole + ZOOM_CROP_WEIGHT * crop
 
 
 def resample_logits(
