@@ -169,7 +169,8 @@ def test_the_crop_weighs_zoom_crop_weight_in_the_mean(random_state_sam, image, m
 def test_zoomed_refinement_is_the_second_pass_on_the_crop(random_state_sam, image, monkeypatch):
     """The second pass of refined points runs on the crop of its box (the boxes of the
     first masks are fixed here: a random model's masks fill the image); an object whose
-    first mask gives no box keeps its first pass, decoded on the whole image."""
+    first mask gives no box keeps its first pass, decoded on the crop that holds its point
+    and on the whole image."""
     from napari_samscope.core.predict import object_decode
 
     points = np.array([[[8, 9]], [[36, 26]], [[55, 38]]], float)
@@ -190,11 +191,35 @@ def test_zoomed_refinement_is_the_second_pass_on_the_crop(random_state_sam, imag
         mask, _ = _on_crop_by_hand(random_state_sam, to_rgb_uint8(image), grid.window_for(boxes[k]),
                                    2.0, points=points[k], labels=labels[k], bboxes=boxes[k])
         np.testing.assert_array_equal(got.masks[k], mask)
+    point_window = grid.window_for(np.concatenate([points[2, 0], points[2, 0]]))
+    mask, score = _on_crop_by_hand(random_state_sam, to_rgb_uint8(image), point_window, 2.0,
+                                   points=points[2], labels=labels[2])
+    np.testing.assert_array_equal(got.masks[2], mask)
+    np.testing.assert_allclose(got.scores[2], score, atol=1e-5)
     first = Predictor(random_state_sam, zoom=1, refine_points=False)
     first.set_image(image, scale="fill")
-    one = first.predict(points=points, labels=labels)
-    np.testing.assert_array_equal(got.masks[2], one.masks[2])
-    np.testing.assert_allclose(got.logits[2], one.logits[2], atol=1e-5)
+    assert not np.array_equal(first.predict(points=points, labels=labels).masks[2], mask)
+
+
+def test_a_clicks_first_pass_is_decoded_on_the_crop_that_holds_all_its_points(
+    random_state_sam, image, monkeypatch
+):
+    """A positive and a negative click: the first pass's crop is the one that holds the
+    box around both points (no later pass here: the first mask gives no box)."""
+    from napari_samscope.core.predict import object_decode
+
+    monkeypatch.setattr(object_decode, "refinement_boxes",
+                        lambda boxes, *_: (np.zeros_like(boxes), np.zeros(len(boxes), bool)))
+    points, labels = np.array([[[20.0, 30.0], [30.0, 24.0]]]), np.array([[1, 0]])
+    predictor = _zooming(random_state_sam, image, refine_points=True)
+    got = predictor.predict(points=points, labels=labels)
+    window = predictor.zoom_source(predictor.get_embedding()).grid.window_for(
+        np.array([20.0, 24.0, 30.0, 30.0]))
+    assert window is not None
+    mask, score = _on_crop_by_hand(random_state_sam, to_rgb_uint8(image), window, 2.0,
+                                   points=points[0], labels=labels[0])
+    np.testing.assert_array_equal(got.masks[0], mask)
+    np.testing.assert_allclose(got.scores[0], score, atol=1e-5)
 
 
 def test_a_row_that_gives_no_box_later_keeps_its_zoomed_mask(random_state_sam, image, monkeypatch):

@@ -59,8 +59,9 @@ def decode_objects(
     Point-only prompts get more passes (:data:`REFINE_PASSES`, or
     :data:`REFINE_PASSES_ZOOMED` when zooming), each with the box of the mask before,
     when the predictor refines points
-    (:mod:`~napari_samscope.core.predict.point_refine`); box prompts and those passes are
-    decoded on magnified crops when the predictor zooms
+    (:mod:`~napari_samscope.core.predict.point_refine`); box prompts, and every pass of
+    refined points (the first on the crop that holds the points), are decoded on
+    magnified crops as well when the predictor zooms
     (:mod:`~napari_samscope.core.predict.zoom`).
 
     ``draft``: one decoder pass on the image as it is (its first orientation), without
@@ -74,10 +75,14 @@ def decode_objects(
     zoom = _zoom_for(predictor, emb, prompts, multimask_output)
     if zoom is not None and prompts.boxes is not None:
         return _zoomed(predictor, emb, prompts, zoom, multimask_output)
-    low, iou = _decode(predictor, emb, prompts, multimask_output)
-    result = Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
-    refine = getattr(predictor, "refine_points", False)
-    if not (refine and wants_refinement(prompts, multimask_output)):
+    refine = getattr(predictor, "refine_points", False) and wants_refinement(prompts, multimask_output)
+    if zoom is not None and refine:  # a click's first pass too, on the crop that holds its points
+        result = _zoomed(predictor, emb, prompts, zoom, False, around=_points_box(prompts))
+        low, iou = torch.from_numpy(result.logits), torch.from_numpy(result.scores)
+    else:
+        low, iou = _decode(predictor, emb, prompts, multimask_output)
+        result = Prediction.from_logits(low, iou, predictor.mask_upsampler, threshold)
+    if not refine:
         return result
     for _ in range(REFINE_PASSES if zoom is None else REFINE_PASSES_ZOOMED):
         boxes, ok = refinement_boxes(result.boxes(), emb.original_size, emb.input_size)
@@ -112,13 +117,17 @@ def _zoom_for(
 def _zoomed(
     predictor: Any, emb: ImageEmbedding, prompts: Prompts, zoom: ZoomSource,
     multimask_output: bool, first: tuple[torch.Tensor, torch.Tensor, Any, Prediction] | None = None,
+    around: np.ndarray | None = None,
 ) -> Prediction:
-    """Decode box prompts (every object has a box) on the whole image and on the crops
-    of ``zoom`` and average the two (boxes that fit no crop: the whole image alone); one
-    mask each (the best-scored candidate at each scale with ``multimask_output``, given for
-    several objects only). ``first``: the low-resolution logits, predicted IoU, replaced
-    rows and prediction of an earlier pass, whose other rows are kept as they were."""
-    assert prompts.boxes is not None
+    """Decode prompts on the whole image and on the crops of ``zoom`` and average the two
+    (:func:`~napari_samscope.core.predict.zoom.blend_scales`; prompts that fit no crop:
+    the whole image alone); one mask each (the best-scored candidate at each scale with
+    ``multimask_output``, given for several objects only). Each object's crop is the one
+    that holds its row of ``around`` (XYXY boxes, default: the prompts' boxes).
+    ``first``: the low-resolution logits, predicted IoU, replaced rows and prediction of
+    an earlier pass, whose other rows are kept as they were."""
+    around = prompts.boxes if around is None else around
+    assert around is not None
     threshold = float(predictor.model.mask_threshold)
     low, iou, rows, earlier = first if first is not None else (None, None, np.ones(prompts.count, bool), None)
     targets = np.flatnonzero(rows)
@@ -129,7 +138,7 @@ def _zoomed(
     # per object of the result: its crop's window, upsampler and both scales' logits
     crop_of: list[Any] = [None] * len(low)
     groups: dict[Any, list[int]] = {}
-    for k, box in enumerate(prompts.boxes):
+    for k, box in enumerate(around):
         groups.setdefault(zoom.grid.window_for(box), []).append(k)
     # the whole image's decoding of every object, in one pass
     whole_low, whole_iou = _best(*_decode(predictor, emb, prompts, multimask_output), prompts.count)
@@ -167,6 +176,13 @@ def _zoomed(
             y0, x0, mask = window[0], window[2], mean > threshold
         packed.append(PackedMask.from_mask(mask.cpu().numpy(), y0, x0, emb.original_size))
     return Prediction.from_packed(packed, iou.numpy(), low.numpy())
+
+
+def _points_box(prompts: Prompts) -> np.ndarray:
+    """``(N, 4)`` XYXY box around each object's points (image pixels), which chooses the
+    crop of a click's first pass; one point's box is the point itself."""
+    points = np.asarray(prompts.points, dtype=np.float64)
+    return np.concatenate([points.min(axis=1), points.max(axis=1)], axis=1)
 
 
 def _best(low: torch.Tensor, iou: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,9 +16,10 @@ What is zoomed:
 
 - **box prompts** (with or without points, one mask per object): every box that fits a
   crop with some context;
-- **point-only prompts** with ``refine_points`` on: the passes with a box (points plus the
-  grown box of the mask before, :mod:`~napari_samscope.core.predict.point_refine`), each
-  at the crop that holds its box; the first pass stays on the whole image.
+- **point-only prompts** with ``refine_points`` on: every pass. The first at the crop
+  that holds the points, the passes with a box (points plus the grown box of the mask
+  before, :mod:`~napari_samscope.core.predict.point_refine`) each at the crop that holds
+  its box.
 
 A mask prompt (the logits of an earlier result) goes with its object to the crop,
 resampled into the crop's frame. Multimask candidates of one object, point prompts
